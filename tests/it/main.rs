@@ -1,0 +1,2 @@
+//! The one integration-test binary: every module below shares `support`.
+mod wasim;

@@ -1,0 +1,1 @@
+// wasim tests: real whatsapp-rust clients against the loopback WhatsApp server.

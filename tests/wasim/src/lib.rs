@@ -1,0 +1,1 @@
+//! wasim: a loopback WhatsApp Web server.
