@@ -1,0 +1,272 @@
+//! Test-client harness: real whatsapp-rust bots pointed at a wasim server.
+//!
+//! The pieces are public on their own so other code (wagate's sessions in
+//! simulator mode) can point its own bots at wasim:
+//! - [`transport_factory`]: the stock tokio websocket transport dialling
+//!   `ws://ADDR/ws/chat` instead of WhatsApp's edge.
+//! - [`SimHttpClient`]: an [`HttpClient`] that sends the client's media
+//!   upload/download requests (which name `https://<media host>/...`) to
+//!   wasim's plain-HTTP media host instead.
+//! - [`TestClient`]: a spawned bot plus a bounded channel of its events.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse};
+use whatsapp_rust::store::traits::Backend;
+use whatsapp_rust::transport::TokioWebSocketTransportFactory;
+use whatsapp_rust::types::events::Event;
+use whatsapp_rust::{Client, TokioRuntime};
+
+/// Version the harness reports, so the client never fetches one over HTTP.
+pub const CLIENT_VERSION: (u32, u32, u32) = (2, 3000, 1_023_000_000);
+
+/// Events buffered per test client before new ones are dropped (and logged).
+const EVENT_BUFFER: usize = 4096;
+
+/// The tokio websocket transport, dialling `ws_url` (e.g. `ws://127.0.0.1:PORT/ws/chat`).
+pub fn transport_factory(ws_url: &str) -> TokioWebSocketTransportFactory {
+    TokioWebSocketTransportFactory::new().with_url(ws_url.to_string())
+}
+
+/// Routes every request's scheme and authority to wasim's HTTP address,
+/// keeping path and query: the client builds `https://<host from media_conn>/…`
+/// URLs, and wasim serves media over plain HTTP on its one port.
+#[derive(Clone, Debug)]
+pub struct SimHttpClient {
+    addr: SocketAddr,
+}
+
+impl SimHttpClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+
+    fn path_of(url: &str) -> Result<String> {
+        let rest = url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("not an absolute URL: {url}"))?;
+        Ok(match rest.find('/') {
+            Some(i) => rest[i..].to_string(),
+            None => "/".to_string(),
+        })
+    }
+}
+
+/// One HTTP/1.1 exchange is bounded by this.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Response bodies beyond this are refused.
+const MAX_RESPONSE: usize = 128 << 20;
+
+#[async_trait::async_trait]
+impl HttpClient for SimHttpClient {
+    async fn execute(&self, request: HttpRequest) -> Result<HttpResponse> {
+        tokio::time::timeout(HTTP_TIMEOUT, self.exchange(request))
+            .await
+            .map_err(|_| anyhow!("wasim HTTP request timed out"))?
+    }
+}
+
+impl SimHttpClient {
+    /// A minimal HTTP/1.1 client (`Connection: close`, `Content-Length`
+    /// bodies): enough for loopback media, and no extra HTTP stack to build.
+    async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse> {
+        let path = Self::path_of(&request.url)?;
+        let body = request.body.unwrap_or_default();
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            request.method,
+            path,
+            self.addr,
+            body.len()
+        );
+        for (k, v) in &request.headers {
+            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("host") {
+                continue;
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .context("connect to wasim media host")?;
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        let mut raw = Vec::new();
+        (&mut stream)
+            .take(MAX_RESPONSE as u64 + 64 * 1024)
+            .read_to_end(&mut raw)
+            .await?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| anyhow!("malformed HTTP response"))?;
+        let head = std::str::from_utf8(&raw[..split])?;
+        let status_code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("no status in HTTP response"))?;
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let mut body = raw[split + 4..].to_vec();
+        if chunked {
+            body = dechunk(&body)?;
+        }
+        if body.len() > MAX_RESPONSE {
+            bail!("HTTP response too large");
+        }
+        Ok(HttpResponse { status_code, body })
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("bad chunk"))?;
+        let size_str = std::str::from_utf8(&data[..line_end])?;
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            bail!("truncated chunk");
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Options for [`TestClient::start`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Push name; set so a restarted client skips the push-name bootstrap.
+    pub push_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            push_name: "wasim".to_string(),
+        }
+    }
+}
+
+/// A running whatsapp-rust bot connected to a wasim server, with its events.
+pub struct TestClient {
+    handle: Option<BotHandle>,
+    client: Arc<Client>,
+    /// Every event the bot emits, in dispatch order.
+    pub events: mpsc::Receiver<Arc<Event>>,
+}
+
+impl TestClient {
+    /// Builds and spawns a bot on `backend`. Keep the backend's `Arc` to
+    /// rebuild a bot on the same store later (a "restart").
+    pub async fn start(
+        server_addr: SocketAddr,
+        backend: Arc<dyn Backend>,
+        opts: ClientOptions,
+    ) -> Result<Self> {
+        let (tx, events) = mpsc::channel(EVENT_BUFFER);
+        let bot = Bot::builder()
+            .with_backend_arc(backend)
+            .with_transport_factory(transport_factory(&format!(
+                "ws://{server_addr}/ws/chat"
+            )))
+            .with_http_client(SimHttpClient::new(server_addr))
+            .with_runtime(TokioRuntime)
+            .with_version(CLIENT_VERSION)
+            .with_push_name(opts.push_name)
+            .skip_history_sync()
+            .on_event(move |ev, _client| {
+                let tx = tx.clone();
+                async move {
+                    if tx.try_send(ev).is_err() {
+                        tracing::warn!("test client event buffer full; event dropped");
+                    }
+                }
+            })
+            .build()
+            .await
+            .map_err(|e| anyhow!("build bot: {e}"))?;
+        let client = bot.client();
+        let handle = bot.spawn();
+        Ok(Self {
+            handle: Some(handle),
+            client,
+            events,
+        })
+    }
+
+    pub fn client(&self) -> Arc<Client> {
+        self.client.clone()
+    }
+
+    /// Waits up to `timeout` for an event `f` maps to `Some`, skipping others.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .map_err(|_| anyhow!("timed out after {timeout:?} waiting for an event"))?
+                .ok_or_else(|| anyhow!("event channel closed"))?;
+            if let Some(v) = f(&ev) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Next QR code string.
+    pub async fn next_qr(&mut self, timeout: Duration) -> Result<String> {
+        self.wait_for(timeout, |e| match e {
+            Event::PairingQrCode(q) => Some(q.code.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for `Connected`.
+    pub async fn connected(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for(timeout, |e| matches!(e, Event::Connected(_)).then_some(()))
+            .await
+    }
+
+    /// Stops the bot gracefully (bounded), keeping the backend intact.
+    pub async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            let client = self.client.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+            if tokio::time::timeout(Duration::from_secs(5), h.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("bot did not shut down in time; aborted");
+            }
+        }
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Standalone wasim: `cargo run -p wasim -- --listen 127.0.0.1:PORT`.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Loopback WhatsApp Web server for tests and development")]
+struct Args {
+    /// Address to listen on (chat websocket, admin API and media on one port).
+    #[arg(long, default_value = "127.0.0.1:8990")]
+    listen: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let handle = wasim::Server::start(args.listen).await?;
+    println!("wasim listening on {}", handle.addr());
+    println!("  chat websocket: {}", handle.ws_url());
+    println!("  admin API:      {}/accounts", handle.admin_url());
+    tokio::signal::ctrl_c().await?;
+    handle.shutdown().await;
+    Ok(())
+}

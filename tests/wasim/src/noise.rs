@@ -1,0 +1,195 @@
+//! Server side of WhatsApp's Noise transport: connection header, 3-byte length
+//! framing, the XX (and XX-fallback) responder handshake, and per-frame AES-GCM.
+
+use anyhow::{Context, Result, anyhow, bail};
+use waproto::buffa::{self, Message as _};
+use wacore::libsignal::protocol::KeyPair;
+use wacore_binary::consts::{NOISE_PATTERN_XX, NOISE_PATTERN_XXFALLBACK, WA_CONN_HEADER};
+use wacore_noise::{NoiseCipher, NoiseHandshake};
+use waproto::whatsapp as wa;
+
+/// Reassembles length-prefixed frames out of websocket messages; the first
+/// bytes of a connection carry the `WA` header (optionally after an `ED`
+/// edge-routing pre-intro), which is stripped once.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    header_done: bool,
+}
+
+/// Frames above this size are refused: the client's own limit is 16 MiB.
+const MAX_FRAME: usize = 1 << 24;
+
+impl FrameReader {
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Next complete frame, if any.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
+        if !self.header_done {
+            if self.buf.starts_with(b"ED") {
+                if self.buf.len() < 7 {
+                    return Ok(None);
+                }
+                let len = u32::from_be_bytes([0, self.buf[4], self.buf[5], self.buf[6]]) as usize;
+                if self.buf.len() < 7 + len {
+                    return Ok(None);
+                }
+                self.buf.drain(..7 + len);
+            }
+            if self.buf.len() < 4 {
+                return Ok(None);
+            }
+            if self.buf[..2] != WA_CONN_HEADER[..2] {
+                bail!("missing WA connection header");
+            }
+            self.buf.drain(..4);
+            self.header_done = true;
+        }
+        if self.buf.len() < 3 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+        if len >= MAX_FRAME {
+            bail!("frame too large: {len}");
+        }
+        if self.buf.len() < 3 + len {
+            return Ok(None);
+        }
+        let frame = self.buf[3..3 + len].to_vec();
+        self.buf.drain(..3 + len);
+        Ok(Some(frame))
+    }
+}
+
+/// Prefixes `payload` with its 3-byte big-endian length.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 3);
+    let len = (payload.len() as u32).to_be_bytes();
+    out.extend_from_slice(&len[1..]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Responder state between the server hello and the client finish.
+pub struct Responder {
+    noise: NoiseHandshake,
+    ephemeral: KeyPair,
+}
+
+/// What a completed handshake yields.
+pub struct Established {
+    pub reader: NoiseCipher,
+    pub writer: NoiseCipher,
+    pub client_static: [u8; 32],
+    pub payload: wa::ClientPayload,
+}
+
+impl Responder {
+    /// Answers a client hello. An IK hello (one that already carries the
+    /// client's static key) is answered as XX-fallback, which the client
+    /// supports and which spares the server the IK responder.
+    pub fn respond(
+        client_hello_frame: &[u8],
+        server_static: &KeyPair,
+        cert_chain: &[u8],
+    ) -> Result<(Self, Vec<u8>)> {
+        let msg = wa::HandshakeMessage::decode_from_slice(client_hello_frame)
+            .context("decode client hello")?;
+        let hello = msg
+            .client_hello
+            .into_option()
+            .ok_or_else(|| anyhow!("no client hello"))?;
+        let client_eph: [u8; 32] = hello
+            .ephemeral
+            .ok_or_else(|| anyhow!("client hello without ephemeral"))?
+            .try_into()
+            .map_err(|_| anyhow!("bad ephemeral length"))?;
+        let pattern = if hello.r#static.is_some() {
+            NOISE_PATTERN_XXFALLBACK
+        } else {
+            NOISE_PATTERN_XX
+        };
+        let mut noise = NoiseHandshake::new(pattern, &WA_CONN_HEADER)?;
+        noise.authenticate(&client_eph);
+        let ephemeral = KeyPair::generate(&mut rand::rng());
+        let eph_pub = ephemeral.public_key.public_key_bytes().to_vec();
+        noise.authenticate(&eph_pub);
+        noise.mix_shared_secret(ephemeral.private_key.serialize(), &client_eph)?;
+        let enc_static = noise.encrypt(server_static.public_key.public_key_bytes())?;
+        noise.mix_shared_secret(server_static.private_key.serialize(), &client_eph)?;
+        let enc_cert = noise.encrypt(cert_chain)?;
+        let reply = wa::HandshakeMessage {
+            server_hello: buffa::MessageField::some(wa::handshake_message::ServerHello {
+                ephemeral: Some(eph_pub),
+                r#static: Some(enc_static),
+                payload: Some(enc_cert),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Ok((Self { noise, ephemeral }, reply.encode_to_vec()))
+    }
+
+    /// Reads the client finish: the client's static key and its payload.
+    pub fn finish(mut self, client_finish_frame: &[u8]) -> Result<Established> {
+        let msg = wa::HandshakeMessage::decode_from_slice(client_finish_frame)
+            .context("decode client finish")?;
+        let fin = msg
+            .client_finish
+            .into_option()
+            .ok_or_else(|| anyhow!("no client finish"))?;
+        let static_ct = fin.r#static.ok_or_else(|| anyhow!("finish without static"))?;
+        let client_static: [u8; 32] = self
+            .noise
+            .decrypt(&static_ct)?
+            .try_into()
+            .map_err(|_| anyhow!("bad static length"))?;
+        self.noise
+            .mix_shared_secret(self.ephemeral.private_key.serialize(), &client_static)?;
+        let payload_ct = fin.payload.ok_or_else(|| anyhow!("finish without payload"))?;
+        let payload_bytes = self.noise.decrypt(&payload_ct)?;
+        let payload =
+            wa::ClientPayload::decode_from_slice(&payload_bytes).context("decode ClientPayload")?;
+        // The initiator's first key encrypts client→server traffic.
+        let (c2s, s2c) = self.noise.finish()?;
+        Ok(Established {
+            reader: c2s,
+            writer: s2c,
+            client_static,
+            payload,
+        })
+    }
+}
+
+/// Counter-nonce AES-GCM for one direction of an established connection.
+pub struct Directional {
+    cipher: NoiseCipher,
+    counter: u32,
+}
+
+impl Directional {
+    pub fn new(cipher: NoiseCipher) -> Self {
+        Self { cipher, counter: 0 }
+    }
+
+    pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let out = self.cipher.encrypt_with_counter(self.counter, plaintext)?;
+        self.counter = self
+            .counter
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("counter exhausted"))?;
+        Ok(out)
+    }
+
+    pub fn open(&mut self, mut ciphertext: Vec<u8>) -> Result<Vec<u8>> {
+        self.cipher
+            .decrypt_in_place_with_counter(self.counter, &mut ciphertext)?;
+        self.counter = self
+            .counter
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("counter exhausted"))?;
+        Ok(ciphertext)
+    }
+}

@@ -1,0 +1,1088 @@
+//! The simulated service: what the server does with each client stanza.
+//!
+//! Everything runs under one `std::sync::Mutex<State>` held only for short,
+//! non-async sections; replies go out through each connection's bounded channel.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
+use waproto::buffa::{self, Message as _};
+use hmac::{KeyInit, Mac};
+use tokio::sync::{mpsc, watch};
+use wacore::libsignal::protocol::{KeyPair, PublicKey};
+use wacore_binary::builder::NodeBuilder;
+use wacore_binary::{Jid, Node, NodeContent, Server};
+use waproto::whatsapp as wa;
+
+use crate::state::*;
+
+pub const SERVER: &str = "s.whatsapp.net";
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+pub struct Sim {
+    pub server_static: KeyPair,
+    pub cert_chain: Vec<u8>,
+    pub state: Mutex<State>,
+    shutdown: watch::Sender<bool>,
+    /// `host:port` the media host names point at.
+    pub media_host: Mutex<String>,
+}
+
+impl Sim {
+    pub fn new() -> Arc<Self> {
+        let server_static = KeyPair::generate(&mut rand::rng());
+        let pub32: [u8; 32] = server_static
+            .public_key
+            .public_key_bytes()
+            .try_into()
+            .expect("X25519 public key is 32 bytes");
+        let cert_chain = wacore_noise::test_util::build_cert_chain_bytes(&pub32);
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Self {
+            server_static,
+            cert_chain,
+            state: Mutex::new(State {
+                next_lid: 100_000_000_000_000,
+                ..Default::default()
+            }),
+            shutdown,
+            media_host: Mutex::new(String::new()),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    pub fn register_conn(&self, tx: mpsc::Sender<Outbound>) -> u64 {
+        let mut st = self.lock();
+        st.next_conn += 1;
+        let id = st.next_conn;
+        st.conns.insert(
+            id,
+            Conn {
+                tx,
+                user: None,
+                registering: None,
+                refs: Vec::new(),
+                pairing_iq: None,
+                passive_done: false,
+            },
+        );
+        id
+    }
+
+    pub fn unregister_conn(&self, conn: u64) {
+        let mut st = self.lock();
+        if let Some(c) = st.conns.remove(&conn)
+            && let Some((phone, dev)) = c.user
+            && let Some(d) = st
+                .accounts
+                .get_mut(&phone)
+                .and_then(|a| a.devices.get_mut(&dev))
+            && d.conn == Some(conn)
+        {
+            d.conn = None;
+            d.last_seen = Some(now_secs());
+        }
+        st.pair_codes.retain(|p| p.conn != conn);
+    }
+
+    // ---- sending helpers -------------------------------------------------
+
+    fn send(st: &State, conn: u64, node: Node) {
+        if let Some(c) = st.conns.get(&conn) {
+            tracing::debug!("-> conn {conn}: {}", wacore::xml::DisplayableNode(&node));
+            if c.tx.try_send(Outbound::Node(node)).is_err() {
+                tracing::warn!("conn {conn}: outbound channel full or closed; closing");
+                let _ = c.tx.try_send(Outbound::Close(None));
+            }
+        }
+    }
+
+    fn close(st: &State, conn: u64, node: Option<Node>) {
+        if let Some(c) = st.conns.get(&conn) {
+            let tx = c.tx.clone();
+            // A full channel must not lose the close: hand it to a task.
+            if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(Outbound::Close(node)) {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(msg)).await;
+                });
+            }
+        }
+    }
+
+    fn result(id: &str) -> NodeBuilder {
+        NodeBuilder::new("iq")
+            .attr("from", SERVER)
+            .attr("type", "result")
+            .attr("id", id.to_string())
+    }
+
+    fn error(id: &str, code: u16, text: &str) -> Node {
+        NodeBuilder::new("iq")
+            .attr("from", SERVER)
+            .attr("type", "error")
+            .attr("id", id.to_string())
+            .children([NodeBuilder::new("error")
+                .attr("code", code)
+                .attr("text", text.to_string())
+                .build()])
+            .build()
+    }
+
+    // ---- handshake outcome -----------------------------------------------
+
+    pub fn on_client_payload(&self, conn: u64, client_static: &[u8; 32], p: &wa::ClientPayload) {
+        if let Some(reg) = p.device_pairing_data.as_option() {
+            self.begin_registration(conn, client_static, p, reg);
+        } else {
+            self.login(conn, client_static, p);
+        }
+    }
+
+    fn begin_registration(
+        &self,
+        conn: u64,
+        client_static: &[u8; 32],
+        p: &wa::ClientPayload,
+        reg: &wa::client_payload::DevicePairingRegistrationData,
+    ) {
+        let keys = match parse_reg(client_static, p, reg) {
+            Some(k) => k,
+            None => {
+                tracing::warn!("conn {conn}: malformed registration payload");
+                let st = self.lock();
+                Self::close(&st, conn, None);
+                return;
+            }
+        };
+        let mut st = self.lock();
+        let refs: Vec<String> = (0..6)
+            .map(|_| {
+                let r: [u8; 18] = rand::random();
+                format!("2@{}", BASE64_STANDARD.encode(r))
+            })
+            .collect();
+        let iq_id = st.fresh_id();
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.registering = Some(keys);
+            c.refs = refs.clone();
+            c.pairing_iq = Some(iq_id.clone());
+        }
+        let node = NodeBuilder::new("iq")
+            .attr("from", SERVER)
+            .attr("type", "set")
+            .attr("id", iq_id)
+            .attr("xmlns", "md")
+            .children([NodeBuilder::new("pair-device")
+                .children(
+                    refs.into_iter()
+                        .map(|r| NodeBuilder::new("ref").bytes(r.into_bytes()).build()),
+                )
+                .build()])
+            .build();
+        Self::send(&st, conn, node);
+    }
+
+    fn login(&self, conn: u64, client_static: &[u8; 32], p: &wa::ClientPayload) {
+        let phone = p.username.map(|u| u.to_string()).unwrap_or_default();
+        let dev = p.device.unwrap_or(0) as u16;
+        let mut st = self.lock();
+        let failure = |reason: u32| NodeBuilder::new("failure").attr("reason", reason).build();
+        let Some(acc) = st.accounts.get_mut(&phone) else {
+            tracing::info!("login for unknown account {phone}:{dev}");
+            Self::close(&st, conn, Some(failure(401)));
+            return;
+        };
+        if let Some(until) = acc.banned_until {
+            let now = Instant::now();
+            if until > now {
+                let left = (until - now).as_secs().max(1);
+                let node = NodeBuilder::new("failure")
+                    .attr("reason", 402u32)
+                    .attr("code", 101u32)
+                    .attr("expire", left)
+                    .build();
+                Self::close(&st, conn, Some(node));
+                return;
+            }
+            acc.banned_until = None;
+        }
+        let lid = acc.lid.clone();
+        let Some(device) = acc.devices.get_mut(&dev) else {
+            tracing::info!("login for removed device {phone}:{dev}");
+            Self::close(&st, conn, Some(failure(401)));
+            return;
+        };
+        if &device.keys.noise_pub != client_static {
+            tracing::warn!("login for {phone}:{dev} with a foreign noise key");
+            Self::close(&st, conn, Some(failure(401)));
+            return;
+        }
+        let old = device.conn.replace(conn);
+        device.last_seen = Some(now_secs());
+        if let Some(old) = old.filter(|o| *o != conn) {
+            // The newer connection wins, as on the real service.
+            Self::close(&st, old, None);
+        }
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.user = Some((phone.clone(), dev));
+        }
+        let success = NodeBuilder::new("success")
+            .attr("t", now_secs())
+            .attr("props", "1")
+            .attr("creation", now_secs())
+            .attr("location", "sim")
+            .attr("lid", Jid::lid_device(lid, dev))
+            .attr("display_name", "")
+            .build();
+        Self::send(&st, conn, success);
+    }
+
+    // ---- inbound dispatch ------------------------------------------------
+
+    pub fn handle_node(self: &Arc<Self>, conn: u64, node: Node) {
+        tracing::debug!("<- conn {conn}: {}", wacore::xml::DisplayableNode(&node));
+        match node.tag.as_ref() {
+            "iq" => self.handle_iq(conn, &node),
+            "message" => self.relay_message(conn, &node),
+            "receipt" => self.relay_receipt(conn, &node),
+            "ack" | "presence" | "chatstate" => {}
+            other => tracing::debug!("conn {conn}: ignoring <{other}>"),
+        }
+    }
+
+    fn handle_iq(self: &Arc<Self>, conn: u64, node: &Node) {
+        let mut attrs = node.attrs();
+        let id = attrs.optional_string("id").unwrap_or_default().to_string();
+        let ty = attrs.optional_string("type").unwrap_or_default().to_string();
+        let xmlns = attrs.optional_string("xmlns").unwrap_or_default().to_string();
+        drop(attrs);
+
+        if ty == "result" || ty == "error" {
+            self.iq_response(conn, &id, node);
+            return;
+        }
+        let first = node.children().and_then(|c| c.first());
+        let first_tag = first.map(|c| c.tag.as_ref()).unwrap_or("");
+        match (xmlns.as_str(), first_tag) {
+            ("passive", "active") => self.go_active(conn, &id),
+            ("encrypt", "list") | ("encrypt", "registration") | ("encrypt", "identity") => {
+                self.store_prekeys(conn, &id, node)
+            }
+            ("encrypt", "key") => self.fetch_prekeys(conn, &id, node),
+            ("encrypt", "count") => {
+                let st = self.lock();
+                let count = Self::device_of(&st, conn)
+                    .map(|d| d.prekeys.len())
+                    .unwrap_or(0);
+                let n = Self::result(&id)
+                    .children([NodeBuilder::new("count").attr("value", count).build()])
+                    .build();
+                Self::send(&st, conn, n);
+            }
+            ("encrypt", "digest") => {
+                let st = self.lock();
+                Self::send(&st, conn, Self::error(&id, 404, "item-not-found"));
+            }
+            ("usync", _) => self.usync(conn, &id, node),
+            ("w:m", "media_conn") => self.media_conn(conn, &id),
+            ("w:sync:app:state", _) => self.app_state(conn, &id, node),
+            ("md", "remove-companion-device") => self.remove_companion(conn, &id, node),
+            ("md", "link_code_companion_reg") => self.pair_code_request(conn, &id, node),
+            _ => {
+                let st = self.lock();
+                Self::send(&st, conn, Self::result(&id).build());
+            }
+        }
+    }
+
+    fn device_of<'a>(st: &'a State, conn: u64) -> Option<&'a Device> {
+        let (phone, dev) = st.conns.get(&conn)?.user.as_ref()?;
+        st.accounts.get(phone)?.devices.get(dev)
+    }
+
+    fn device_of_mut<'a>(st: &'a mut State, conn: u64) -> Option<&'a mut Device> {
+        let (phone, dev) = st.conns.get(&conn)?.user.clone()?;
+        st.accounts.get_mut(&phone)?.devices.get_mut(&dev)
+    }
+
+    /// Responses the client sends to server IQs (pairing acks, pair-device-sign).
+    fn iq_response(&self, conn: u64, id: &str, node: &Node) {
+        let mut st = self.lock();
+        let Some((phone, dev, _)) = st.pair_sign.remove(id) else {
+            return;
+        };
+        let signed = node
+            .get_optional_child_by_tag(&["pair-device-sign", "device-identity"])
+            .and_then(|n| match &n.content {
+                Some(NodeContent::Bytes(b)) => Some(b.clone()),
+                _ => None,
+            });
+        match signed {
+            Some(bytes) => {
+                if let Some(d) = st
+                    .accounts
+                    .get_mut(&phone)
+                    .and_then(|a| a.devices.get_mut(&dev))
+                {
+                    d.signed_identity = Some(bytes);
+                }
+                tracing::info!("paired {phone}:{dev}; asking the client to reconnect");
+                // 515: the client reconnects at once and logs in.
+                let err = NodeBuilder::new("stream:error").attr("code", "515").build();
+                Self::close(&st, conn, Some(err));
+            }
+            None => {
+                tracing::warn!("pairing of {phone}:{dev} refused by the client");
+                if let Some(a) = st.accounts.get_mut(&phone) {
+                    a.devices.remove(&dev);
+                }
+            }
+        }
+    }
+
+    fn go_active(&self, conn: u64, id: &str) {
+        let mut st = self.lock();
+        Self::send(&st, conn, Self::result(id).build());
+        let queued: Vec<Node> = match Self::device_of_mut(&mut st, conn) {
+            Some(d) => d.queue.drain(..).collect(),
+            None => Vec::new(),
+        };
+        let count = queued.len();
+        let me = st.conns.get(&conn).and_then(|c| c.user.clone());
+        for n in queued {
+            if let Some((phone, dev)) = &me {
+                Self::count_delivery(&mut st, &n, phone, *dev);
+            }
+            Self::send(&st, conn, n);
+        }
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.passive_done = true;
+        }
+        let ib = NodeBuilder::new("ib")
+            .children([NodeBuilder::new("offline").attr("count", count).build()])
+            .build();
+        Self::send(&st, conn, ib);
+    }
+
+    fn store_prekeys(&self, conn: u64, id: &str, node: &Node) {
+        let mut st = self.lock();
+        let mut fresh = Vec::new();
+        if let Some(list) = node.get_optional_child("list") {
+            for k in list.get_children_by_tag("key") {
+                if let (Some(kid), Some(val)) = (child_bytes(k, "id"), child_bytes(k, "value"))
+                    && let Ok(v) = <[u8; 32]>::try_from(val.as_slice())
+                {
+                    fresh.push((be_u32(&kid), v));
+                }
+            }
+        }
+        let skey = node.get_optional_child("skey").and_then(|s| {
+            Some(SignedPreKey {
+                id: be_u32(&child_bytes(s, "id")?),
+                public: child_bytes(s, "value")?.try_into().ok()?,
+                signature: child_bytes(s, "signature")?,
+            })
+        });
+        if let Some(d) = Self::device_of_mut(&mut st, conn) {
+            for k in fresh {
+                if d.prekeys.len() < 2000 {
+                    d.prekeys.push_back(k);
+                }
+            }
+            if let Some(s) = skey {
+                d.keys.signed_pre_key = s;
+            }
+        }
+        Self::send(&st, conn, Self::result(id).build());
+    }
+
+    fn fetch_prekeys(&self, conn: u64, id: &str, node: &Node) {
+        let mut st = self.lock();
+        let mut users = Vec::new();
+        let requested: Vec<Jid> = node
+            .get_optional_child("key")
+            .map(|k| {
+                k.get_children_by_tag("user")
+                    .filter_map(|u| u.attrs().optional_jid("jid"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for jid in requested {
+            let phone = st.phone_of(&jid.user, jid.server == Server::Lid);
+            let dev = phone.as_ref().and_then(|p| {
+                st.accounts
+                    .get_mut(p)
+                    .and_then(|a| a.devices.get_mut(&jid.device))
+            });
+            let user = match dev {
+                Some(d) => {
+                    let mut children = vec![
+                        NodeBuilder::new("registration")
+                            .bytes(d.keys.registration_id.to_be_bytes().to_vec())
+                            .build(),
+                        NodeBuilder::new("type").bytes(vec![5u8]).build(),
+                        NodeBuilder::new("identity")
+                            .bytes(d.keys.identity_pub.to_vec())
+                            .build(),
+                    ];
+                    if let Some((kid, kval)) = d.prekeys.pop_front() {
+                        children.push(
+                            NodeBuilder::new("key")
+                                .children([
+                                    NodeBuilder::new("id")
+                                        .bytes(kid.to_be_bytes()[1..].to_vec())
+                                        .build(),
+                                    NodeBuilder::new("value").bytes(kval.to_vec()).build(),
+                                ])
+                                .build(),
+                        );
+                    }
+                    let s = &d.keys.signed_pre_key;
+                    children.push(
+                        NodeBuilder::new("skey")
+                            .children([
+                                NodeBuilder::new("id")
+                                    .bytes(s.id.to_be_bytes()[1..].to_vec())
+                                    .build(),
+                                NodeBuilder::new("value").bytes(s.public.to_vec()).build(),
+                                NodeBuilder::new("signature")
+                                    .bytes(s.signature.clone())
+                                    .build(),
+                            ])
+                            .build(),
+                    );
+                    if let Some(si) = &d.signed_identity {
+                        children.push(NodeBuilder::new("device-identity").bytes(si.clone()).build());
+                    }
+                    NodeBuilder::new("user")
+                        .attr("jid", jid.clone())
+                        .children(children)
+                        .build()
+                }
+                None => NodeBuilder::new("user")
+                    .attr("jid", jid.clone())
+                    .children([NodeBuilder::new("error")
+                        .attr("code", "406")
+                        .attr("text", "not-acceptable")
+                        .build()])
+                    .build(),
+            };
+            users.push(user);
+        }
+        let n = Self::result(id)
+            .children([NodeBuilder::new("list").children(users).build()])
+            .build();
+        Self::send(&st, conn, n);
+    }
+
+    fn media_conn(&self, conn: u64, id: &str) {
+        let host = self
+            .media_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let st = self.lock();
+        let n = Self::result(id)
+            .children([NodeBuilder::new("media_conn")
+                .attr("auth", "wasim-media-auth")
+                .attr("ttl", 3600u32)
+                .attr("auth_ttl", 3600u32)
+                .attr("max_buckets", 12u32)
+                .children([NodeBuilder::new("host")
+                    .attr("hostname", host)
+                    .attr("type", "primary")
+                    .build()])
+                .build()])
+            .build();
+        Self::send(&st, conn, n);
+    }
+
+    /// App-state collections are always empty here: every requested
+    /// collection is answered at version 0 with no patches.
+    fn app_state(&self, conn: u64, id: &str, node: &Node) {
+        let names: Vec<String> = node
+            .get_optional_child("sync")
+            .map(|s| {
+                s.get_children_by_tag("collection")
+                    .filter_map(|c| c.attrs().optional_string("name").map(|n| n.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let st = self.lock();
+        let n = Self::result(id)
+            .children([NodeBuilder::new("sync")
+                .children(names.into_iter().map(|name| {
+                    NodeBuilder::new("collection")
+                        .attr("name", name)
+                        .attr("version", "0")
+                        .build()
+                }))
+                .build()])
+            .build();
+        Self::send(&st, conn, n);
+    }
+
+    fn remove_companion(&self, conn: u64, id: &str, node: &Node) {
+        let mut st = self.lock();
+        Self::send(&st, conn, Self::result(id).build());
+        let target = node
+            .get_optional_child("remove-companion-device")
+            .and_then(|n| n.attrs().optional_jid("jid"));
+        let me = st.conns.get(&conn).and_then(|c| c.user.clone());
+        if let (Some(t), Some((phone, _))) = (target, me)
+            && let Some(a) = st.accounts.get_mut(&phone)
+            && let Some(d) = a.devices.remove(&t.device)
+            && let Some(c) = d.conn
+            && c != conn
+        {
+            let err = NodeBuilder::new("stream:error").attr("code", "401").build();
+            Self::close(&st, c, Some(err));
+        }
+    }
+
+    // ---- usync -----------------------------------------------------------
+
+    fn usync(&self, conn: u64, id: &str, node: &Node) {
+        let st = self.lock();
+        let Some(usync) = node.get_optional_child("usync") else {
+            Self::send(&st, conn, Self::result(id).build());
+            return;
+        };
+        let protocols: Vec<String> = usync
+            .get_optional_child("query")
+            .and_then(|q| q.children())
+            .map(|c| c.iter().map(|n| n.tag.to_string()).collect())
+            .unwrap_or_default();
+        let mut users = Vec::new();
+        if let Some(list) = usync.get_optional_child("list") {
+            for u in list.get_children_by_tag("user") {
+                let jid = u.attrs().optional_jid("jid").or_else(|| {
+                    // <user><contact>+123</contact></user> queries by phone number.
+                    u.get_optional_child("contact")
+                        .and_then(|c| c.content_as_string())
+                        .map(|s| Jid::pn(s.trim_start_matches('+').to_string()))
+                });
+                let Some(jid) = jid else { continue };
+                let phone = st.phone_of(&jid.user, jid.server == Server::Lid);
+                let acc = phone.as_ref().and_then(|p| st.accounts.get(p));
+                let mut children = Vec::new();
+                for p in &protocols {
+                    match (p.as_str(), acc) {
+                        ("devices", Some(a)) => {
+                            let devs = a.devices.values().map(|d| {
+                                NodeBuilder::new("device")
+                                    .attr("id", d.id)
+                                    .attr("key-index", d.key_index)
+                                    .build()
+                            });
+                            children.push(
+                                NodeBuilder::new("devices")
+                                    .children([NodeBuilder::new("device-list")
+                                        .children(devs)
+                                        .build()])
+                                    .build(),
+                            );
+                        }
+                        ("contact", Some(_)) => {
+                            children.push(NodeBuilder::new("contact").attr("type", "in").build())
+                        }
+                        ("contact", None) => {
+                            children.push(NodeBuilder::new("contact").attr("type", "out").build())
+                        }
+                        ("lid", Some(a)) => {
+                            children.push(
+                                NodeBuilder::new("lid")
+                                    .attr("val", Jid::lid(a.lid.clone()))
+                                    .build(),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                let out_jid = match acc {
+                    Some(a) if jid.server == Server::Lid => Jid::lid(a.lid.clone()),
+                    Some(a) => Jid::pn(a.phone.clone()),
+                    None => jid.to_non_ad(),
+                };
+                users.push(
+                    NodeBuilder::new("user")
+                        .attr("jid", out_jid)
+                        .children(children)
+                        .build(),
+                );
+            }
+        }
+        let mut usync_attrs = usync.attrs.clone();
+        usync_attrs.insert("mode", "query");
+        let n = Self::result(id)
+            .children([Node::new(
+                "usync",
+                usync_attrs,
+                Some(NodeContent::Nodes(vec![
+                    NodeBuilder::new("result").build(),
+                    NodeBuilder::new("list").children(users).build(),
+                ])),
+            )])
+            .build();
+        Self::send(&st, conn, n);
+    }
+
+    // ---- messages and receipts -------------------------------------------
+
+    /// Address of `phone:dev` in the same JID family as `like`.
+    fn addr(st: &State, phone: &str, dev: u16, like: Server) -> Jid {
+        match (like, st.accounts.get(phone)) {
+            (Server::Lid, Some(a)) => Jid::lid_device(a.lid.clone(), dev),
+            _ => Jid::pn_device(phone.to_string(), dev),
+        }
+    }
+
+    fn relay_message(self: &Arc<Self>, conn: u64, node: &Node) {
+        let mut st = self.lock();
+        let Some((sphone, sdev)) = st.conns.get(&conn).and_then(|c| c.user.clone()) else {
+            return;
+        };
+        let mut a = node.attrs();
+        let id = a.optional_string("id").unwrap_or_default().to_string();
+        let ty = a.optional_string("type").unwrap_or_default().to_string();
+        let to = a.optional_jid("to");
+        drop(a);
+        let Some(to) = to else { return };
+        let ts = now_secs();
+        let ack = NodeBuilder::new("ack")
+            .attr("class", "message")
+            .attr("id", id.clone())
+            .attr("from", to.clone())
+            .attr("t", ts)
+            .build();
+
+        // (recipient device jid, enc node)
+        let mut targets: Vec<(Jid, Vec<Node>)> = Vec::new();
+        if let Some(parts) = node.get_optional_child("participants") {
+            for t in parts.get_children_by_tag("to") {
+                if let Some(j) = t.attrs().optional_jid("jid") {
+                    targets.push((j, t.children().map(|c| c.to_vec()).unwrap_or_default()));
+                }
+            }
+        } else {
+            let encs: Vec<Node> = node.get_children_by_tag("enc").cloned().collect();
+            if !encs.is_empty() {
+                targets.push((to.clone(), encs));
+            }
+        }
+        let extra: Vec<Node> = node
+            .children()
+            .map(|c| {
+                c.iter()
+                    .filter(|n| n.tag == "device-identity")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let push_name = st
+            .accounts
+            .get(&sphone)
+            .and_then(|a| a.devices.get(&sdev))
+            .map(|d| d.keys.push_name.clone())
+            .unwrap_or_default();
+
+        let from_key = Self::addr(&st, &sphone, sdev, Server::Pn).to_string();
+        let existing = st.record_mut(&from_key, &id).is_some();
+        if !existing {
+            st.push_record(MessageRecord {
+                id: id.clone(),
+                from: from_key.clone(),
+                to: to.to_non_ad().to_string(),
+                r#type: ty.clone(),
+                recipients: Vec::new(),
+                delivered: BTreeMap::new(),
+                queued: 0,
+                times_relayed: 0,
+                first_at_ms: now_millis(),
+                last_at_ms: now_millis(),
+            });
+        }
+        if let Some(r) = st.record_mut(&from_key, &id) {
+            r.times_relayed += 1;
+            r.last_at_ms = now_millis();
+        }
+
+        for (target, encs) in targets {
+            let Some(rphone) = st.phone_of(&target.user, target.server == Server::Lid) else {
+                continue;
+            };
+            let own = rphone == sphone;
+            let from = Self::addr(&st, &sphone, sdev, target.server);
+            let mut b = NodeBuilder::new("message")
+                .attr("from", from)
+                .attr("id", id.clone())
+                .attr("type", ty.clone())
+                .attr("t", ts);
+            if own {
+                b = b.attr("recipient", to.to_non_ad());
+            } else if !push_name.is_empty() {
+                b = b.attr("notify", push_name.clone());
+            }
+            let mut children = encs;
+            children.extend(extra.iter().cloned());
+            let msg = b.children(children).build();
+            let tjid = Self::addr(&st, &rphone, target.device, Server::Pn).to_string();
+            if let Some(r) = st.record_mut(&from_key, &id)
+                && !r.recipients.contains(&tjid)
+            {
+                r.recipients.push(tjid.clone());
+            }
+            self.deliver(&mut st, &rphone, target.device, msg);
+        }
+        Self::send(&st, conn, ack);
+    }
+
+    /// Hands a stanza to a device: straight to its live connection once it is
+    /// active, else onto its bounded offline queue.
+    fn deliver(&self, st: &mut State, phone: &str, dev: u16, node: Node) {
+        let live = st
+            .accounts
+            .get(phone)
+            .and_then(|a| a.devices.get(&dev))
+            .and_then(|d| d.conn)
+            .filter(|c| st.conns.get(c).is_some_and(|c| c.passive_done));
+        match live {
+            Some(c) => {
+                Self::count_delivery(st, &node, phone, dev);
+                Self::send(st, c, node);
+            }
+            None => {
+                if node.tag == "message"
+                    && let Some(r) = Self::record_for(st, &node)
+                {
+                    r.queued += 1;
+                }
+                if let Some(d) = st
+                    .accounts
+                    .get_mut(phone)
+                    .and_then(|a| a.devices.get_mut(&dev))
+                {
+                    if d.queue.len() >= MAX_QUEUE {
+                        d.queue.pop_front();
+                        d.dropped += 1;
+                    }
+                    d.queue.push_back(node);
+                }
+            }
+        }
+    }
+
+    fn record_for<'a>(st: &'a mut State, node: &Node) -> Option<&'a mut MessageRecord> {
+        let mut a = node.attrs();
+        let id = a.optional_string("id")?.to_string();
+        let from = a.optional_jid("from")?;
+        drop(a);
+        let phone = st.phone_of(&from.user, from.server == Server::Lid)?;
+        let key = Jid::pn_device(phone, from.device).to_string();
+        st.record_mut(&key, &id)
+    }
+
+    fn count_delivery(st: &mut State, node: &Node, phone: &str, dev: u16) {
+        if node.tag != "message" {
+            return;
+        }
+        let to = Jid::pn_device(phone.to_string(), dev).to_string();
+        if let Some(r) = Self::record_for(st, node) {
+            *r.delivered.entry(to).or_insert(0) += 1;
+        }
+    }
+
+    fn relay_receipt(self: &Arc<Self>, conn: u64, node: &Node) {
+        let mut st = self.lock();
+        let Some((sphone, sdev)) = st.conns.get(&conn).and_then(|c| c.user.clone()) else {
+            return;
+        };
+        let mut a = node.attrs();
+        let id = a.optional_string("id").unwrap_or_default().to_string();
+        let ty = a.optional_string("type").map(|s| s.to_string());
+        let to = a.optional_jid("to");
+        let participant = a.optional_jid("participant");
+        drop(a);
+        let mut ack = NodeBuilder::new("ack")
+            .attr("class", "receipt")
+            .attr("id", id.clone());
+        if let Some(t) = &ty {
+            ack = ack.attr("type", t.clone());
+        }
+        if let Some(to) = &to {
+            ack = ack.attr("from", to.clone());
+        }
+        Self::send(&st, conn, ack.build());
+
+        // Receipts go back to the original sender: `participant` names the
+        // sender device in groups; in 1:1 `to` names the sender.
+        let Some(target) = participant.or(to) else { return };
+        let Some(tphone) = st.phone_of(&target.user, target.server == Server::Lid) else {
+            return;
+        };
+        let from = Self::addr(&st, &sphone, sdev, target.server);
+        let mut attrs = node.attrs.clone();
+        attrs.0.retain(|(k, _)| k != "to" && k != "from" && k != "participant");
+        attrs.insert("from", from.to_non_ad());
+        attrs.insert("t", now_secs());
+        let devices: Vec<u16> = st
+            .accounts
+            .get(&tphone)
+            .map(|a| a.devices.keys().copied().collect())
+            .unwrap_or_default();
+        for dev in devices {
+            if tphone == sphone && dev == sdev {
+                continue;
+            }
+            let mut attrs = attrs.clone();
+            if tphone == sphone {
+                attrs.insert("recipient", target.to_non_ad());
+            }
+            let n = Node::new("receipt", attrs, node.content.clone());
+            self.deliver(&mut st, &tphone, dev, n);
+        }
+    }
+
+    // ---- pairing (admin side) --------------------------------------------
+
+    fn account_mut<'a>(st: &'a mut State, phone: &str) -> &'a mut Account {
+        if !st.accounts.contains_key(phone) {
+            st.next_lid += 1;
+            let lid = st.next_lid.to_string();
+            st.lid_to_phone.insert(lid.clone(), phone.to_string());
+            st.accounts.insert(
+                phone.to_string(),
+                Account {
+                    phone: phone.to_string(),
+                    lid,
+                    phone_key: KeyPair::generate(&mut rand::rng()),
+                    devices: BTreeMap::new(),
+                    next_device: 1,
+                    next_key_index: 1,
+                    banned_until: None,
+                    created: now_secs(),
+                },
+            );
+        }
+        st.accounts.get_mut(phone).expect("inserted above")
+    }
+
+    /// The simulated phone scans a QR code: links the waiting connection as a
+    /// new companion device of `phone` and sends it `<pair-success>`.
+    pub fn scan(&self, qr: &str, phone: &str) -> Result<String, String> {
+        let fields: Vec<&str> = qr.split(',').collect();
+        if fields.len() < 4 {
+            return Err("QR must have at least 4 comma-separated fields".into());
+        }
+        let pairing_ref = fields[0];
+        let identity_pub = decode32(fields[2]).ok_or("bad identity key in QR")?;
+        let adv_secret = BASE64_STANDARD
+            .decode(fields[3])
+            .map_err(|_| "bad adv secret in QR")?;
+        let mut st = self.lock();
+        let conn = st
+            .conns
+            .iter()
+            .find(|(_, c)| c.refs.iter().any(|r| r == pairing_ref))
+            .map(|(id, _)| *id)
+            .ok_or("no connection is showing this QR ref")?;
+        let keys = st
+            .conns
+            .get(&conn)
+            .and_then(|c| c.registering.clone())
+            .ok_or("connection is not registering")?;
+        if keys.identity_pub != identity_pub {
+            return Err("QR identity key does not match the registering client".into());
+        }
+        self.complete_pairing(&mut st, conn, phone, keys, &adv_secret)
+    }
+
+    fn complete_pairing(
+        &self,
+        st: &mut State,
+        conn: u64,
+        phone: &str,
+        keys: RegKeys,
+        adv_secret: &[u8],
+    ) -> Result<String, String> {
+        if phone.is_empty() || !phone.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("phone must be digits".into());
+        }
+        let acc = Self::account_mut(st, phone);
+        let dev = acc.next_device;
+        acc.next_device += 1;
+        let key_index = acc.next_key_index;
+        acc.next_key_index += 1;
+        let details = wa::ADVDeviceIdentity {
+            raw_id: Some(rand::random::<u32>()),
+            timestamp: Some(now_secs()),
+            key_index: Some(key_index),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let msg = [&[6u8, 0][..], &details, &keys.identity_pub].concat();
+        let account_signature = acc
+            .phone_key
+            .private_key
+            .calculate_signature(&msg, &mut rand::rng())
+            .map_err(|e| format!("sign: {e}"))?;
+        let signed = wa::ADVSignedDeviceIdentity {
+            details: Some(details),
+            account_signature_key: Some(acc.phone_key.public_key.public_key_bytes().to_vec()),
+            account_signature: Some(account_signature.to_vec()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(adv_secret).map_err(|e| e.to_string())?;
+        mac.update(&signed);
+        let container = wa::ADVSignedDeviceIdentityHMAC {
+            details: Some(signed),
+            hmac: Some(mac.finalize().into_bytes().to_vec()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let lid = acc.lid.clone();
+        acc.devices.insert(
+            dev,
+            Device {
+                id: dev,
+                keys,
+                key_index,
+                signed_identity: None,
+                prekeys: VecDeque::new(),
+                queue: VecDeque::new(),
+                dropped: 0,
+                conn: None,
+                last_seen: None,
+            },
+        );
+        let iq_id = st.fresh_id();
+        st.pair_sign
+            .insert(iq_id.clone(), (phone.to_string(), dev, conn));
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.refs.clear();
+            c.registering = None;
+        }
+        let jid = Jid::pn_device(phone.to_string(), dev);
+        let node = NodeBuilder::new("iq")
+            .attr("from", SERVER)
+            .attr("type", "set")
+            .attr("id", iq_id)
+            .attr("xmlns", "md")
+            .attr("t", now_secs())
+            .children([NodeBuilder::new("pair-success")
+                .children([
+                    NodeBuilder::new("device")
+                        .attr("jid", jid.clone())
+                        .attr("lid", Jid::lid_device(lid, dev))
+                        .build(),
+                    NodeBuilder::new("device-identity")
+                        .attr("key-index", key_index)
+                        .bytes(container)
+                        .build(),
+                    NodeBuilder::new("platform").attr("name", "android").build(),
+                ])
+                .build()])
+            .build();
+        Self::send(st, conn, node);
+        Ok(jid.to_string())
+    }
+
+    // ---- pairing by phone-number code --------------------------------------
+
+    fn pair_code_request(&self, conn: u64, id: &str, _node: &Node) {
+        let st = self.lock();
+        Self::send(&st, conn, Self::error(id, 501, "feature-not-implemented"));
+    }
+
+    pub fn enter_pair_code(&self, _phone: &str, _code: &str) -> Result<String, String> {
+        Err("pairing by code is not implemented".into())
+    }
+
+    // ---- faults ------------------------------------------------------------
+
+    pub fn kick(&self, phone: &str) -> Result<usize, String> {
+        let st = self.lock();
+        let acc = st.accounts.get(phone).ok_or("no such account")?;
+        let conns: Vec<u64> = acc.devices.values().filter_map(|d| d.conn).collect();
+        for c in &conns {
+            Self::close(&st, *c, None);
+        }
+        Ok(conns.len())
+    }
+
+    pub fn logout(&self, phone: &str) -> Result<usize, String> {
+        let mut st = self.lock();
+        let acc = st.accounts.get_mut(phone).ok_or("no such account")?;
+        let devices: Vec<Device> = std::mem::take(&mut acc.devices).into_values().collect();
+        for d in &devices {
+            if let Some(c) = d.conn {
+                let err = NodeBuilder::new("stream:error").attr("code", "401").build();
+                Self::close(&st, c, Some(err));
+            }
+        }
+        Ok(devices.len())
+    }
+
+    pub fn ban(&self, phone: &str, secs: u64) -> Result<(), String> {
+        let mut st = self.lock();
+        let acc = st.accounts.get_mut(phone).ok_or("no such account")?;
+        acc.banned_until = Some(Instant::now() + Duration::from_secs(secs));
+        let conns: Vec<u64> = acc.devices.values().filter_map(|d| d.conn).collect();
+        for c in conns {
+            Self::close(&st, c, None);
+        }
+        Ok(())
+    }
+}
+
+fn parse_reg(
+    client_static: &[u8; 32],
+    p: &wa::ClientPayload,
+    reg: &wa::client_payload::DevicePairingRegistrationData,
+) -> Option<RegKeys> {
+    let identity_pub: [u8; 32] = reg.e_ident.as_deref()?.try_into().ok()?;
+    PublicKey::from_djb_public_key_bytes(&identity_pub).ok()?;
+    Some(RegKeys {
+        noise_pub: *client_static,
+        identity_pub,
+        registration_id: be_u32(reg.e_regid.as_deref()?),
+        signed_pre_key: SignedPreKey {
+            id: be_u32(reg.e_skey_id.as_deref()?),
+            public: reg.e_skey_val.as_deref()?.try_into().ok()?,
+            signature: reg.e_skey_sig.clone()?,
+        },
+        push_name: p.push_name.clone().unwrap_or_default(),
+    })
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    b.iter().take(4).fold(0u32, |acc, x| (acc << 8) | *x as u32)
+}
+
+fn decode32(b64: &str) -> Option<[u8; 32]> {
+    BASE64_STANDARD.decode(b64).ok()?.try_into().ok()
+}
+
+fn child_bytes(n: &Node, tag: &str) -> Option<Vec<u8>> {
+    match &n.get_optional_child(tag)?.content {
+        Some(NodeContent::Bytes(b)) => Some(b.clone()),
+        _ => None,
+    }
+}
