@@ -1,0 +1,194 @@
+//! Assembles and runs the server: storage, service layer, REST + gRPC + grpc-web on one
+//! port, background upkeep, graceful shutdown. Tests and benchmarks call [`launch`] with a
+//! listener on port 0.
+
+use axum::extract::Request;
+use axum::http::{HeaderName, Method, header};
+use axum::response::IntoResponse;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::crypto::MasterKey;
+use crate::domain::{Gateway, Settings};
+use crate::error::{Error, Result};
+use crate::storage::accept::{AcceptWriter, WriterConfig};
+use crate::storage::{Db, messages, now_ms, queue};
+use crate::transport::rest::envelope::ApiError;
+use crate::transport::{grpc, metrics, rest};
+
+pub struct LaunchConfig {
+    pub database_url: String,
+    pub master_key: MasterKey,
+    pub settings: Settings,
+    pub db_pool_size: u32,
+    /// Defaults per backend when `None`.
+    pub writer: Option<WriterConfig>,
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    upkeep: JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let _ = self.upkeep.await;
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown().await;
+    }
+}
+
+fn cors() -> CorsLayer {
+    let h = |s: &'static str| HeaderName::from_static(s);
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::DATE,
+            h("x-grpc-web"),
+            h("x-user-agent"),
+            h("grpc-timeout"),
+            h("x-api-key"),
+            h("x-timestamp"),
+            h("x-signature"),
+            h("x-device-code"),
+            h("x-request-id"),
+            h("x-session-id"),
+            h("digest"),
+        ])
+        .expose_headers([
+            h("grpc-status"),
+            h("grpc-message"),
+            h("grpc-status-details-bin"),
+            h("x-error-code"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+fn is_grpc(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> {
+    metrics::install();
+    let db = Db::open(&cfg.database_url, cfg.db_pool_size)?;
+    let applied = db.migrate()?;
+    if applied > 0 {
+        tracing::info!(applied, "database migrations applied");
+    }
+    let writer_cfg = cfg
+        .writer
+        .unwrap_or_else(|| WriterConfig::for_backend(db.backend()));
+    let writer = AcceptWriter::start(&db, &writer_cfg)?;
+    let gw = Gateway::new(db, cfg.master_key, cfg.settings, writer);
+
+    let (grpc_router, health) = grpc::router(gw.clone()).await?;
+    let app = rest::router(gw.clone())
+        .fallback(move |req: Request| {
+            let grpc_router = grpc_router.clone();
+            async move {
+                if is_grpc(&req) {
+                    grpc_router.oneshot(req).await.into_response()
+                } else {
+                    ApiError(Error::RouteNotFound).into_response()
+                }
+            }
+        })
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(cors());
+
+    let addr = listener.local_addr().map_err(Error::internal)?;
+    let (stop, mut stopped) = watch::channel(false);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut stop_rx = stopped.clone();
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_routes(tonic::service::Routes::from(app));
+    let task = tokio::spawn(async move {
+        server
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.changed().await;
+                health.set_not_serving::<crate::proto::v1::messaging_service_server::MessagingServiceServer<grpc::messaging::MessagingApi>>().await;
+            })
+            .await
+    });
+    let upkeep_gw = gw.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut gauges = tokio::time::interval(Duration::from_secs(5));
+        let mut janitor = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = gauges.tick() => update_gauges(&upkeep_gw).await,
+                _ = janitor.tick() => run_janitor(&upkeep_gw).await,
+            }
+        }
+    });
+    tracing::info!(%addr, node = gw.node_id(), backend = ?gw.db().backend(), "wagate listening (REST, gRPC, grpc-web)");
+    Ok(Server {
+        addr,
+        gateway: gw,
+        stop,
+        task,
+        upkeep,
+    })
+}
+
+async fn update_gauges(gw: &Gateway) {
+    match gw.db().run(messages::queued_count).await {
+        Ok(n) => ::metrics::gauge!("wagate_queue_depth").set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "queue depth unavailable"),
+    }
+    ::metrics::gauge!("wagate_accept_backlog").set(gw.accept_backlog() as f64);
+}
+
+/// Expires messages that can no longer be sent, forgets old idempotency keys and counters.
+async fn run_janitor(gw: &Gateway) {
+    let r = gw
+        .db()
+        .run(|c| {
+            let now = now_ms();
+            Ok((
+                queue::expire_and_exhaust(c, now)?,
+                messages::purge_expired(c, now)?,
+            ))
+        })
+        .await;
+    match r {
+        Ok((failed, purged)) if failed + purged > 0 => tracing::info!(failed, purged, "janitor"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "janitor failed"),
+    }
+}

@@ -1,0 +1,89 @@
+//! Configuration of `wagate serve`: flags, with environment variables of the same meaning.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::crypto::{KeySource, MasterKey};
+use crate::domain::Settings;
+use crate::error::{Error, Result};
+use crate::storage::{Backend, parse_url};
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// SQLite file path (or sqlite://path), or a postgres:// URL.
+    #[arg(long, env = "WAGATE_DATABASE_URL", default_value = "wagate.db")]
+    pub database_url: String,
+    /// 32-byte key (hex or base64) that encrypts secrets at rest. With SQLite and no key, one
+    /// is generated into `<database>.key` (mode 0600). Required with PostgreSQL.
+    #[arg(long, env = "WAGATE_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+}
+
+impl DbArgs {
+    pub fn resolve_master_key(&self) -> Result<(MasterKey, KeySource)> {
+        if let Some(k) = self.master_key.as_deref().filter(|k| !k.is_empty()) {
+            return Ok((MasterKey::parse(k)?, KeySource::Environment));
+        }
+        match parse_url(&self.database_url) {
+            (Backend::Sqlite, path) if path == ":memory:" || path.is_empty() => Ok((
+                MasterKey::generate(),
+                KeySource::GeneratedFile("(in memory)".into()),
+            )),
+            (Backend::Sqlite, path) => {
+                MasterKey::load_or_create(std::path::Path::new(&format!("{path}.key")))
+            }
+            (Backend::Postgres, _) => Err(Error::Internal(
+                "WAGATE_MASTER_KEY is required with PostgreSQL (every node must use the same key)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address for gRPC, grpc-web and REST (one port).
+    #[arg(long, env = "WAGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// This node's name, answered as `meta.server_id` (default: the host name).
+    #[arg(long, env = "WAGATE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Allowed clock difference for X-TIMESTAMP and Date, in seconds.
+    #[arg(long, env = "WAGATE_SIGNATURE_WINDOW_SECS", default_value_t = 300)]
+    pub signature_window_secs: u64,
+    /// How long an X-REQUEST-ID is remembered, in hours.
+    #[arg(long, env = "WAGATE_IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
+    /// Queued messages not sent within this many hours fail with MESSAGE_EXPIRED.
+    #[arg(long, env = "WAGATE_MESSAGE_TTL_HOURS", default_value_t = 168)]
+    pub message_ttl_hours: u64,
+    /// Send attempts per message before it fails.
+    #[arg(long, env = "WAGATE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i32,
+    /// Database connections for reads (writes use dedicated writer connections).
+    #[arg(long, env = "WAGATE_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+}
+
+impl ServeArgs {
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            node_id: self.node_id(),
+            signature_window: Duration::from_secs(self.signature_window_secs),
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_hours * 3600),
+            message_ttl: Duration::from_secs(self.message_ttl_hours * 3600),
+            max_attempts: self.max_attempts.max(1),
+            ..Settings::default()
+        }
+    }
+}

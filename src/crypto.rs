@@ -1,0 +1,185 @@
+//! Key material: the master key that encrypts secrets at rest, API key generation and
+//! hashing, and the HMAC primitives both signing schemes use.
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// 32 bytes that seal API and webhook secrets (AES-256-GCM). Never logged: `Debug` is redacted.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// Where the master key came from, for the start-up log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Environment,
+    ExistingFile(String),
+    GeneratedFile(String),
+}
+
+impl MasterKey {
+    /// Parses a key given as 64 hex characters or standard/URL-safe base64 of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bytes = hex::decode(text)
+            .ok()
+            .or_else(|| STANDARD.decode(text).ok())
+            .or_else(|| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok())
+            .ok_or_else(|| Error::Internal("master key is neither hex nor base64".into()))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::Internal("master key must be 32 bytes".into()))?;
+        Ok(MasterKey(key))
+    }
+
+    pub fn generate() -> Self {
+        MasterKey(random_bytes())
+    }
+
+    /// Reads the key file, or creates it with a fresh key (mode 0600) when it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<(Self, KeySource)> {
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok((Self::parse(&text)?, KeySource::ExistingFile(shown))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                write_private_file(path, hex::encode(key.0).as_bytes())
+                    .map_err(|e| Error::Internal(format!("cannot write key file {shown}: {e}")))?;
+                Ok((key, KeySource::GeneratedFile(shown)))
+            }
+            Err(e) => Err(Error::Internal(format!(
+                "cannot read key file {shown}: {e}"
+            ))),
+        }
+    }
+
+    /// `base64(nonce ‖ ciphertext)`; a fresh random nonce each call.
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        let cipher = Aes256Gcm::new(&self.0.into());
+        let nonce_bytes: [u8; 12] = random_bytes();
+        let nonce = Nonce::from(nonce_bytes);
+        let ct = cipher
+            .encrypt(&nonce, plaintext)
+            .expect("AES-GCM encryption cannot fail for in-memory buffers");
+        let mut out = nonce_bytes.to_vec();
+        out.extend_from_slice(&ct);
+        STANDARD.encode(out)
+    }
+
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>> {
+        let raw = STANDARD
+            .decode(sealed)
+            .map_err(|_| Error::Internal("sealed secret is not base64".into()))?;
+        if raw.len() < 12 + 16 {
+            return Err(Error::Internal("sealed secret is truncated".into()));
+        }
+        let (nonce, ct) = raw.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().expect("split at 12");
+        Aes256Gcm::new(&self.0.into())
+            .decrypt(&Nonce::from(nonce), ct)
+            .map_err(|_| {
+                Error::Internal("cannot decrypt a stored secret: wrong WAGATE_MASTER_KEY?".into())
+            })
+    }
+}
+
+#[cfg(unix)]
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).expect("operating system RNG unavailable");
+    buf
+}
+
+/// A high-entropy token with a readable prefix, e.g. `wgk_…`.
+pub fn random_token(prefix: &str) -> String {
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// API keys carry 256 random bits, so a plain SHA-256 is a sound lookup hash (no KDF needed).
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time comparison of a computed MAC with a client-supplied one.
+pub fn verify_hmac_sha256(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.verify_slice(expected).is_ok()
+}
+
+pub fn base64_encode(data: &[u8]) -> String {
+    STANDARD.encode(data)
+}
+
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_roundtrip_and_tamper_detection() {
+        let key = MasterKey::generate();
+        let sealed = key.seal(b"api-secret");
+        assert_eq!(key.open(&sealed).unwrap(), b"api-secret");
+        assert_ne!(key.seal(b"api-secret"), sealed, "nonce must be fresh");
+        let other = MasterKey::generate();
+        assert!(other.open(&sealed).is_err());
+    }
+
+    #[test]
+    fn master_key_parses_hex_and_base64() {
+        let hex_key = "00".repeat(32);
+        assert!(MasterKey::parse(&hex_key).is_ok());
+        assert!(MasterKey::parse(&STANDARD.encode([7u8; 32])).is_ok());
+        assert!(MasterKey::parse("short").is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! Who is calling: RK request signing (`X-API-KEY`/`X-TIMESTAMP`/`X-SIGNATURE`, also used as
+//! gRPC metadata) and the Mekari/Qontak `Authorization: hmac …` scheme. Both resolve an API
+//! key to its project and check an HMAC-SHA256 made with the project's API secret, in
+//! constant time, with the timestamp inside the configured window.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Gateway;
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::storage::models::{DeviceRow, ProjectRow};
+use crate::storage::projects;
+
+/// An authenticated project.
+#[derive(Clone)]
+pub struct Caller {
+    pub project: Arc<ProjectAuth>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("project_id", &self.project.row.id)
+            .finish()
+    }
+}
+
+pub struct ProjectAuth {
+    pub row: ProjectRow,
+    secret: Vec<u8>,
+}
+
+/// The RK headers (or their gRPC metadata twins) as received.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RkHeaders<'a> {
+    pub api_key: Option<&'a str>,
+    pub timestamp: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// What the Qontak scheme signs, taken from the HTTP request.
+pub struct QontakRequest<'a> {
+    pub authorization: &'a str,
+    pub date: Option<&'a str>,
+    pub digest: Option<&'a str>,
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// Short-lived cache of decrypted project credentials and device lookups, so the hot path
+/// does not hit the database; entries expire so rotations and suspensions take effect.
+pub struct AuthCache {
+    ttl: Duration,
+    projects: Mutex<HashMap<String, (Arc<ProjectAuth>, Instant)>>,
+    devices: Mutex<HashMap<(String, String), (Arc<DeviceRow>, Instant)>>,
+}
+
+const CACHE_MAX: usize = 10_000;
+
+impl AuthCache {
+    pub fn new(ttl: Duration) -> Self {
+        AuthCache {
+            ttl,
+            projects: Mutex::default(),
+            devices: Mutex::default(),
+        }
+    }
+
+    fn get<K: std::hash::Hash + Eq, V: Clone>(
+        &self,
+        map: &Mutex<HashMap<K, (V, Instant)>>,
+        k: &K,
+    ) -> Option<V> {
+        let map = map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(k)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| v.clone())
+    }
+
+    fn put<K: std::hash::Hash + Eq, V>(&self, map: &Mutex<HashMap<K, (V, Instant)>>, k: K, v: V) {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CACHE_MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(k, (v, Instant::now()));
+    }
+}
+
+fn check_timestamp(ts: &str, window: Duration, now_secs: i64) -> Result<()> {
+    let ts: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| Error::TimestampExpired(window.as_secs()))?;
+    if now_secs.abs_diff(ts) > window.as_secs() {
+        return Err(Error::TimestampExpired(window.as_secs()));
+    }
+    Ok(())
+}
+
+impl Gateway {
+    async fn project_for_key(&self, api_key: &str) -> Result<Arc<ProjectAuth>> {
+        let hash = crypto::hash_api_key(api_key);
+        let cache = &self.inner.auth;
+        if let Some(p) = cache.get(&cache.projects, &hash) {
+            return Ok(p);
+        }
+        let h = hash.clone();
+        let row = self
+            .db()
+            .run(move |c| projects::project_by_key_hash(c, &h))
+            .await?
+            .ok_or(Error::InvalidApiKey)?;
+        let secret = self.inner.key.open(&row.api_secret_enc)?;
+        let auth = Arc::new(ProjectAuth { row, secret });
+        cache.put(&cache.projects, hash, auth.clone());
+        Ok(auth)
+    }
+
+    /// RK signing: `hex(HMAC-SHA256(secret, api_key ‖ timestamp ‖ signed…))`, where `signed`
+    /// is the raw body for REST and `method path ‖ message bytes` for gRPC.
+    pub async fn authenticate_rk(&self, h: RkHeaders<'_>, signed: &[&[u8]]) -> Result<Caller> {
+        let api_key = h
+            .api_key
+            .filter(|k| !k.is_empty())
+            .ok_or(Error::MissingApiKey)?;
+        let (Some(ts), Some(sig)) = (h.timestamp, h.signature) else {
+            return Err(Error::MissingSignatureHeaders);
+        };
+        check_timestamp(
+            ts,
+            self.settings().signature_window,
+            chrono::Utc::now().timestamp(),
+        )?;
+        let project = self.project_for_key(api_key).await?;
+        let provided = hex::decode(sig.trim()).map_err(|_| Error::InvalidSignature)?;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(signed.len() + 2);
+        parts.push(api_key.as_bytes());
+        parts.push(ts.as_bytes());
+        parts.extend_from_slice(signed);
+        if !crypto::verify_hmac_sha256(&project.secret, &parts, &provided) {
+            return Err(Error::InvalidSignature);
+        }
+        Ok(Caller { project })
+    }
+
+    /// Mekari/Qontak: `Authorization: hmac username="<api_key>", algorithm="hmac-sha256",
+    /// headers="date request-line", signature="<base64 HMAC>"` over the listed headers, one
+    /// per line (`date: <Date>`, `<METHOD> <path?query> HTTP/1.1`, and `digest: …` if listed).
+    pub async fn authenticate_qontak(&self, r: QontakRequest<'_>) -> Result<Caller> {
+        let params = parse_hmac_authorization(r.authorization)?;
+        let username = params
+            .get("username")
+            .ok_or(Error::InvalidAuthorizationHeader("username is missing"))?;
+        let algorithm = params
+            .get("algorithm")
+            .map(String::as_str)
+            .unwrap_or("hmac-sha256");
+        if !algorithm.eq_ignore_ascii_case("hmac-sha256") {
+            return Err(Error::InvalidAuthorizationHeader(
+                "only algorithm=\"hmac-sha256\" is supported",
+            ));
+        }
+        let headers = params.get("headers").map(String::as_str).unwrap_or("date");
+        let signature = params
+            .get("signature")
+            .ok_or(Error::InvalidAuthorizationHeader("signature is missing"))?;
+        let listed: Vec<&str> = headers.split_ascii_whitespace().collect();
+        if !listed.iter().any(|h| h.eq_ignore_ascii_case("date")) {
+            return Err(Error::InvalidAuthorizationHeader(
+                "headers must include date",
+            ));
+        }
+        let date = r.date.ok_or(Error::MissingSignatureHeaders)?;
+        let window = self.settings().signature_window;
+        let when = chrono::DateTime::parse_from_rfc2822(date)
+            .map_err(|_| Error::TimestampExpired(window.as_secs()))?;
+        check_timestamp(
+            &when.timestamp().to_string(),
+            window,
+            chrono::Utc::now().timestamp(),
+        )?;
+
+        let mut lines = Vec::with_capacity(listed.len());
+        for name in &listed {
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
+                "date" => lines.push(format!("date: {date}")),
+                "request-line" => lines.push(format!("{} {} HTTP/1.1", r.method, r.path_and_query)),
+                "digest" => {
+                    let digest = r.digest.ok_or(Error::MissingSignatureHeaders)?;
+                    let expected =
+                        format!("SHA-256={}", crypto::base64_encode(&sha2_digest(r.body)));
+                    if digest.trim() != expected {
+                        return Err(Error::InvalidSignature);
+                    }
+                    lines.push(format!("digest: {digest}"));
+                }
+                _ => {
+                    return Err(Error::InvalidAuthorizationHeader(
+                        "headers may list only date, request-line and digest",
+                    ));
+                }
+            }
+        }
+        let project = self.project_for_key(username).await?;
+        let provided = crypto::base64_decode(signature).ok_or(Error::InvalidSignature)?;
+        let signing_string = lines.join("\n");
+        if !crypto::verify_hmac_sha256(&project.secret, &[signing_string.as_bytes()], &provided) {
+            return Err(Error::InvalidSignature);
+        }
+        Ok(Caller { project })
+    }
+
+    /// The caller's device by its code; another project's device is not found.
+    pub async fn device_for(&self, caller: &Caller, code: &str) -> Result<Arc<DeviceRow>> {
+        let key = (caller.project.row.id.clone(), code.to_owned());
+        let cache = &self.inner.auth;
+        if let Some(d) = cache.get(&cache.devices, &key) {
+            return Ok(d);
+        }
+        let (pid, c) = key.clone();
+        let row = self
+            .db()
+            .run(move |conn| projects::device_by_code(conn, &pid, &c))
+            .await?
+            .ok_or(Error::DeviceNotFound)?;
+        let row = Arc::new(row);
+        cache.put(&cache.devices, key, row.clone());
+        Ok(row)
+    }
+}
+
+fn sha2_digest(body: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(body).to_vec()
+}
+
+/// Parses `hmac k="v", k2="v2"` into a map; keys lowercased.
+fn parse_hmac_authorization(header: &str) -> Result<HashMap<String, String>> {
+    let rest = header
+        .trim()
+        .strip_prefix("hmac ")
+        .or_else(|| header.trim().strip_prefix("HMAC "))
+        .ok_or(Error::InvalidAuthorizationHeader(
+            "expected the hmac scheme",
+        ))?;
+    let mut out = HashMap::new();
+    for part in rest.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let (k, v) = part
+            .split_once('=')
+            .ok_or(Error::InvalidAuthorizationHeader(
+                "expected key=\"value\" pairs",
+            ))?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        out.insert(k.trim().to_ascii_lowercase(), v.to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qontak_authorization() {
+        let p = parse_hmac_authorization(
+            r#"hmac username="abc", algorithm="hmac-sha256", headers="date request-line", signature="c2ln""#,
+        )
+        .unwrap();
+        assert_eq!(p["username"], "abc");
+        assert_eq!(p["headers"], "date request-line");
+        assert_eq!(p["signature"], "c2ln");
+        assert!(parse_hmac_authorization("Bearer x").is_err());
+    }
+
+    #[test]
+    fn timestamp_window() {
+        let w = Duration::from_secs(300);
+        assert!(check_timestamp("1000", w, 1200).is_ok());
+        assert!(check_timestamp("1000", w, 1301).is_err());
+        assert!(check_timestamp("abc", w, 1000).is_err());
+    }
+}

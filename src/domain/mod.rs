@@ -1,0 +1,89 @@
+//! The service layer: every operation the gRPC services and the REST shim expose, written
+//! once. Transports decode their input, call a method here, and encode the result.
+
+pub mod admin;
+pub mod auth;
+pub mod media;
+pub mod messaging;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::crypto::MasterKey;
+use crate::storage::Db;
+use crate::storage::accept::AcceptWriter;
+
+/// Tunables of the service layer (see `config` for their flags and defaults).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: String,
+    pub signature_window: Duration,
+    pub idempotency_ttl: Duration,
+    pub message_ttl: Duration,
+    pub max_attempts: i32,
+    pub max_media_bytes: usize,
+    pub credential_cache_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_id: "wagate".into(),
+            signature_window: Duration::from_secs(300),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            message_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_attempts: 5,
+            max_media_bytes: 10 * 1024 * 1024,
+            credential_cache_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The gateway's service layer; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    settings: Settings,
+    key: MasterKey,
+    writer: AcceptWriter,
+    auth: auth::AuthCache,
+}
+
+impl Gateway {
+    pub fn new(db: Db, key: MasterKey, settings: Settings, writer: AcceptWriter) -> Self {
+        Gateway {
+            inner: Arc::new(Inner {
+                auth: auth::AuthCache::new(settings.credential_cache_ttl),
+                db,
+                settings,
+                key,
+                writer,
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.settings.node_id
+    }
+
+    pub fn admin(&self) -> admin::Admin {
+        admin::Admin::new(self.inner.db.clone(), self.inner.key.clone())
+    }
+
+    /// Requests waiting for a message writer (a saturation signal for metrics).
+    pub fn accept_backlog(&self) -> usize {
+        self.inner.writer.backlog()
+    }
+}

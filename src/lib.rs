@@ -1,0 +1,15 @@
+//! wagate: a self-hosted WhatsApp messaging gateway.
+//!
+//! Layout: `transport` (gRPC, grpc-web, REST) → `domain` (the service layer) → `storage`
+//! (diesel, SQLite or PostgreSQL). `app` wires them together; `cli` is the binary's front.
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod proto;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,432 @@
+//! Accepting messages: one transaction checks idempotency, charges the rate-limit and quota
+//! counters and inserts the message, so a 201 is only ever answered for a committed message
+//! and concurrent requests (on any number of nodes) cannot overshoot a limit.
+//!
+//! Requests are group-committed: writer threads take whatever is waiting (up to a batch
+//! limit) and commit it in one transaction. On PostgreSQL each batch first locks the
+//! counter rows of its projects in a fixed order, which serialises batches of one project
+//! across nodes without deadlocks (idempotency keys are per project, so they are covered).
+
+use diesel::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+use super::models::{IdempotencyRow, NewMedia, NewMessage};
+use super::schema::{idempotency_keys, media, messages, usage_counters};
+use super::{Backend, Db, DbConn, now_ms};
+use crate::error::{Error, Result};
+use crate::on_conn;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub project_id: String,
+    pub per_minute: i64,
+    pub monthly: i64,
+    pub suspended: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// Hash of the request's meaning; a reused key with another fingerprint is a conflict.
+    pub fingerprint: String,
+    pub ttl_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcceptItem {
+    pub limits: Limits,
+    pub idempotency: Option<IdempotencyKey>,
+    pub media: Option<NewMedia>,
+    pub message: NewMessage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Created {
+        id: String,
+        device_code: String,
+    },
+    /// The idempotency key was seen before: nothing was created.
+    Replayed {
+        id: String,
+        device_code: String,
+        status: String,
+    },
+}
+
+impl Accepted {
+    pub fn id(&self) -> &str {
+        match self {
+            Accepted::Created { id, .. } | Accepted::Replayed { id, .. } => id,
+        }
+    }
+}
+
+fn month_bucket(now: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+    format!("M{}", t.format("%Y%m"))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    minute: i64,
+    month: i64,
+    dirty: bool,
+}
+
+const MINUTE_MS: i64 = 60_000;
+const INSERT_CHUNK: usize = 200;
+
+/// Accepts a batch in one transaction; one outcome per item, in order.
+pub fn accept_batch(
+    conn: &mut DbConn,
+    items: &[AcceptItem],
+    now: i64,
+) -> Result<Vec<Result<Accepted>>> {
+    conn.transaction(|conn| accept_in_tx(conn, items, now))
+}
+
+fn accept_in_tx(
+    conn: &mut DbConn,
+    items: &[AcceptItem],
+    now: i64,
+) -> Result<Vec<Result<Accepted>>> {
+    let minute_bucket = format!("m{}", now / MINUTE_MS);
+    let month_bucket = month_bucket(now);
+    let mut project_ids: Vec<&str> = items.iter().map(|i| i.limits.project_id.as_str()).collect();
+    project_ids.sort_unstable();
+    project_ids.dedup();
+
+    let mut counters: HashMap<String, Counter> = HashMap::new();
+    for pid in project_ids {
+        let seed = [
+            (pid, minute_bucket.as_str(), now + 2 * MINUTE_MS),
+            (pid, month_bucket.as_str(), now + 62 * 24 * 3600 * 1000),
+        ];
+        for (p, b, exp) in seed {
+            on_conn!(conn, c => diesel::insert_into(usage_counters::table)
+                .values((
+                    usage_counters::project_id.eq(p),
+                    usage_counters::bucket.eq(b),
+                    usage_counters::count.eq(0i64),
+                    usage_counters::expires_at.eq(exp),
+                ))
+                .on_conflict_do_nothing()
+                .execute(c))?;
+        }
+        let buckets = [minute_bucket.as_str(), month_bucket.as_str()];
+        let base = usage_counters::table
+            .filter(usage_counters::project_id.eq(pid))
+            .filter(usage_counters::bucket.eq_any(buckets))
+            .order(usage_counters::bucket.asc())
+            .select((usage_counters::bucket, usage_counters::count));
+        let rows: Vec<(String, i64)> = match conn {
+            DbConn::Postgres(c) => base.for_update().load(c)?,
+            DbConn::Sqlite(c) => base.load(c)?,
+        };
+        let mut ctr = Counter {
+            minute: 0,
+            month: 0,
+            dirty: false,
+        };
+        for (bucket, count) in rows {
+            if bucket == minute_bucket {
+                ctr.minute = count;
+            } else {
+                ctr.month = count;
+            }
+        }
+        counters.insert(pid.to_owned(), ctr);
+    }
+
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut seen: HashMap<(&str, &str), (&str, Accepted)> = HashMap::new();
+    let mut new_messages: Vec<&NewMessage> = Vec::new();
+    let mut new_keys: Vec<IdempotencyRow> = Vec::new();
+    let mut expired_keys: Vec<(&str, &str)> = Vec::new();
+
+    for item in items {
+        let pid = item.limits.project_id.as_str();
+        if let Some(k) = &item.idempotency {
+            if let Some((fp, first)) = seen.get(&(pid, k.key.as_str())) {
+                outcomes.push(if *fp == k.fingerprint {
+                    Ok(as_replay(first))
+                } else {
+                    Err(Error::IdempotencyConflict)
+                });
+                continue;
+            }
+            let existing: Option<IdempotencyRow> = on_conn!(conn, c => idempotency_keys::table
+                .find((pid, k.key.as_str()))
+                .select(IdempotencyRow::as_select())
+                .first(c)
+                .optional())?;
+            if let Some(row) = existing {
+                if row.expires_at > now {
+                    if row.fingerprint != k.fingerprint {
+                        outcomes.push(Err(Error::IdempotencyConflict));
+                        continue;
+                    }
+                    let found: Option<(String, String)> = on_conn!(conn, c => messages::table
+                        .filter(messages::id.eq(&row.message_id))
+                        .select((messages::device_code, messages::status))
+                        .first(c)
+                        .optional())?;
+                    outcomes.push(match found {
+                        Some((device_code, status)) => Ok(Accepted::Replayed {
+                            id: row.message_id,
+                            device_code,
+                            status,
+                        }),
+                        None => Err(Error::Internal(
+                            "idempotency key points at no message".into(),
+                        )),
+                    });
+                    continue;
+                }
+                expired_keys.push((pid, k.key.as_str()));
+            }
+        }
+
+        let ctr = counters
+            .get_mut(pid)
+            .expect("counter loaded for every project");
+        if item.limits.suspended || ctr.month >= item.limits.monthly {
+            outcomes.push(Err(Error::QuotaExceeded));
+            continue;
+        }
+        if ctr.minute >= item.limits.per_minute {
+            let retry_after_ms = MINUTE_MS - now.rem_euclid(MINUTE_MS);
+            outcomes.push(Err(Error::RateLimited {
+                limit: item.limits.per_minute,
+                retry_after: Duration::from_millis(retry_after_ms as u64),
+            }));
+            continue;
+        }
+        ctr.minute += 1;
+        ctr.month += 1;
+        ctr.dirty = true;
+
+        if let Some(m) = &item.media {
+            on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+        }
+        new_messages.push(&item.message);
+        let created = Accepted::Created {
+            id: item.message.id.clone(),
+            device_code: item.message.device_code.clone(),
+        };
+        if let Some(k) = &item.idempotency {
+            new_keys.push(IdempotencyRow {
+                project_id: pid.to_owned(),
+                key: k.key.clone(),
+                fingerprint: k.fingerprint.clone(),
+                message_id: item.message.id.clone(),
+                expires_at: now + k.ttl_ms,
+            });
+            seen.insert(
+                (pid, k.key.as_str()),
+                (k.fingerprint.as_str(), created.clone()),
+            );
+        }
+        outcomes.push(Ok(created));
+    }
+
+    for chunk in new_messages.chunks(INSERT_CHUNK) {
+        let rows: Vec<&NewMessage> = chunk.to_vec();
+        on_conn!(conn, c => diesel::insert_into(messages::table).values(rows).execute(c))?;
+    }
+    for (pid, key) in expired_keys {
+        on_conn!(conn, c => diesel::delete(idempotency_keys::table.find((pid, key))).execute(c))?;
+    }
+    for chunk in new_keys.chunks(INSERT_CHUNK) {
+        on_conn!(conn, c => diesel::insert_into(idempotency_keys::table).values(chunk).execute(c))?;
+    }
+    for (pid, ctr) in counters.iter().filter(|(_, c)| c.dirty) {
+        for (bucket, value) in [(&minute_bucket, ctr.minute), (&month_bucket, ctr.month)] {
+            on_conn!(conn, c => diesel::update(usage_counters::table.find((pid.as_str(), bucket.as_str())))
+                .set(usage_counters::count.eq(value))
+                .execute(c))?;
+        }
+    }
+    Ok(outcomes)
+}
+
+fn as_replay(first: &Accepted) -> Accepted {
+    match first {
+        Accepted::Created { id, device_code }
+        | Accepted::Replayed {
+            id, device_code, ..
+        } => Accepted::Replayed {
+            id: id.clone(),
+            device_code: device_code.clone(),
+            status: "queued".into(),
+        },
+    }
+}
+
+/// Current usage of a project: (messages this minute, messages this month).
+pub fn usage(conn: &mut DbConn, project_id: &str, now: i64) -> Result<(i64, i64)> {
+    let minute_bucket = format!("m{}", now / MINUTE_MS);
+    let month_bucket = month_bucket(now);
+    let rows: Vec<(String, i64)> = on_conn!(conn, c => usage_counters::table
+        .filter(usage_counters::project_id.eq(project_id))
+        .filter(usage_counters::bucket.eq_any([&minute_bucket, &month_bucket]))
+        .select((usage_counters::bucket, usage_counters::count))
+        .load(c))?;
+    let get = |b: &str| {
+        rows.iter()
+            .find(|(k, _)| k == b)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    };
+    Ok((get(&minute_bucket), get(&month_bucket)))
+}
+
+struct Job {
+    item: AcceptItem,
+    reply: oneshot::Sender<Result<Accepted>>,
+}
+
+/// The group-commit front of [`accept_batch`]: bounded, with a fixed set of writer threads.
+#[derive(Clone)]
+pub struct AcceptWriter {
+    tx: mpsc::Sender<Job>,
+    enqueue_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub writers: usize,
+    pub capacity: usize,
+    pub max_batch: usize,
+    pub enqueue_timeout: Duration,
+}
+
+impl WriterConfig {
+    pub fn for_backend(backend: Backend) -> Self {
+        WriterConfig {
+            // SQLite has one writer at a time anyway; PostgreSQL overlaps commits.
+            writers: match backend {
+                Backend::Sqlite => 1,
+                Backend::Postgres => 4,
+            },
+            capacity: 20_000,
+            max_batch: 512,
+            enqueue_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Bytes of media one batch may carry, so a burst of uploads cannot balloon a transaction.
+const MAX_BATCH_MEDIA_BYTES: usize = 64 << 20;
+
+impl AcceptWriter {
+    pub fn start(db: &Db, cfg: &WriterConfig) -> Result<AcceptWriter> {
+        let (tx, rx) = mpsc::channel::<Job>(cfg.capacity);
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..cfg.writers.max(1) {
+            let conn = db.connect()?;
+            let db = db.clone();
+            let rx = rx.clone();
+            let max_batch = cfg.max_batch.max(1);
+            std::thread::Builder::new()
+                .name(format!("wagate-accept-{n}"))
+                .spawn(move || writer_loop(db, conn, rx, max_batch))
+                .map_err(Error::internal)?;
+        }
+        Ok(AcceptWriter {
+            tx,
+            enqueue_timeout: cfg.enqueue_timeout,
+        })
+    }
+
+    /// Number of requests waiting for a writer.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub async fn submit(&self, item: AcceptItem) -> Result<Accepted> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send_timeout(Job { item, reply }, self.enqueue_timeout)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => Error::Overloaded,
+                mpsc::error::SendTimeoutError::Closed(_) => {
+                    Error::Unavailable("shutting down".into())
+                }
+            })?;
+        rx.await
+            .map_err(|_| Error::Unavailable("message writer stopped".into()))?
+    }
+}
+
+fn writer_loop(db: Db, mut conn: DbConn, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
+            let mut bytes = first.item.media.as_ref().map_or(0, |m| m.data.len());
+            let mut batch = vec![first];
+            while batch.len() < max_batch && bytes < MAX_BATCH_MEDIA_BYTES {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        bytes += job.item.media.as_ref().map_or(0, |m| m.data.len());
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        metrics::histogram!("wagate_accept_batch_size").record(batch.len() as f64);
+        let items: Vec<AcceptItem> = batch.iter().map(|j| j.item.clone()).collect();
+        let outcomes = commit_with_retry(&db, &mut conn, &items);
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+/// Commits a batch; transient failures are retried, and a batch that still fails is split
+/// so one bad item cannot fail its neighbours.
+fn commit_with_retry(db: &Db, conn: &mut DbConn, items: &[AcceptItem]) -> Vec<Result<Accepted>> {
+    let mut last_err = None;
+    for attempt in 0..3 {
+        if on_conn!(&mut *conn, c => diesel::r2d2::R2D2Connection::is_broken(c))
+            || (attempt > 0 && last_err.is_some())
+        {
+            match db.connect() {
+                Ok(fresh) => *conn = fresh,
+                Err(e) => {
+                    last_err = Some(e);
+                    std::thread::sleep(Duration::from_millis(100 << attempt));
+                    continue;
+                }
+            }
+        }
+        match accept_batch(conn, items, now_ms()) {
+            Ok(outcomes) => return outcomes,
+            Err(e) => {
+                tracing::warn!(error = %e, batch = items.len(), attempt, "accept batch failed");
+                last_err = Some(e);
+            }
+        }
+    }
+    if items.len() > 1 {
+        return items
+            .iter()
+            .flat_map(|item| commit_with_retry(db, conn, std::slice::from_ref(item)))
+            .collect();
+    }
+    let e = last_err.unwrap_or_else(|| Error::Internal("accept failed".into()));
+    vec![Err(match e {
+        Error::Internal(detail) => Error::Unavailable(detail),
+        other => other,
+    })]
+}

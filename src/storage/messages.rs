@@ -1,0 +1,64 @@
+//! Reading messages back (status, listing) and the periodic clean-up of expired rows.
+
+use diesel::prelude::*;
+
+use super::DbConn;
+use super::models::MessageRow;
+use super::schema::{idempotency_keys, messages, usage_counters};
+use crate::error::Result;
+use crate::on_conn;
+
+/// A project's message by id. Another project's message is `None`, like a missing one.
+pub fn by_id(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<MessageRow>> {
+    Ok(on_conn!(conn, c => messages::table
+        .filter(messages::id.eq(id))
+        .filter(messages::project_id.eq(project_id))
+        .select(MessageRow::as_select())
+        .first(c)
+        .optional())?)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub device_code: Option<String>,
+    pub status: Option<String>,
+    /// Only rows with `seq` below this (keyset pagination, newest first).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+pub fn list(conn: &mut DbConn, project_id: &str, f: &ListFilter) -> Result<Vec<MessageRow>> {
+    Ok(on_conn!(conn, c => {
+        let mut q = messages::table
+            .filter(messages::project_id.eq(project_id))
+            .select(MessageRow::as_select())
+            .order(messages::seq.desc())
+            .limit(f.limit)
+            .into_boxed();
+        if let Some(d) = &f.device_code {
+            q = q.filter(messages::device_code.eq(d.clone()));
+        }
+        if let Some(s) = &f.status {
+            q = q.filter(messages::status.eq(s.clone()));
+        }
+        if let Some(b) = f.before_seq {
+            q = q.filter(messages::seq.lt(b));
+        }
+        q.load(c)
+    })?)
+}
+
+/// Messages waiting to be sent, across all devices (the queue-depth gauge).
+pub fn queued_count(conn: &mut DbConn) -> Result<i64> {
+    Ok(on_conn!(conn, c => messages::table
+        .filter(messages::status.eq("queued"))
+        .count()
+        .get_result(c))?)
+}
+
+/// Deletes idempotency keys and usage counters past their expiry; returns rows removed.
+pub fn purge_expired(conn: &mut DbConn, now: i64) -> Result<usize> {
+    let keys = on_conn!(conn, c => diesel::delete(idempotency_keys::table.filter(idempotency_keys::expires_at.le(now))).execute(c))?;
+    let counters = on_conn!(conn, c => diesel::delete(usage_counters::table.filter(usage_counters::expires_at.le(now))).execute(c))?;
+    Ok(keys + counters)
+}

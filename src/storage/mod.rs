@@ -1,0 +1,214 @@
+//! Persistence on diesel: SQLite (embedded default) and PostgreSQL (production, several
+//! nodes). Every query is written once and compiled for both backends through [`on_conn!`];
+//! the few statements that differ (row locks, `SKIP LOCKED`) match on [`DbConn`] explicitly.
+//! Blocking diesel calls run on the blocking pool via [`Db::run`].
+
+pub mod accept;
+pub mod messages;
+pub mod models;
+pub mod projects;
+pub mod queue;
+pub mod schema;
+
+use diesel::Connection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection, R2D2Connection};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Runs `$body` with `$c` bound to the inner connection of either backend.
+#[macro_export]
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::storage::DbConn::Sqlite($c) => $body,
+            $crate::storage::DbConn::Postgres($c) => $body,
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub enum DbConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl DbConn {
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbConn::Sqlite(_) => Backend::Sqlite,
+            DbConn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A read-write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write lock is taken
+    /// up front and concurrent writers queue on `busy_timeout` instead of failing mid-way.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
+        match self {
+            DbConn::Sqlite(c) => {
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+            }
+            DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
+        }
+        match f(self) {
+            Ok(value) => {
+                on_conn!(self, c => AnsiTransactionManager::commit_transaction(c))?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) =
+                    on_conn!(self, c => AnsiTransactionManager::rollback_transaction(c))
+                {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// r2d2 manager that opens the backend the URL names, never guessing by trial.
+#[derive(Debug, Clone)]
+pub struct Manager {
+    backend: Backend,
+    url: String,
+}
+
+impl Manager {
+    fn open(&self) -> std::result::Result<DbConn, diesel::ConnectionError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::establish(&self.url)?;
+                // WAL lets readers run beside the single writer; synchronous=FULL makes each
+                // commit durable before a 201 is answered (group commit amortises the fsync).
+                c.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(DbConn::Sqlite(c))
+            }
+            Backend::Postgres => Ok(DbConn::Postgres(PgConnection::establish(&self.url)?)),
+        }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> std::result::Result<DbConn, r2d2::Error> {
+        self.open().map_err(r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> std::result::Result<(), r2d2::Error> {
+        on_conn!(conn, c => c.ping())
+            .map(|_| ())
+            .map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        on_conn!(conn, c => c.is_broken())
+    }
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// The database handle the whole service shares.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    manager: Manager,
+}
+
+/// Splits a database URL into backend and the string diesel's driver expects.
+pub fn parse_url(url: &str) -> (Backend, String) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (Backend::Postgres, url.to_owned())
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        (Backend::Sqlite, path.to_owned())
+    } else if let Some(path) = url.strip_prefix("sqlite:") {
+        (Backend::Sqlite, path.to_owned())
+    } else {
+        (Backend::Sqlite, url.to_owned())
+    }
+}
+
+impl Db {
+    pub fn open(url: &str, pool_size: u32) -> Result<Db> {
+        let (backend, url) = parse_url(url);
+        let manager = Manager { backend, url };
+        // A first connection up front so a bad URL fails fast with a clear message.
+        manager
+            .open()
+            .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))?;
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(2))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager.clone())
+            .map_err(|e| Error::Unavailable(format!("cannot open database pool: {e}")))?;
+        Ok(Db { pool, manager })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.manager.backend
+    }
+
+    /// Applies pending migrations of this backend; returns how many ran.
+    pub fn migrate(&self) -> Result<usize> {
+        let mut conn = self.connect()?;
+        let applied = on_conn!(&mut conn, c => {
+            let set = match self.manager.backend {
+                Backend::Sqlite => SQLITE_MIGRATIONS,
+                Backend::Postgres => POSTGRES_MIGRATIONS,
+            };
+            c.run_pending_migrations(set).map(|v| v.len())
+        })
+        .map_err(|e| Error::Internal(format!("migrations failed: {e}")))?;
+        Ok(applied)
+    }
+
+    /// A connection outside the pool, for long-lived writers.
+    pub fn connect(&self) -> Result<DbConn> {
+        self.manager
+            .open()
+            .map_err(|e| Error::Unavailable(format!("cannot open database: {e}")))
+    }
+
+    pub fn get(&self) -> Result<PooledConn> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Runs blocking diesel work on tokio's blocking pool with a pooled connection.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+    }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

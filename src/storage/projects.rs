@@ -1,0 +1,70 @@
+//! Projects (tenants) and their devices.
+
+use diesel::prelude::*;
+
+use super::DbConn;
+use super::models::{DeviceRow, ProjectRow};
+use super::schema::{devices, projects};
+use crate::error::{Error, Result};
+use crate::on_conn;
+
+pub fn insert_project(conn: &mut DbConn, row: &ProjectRow) -> Result<()> {
+    on_conn!(conn, c => diesel::insert_into(projects::table).values(row).execute(c))?;
+    Ok(())
+}
+
+pub fn list_projects(conn: &mut DbConn) -> Result<Vec<ProjectRow>> {
+    Ok(on_conn!(conn, c => projects::table
+        .order(projects::created_at.asc())
+        .select(ProjectRow::as_select())
+        .load(c))?)
+}
+
+pub fn project_by_id(conn: &mut DbConn, id: &str) -> Result<Option<ProjectRow>> {
+    Ok(on_conn!(conn, c => projects::table
+        .find(id)
+        .select(ProjectRow::as_select())
+        .first(c)
+        .optional())?)
+}
+
+pub fn project_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<ProjectRow>> {
+    Ok(on_conn!(conn, c => projects::table
+        .filter(projects::api_key_hash.eq(hash))
+        .select(ProjectRow::as_select())
+        .first(c)
+        .optional())?)
+}
+
+pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
+    let result = on_conn!(conn, c => diesel::insert_into(devices::table).values(row).execute(c));
+    match result {
+        Ok(_) => Ok(()),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Err(Error::DeviceCodeTaken),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn list_devices(conn: &mut DbConn, project_id: &str) -> Result<Vec<DeviceRow>> {
+    Ok(on_conn!(conn, c => devices::table
+        .filter(devices::project_id.eq(project_id))
+        .order(devices::created_at.asc())
+        .select(DeviceRow::as_select())
+        .load(c))?)
+}
+
+pub fn device_by_code(
+    conn: &mut DbConn,
+    project_id: &str,
+    code: &str,
+) -> Result<Option<DeviceRow>> {
+    Ok(on_conn!(conn, c => devices::table
+        .filter(devices::project_id.eq(project_id))
+        .filter(devices::code.eq(code))
+        .select(DeviceRow::as_select())
+        .first(c)
+        .optional())?)
+}

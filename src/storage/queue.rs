@@ -1,0 +1,203 @@
+//! The outbound queue's state machine on the `messages` table.
+//!
+//! A worker claims a device's due messages in acceptance order; each claim increments
+//! `attempts` and `claim_token` and sets a lease (`claim_expires_at`). Every completion is
+//! fenced on `(claimed_by, claim_token)`, so a worker whose lease expired (and whose message
+//! was rescued by another) cannot overwrite the newer outcome. A message whose lease expired
+//! is claimable again: that is the rescue of stuck work. On PostgreSQL the claim uses
+//! `FOR UPDATE SKIP LOCKED`, so nodes claiming concurrently never get the same message.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use super::DbConn;
+use super::models::MessageRow;
+use super::schema::messages;
+use crate::error::Result;
+use crate::on_conn;
+
+pub const QUEUED: &str = "queued";
+pub const SENT: &str = "sent";
+pub const DELIVERED: &str = "delivered";
+pub const READ: &str = "read";
+pub const FAILED: &str = "failed";
+
+/// Error code of messages that were never sent before their expiry.
+pub const EXPIRED_CODE: &str = "MESSAGE_EXPIRED";
+/// Error code of messages whose every attempt failed or whose worker kept dying.
+pub const EXHAUSTED_CODE: &str = "SEND_ATTEMPTS_EXHAUSTED";
+
+const CLAIM_WHERE: &str = "device_id = $1 AND status = 'queued' AND available_at <= $2 \
+     AND (claim_expires_at IS NULL OR claim_expires_at < $2) AND attempts < max_attempts \
+     AND expires_at > $2";
+
+/// Claims up to `limit` due messages of one device for `node`, leased for `lease_ms`.
+pub fn claim(
+    conn: &mut DbConn,
+    device_id: &str,
+    node: &str,
+    limit: i64,
+    lease_ms: i64,
+    now: i64,
+) -> Result<Vec<MessageRow>> {
+    let lock = match conn {
+        DbConn::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        DbConn::Sqlite(_) => "",
+    };
+    let sql = format!(
+        "UPDATE messages SET claimed_by = $3, claim_token = claim_token + 1, \
+         claim_expires_at = $4, attempts = attempts + 1 \
+         WHERE seq IN (SELECT seq FROM messages WHERE {CLAIM_WHERE} ORDER BY seq LIMIT $5 {lock}) \
+         RETURNING *"
+    );
+    // SQLite numbers parameters `?N`; PostgreSQL `$N`.
+    let sql = match conn {
+        DbConn::Postgres(_) => sql,
+        DbConn::Sqlite(_) => sql.replace('$', "?"),
+    };
+    let mut rows: Vec<MessageRow> = conn.transaction(|conn| {
+        Ok(on_conn!(conn, c => diesel::sql_query(sql.as_str())
+            .bind::<Text, _>(device_id)
+            .bind::<BigInt, _>(now)
+            .bind::<Text, _>(node)
+            .bind::<BigInt, _>(now + lease_ms)
+            .bind::<BigInt, _>(limit)
+            .load(c))?)
+    })?;
+    rows.sort_by_key(|r| r.seq);
+    Ok(rows)
+}
+
+/// The fence every completion must pass: still ours, same claim.
+macro_rules! fenced {
+    ($id:expr, $node:expr, $token:expr) => {
+        messages::table
+            .filter(messages::id.eq($id))
+            .filter(messages::claimed_by.eq($node))
+            .filter(messages::claim_token.eq($token))
+            .filter(messages::status.eq(QUEUED))
+    };
+}
+
+/// The message went out (server ack); returns false if the claim was lost meanwhile.
+pub fn mark_sent(
+    conn: &mut DbConn,
+    id: &str,
+    node: &str,
+    token: i64,
+    wa_message_id: &str,
+    now: i64,
+) -> Result<bool> {
+    let n = on_conn!(conn, c => diesel::update(fenced!(id, node, token))
+        .set((
+            messages::status.eq(SENT),
+            messages::wa_message_id.eq(wa_message_id),
+            messages::sent_at.eq(now),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .execute(c))?;
+    Ok(n == 1)
+}
+
+/// A transient failure: back to the queue, due again at `retry_at`. When no attempts are
+/// left the message fails instead. Returns false if the claim was lost meanwhile.
+pub fn retry_later(
+    conn: &mut DbConn,
+    row: &MessageRow,
+    node: &str,
+    error: &str,
+    retry_at: i64,
+    now: i64,
+) -> Result<bool> {
+    if row.attempts >= row.max_attempts {
+        return fail(
+            conn,
+            &row.id,
+            node,
+            row.claim_token,
+            EXHAUSTED_CODE,
+            error,
+            now,
+        );
+    }
+    let n = on_conn!(conn, c => diesel::update(fenced!(&row.id, node, row.claim_token))
+        .set((
+            messages::available_at.eq(retry_at),
+            messages::error_message.eq(error),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .execute(c))?;
+    Ok(n == 1)
+}
+
+/// A permanent failure. Returns false if the claim was lost meanwhile.
+pub fn fail(
+    conn: &mut DbConn,
+    id: &str,
+    node: &str,
+    token: i64,
+    code: &str,
+    error: &str,
+    now: i64,
+) -> Result<bool> {
+    let n = on_conn!(conn, c => diesel::update(fenced!(id, node, token))
+        .set((
+            messages::status.eq(FAILED),
+            messages::error_code.eq(code),
+            messages::error_message.eq(error),
+            messages::failed_at.eq(now),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .execute(c))?;
+    Ok(n == 1)
+}
+
+/// Fails queued messages that can no longer be sent: past their expiry, or out of attempts
+/// after their last lease ran out (a worker that died mid-send every time).
+pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
+    let expired = on_conn!(conn, c => diesel::update(
+        messages::table
+            .filter(messages::status.eq(QUEUED))
+            .filter(messages::expires_at.le(now))
+            .filter(messages::claim_expires_at.is_null().or(messages::claim_expires_at.lt(now))),
+    )
+    .set((
+        messages::status.eq(FAILED),
+        messages::error_code.eq(EXPIRED_CODE),
+        messages::error_message.eq("message expired before it could be sent"),
+        messages::failed_at.eq(now),
+        messages::claimed_by.eq(None::<String>),
+        messages::claim_expires_at.eq(None::<i64>),
+    ))
+    .execute(c))?;
+    let exhausted = on_conn!(conn, c => diesel::update(
+        messages::table
+            .filter(messages::status.eq(QUEUED))
+            .filter(messages::attempts.ge(messages::max_attempts))
+            .filter(messages::claim_expires_at.lt(now)),
+    )
+    .set((
+        messages::status.eq(FAILED),
+        messages::error_code.eq(EXHAUSTED_CODE),
+        messages::error_message.eq("no attempts left: the sending worker did not complete"),
+        messages::failed_at.eq(now),
+        messages::claimed_by.eq(None::<String>),
+        messages::claim_expires_at.eq(None::<i64>),
+    ))
+    .execute(c))?;
+    Ok(expired + exhausted)
+}
+
+/// Exponential backoff with ±20 % jitter: 5 s, 10 s, 20 s … capped at 10 minutes.
+pub fn backoff_ms(attempt: i32) -> i64 {
+    let base: i64 = 5_000;
+    let exp = base
+        .saturating_mul(1i64 << attempt.clamp(1, 20).saturating_sub(1))
+        .min(600_000);
+    let jitter_span = exp / 5;
+    let r = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>()));
+    exp - jitter_span + (2 * jitter_span * r) / i64::from(u16::MAX)
+}

@@ -1,0 +1,115 @@
+//! Conversions between protobuf well-known types and the service layer's values.
+
+use prost_types::value::Kind;
+use prost_types::{ListValue, Struct, Timestamp, Value as PbValue};
+use serde_json::{Map, Number, Value};
+
+use crate::proto::v1::{MessageStatus, MessageType};
+
+pub fn timestamp(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn struct_to_json(s: Struct) -> Value {
+    Value::Object(
+        s.fields
+            .into_iter()
+            .map(|(k, v)| (k, value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: PbValue) -> Value {
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers come back as integers, as a JSON client sent them.
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Value::Number(Number::from(n as i64))
+            } else {
+                Number::from_f64(n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)
+            }
+        }
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+pub fn json_to_struct(map: Map<String, Value>) -> Struct {
+    Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+pub fn status_to_proto(s: &str) -> MessageStatus {
+    match s {
+        "queued" => MessageStatus::Queued,
+        "sent" => MessageStatus::Sent,
+        "delivered" => MessageStatus::Delivered,
+        "read" => MessageStatus::Read,
+        "failed" => MessageStatus::Failed,
+        _ => MessageStatus::Unspecified,
+    }
+}
+
+pub fn status_from_proto(s: i32) -> Option<&'static str> {
+    match MessageStatus::try_from(s).ok()? {
+        MessageStatus::Unspecified => None,
+        MessageStatus::Queued => Some("queued"),
+        MessageStatus::Sent => Some("sent"),
+        MessageStatus::Delivered => Some("delivered"),
+        MessageStatus::Read => Some("read"),
+        MessageStatus::Failed => Some("failed"),
+    }
+}
+
+pub fn kind_to_proto(s: &str) -> MessageType {
+    match s {
+        "text" => MessageType::Text,
+        "image" => MessageType::Image,
+        "document" => MessageType::Document,
+        "video" => MessageType::Video,
+        "audio" => MessageType::Audio,
+        _ => MessageType::Unspecified,
+    }
+}
+
+/// `None` for unspecified (text); an unknown number is passed on to be rejected.
+pub fn kind_from_proto(t: i32) -> Option<String> {
+    Some(
+        match MessageType::try_from(t) {
+            Ok(MessageType::Unspecified) => return None,
+            Ok(MessageType::Text) => "text",
+            Ok(MessageType::Image) => "image",
+            Ok(MessageType::Document) => "document",
+            Ok(MessageType::Video) => "video",
+            Ok(MessageType::Audio) => "audio",
+            Err(_) => "unknown",
+        }
+        .to_owned(),
+    )
+}

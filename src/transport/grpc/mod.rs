@@ -1,0 +1,34 @@
+//! gRPC services (and grpc-web through tonic-web), health and reflection.
+
+pub mod auth;
+pub mod convert;
+pub mod messaging;
+pub mod status;
+
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+
+use crate::domain::Gateway;
+use crate::proto::v1::messaging_service_server::MessagingServiceServer;
+
+/// The gRPC router: authenticated services, health, reflection; grpc-web translated in front.
+pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate::error::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<MessagingServiceServer<messaging::MessagingApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(crate::error::Error::internal)?;
+    let messaging = MessagingServiceServer::new(messaging::MessagingApi::new(gw.clone()))
+        .max_decoding_message_size(auth::MAX_GRPC_MESSAGE_BYTES);
+    let router = Routes::new(messaging)
+        .add_service(health_service)
+        .add_service(reflection)
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(gw, auth::authenticate))
+        .layer(tonic_web::GrpcWebLayer::new());
+    Ok((router, health))
+}

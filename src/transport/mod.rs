@@ -1,0 +1,6 @@
+//! Transports: thin adapters from gRPC (tonic, also grpc-web) and REST (axum) onto the
+//! service layer in `domain`. They decode, call, encode, and map errors; nothing else.
+
+pub mod grpc;
+pub mod metrics;
+pub mod rest;

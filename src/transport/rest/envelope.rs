@@ -1,0 +1,116 @@
+//! The RK response envelope: `{"success":true,"data":…,"meta":{"server_id":…}}` and
+//! `{"success":false,"message":…,"code":…}`, and the one mapping of [`Error`] to HTTP.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::Error;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Meta {
+    /// The node that answered (`--node-id`).
+    pub server_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Success<T> {
+    pub success: bool,
+    pub data: T,
+    pub meta: Meta,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    pub message: String,
+    /// Stable machine-readable code (see the README's error table).
+    pub code: String,
+}
+
+pub fn success<T: Serialize>(status: StatusCode, server_id: &str, data: T) -> Response {
+    let body = Success {
+        success: true,
+        data,
+        meta: Meta {
+            server_id: server_id.to_owned(),
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The HTTP status of every error; exhaustive so a new variant cannot go unmapped.
+pub fn http_status(e: &Error) -> StatusCode {
+    match e {
+        Error::MissingApiKey
+        | Error::MissingSignatureHeaders
+        | Error::InvalidApiKey
+        | Error::InvalidSignature
+        | Error::TimestampExpired(_)
+        | Error::InvalidAuthorizationHeader(_) => StatusCode::UNAUTHORIZED,
+        Error::InvalidRequest(_)
+        | Error::InvalidJson(_)
+        | Error::MissingDeviceCode
+        | Error::InvalidRecipient
+        | Error::InvalidMessageType
+        | Error::MessageRequired
+        | Error::MessageTooLong(_)
+        | Error::MediaRequired
+        | Error::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+        Error::UnsupportedContentType | Error::UnsupportedMediaType(_) => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
+        Error::MediaTooLarge(_) | Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::IdempotencyConflict | Error::DeviceCodeTaken => StatusCode::CONFLICT,
+        Error::DeviceNotFound
+        | Error::MessageNotFound
+        | Error::ProjectNotFound
+        | Error::RouteNotFound => StatusCode::NOT_FOUND,
+        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::QuotaExceeded => StatusCode::FORBIDDEN,
+        Error::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+        Error::Overloaded | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An [`Error`] answered over REST.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = http_status(&e);
+        if status.is_server_error() {
+            tracing::error!(code = e.code(), error = %e, "request failed");
+        }
+        let body = ErrorBody {
+            success: false,
+            message: e.public_message(),
+            code: e.code().to_owned(),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let Error::RateLimited { retry_after, .. } = &e {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(e, Error::Overloaded) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
+        resp
+    }
+}
+
+pub type ApiResult = Result<Response, ApiError>;
