@@ -183,9 +183,7 @@ impl TestClient {
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
         let bot = Bot::builder()
             .with_backend_arc(backend)
-            .with_transport_factory(transport_factory(&format!(
-                "ws://{server_addr}/ws/chat"
-            )))
+            .with_transport_factory(transport_factory(&format!("ws://{server_addr}/ws/chat")))
             .with_http_client(SimHttpClient::new(server_addr))
             .with_runtime(TokioRuntime)
             .with_version(CLIENT_VERSION)

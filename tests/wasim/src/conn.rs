@@ -18,19 +18,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn serve(sim: Arc<Sim>, mut ws: WebSocket) {
     let mut reader = FrameReader::default();
-    let established =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&sim, &mut ws, &mut reader)).await
-        {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                tracing::debug!("handshake failed: {e:#}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("handshake timed out");
-                return;
-            }
-        };
+    let established = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&sim, &mut ws, &mut reader),
+    )
+    .await
+    {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            tracing::debug!("handshake failed: {e:#}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("handshake timed out");
+            return;
+        }
+    };
     let (tx, mut rx) = mpsc::channel::<Outbound>(CONN_CHANNEL);
     let conn_id = sim.register_conn(tx);
     let mut read = Directional::new(established.reader);

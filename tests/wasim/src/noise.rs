@@ -2,10 +2,10 @@
 //! framing, the XX (and XX-fallback) responder handshake, and per-frame AES-GCM.
 
 use anyhow::{Context, Result, anyhow, bail};
-use waproto::buffa::{self, Message as _};
 use wacore::libsignal::protocol::KeyPair;
 use wacore_binary::consts::{NOISE_PATTERN_XX, NOISE_PATTERN_XXFALLBACK, WA_CONN_HEADER};
 use wacore_noise::{NoiseCipher, NoiseHandshake};
+use waproto::buffa::{self, Message as _};
 use waproto::whatsapp as wa;
 
 /// Reassembles length-prefixed frames out of websocket messages; the first
@@ -140,7 +140,9 @@ impl Responder {
             .client_finish
             .into_option()
             .ok_or_else(|| anyhow!("no client finish"))?;
-        let static_ct = fin.r#static.ok_or_else(|| anyhow!("finish without static"))?;
+        let static_ct = fin
+            .r#static
+            .ok_or_else(|| anyhow!("finish without static"))?;
         let client_static: [u8; 32] = self
             .noise
             .decrypt(&static_ct)?
@@ -148,7 +150,9 @@ impl Responder {
             .map_err(|_| anyhow!("bad static length"))?;
         self.noise
             .mix_shared_secret(self.ephemeral.private_key.serialize(), &client_static)?;
-        let payload_ct = fin.payload.ok_or_else(|| anyhow!("finish without payload"))?;
+        let payload_ct = fin
+            .payload
+            .ok_or_else(|| anyhow!("finish without payload"))?;
         let payload_bytes = self.noise.decrypt(&payload_ct)?;
         let payload =
             wa::ClientPayload::decode_from_slice(&payload_bytes).context("decode ClientPayload")?;

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
-use waproto::buffa::{self, Message as _};
 use hmac::{KeyInit, Mac};
 use tokio::sync::{mpsc, watch};
 use wacore::libsignal::protocol::{KeyPair, PublicKey};
 use wacore_binary::builder::NodeBuilder;
 use wacore_binary::{Jid, Node, NodeContent, Server};
+use waproto::buffa::Message as _;
 use waproto::whatsapp as wa;
 
 use crate::state::*;
@@ -268,8 +268,14 @@ impl Sim {
     fn handle_iq(self: &Arc<Self>, conn: u64, node: &Node) {
         let mut attrs = node.attrs();
         let id = attrs.optional_string("id").unwrap_or_default().to_string();
-        let ty = attrs.optional_string("type").unwrap_or_default().to_string();
-        let xmlns = attrs.optional_string("xmlns").unwrap_or_default().to_string();
+        let ty = attrs
+            .optional_string("type")
+            .unwrap_or_default()
+            .to_string();
+        let xmlns = attrs
+            .optional_string("xmlns")
+            .unwrap_or_default()
+            .to_string();
         drop(attrs);
 
         if ty == "result" || ty == "error" {
@@ -291,6 +297,23 @@ impl Sim {
                     .unwrap_or(0);
                 let n = Self::result(&id)
                     .children([NodeBuilder::new("count").attr("value", count).build()])
+                    .build();
+                Self::send(&st, conn, n);
+            }
+            (_, "props") => {
+                let st = self.lock();
+                let n = Self::result(&id)
+                    .children([NodeBuilder::new("props")
+                        .attr("protocol", "2")
+                        .attr("hash", "wasim")
+                        .build()])
+                    .build();
+                Self::send(&st, conn, n);
+            }
+            ("privacy", _) => {
+                let st = self.lock();
+                let n = Self::result(&id)
+                    .children([NodeBuilder::new("privacy").build()])
                     .build();
                 Self::send(&st, conn, n);
             }
@@ -424,6 +447,12 @@ impl Sim {
             .unwrap_or_default();
         for jid in requested {
             let phone = st.phone_of(&jid.user, jid.server == Server::Lid);
+            if jid.device == 0
+                && let Some(a) = phone.as_ref().and_then(|p| st.accounts.get(p))
+            {
+                users.push(phone_bundle(a, &jid));
+                continue;
+            }
             let dev = phone.as_ref().and_then(|p| {
                 st.accounts
                     .get_mut(p)
@@ -467,7 +496,11 @@ impl Sim {
                             .build(),
                     );
                     if let Some(si) = &d.signed_identity {
-                        children.push(NodeBuilder::new("device-identity").bytes(si.clone()).build());
+                        children.push(
+                            NodeBuilder::new("device-identity")
+                                .bytes(si.clone())
+                                .build(),
+                        );
                     }
                     NodeBuilder::new("user")
                         .attr("jid", jid.clone())
@@ -584,17 +617,25 @@ impl Sim {
                 for p in &protocols {
                     match (p.as_str(), acc) {
                         ("devices", Some(a)) => {
-                            let devs = a.devices.values().map(|d| {
-                                NodeBuilder::new("device")
-                                    .attr("id", d.id)
-                                    .attr("key-index", d.key_index)
-                                    .build()
-                            });
+                            let primary = NodeBuilder::new("device").attr("id", "0").build();
+                            let devs =
+                                std::iter::once(primary).chain(a.devices.values().map(|d| {
+                                    NodeBuilder::new("device")
+                                        .attr("id", d.id)
+                                        .attr("key-index", d.key_index)
+                                        .build()
+                                }));
+                            // The client ignores companion devices unless the list
+                            // comes with a signed key-index list.
                             children.push(
                                 NodeBuilder::new("devices")
-                                    .children([NodeBuilder::new("device-list")
-                                        .children(devs)
-                                        .build()])
+                                    .children([
+                                        NodeBuilder::new("device-list").children(devs).build(),
+                                        NodeBuilder::new("key-index-list")
+                                            .attr("ts", a.created)
+                                            .bytes(key_index_list(a))
+                                            .build(),
+                                    ])
                                     .build(),
                             );
                         }
@@ -615,7 +656,9 @@ impl Sim {
                     }
                 }
                 let out_jid = match acc {
-                    Some(a) if jid.server == Server::Lid => Jid::lid(a.lid.clone()),
+                    Some(a) if jid.server == Server::Lid => {
+                        Jid::lid(a.lid.clone())
+                    }
                     Some(a) => Jid::pn(a.phone.clone()),
                     None => jid.to_non_ad(),
                 };
@@ -726,6 +769,10 @@ impl Sim {
             let Some(rphone) = st.phone_of(&target.user, target.server == Server::Lid) else {
                 continue;
             };
+            if target.device == 0 {
+                // The simulated phone reads nothing; the copy ends here.
+                continue;
+            }
             let own = rphone == sphone;
             let from = Self::addr(&st, &sphone, sdev, target.server);
             let mut b = NodeBuilder::new("message")
@@ -831,13 +878,17 @@ impl Sim {
 
         // Receipts go back to the original sender: `participant` names the
         // sender device in groups; in 1:1 `to` names the sender.
-        let Some(target) = participant.or(to) else { return };
+        let Some(target) = participant.or(to) else {
+            return;
+        };
         let Some(tphone) = st.phone_of(&target.user, target.server == Server::Lid) else {
             return;
         };
         let from = Self::addr(&st, &sphone, sdev, target.server);
         let mut attrs = node.attrs.clone();
-        attrs.0.retain(|(k, _)| k != "to" && k != "from" && k != "participant");
+        attrs
+            .0
+            .retain(|(k, _)| k != "to" && k != "from" && k != "participant");
         attrs.insert("from", from.to_non_ad());
         attrs.insert("t", now_secs());
         let devices: Vec<u16> = st
@@ -865,12 +916,23 @@ impl Sim {
             st.next_lid += 1;
             let lid = st.next_lid.to_string();
             st.lid_to_phone.insert(lid.clone(), phone.to_string());
+            let phone_key = KeyPair::generate(&mut rand::rng());
+            let phone_spk = KeyPair::generate(&mut rand::rng());
+            let phone_spk_sig = phone_key
+                .private_key
+                .calculate_signature(&phone_spk.public_key.serialize(), &mut rand::rng())
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
             st.accounts.insert(
                 phone.to_string(),
                 Account {
                     phone: phone.to_string(),
                     lid,
-                    phone_key: KeyPair::generate(&mut rand::rng()),
+                    phone_key,
+                    phone_reg_id: rand::random::<u32>() & 0x3fff,
+                    raw_id: rand::random::<u32>(),
+                    phone_spk,
+                    phone_spk_sig,
                     devices: BTreeMap::new(),
                     next_device: 1,
                     next_key_index: 1,
@@ -929,7 +991,7 @@ impl Sim {
         let key_index = acc.next_key_index;
         acc.next_key_index += 1;
         let details = wa::ADVDeviceIdentity {
-            raw_id: Some(rand::random::<u32>()),
+            raw_id: Some(acc.raw_id),
             timestamp: Some(now_secs()),
             key_index: Some(key_index),
             ..Default::default()
@@ -1070,6 +1132,60 @@ fn parse_reg(
         },
         push_name: p.push_name.clone().unwrap_or_default(),
     })
+}
+
+/// `ADVSignedKeyIndexList` naming the account's current device key indexes.
+fn key_index_list(a: &Account) -> Vec<u8> {
+    let valid: Vec<u32> = a.devices.values().map(|d| d.key_index).collect();
+    let details = wa::ADVKeyIndexList {
+        raw_id: Some(a.raw_id),
+        timestamp: Some(a.created),
+        current_index: Some(a.next_key_index.saturating_sub(1)),
+        valid_indexes: valid,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let msg = [&[6u8, 2][..], &details].concat();
+    let sig = a
+        .phone_key
+        .private_key
+        .calculate_signature(&msg, &mut rand::rng())
+        .map(|s| s.to_vec())
+        .unwrap_or_default();
+    wa::ADVSignedKeyIndexList {
+        details: Some(details),
+        account_signature: Some(sig),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Prekey bundle of the simulated phone (device 0): identity, signed prekey,
+/// no one-time prekey (the Signal protocol allows bundles without one).
+fn phone_bundle(a: &Account, jid: &Jid) -> Node {
+    NodeBuilder::new("user")
+        .attr("jid", jid.clone())
+        .children([
+            NodeBuilder::new("registration")
+                .bytes(a.phone_reg_id.to_be_bytes().to_vec())
+                .build(),
+            NodeBuilder::new("type").bytes(vec![5u8]).build(),
+            NodeBuilder::new("identity")
+                .bytes(a.phone_key.public_key.public_key_bytes().to_vec())
+                .build(),
+            NodeBuilder::new("skey")
+                .children([
+                    NodeBuilder::new("id").bytes(vec![0u8, 0, 1]).build(),
+                    NodeBuilder::new("value")
+                        .bytes(a.phone_spk.public_key.public_key_bytes().to_vec())
+                        .build(),
+                    NodeBuilder::new("signature")
+                        .bytes(a.phone_spk_sig.clone())
+                        .build(),
+                ])
+                .build(),
+        ])
+        .build()
 }
 
 fn be_u32(b: &[u8]) -> u32 {

@@ -78,6 +78,13 @@ pub struct Account {
     pub lid: String,
     /// The simulated phone's identity: signs device identities (ADV account key).
     pub phone_key: KeyPair,
+    /// The phone's (device 0) Signal registration id and signed prekey, so
+    /// clients can open sessions to the primary device as they insist on.
+    pub phone_reg_id: u32,
+    /// ADV `raw_id` of the account, shared by its device identities and key-index list.
+    pub raw_id: u32,
+    pub phone_spk: KeyPair,
+    pub phone_spk_sig: Vec<u8>,
     pub devices: BTreeMap<u16, Device>,
     pub next_device: u16,
     pub next_key_index: u32,
