@@ -13,6 +13,7 @@ pub mod client;
 mod conn;
 mod http;
 mod noise;
+mod phone;
 mod sim;
 mod state;
 

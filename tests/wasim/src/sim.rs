@@ -378,7 +378,7 @@ impl Sim {
         }
     }
 
-    fn go_active(&self, conn: u64, id: &str) {
+    fn go_active(self: &Arc<Self>, conn: u64, id: &str) {
         let mut st = self.lock();
         Self::send(&st, conn, Self::result(id).build());
         let queued: Vec<Node> = match Self::device_of_mut(&mut st, conn) {
@@ -400,6 +400,50 @@ impl Sim {
             .children([NodeBuilder::new("offline").attr("count", count).build()])
             .build();
         Self::send(&st, conn, ib);
+        if let Some((phone, dev)) = me {
+            self.share_app_state_key(&mut st, phone, dev);
+        }
+    }
+
+    /// First login after pairing: the phone sends the device its app-state
+    /// key (the client otherwise waits 10 s for it before `Connected`).
+    fn share_app_state_key(self: &Arc<Self>, st: &mut State, phone: String, dev: u16) {
+        let Some(acc) = st.accounts.get_mut(&phone) else {
+            return;
+        };
+        let (phone_key, reg_id, raw_id) = (acc.phone_key.clone(), acc.phone_reg_id, acc.raw_id);
+        let Some(d) = acc.devices.get_mut(&dev) else {
+            return;
+        };
+        if d.key_shared {
+            return;
+        }
+        d.key_shared = true;
+        let keys = d.keys.clone();
+        let sim = self.clone();
+        tokio::spawn(async move {
+            match crate::phone::app_state_key_share(&phone_key, reg_id, raw_id, dev, &keys).await
+            {
+                Ok((ty, ct)) => {
+                    let mut st = sim.lock();
+                    let id = st.fresh_id();
+                    let node = NodeBuilder::new("message")
+                        .attr("from", Jid::pn(phone.clone()))
+                        .attr("id", id)
+                        .attr("type", "text")
+                        .attr("category", "peer")
+                        .attr("t", now_secs())
+                        .children([NodeBuilder::new("enc")
+                            .attr("v", "2")
+                            .attr("type", ty)
+                            .bytes(ct)
+                            .build()])
+                        .build();
+                    sim.deliver(&mut st, &phone, dev, node);
+                }
+                Err(e) => tracing::warn!("phone key share for {phone}:{dev} failed: {e:#}"),
+            }
+        });
     }
 
     fn store_prekeys(&self, conn: u64, id: &str, node: &Node) {
@@ -1032,6 +1076,7 @@ impl Sim {
                 dropped: 0,
                 conn: None,
                 last_seen: None,
+                key_shared: false,
             },
         );
         let iq_id = st.fresh_id();

@@ -71,6 +71,8 @@ pub struct Device {
     pub dropped: u64,
     pub conn: Option<u64>,
     pub last_seen: Option<u64>,
+    /// Whether the phone has sent this device its app-state sync key.
+    pub key_shared: bool,
 }
 
 pub struct Account {
