@@ -1,1 +1,353 @@
-// wasim tests: real whatsapp-rust clients against the loopback WhatsApp server.
+// wasim tests: real whatsapp-rust clients against the loopback WhatsApp server,
+// with no gateway in between. Every wait is bounded; every server is loopback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasim::client::{Admin, ClientOptions, TestClient};
+use wasim::wacore::proto_helpers::MessageExt;
+use wasim::wacore::store::in_memory::InMemoryBackend;
+use wasim::wacore::types::presence::ReceiptType;
+use wasim::waproto::buffa::MessageField;
+use wasim::waproto::whatsapp as wa;
+use wasim::whatsapp_rust::download::MediaType;
+use wasim::whatsapp_rust::store::traits::Backend;
+use wasim::whatsapp_rust::types::events::Event;
+use wasim::whatsapp_rust::{Jid, UploadOptions};
+use wasim::{Server, ServerHandle};
+
+/// Bound for any single expected event.
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn start_server() -> ServerHandle {
+    Server::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("start wasim")
+}
+
+/// A fresh client, paired through the admin API's simulated phone scan.
+async fn paired(server: &ServerHandle, phone: &str) -> (TestClient, Arc<dyn Backend>) {
+    let backend: Arc<dyn Backend> = Arc::new(InMemoryBackend::new());
+    let mut c = TestClient::start(server.addr(), backend.clone(), ClientOptions::default())
+        .await
+        .expect("start client");
+    let qr = c.next_qr(WAIT).await.expect("QR code");
+    Admin::new(server.addr())
+        .scan(&qr, phone)
+        .await
+        .expect("scan");
+    c.connected(WAIT).await.expect("Connected after scan");
+    (c, backend)
+}
+
+fn pn(phone: &str) -> Jid {
+    format!("{phone}@s.whatsapp.net").parse().expect("jid")
+}
+
+fn text(s: &str) -> wa::Message {
+    wa::Message {
+        conversation: Some(s.to_string()),
+        ..Default::default()
+    }
+}
+
+async fn send(c: &TestClient, to: &str, msg: wa::Message) -> String {
+    tokio::time::timeout(WAIT, c.client().send_message(pn(to), msg))
+        .await
+        .expect("send timed out")
+        .expect("send")
+        .message_id
+}
+
+/// Waits for an inbound message for which `f` returns `Some`.
+async fn recv<T>(c: &mut TestClient, mut f: impl FnMut(&wa::Message) -> Option<T>) -> T {
+    c.wait_for(WAIT, |e| match e {
+        Event::Messages(batch) => batch.iter().find_map(|m| f(&m.message)),
+        _ => None,
+    })
+    .await
+    .expect("inbound message")
+}
+
+async fn recv_text(c: &mut TestClient) -> String {
+    recv(c, |m| m.text_content().map(str::to_string)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_scan_connects() {
+    let server = start_server().await;
+    let started = std::time::Instant::now();
+    let (c, _) = paired(&server, "15550000100").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "pairing took {:?}",
+        started.elapsed()
+    );
+    let accounts = Admin::new(server.addr()).accounts().await.expect("accounts");
+    let acc = &accounts[0];
+    assert_eq!(acc["phone"], "15550000100");
+    assert_eq!(acc["devices"][0]["connected"], true);
+    c.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_is_delivered_acked_and_receipted() {
+    let server = start_server().await;
+    let ((mut a, _), (mut b, _)) =
+        tokio::join!(paired(&server, "15550000201"), paired(&server, "15550000202"));
+
+    let id = send(&a, "15550000202", text("hello from A")).await;
+    assert_eq!(recv_text(&mut b).await, "hello from A");
+
+    let mut acked = false;
+    let mut delivered = false;
+    a.wait_for(WAIT, |e| {
+        match e {
+            Event::ServerAck(ack) if ack.id == id => acked = true,
+            Event::Receipt(r)
+                if r.message_ids.iter().any(|m| m.as_str() == id)
+                    && matches!(r.r#type, ReceiptType::Delivered | ReceiptType::Inactive) =>
+            {
+                delivered = true
+            }
+            _ => {}
+        }
+        (acked && delivered).then_some(())
+    })
+    .await
+    .expect("server ack and delivery receipt");
+
+    let log = Admin::new(server.addr()).messages().await.expect("messages");
+    let rec = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .expect("relayed message logged");
+    assert_eq!(rec["times_relayed"], 1);
+    assert_eq!(rec["delivered"]["15550000202:1@s.whatsapp.net"], 1);
+    a.stop().await;
+    b.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_receives_after_reconnect() {
+    let server = start_server().await;
+    let ((a, _), (b, b_store)) =
+        tokio::join!(paired(&server, "15550000301"), paired(&server, "15550000302"));
+    b.stop().await;
+
+    let id = send(&a, "15550000302", text("while you were away")).await;
+    let admin = Admin::new(server.addr());
+    let accounts = admin.accounts().await.expect("accounts");
+    let b_acc = accounts
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|x| x["phone"] == "15550000302")
+        .expect("B listed");
+    assert_eq!(b_acc["devices"][0]["connected"], false);
+    assert_eq!(b_acc["devices"][0]["queued"], 1);
+
+    let mut b = TestClient::start(server.addr(), b_store, ClientOptions::default())
+        .await
+        .expect("restart B");
+    assert_eq!(recv_text(&mut b).await, "while you were away");
+
+    let log = admin.messages().await.expect("messages");
+    let rec = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .expect("logged");
+    assert_eq!(rec["queued"], 1);
+    assert_eq!(rec["delivered"]["15550000302:1@s.whatsapp.net"], 1);
+    a.stop().await;
+    b.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_persisted_store_logs_in_without_qr() {
+    let server = start_server().await;
+    let (a, store) = paired(&server, "15550000401").await;
+    a.stop().await;
+
+    let mut a = TestClient::start(server.addr(), store, ClientOptions::default())
+        .await
+        .expect("restart");
+    let first = a
+        .wait_for(WAIT, |e| match e {
+            Event::PairingQrCode(_) => Some("qr"),
+            Event::Connected(_) => Some("connected"),
+            _ => None,
+        })
+        .await
+        .expect("an outcome");
+    assert_eq!(first, "connected", "a restarted client must not show a QR");
+    a.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_roundtrips_byte_identical() {
+    let server = start_server().await;
+    let ((a, _), (mut b, _)) =
+        tokio::join!(paired(&server, "15550000501"), paired(&server, "15550000502"));
+
+    // Image, document, video and audio, each with distinct content.
+    for (i, kind) in [
+        MediaType::Image,
+        MediaType::Document,
+        MediaType::Video,
+        MediaType::Audio,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|x| (x.wrapping_mul(31).wrapping_add(i as u32 * 7)) as u8)
+            .collect();
+        let up = tokio::time::timeout(
+            WAIT,
+            a.client()
+                .upload(data.clone(), kind.clone(), UploadOptions::default()),
+        )
+        .await
+        .expect("upload timed out")
+        .expect("upload");
+        let msg = match kind {
+            MediaType::Image => wa::Message {
+                image_message: MessageField::some(wa::message::ImageMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: Some(up.media_key.to_vec()),
+                    file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                    file_sha256: Some(up.file_sha256.to_vec()),
+                    file_length: Some(up.file_length),
+                    media_key_timestamp: Some(up.media_key_timestamp),
+                    mimetype: Some("image/jpeg".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            MediaType::Document => wa::Message {
+                document_message: MessageField::some(wa::message::DocumentMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: Some(up.media_key.to_vec()),
+                    file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                    file_sha256: Some(up.file_sha256.to_vec()),
+                    file_length: Some(up.file_length),
+                    media_key_timestamp: Some(up.media_key_timestamp),
+                    mimetype: Some("application/pdf".into()),
+                    file_name: Some("doc.pdf".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            MediaType::Video => wa::Message {
+                video_message: MessageField::some(wa::message::VideoMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: Some(up.media_key.to_vec()),
+                    file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                    file_sha256: Some(up.file_sha256.to_vec()),
+                    file_length: Some(up.file_length),
+                    media_key_timestamp: Some(up.media_key_timestamp),
+                    mimetype: Some("video/mp4".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            _ => wa::Message {
+                audio_message: MessageField::some(wa::message::AudioMessage {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: Some(up.media_key.to_vec()),
+                    file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                    file_sha256: Some(up.file_sha256.to_vec()),
+                    file_length: Some(up.file_length),
+                    media_key_timestamp: Some(up.media_key_timestamp),
+                    mimetype: Some("audio/ogg; codecs=opus".into()),
+                    ptt: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        send(&a, "15550000502", msg).await;
+        let got = recv(&mut b, |m| Some(m.clone())).await;
+        let client = b.client();
+        let bytes = tokio::time::timeout(WAIT, async {
+            if let Some(x) = got.image_message.as_option() {
+                client.download(x).await
+            } else if let Some(x) = got.document_message.as_option() {
+                client.download(x).await
+            } else if let Some(x) = got.video_message.as_option() {
+                client.download(x).await
+            } else if let Some(x) = got.audio_message.as_option() {
+                client.download(x).await
+            } else {
+                panic!("no media in received message: {got:?}")
+            }
+        })
+        .await
+        .expect("download timed out")
+        .expect("download");
+        assert!(bytes == data, "{kind:?} must round-trip byte-identical");
+    }
+    a.stop().await;
+    b.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicked_client_reconnects_by_itself() {
+    let server = start_server().await;
+    let (mut a, _) = paired(&server, "15550000601").await;
+    let closed = Admin::new(server.addr())
+        .kick("15550000601")
+        .await
+        .expect("kick");
+    assert_eq!(closed["closed"], 1);
+    a.wait_for(WAIT, |e| matches!(e, Event::Disconnected(_)).then_some(()))
+        .await
+        .expect("Disconnected after kick");
+    a.connected(WAIT).await.expect("reconnected after kick");
+    a.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_emits_logged_out() {
+    let server = start_server().await;
+    let (mut a, _) = paired(&server, "15550000701").await;
+    Admin::new(server.addr())
+        .logout("15550000701")
+        .await
+        .expect("logout");
+    a.wait_for(WAIT, |e| matches!(e, Event::LoggedOut(_)).then_some(()))
+        .await
+        .expect("LoggedOut");
+    a.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banned_account_gets_temporary_ban() {
+    let server = start_server().await;
+    let (mut a, _) = paired(&server, "15550000801").await;
+    Admin::new(server.addr())
+        .ban("15550000801", 60)
+        .await
+        .expect("ban");
+    a.wait_for(WAIT, |e| matches!(e, Event::TemporaryBan(_)).then_some(()))
+        .await
+        .expect("TemporaryBan on the next login");
+    a.stop().await;
+    server.shutdown().await;
+}

@@ -268,3 +268,85 @@ impl Drop for TestClient {
         }
     }
 }
+
+/// Thin client for wasim's admin API, for tests that drive the simulated
+/// phone and faults over HTTP exactly as an external tool would.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    http: SimHttpClient,
+    addr: SocketAddr,
+}
+
+impl Admin {
+    pub fn new(server_addr: SocketAddr) -> Self {
+        Self {
+            http: SimHttpClient::new(server_addr),
+            addr: server_addr,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let url = format!("http://{}/admin/{path}", self.addr);
+        let mut req = if method == "GET" {
+            HttpRequest::get(url)
+        } else {
+            HttpRequest::post(url)
+        };
+        if let Some(b) = body {
+            req = req
+                .with_header("Content-Type", "application/json")
+                .with_body(serde_json::to_vec(&b)?);
+        }
+        let resp = self.http.execute(req).await?;
+        let value: serde_json::Value = if resp.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&resp.body)?
+        };
+        if resp.status_code >= 400 {
+            bail!("admin {method} {path}: {} {value}", resp.status_code);
+        }
+        Ok(value)
+    }
+
+    /// The simulated phone scans `qr` for account `phone` (digits).
+    pub async fn scan(&self, qr: &str, phone: &str) -> Result<serde_json::Value> {
+        self.call("POST", "scan", Some(serde_json::json!({ "qr": qr, "phone": phone })))
+            .await
+    }
+
+    /// Drops every connection of the account (clients reconnect by themselves).
+    pub async fn kick(&self, phone: &str) -> Result<serde_json::Value> {
+        self.call("POST", &format!("accounts/{phone}/kick"), None)
+            .await
+    }
+
+    /// Unlinks every device of the account (clients see `LoggedOut`).
+    pub async fn logout(&self, phone: &str) -> Result<serde_json::Value> {
+        self.call("POST", &format!("accounts/{phone}/logout"), None)
+            .await
+    }
+
+    /// Refuses the account's logins for `seconds` (0 lifts it).
+    pub async fn ban(&self, phone: &str, seconds: u64) -> Result<serde_json::Value> {
+        self.call(
+            "POST",
+            &format!("accounts/{phone}/ban"),
+            Some(serde_json::json!({ "seconds": seconds })),
+        )
+        .await
+    }
+
+    pub async fn accounts(&self) -> Result<serde_json::Value> {
+        self.call("GET", "accounts", None).await
+    }
+
+    pub async fn messages(&self) -> Result<serde_json::Value> {
+        self.call("GET", "messages", None).await
+    }
+}

@@ -25,6 +25,10 @@ use tokio::task::JoinHandle;
 
 pub use sim::Sim;
 
+/// The client crates, re-exported so tests that depend only on wasim build
+/// bots and messages with the exact versions wasim speaks to.
+pub use {wacore, waproto, whatsapp_rust};
+
 /// A running wasim server.
 pub struct Server;
 
