@@ -1,2 +1,8 @@
 //! The one integration-test binary: every module below shares `support`.
+mod support;
+
+mod grpc;
+mod queue;
+mod rk_api;
+mod server;
 mod wasim;

@@ -1,0 +1,254 @@
+//! The same operations over gRPC (tonic client) and grpc-web (raw HTTP/1.1), with signed metadata.
+
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use wagate::client;
+use wagate::proto::v1::messaging_service_client::MessagingServiceClient;
+use wagate::proto::v1::{
+    GetMessageStatusRequest, MessageStatus, MessageType, SendMessageRequest, SendMessageResponse,
+};
+
+use crate::on_both_backends;
+use crate::support::{TestDb, TestProject, TestServer};
+
+on_both_backends!(
+    grpc_send_and_status,
+    grpc_errors_carry_stable_codes,
+    grpc_web_send
+);
+
+const SEND: &str = "/wagate.v1.MessagingService/SendMessage";
+const STATUS: &str = "/wagate.v1.MessagingService/GetMessageStatus";
+
+fn signed<T: Message>(p: &TestProject, path: &str, msg: T) -> tonic::Request<T> {
+    let ts = client::unix_now();
+    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, path, &msg.encode_to_vec());
+    let mut req = tonic::Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert(
+        "x-api-key",
+        MetadataValue::try_from(p.api_key.as_str()).unwrap(),
+    );
+    md.insert("x-timestamp", MetadataValue::try_from(ts.as_str()).unwrap());
+    md.insert(
+        "x-signature",
+        MetadataValue::try_from(sig.as_str()).unwrap(),
+    );
+    md.insert(
+        "x-device-code",
+        MetadataValue::try_from(p.device_code.as_str()).unwrap(),
+    );
+    req
+}
+
+async fn connect(t: &TestServer) -> MessagingServiceClient<tonic::transport::Channel> {
+    MessagingServiceClient::connect(t.base.clone())
+        .await
+        .expect("gRPC connect")
+}
+
+fn text(msg: &str) -> SendMessageRequest {
+    let mut payload = prost_types::Struct::default();
+    payload.fields.insert(
+        "ref".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("g-1".into())),
+        },
+    );
+    SendMessageRequest {
+        recipient: "6281234567890".into(),
+        r#type: MessageType::Text as i32,
+        message: msg.into(),
+        payload: Some(payload),
+        ..Default::default()
+    }
+}
+
+async fn grpc_send_and_status(db: TestDb) {
+    let t = TestServer::start(db).await;
+    let p = t.project().await;
+    let mut c = connect(&t).await;
+    let r = c
+        .send_message(signed(&p, SEND, text("over grpc")))
+        .await
+        .expect("send")
+        .into_inner();
+    assert_eq!(r.status, MessageStatus::Queued as i32);
+    assert_eq!(r.device, p.device_code);
+    assert_eq!(r.server_id, "node-test");
+
+    let st = c
+        .get_message_status(signed(
+            &p,
+            STATUS,
+            GetMessageStatusRequest { id: r.id.clone() },
+        ))
+        .await
+        .expect("status")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(st.id, r.id);
+    assert_eq!(st.recipient, "6281234567890");
+    assert_eq!(st.r#type, MessageType::Text as i32);
+    assert!(st.created_at.is_some());
+    // One service layer: the REST view of the gRPC-sent message agrees.
+    let (code, rest) = t.status(&p, &r.id).await;
+    assert_eq!(code, 200);
+    assert_eq!(rest["data"]["payload"]["ref"], "g-1");
+
+    // Idempotency through x-request-id metadata.
+    let mut a = signed(&p, SEND, text("same"));
+    a.metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("grpc-key-1"));
+    let mut b = signed(&p, SEND, text("same"));
+    b.metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("grpc-key-1"));
+    let id_a = c.send_message(a).await.unwrap().into_inner().id;
+    let id_b = c.send_message(b).await.unwrap().into_inner().id;
+    assert_eq!(id_a, id_b);
+
+    // gRPC health reports the service.
+    let channel = tonic::transport::Channel::from_shared(t.base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "wagate.v1.MessagingService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+fn error_code(s: &tonic::Status) -> &str {
+    s.metadata()
+        .get("x-error-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+async fn grpc_errors_carry_stable_codes(db: TestDb) {
+    let t = TestServer::start(db).await;
+    let p = t.project().await;
+    let mut c = connect(&t).await;
+    // Signature over other bytes than sent.
+    let mut req = signed(&p, SEND, text("signed"));
+    req.get_mut().message = "tampered".into();
+    let e = c.send_message(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(error_code(&e), "INVALID_SIGNATURE");
+    // Signed for another method: no cross-method replay.
+    let e = c
+        .send_message(signed(&p, STATUS, text("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "INVALID_SIGNATURE");
+    // No credentials.
+    let e = c
+        .send_message(tonic::Request::new(text("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e)),
+        (tonic::Code::Unauthenticated, "MISSING_API_KEY")
+    );
+    // Validation.
+    let mut bad = text("x");
+    bad.recipient = "12".into();
+    let e = c.send_message(signed(&p, SEND, bad)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e)),
+        (tonic::Code::InvalidArgument, "INVALID_RECIPIENT")
+    );
+    let e = c
+        .get_message_status(signed(
+            &p,
+            STATUS,
+            GetMessageStatusRequest {
+                id: uuid::Uuid::new_v4().to_string(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), error_code(&e)),
+        (tonic::Code::NotFound, "MESSAGE_NOT_FOUND")
+    );
+    assert!(t.message_ids(&p).await.is_empty());
+}
+
+/// A browser's grpc-web call: HTTP/1.1, `application/grpc-web+proto`, trailers in the body.
+async fn grpc_web_send(db: TestDb) {
+    let t = TestServer::start(db).await;
+    let p = t.project().await;
+    let msg = text("from a browser").encode_to_vec();
+    let ts = client::unix_now();
+    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, SEND, &msg);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let resp = t
+        .http
+        .post(t.url(SEND))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("origin", "http://console.example")
+        .header("x-api-key", &p.api_key)
+        .header("x-timestamp", &ts)
+        .header("x-signature", sig)
+        .header("x-device-code", &p.device_code)
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web")
+    );
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let body = resp.bytes().await.unwrap();
+    // Data frame, then the trailers frame (flag 0x80).
+    assert_eq!(body[0], 0);
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    let out = SendMessageResponse::decode(&body[5..5 + len]).unwrap();
+    assert_eq!(out.status, MessageStatus::Queued as i32);
+    let trailers = &body[5 + len..];
+    assert_eq!(trailers[0], 0x80);
+    assert!(String::from_utf8_lossy(&trailers[5..]).contains("grpc-status:0"));
+    let (_, st) = t.status(&p, &out.id).await;
+    assert_eq!(st["data"]["status"], "queued");
+
+    // The CORS preflight a browser sends first.
+    let pre = t
+        .http
+        .request(reqwest::Method::OPTIONS, t.url(SEND))
+        .header("origin", "http://console.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-grpc-web,x-api-key,x-timestamp,x-signature",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success());
+    let allowed = pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("x-signature") && allowed.contains("x-grpc-web"),
+        "{allowed}"
+    );
+}

@@ -1,0 +1,322 @@
+//! The durable queue on a real database: claim order, fencing, retries with backoff, rescue
+//! of stuck work, expiry, and concurrent claimers that never take the same message twice.
+
+use std::collections::HashSet;
+use wagate::crypto::MasterKey;
+use wagate::domain::admin::{Admin, NewProject};
+use wagate::storage::accept::{AcceptItem, Limits, accept_batch};
+use wagate::storage::models::NewMessage;
+use wagate::storage::{Db, DbConn, messages, now_ms, queue};
+
+use crate::on_both_backends;
+use crate::support::TestDb;
+
+on_both_backends!(
+    claim_fence_retry_rescue,
+    expiry_and_exhaustion,
+    concurrent_claimers_never_share
+);
+
+struct Fixture {
+    db: Db,
+    project_id: String,
+    device_id: String,
+}
+
+async fn fixture(t: &TestDb) -> Fixture {
+    let db = Db::open(&t.url, 4).unwrap();
+    db.migrate().unwrap();
+    let admin = Admin::new(db.clone(), MasterKey::generate());
+    let p = admin
+        .create_project(NewProject {
+            name: "q".into(),
+            rate_limit_per_minute: 1_000_000,
+            monthly_quota: 1_000_000,
+            max_sessions: 1,
+        })
+        .await
+        .unwrap();
+    let d = admin
+        .create_device(&p.project_id, None, None)
+        .await
+        .unwrap();
+    Fixture {
+        db,
+        project_id: p.project_id,
+        device_id: d.device_id,
+    }
+}
+
+/// Enqueues `n` messages through the real accept path; returns their ids in order.
+fn enqueue(
+    f: &Fixture,
+    conn: &mut DbConn,
+    n: usize,
+    max_attempts: i32,
+    ttl_ms: i64,
+) -> Vec<String> {
+    let now = now_ms();
+    let items: Vec<AcceptItem> = (0..n)
+        .map(|i| AcceptItem {
+            limits: Limits {
+                project_id: f.project_id.clone(),
+                per_minute: i64::MAX,
+                monthly: i64::MAX,
+                suspended: false,
+            },
+            idempotency: None,
+            media: None,
+            message: NewMessage {
+                id: uuid::Uuid::now_v7().to_string(),
+                project_id: f.project_id.clone(),
+                device_id: f.device_id.clone(),
+                device_code: "RK-Q".into(),
+                recipient: "6281234567890".into(),
+                kind: "text".into(),
+                body: Some(format!("m{i}")),
+                media_id: None,
+                payload: None,
+                status: queue::QUEUED.into(),
+                max_attempts,
+                available_at: now,
+                created_at: now,
+                expires_at: now + ttl_ms,
+            },
+        })
+        .collect();
+    accept_batch(conn, &items, now)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().id().to_owned())
+        .collect()
+}
+
+const LEASE: i64 = 30_000;
+
+async fn claim_fence_retry_rescue(t: TestDb) {
+    let f = fixture(&t).await;
+    let mut c = f.db.connect().unwrap();
+    let ids = enqueue(&f, &mut c, 3, 5, 3_600_000);
+    let now = now_ms();
+
+    let first = queue::claim(&mut c, &f.device_id, "node-a", 2, LEASE, now).unwrap();
+    assert_eq!(
+        first.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        ids[..2],
+        "acceptance order"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|m| m.attempts == 1 && m.claimed_by.as_deref() == Some("node-a"))
+    );
+    let second = queue::claim(&mut c, &f.device_id, "node-b", 10, LEASE, now).unwrap();
+    assert_eq!(second.len(), 1, "leased messages are not claimed again");
+    assert_eq!(second[0].id, ids[2]);
+
+    // Sent: fenced on the claim token.
+    assert!(
+        queue::mark_sent(
+            &mut c,
+            &first[0].id,
+            "node-a",
+            first[0].claim_token,
+            "WA-1",
+            now
+        )
+        .unwrap()
+    );
+    let sent = messages::by_id(&mut c, &f.project_id, &first[0].id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (sent.status.as_str(), sent.wa_message_id.as_deref()),
+        ("sent", Some("WA-1"))
+    );
+    assert!(
+        !queue::mark_sent(
+            &mut c,
+            &first[0].id,
+            "node-a",
+            first[0].claim_token,
+            "WA-1",
+            now
+        )
+        .unwrap(),
+        "completes once"
+    );
+
+    // Transient failure: back to the queue, not due until the backoff passes.
+    let retry_at = now + queue::backoff_ms(first[1].attempts);
+    assert!(
+        queue::retry_later(&mut c, &first[1], "node-a", "socket closed", retry_at, now).unwrap()
+    );
+    assert!(
+        queue::claim(&mut c, &f.device_id, "node-a", 10, LEASE, now + 1)
+            .unwrap()
+            .is_empty()
+    );
+    let again = queue::claim(&mut c, &f.device_id, "node-a", 10, LEASE, retry_at).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempts),
+        (ids[1].as_str(), 2)
+    );
+
+    // node-b stalls past its lease: the message is rescued by node-c, and node-b's late
+    // completion is refused by the fence.
+    let later = now + LEASE + 1;
+    let rescued = queue::claim(&mut c, &f.device_id, "node-c", 10, LEASE, later).unwrap();
+    assert_eq!(
+        rescued.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        [ids[2].as_str()]
+    );
+    assert!(rescued[0].claim_token > second[0].claim_token);
+    assert!(
+        !queue::mark_sent(
+            &mut c,
+            &second[0].id,
+            "node-b",
+            second[0].claim_token,
+            "WA-late",
+            later
+        )
+        .unwrap()
+    );
+    assert!(
+        queue::mark_sent(
+            &mut c,
+            &rescued[0].id,
+            "node-c",
+            rescued[0].claim_token,
+            "WA-3",
+            later
+        )
+        .unwrap()
+    );
+    let m3 = messages::by_id(&mut c, &f.project_id, &ids[2])
+        .unwrap()
+        .unwrap();
+    assert_eq!(m3.wa_message_id.as_deref(), Some("WA-3"));
+
+    // A permanent failure records code, message and time.
+    assert!(
+        queue::fail(
+            &mut c,
+            &again[0].id,
+            "node-a",
+            again[0].claim_token,
+            "INVALID_RECIPIENT",
+            "not on WhatsApp",
+            later
+        )
+        .unwrap()
+    );
+    let m2 = messages::by_id(&mut c, &f.project_id, &ids[1])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m2.status.as_str(), m2.error_code.as_deref(), m2.failed_at),
+        ("failed", Some("INVALID_RECIPIENT"), Some(later))
+    );
+    assert_eq!(messages::queued_count(&mut c).unwrap(), 0);
+}
+
+async fn expiry_and_exhaustion(t: TestDb) {
+    let f = fixture(&t).await;
+    let mut c = f.db.connect().unwrap();
+    let short = enqueue(&f, &mut c, 1, 5, 1_000);
+    let fragile = enqueue(&f, &mut c, 1, 1, 3_600_000);
+    let now = now_ms();
+    // The fragile message's only attempt dies with its worker.
+    let claimed = queue::claim(&mut c, &f.device_id, "node-a", 10, LEASE, now).unwrap();
+    assert_eq!(claimed.len(), 2);
+    let later = now + LEASE + 2_000;
+    assert!(
+        queue::claim(&mut c, &f.device_id, "node-b", 10, LEASE, later)
+            .unwrap()
+            .is_empty(),
+        "neither is claimable"
+    );
+    assert_eq!(queue::expire_and_exhaust(&mut c, later).unwrap(), 2);
+    let e = messages::by_id(&mut c, &f.project_id, &short[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.status.as_str(), e.error_code.as_deref()),
+        ("failed", Some(queue::EXPIRED_CODE))
+    );
+    let x = messages::by_id(&mut c, &f.project_id, &fragile[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (x.status.as_str(), x.error_code.as_deref()),
+        ("failed", Some(queue::EXHAUSTED_CODE))
+    );
+    // retry_later on the last attempt fails the message instead of requeueing it.
+    let last = enqueue(&f, &mut c, 1, 1, 3_600_000);
+    let m = queue::claim(&mut c, &f.device_id, "node-a", 1, LEASE, later)
+        .unwrap()
+        .remove(0);
+    assert_eq!(m.id, last[0]);
+    assert!(queue::retry_later(&mut c, &m, "node-a", "timeout", later + 1000, later).unwrap());
+    let m = messages::by_id(&mut c, &f.project_id, &last[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.status.as_str(), m.error_code.as_deref()),
+        ("failed", Some(queue::EXHAUSTED_CODE))
+    );
+}
+
+/// Four "nodes" (threads with their own connections) drain one device's queue at once.
+async fn concurrent_claimers_never_share(t: TestDb) {
+    let f = fixture(&t).await;
+    let mut c = f.db.connect().unwrap();
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        all.extend(enqueue(&f, &mut c, 250, 5, 3_600_000));
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|n| {
+            let db = f.db.clone();
+            let device = f.device_id.clone();
+            std::thread::spawn(move || {
+                let mut conn = db.connect().unwrap();
+                let node = format!("node-{n}");
+                let mut got = Vec::new();
+                loop {
+                    let batch =
+                        queue::claim(&mut conn, &device, &node, 7, LEASE, now_ms()).unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    for m in batch {
+                        assert!(
+                            queue::mark_sent(
+                                &mut conn,
+                                &m.id,
+                                &node,
+                                m.claim_token,
+                                "WA",
+                                now_ms()
+                            )
+                            .unwrap()
+                        );
+                        got.push(m.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for h in handles {
+        for id in h.join().unwrap() {
+            total += 1;
+            assert!(seen.insert(id), "a message was claimed twice");
+        }
+    }
+    assert_eq!(total, all.len());
+    assert_eq!(seen, all.into_iter().collect::<HashSet<_>>());
+}
