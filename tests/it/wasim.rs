@@ -83,7 +83,10 @@ async fn qr_scan_connects() {
         "pairing took {:?}",
         started.elapsed()
     );
-    let accounts = Admin::new(server.addr()).accounts().await.expect("accounts");
+    let accounts = Admin::new(server.addr())
+        .accounts()
+        .await
+        .expect("accounts");
     let acc = &accounts[0];
     assert_eq!(acc["phone"], "15550000100");
     assert_eq!(acc["devices"][0]["connected"], true);
@@ -94,8 +97,10 @@ async fn qr_scan_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_is_delivered_acked_and_receipted() {
     let server = start_server().await;
-    let ((mut a, _), (mut b, _)) =
-        tokio::join!(paired(&server, "15550000201"), paired(&server, "15550000202"));
+    let ((mut a, _), (mut b, _)) = tokio::join!(
+        paired(&server, "15550000201"),
+        paired(&server, "15550000202")
+    );
 
     let id = send(&a, "15550000202", text("hello from A")).await;
     assert_eq!(recv_text(&mut b).await, "hello from A");
@@ -118,7 +123,10 @@ async fn text_is_delivered_acked_and_receipted() {
     .await
     .expect("server ack and delivery receipt");
 
-    let log = Admin::new(server.addr()).messages().await.expect("messages");
+    let log = Admin::new(server.addr())
+        .messages()
+        .await
+        .expect("messages");
     let rec = log
         .as_array()
         .expect("array")
@@ -135,36 +143,68 @@ async fn text_is_delivered_acked_and_receipted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_receives_after_reconnect() {
     let server = start_server().await;
-    let ((a, _), (b, b_store)) =
-        tokio::join!(paired(&server, "15550000301"), paired(&server, "15550000302"));
+    let ((a, _), (b, b_store)) = tokio::join!(
+        paired(&server, "15550000301"),
+        paired(&server, "15550000302")
+    );
     b.stop().await;
+    let admin = Admin::new(server.addr());
+    let b_device = || async {
+        let accounts = admin.accounts().await.expect("accounts");
+        accounts
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|x| x["phone"] == "15550000302")
+            .expect("B listed")["devices"][0]
+            .clone()
+    };
+    // The server notices B's socket closing asynchronously.
+    tokio::time::timeout(WAIT, async {
+        while b_device().await["connected"] == true {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("server saw B disconnect");
 
     let id = send(&a, "15550000302", text("while you were away")).await;
-    let admin = Admin::new(server.addr());
-    let accounts = admin.accounts().await.expect("accounts");
-    let b_acc = accounts
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|x| x["phone"] == "15550000302")
-        .expect("B listed");
-    assert_eq!(b_acc["devices"][0]["connected"], false);
-    assert_eq!(b_acc["devices"][0]["queued"], 1);
+    // The message is queued for B once the server has processed A's send.
+    tokio::time::timeout(WAIT, async {
+        while b_device().await["queued"] != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("message queued for offline B");
 
     let mut b = TestClient::start(server.addr(), b_store, ClientOptions::default())
         .await
         .expect("restart B");
     assert_eq!(recv_text(&mut b).await, "while you were away");
 
-    let log = admin.messages().await.expect("messages");
-    let rec = log
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|m| m["id"] == id.as_str())
-        .expect("logged");
+    // B's delivery receipt reaches the server just after B emits the message.
+    let record = || async {
+        let log = admin.messages().await.expect("messages");
+        log.as_array()
+            .expect("array")
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .expect("logged")
+            .clone()
+    };
+    let b_dev = "15550000302:1@s.whatsapp.net";
+    tokio::time::timeout(WAIT, async {
+        while record().await["delivered"][b_dev].is_null() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("delivery receipt from B");
+    let rec = record().await;
     assert_eq!(rec["queued"], 1);
-    assert_eq!(rec["delivered"]["15550000302:1@s.whatsapp.net"], 1);
+    assert_eq!(rec["sent"][b_dev], 1, "delivered to B exactly once");
+    assert_eq!(rec["delivered"][b_dev], 1);
     a.stop().await;
     b.stop().await;
     server.shutdown().await;
@@ -195,8 +235,10 @@ async fn restart_on_persisted_store_logs_in_without_qr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_roundtrips_byte_identical() {
     let server = start_server().await;
-    let ((a, _), (mut b, _)) =
-        tokio::join!(paired(&server, "15550000501"), paired(&server, "15550000502"));
+    let ((a, _), (mut b, _)) = tokio::join!(
+        paired(&server, "15550000501"),
+        paired(&server, "15550000502")
+    );
 
     // Image, document, video and audio, each with distinct content.
     for (i, kind) in [
@@ -214,7 +256,7 @@ async fn media_roundtrips_byte_identical() {
         let up = tokio::time::timeout(
             WAIT,
             a.client()
-                .upload(data.clone(), kind.clone(), UploadOptions::default()),
+                .upload(data.clone(), kind, UploadOptions::default()),
         )
         .await
         .expect("upload timed out")

@@ -316,8 +316,12 @@ impl Admin {
 
     /// The simulated phone scans `qr` for account `phone` (digits).
     pub async fn scan(&self, qr: &str, phone: &str) -> Result<serde_json::Value> {
-        self.call("POST", "scan", Some(serde_json::json!({ "qr": qr, "phone": phone })))
-            .await
+        self.call(
+            "POST",
+            "scan",
+            Some(serde_json::json!({ "qr": qr, "phone": phone })),
+        )
+        .await
     }
 
     /// Drops every connection of the account (clients reconnect by themselves).

@@ -119,24 +119,17 @@ pub async fn app_state_key_share(
         keys: vec![wa::message::AppStateSyncKey {
             key_id: buffa::MessageField::some(wa::message::AppStateSyncKeyId {
                 key_id: Some(key_id.to_vec()),
-                ..Default::default()
             }),
             key_data: buffa::MessageField::some(wa::message::AppStateSyncKeyData {
                 key_data: Some(key_data.to_vec()),
-                fingerprint: buffa::MessageField::some(
-                    wa::message::AppStateSyncKeyFingerprint {
-                        raw_id: Some(raw_id),
-                        current_index: Some(0),
-                        device_indexes: vec![0],
-                        ..Default::default()
-                    },
-                ),
+                fingerprint: buffa::MessageField::some(wa::message::AppStateSyncKeyFingerprint {
+                    raw_id: Some(raw_id),
+                    current_index: Some(0),
+                    device_indexes: vec![0],
+                }),
                 timestamp: Some(now_millis() as i64),
-                ..Default::default()
             }),
-            ..Default::default()
         }],
-        ..Default::default()
     };
     let msg = wa::Message {
         protocol_message: buffa::MessageField::some(wa::message::ProtocolMessage {

@@ -96,6 +96,20 @@ impl Sim {
         {
             d.conn = None;
             d.last_seen = Some(now_secs());
+            // Unacknowledged stanzas go back to the head of the queue, in order.
+            let requeued: Vec<Node> = d.inflight.drain(..).map(|(_, _, n)| n).collect();
+            for n in requeued.iter().rev() {
+                d.queue.push_front(n.clone());
+            }
+            while d.queue.len() > MAX_QUEUE {
+                d.queue.pop_front();
+                d.dropped += 1;
+            }
+            for n in &requeued {
+                if let Some(r) = Self::record_for(&mut st, n) {
+                    r.queued += 1;
+                }
+            }
         }
         st.pair_codes.retain(|p| p.conn != conn);
     }
@@ -260,7 +274,14 @@ impl Sim {
             "iq" => self.handle_iq(conn, &node),
             "message" => self.relay_message(conn, &node),
             "receipt" => self.relay_receipt(conn, &node),
-            "ack" | "presence" | "chatstate" => {}
+            "ack" => {
+                let mut a = node.attrs();
+                let class = a.optional_string("class").unwrap_or_default().to_string();
+                let id = a.optional_string("id").unwrap_or_default().to_string();
+                drop(a);
+                Self::settle(&mut self.lock(), conn, &class, &id);
+            }
+            "presence" | "chatstate" => {}
             other => tracing::debug!("conn {conn}: ignoring <{other}>"),
         }
     }
@@ -333,12 +354,12 @@ impl Sim {
         }
     }
 
-    fn device_of<'a>(st: &'a State, conn: u64) -> Option<&'a Device> {
+    fn device_of(st: &State, conn: u64) -> Option<&Device> {
         let (phone, dev) = st.conns.get(&conn)?.user.as_ref()?;
         st.accounts.get(phone)?.devices.get(dev)
     }
 
-    fn device_of_mut<'a>(st: &'a mut State, conn: u64) -> Option<&'a mut Device> {
+    fn device_of_mut(st: &mut State, conn: u64) -> Option<&mut Device> {
         let (phone, dev) = st.conns.get(&conn)?.user.clone()?;
         st.accounts.get_mut(&phone)?.devices.get_mut(&dev)
     }
@@ -389,9 +410,8 @@ impl Sim {
         let me = st.conns.get(&conn).and_then(|c| c.user.clone());
         for n in queued {
             if let Some((phone, dev)) = &me {
-                Self::count_delivery(&mut st, &n, phone, *dev);
+                Self::write_to_device(&mut st, conn, phone, *dev, n);
             }
-            Self::send(&st, conn, n);
         }
         if let Some(c) = st.conns.get_mut(&conn) {
             c.passive_done = true;
@@ -422,8 +442,7 @@ impl Sim {
         let keys = d.keys.clone();
         let sim = self.clone();
         tokio::spawn(async move {
-            match crate::phone::app_state_key_share(&phone_key, reg_id, raw_id, dev, &keys).await
-            {
+            match crate::phone::app_state_key_share(&phone_key, reg_id, raw_id, dev, &keys).await {
                 Ok((ty, ct)) => {
                     let mut st = sim.lock();
                     let id = st.fresh_id();
@@ -700,9 +719,7 @@ impl Sim {
                     }
                 }
                 let out_jid = match acc {
-                    Some(a) if jid.server == Server::Lid => {
-                        Jid::lid(a.lid.clone())
-                    }
+                    Some(a) if jid.server == Server::Lid => Jid::lid(a.lid.clone()),
                     Some(a) => Jid::pn(a.phone.clone()),
                     None => jid.to_non_ad(),
                 };
@@ -797,7 +814,9 @@ impl Sim {
                 to: to.to_non_ad().to_string(),
                 r#type: ty.clone(),
                 recipients: Vec::new(),
+                sent: BTreeMap::new(),
                 delivered: BTreeMap::new(),
+                read: BTreeMap::new(),
                 queued: 0,
                 times_relayed: 0,
                 first_at_ms: now_millis(),
@@ -853,10 +872,7 @@ impl Sim {
             .and_then(|d| d.conn)
             .filter(|c| st.conns.get(c).is_some_and(|c| c.passive_done));
         match live {
-            Some(c) => {
-                Self::count_delivery(st, &node, phone, dev);
-                Self::send(st, c, node);
-            }
+            Some(c) => Self::write_to_device(st, c, phone, dev, node),
             None => {
                 if node.tag == "message"
                     && let Some(r) = Self::record_for(st, &node)
@@ -888,13 +904,44 @@ impl Sim {
         st.record_mut(&key, &id)
     }
 
-    fn count_delivery(st: &mut State, node: &Node, phone: &str, dev: u16) {
-        if node.tag != "message" {
-            return;
-        }
+    /// Writes a stanza to the device's live connection and keeps it in flight
+    /// until the device acknowledges it.
+    fn write_to_device(st: &mut State, conn: u64, phone: &str, dev: u16, node: Node) {
         let to = Jid::pn_device(phone.to_string(), dev).to_string();
-        if let Some(r) = Self::record_for(st, node) {
-            *r.delivered.entry(to).or_insert(0) += 1;
+        if node.tag == "message"
+            && let Some(r) = Self::record_for(st, &node)
+        {
+            *r.sent.entry(to).or_insert(0) += 1;
+        }
+        let class = node.tag.to_string();
+        let id = node
+            .attrs()
+            .optional_string("id")
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        if let Some(d) = st
+            .accounts
+            .get_mut(phone)
+            .and_then(|a| a.devices.get_mut(&dev))
+        {
+            if d.inflight.len() >= MAX_QUEUE {
+                d.inflight.pop_front();
+                d.dropped += 1;
+            }
+            d.inflight.push_back((class, id, node.clone()));
+        }
+        Self::send(st, conn, node);
+    }
+
+    /// The device acknowledged stanza `id` of class `class`.
+    fn settle(st: &mut State, conn: u64, class: &str, id: &str) {
+        if let Some(d) = Self::device_of_mut(st, conn)
+            && let Some(pos) = d
+                .inflight
+                .iter()
+                .position(|(c, i, _)| c == class && i == id)
+        {
+            d.inflight.remove(pos);
         }
     }
 
@@ -928,6 +975,31 @@ impl Sim {
         let Some(tphone) = st.phone_of(&target.user, target.server == Server::Lid) else {
             return;
         };
+        // Every id the receipt covers: its own and any `<list><item id>`.
+        let mut ids = vec![id.clone()];
+        if let Some(list) = node.get_optional_child("list") {
+            ids.extend(
+                list.get_children_by_tag("item")
+                    .filter_map(|i| i.attrs().optional_string("id").map(|s| s.to_string())),
+            );
+        }
+        let me = Jid::pn_device(sphone.clone(), sdev).to_string();
+        let sender_key = Jid::pn_device(tphone.clone(), target.device).to_string();
+        let is_read = matches!(
+            ty.as_deref(),
+            Some("read" | "read-self" | "played" | "played-self")
+        );
+        let is_delivery = matches!(ty.as_deref(), None | Some("" | "inactive"));
+        for mid in &ids {
+            Self::settle(&mut st, conn, "message", mid);
+            if let Some(r) = st.record_mut(&sender_key, mid) {
+                if is_read {
+                    *r.read.entry(me.clone()).or_insert(0) += 1;
+                } else if is_delivery {
+                    *r.delivered.entry(me.clone()).or_insert(0) += 1;
+                }
+            }
+        }
         let from = Self::addr(&st, &sphone, sdev, target.server);
         let mut attrs = node.attrs.clone();
         attrs
@@ -1073,6 +1145,7 @@ impl Sim {
                 signed_identity: None,
                 prekeys: VecDeque::new(),
                 queue: VecDeque::new(),
+                inflight: VecDeque::new(),
                 dropped: 0,
                 conn: None,
                 last_seen: None,

@@ -68,6 +68,9 @@ pub struct Device {
     pub signed_identity: Option<Vec<u8>>,
     pub prekeys: VecDeque<(u32, [u8; 32])>,
     pub queue: VecDeque<Node>,
+    /// Stanzas written to the device's socket and not yet acknowledged (by a
+    /// receipt or `<ack>`); put back at the head of `queue` if the socket dies.
+    pub inflight: VecDeque<(String, String, Node)>,
     pub dropped: u64,
     pub conn: Option<u64>,
     pub last_seen: Option<u64>,
@@ -113,8 +116,13 @@ pub struct MessageRecord {
     pub r#type: String,
     /// Device JIDs the message was addressed to.
     pub recipients: Vec<String>,
-    /// Delivery counts per recipient device (a count above 1 is a redelivery).
+    /// Times the message was written to each recipient device's socket.
+    pub sent: BTreeMap<String, u32>,
+    /// Delivery receipts per recipient device (a count above 1 means the
+    /// device received the message twice).
     pub delivered: BTreeMap<String, u32>,
+    /// Read/played receipts per recipient device.
+    pub read: BTreeMap<String, u32>,
     pub queued: u32,
     pub times_relayed: u32,
     pub first_at_ms: u64,
