@@ -11,6 +11,7 @@ use wasim::wacore::types::presence::ReceiptType;
 use wasim::waproto::buffa::MessageField;
 use wasim::waproto::whatsapp as wa;
 use wasim::whatsapp_rust::download::MediaType;
+use wasim::whatsapp_rust::pair_code::PairCodeOptions;
 use wasim::whatsapp_rust::store::traits::Backend;
 use wasim::whatsapp_rust::types::events::Event;
 use wasim::whatsapp_rust::{Jid, UploadOptions};
@@ -90,6 +91,34 @@ async fn qr_scan_connects() {
     let acc = &accounts[0];
     assert_eq!(acc["phone"], "15550000100");
     assert_eq!(acc["devices"][0]["connected"], true);
+    c.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_code_links_the_device() {
+    let server = start_server().await;
+    let backend: Arc<dyn Backend> = Arc::new(InMemoryBackend::new());
+    let mut c = TestClient::start(server.addr(), backend, ClientOptions::default())
+        .await
+        .expect("start client");
+    // The registration connection is up once the first QR shows.
+    c.next_qr(WAIT).await.expect("QR code");
+    let code = tokio::time::timeout(
+        WAIT,
+        c.client().pair_with_code(PairCodeOptions {
+            phone_number: "15550000150".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("pair_with_code timed out")
+    .expect("pair_with_code");
+    Admin::new(server.addr())
+        .pair_code("15550000150", &code)
+        .await
+        .expect("enter code");
+    c.connected(WAIT).await.expect("Connected after code entry");
     c.stop().await;
     server.shutdown().await;
 }

@@ -324,6 +324,16 @@ impl Admin {
         .await
     }
 
+    /// The phone's user types the companion's pairing `code` for `phone`.
+    pub async fn pair_code(&self, phone: &str, code: &str) -> Result<serde_json::Value> {
+        self.call(
+            "POST",
+            "pair-code",
+            Some(serde_json::json!({ "phone": phone, "code": code })),
+        )
+        .await
+    }
+
     /// Drops every connection of the account (clients reconnect by themselves).
     pub async fn kick(&self, phone: &str) -> Result<serde_json::Value> {
         self.call("POST", &format!("accounts/{phone}/kick"), None)

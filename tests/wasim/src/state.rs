@@ -129,13 +129,17 @@ pub struct MessageRecord {
     pub last_at_ms: u64,
 }
 
-/// A pairing-code request waiting for the phone to type the code.
+/// A pairing-code request: the companion said hello; the phone has not yet
+/// typed the code (`primary` is set once it has).
 pub struct PendingPairCode {
     pub conn: u64,
     pub phone: String,
-    pub code: String,
-    pub keys: RegKeys,
-    pub wrapped_primary_ephemeral: Vec<u8>,
+    pub pairing_ref: String,
+    pub wrapped_companion_ephemeral: Vec<u8>,
+    /// The phone's ephemeral key pair and the companion's unwrapped
+    /// ephemeral public key, once the code was entered.
+    pub primary: Option<(KeyPair, [u8; 32])>,
+    pub created: Instant,
 }
 
 #[derive(Default)]
