@@ -152,6 +152,27 @@ async fn text_is_delivered_acked_and_receipted() {
     .await
     .expect("server ack and delivery receipt");
 
+    // B reads it; A sees the read receipt.
+    tokio::time::timeout(
+        WAIT,
+        b.client()
+            .mark_as_read(&pn("15550000201"), None, &[id.as_str()]),
+    )
+    .await
+    .expect("mark_as_read timed out")
+    .expect("mark_as_read");
+    a.wait_for(WAIT, |e| match e {
+        Event::Receipt(r)
+            if r.message_ids.iter().any(|m| m.as_str() == id)
+                && matches!(r.r#type, ReceiptType::Read) =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await
+    .expect("read receipt");
+
     let log = Admin::new(server.addr())
         .messages()
         .await
@@ -162,8 +183,11 @@ async fn text_is_delivered_acked_and_receipted() {
         .iter()
         .find(|m| m["id"] == id.as_str())
         .expect("relayed message logged");
+    let b_dev = "15550000202:1@s.whatsapp.net";
     assert_eq!(rec["times_relayed"], 1);
-    assert_eq!(rec["delivered"]["15550000202:1@s.whatsapp.net"], 1);
+    assert_eq!(rec["sent"][b_dev], 1);
+    assert_eq!(rec["delivered"][b_dev], 1);
+    assert_eq!(rec["read"][b_dev], 1);
     a.stop().await;
     b.stop().await;
     server.shutdown().await;

@@ -14,6 +14,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("wasim=info")),
+        )
+        .init();
     let args = Args::parse();
     let handle = wasim::Server::start(args.listen).await?;
     println!("wasim listening on {}", handle.addr());

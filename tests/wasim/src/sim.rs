@@ -112,6 +112,19 @@ impl Sim {
             }
         }
         st.pair_codes.retain(|p| p.conn != conn);
+        // A connection that dies mid-pairing never signs: forget the half-linked device.
+        let orphaned: Vec<(String, u16)> = st
+            .pair_sign
+            .values()
+            .filter(|(_, _, c)| *c == conn)
+            .map(|(p, d, _)| (p.clone(), *d))
+            .collect();
+        st.pair_sign.retain(|_, (_, _, c)| *c != conn);
+        for (phone, dev) in orphaned {
+            if let Some(a) = st.accounts.get_mut(&phone) {
+                a.devices.remove(&dev);
+            }
+        }
     }
 
     // ---- sending helpers -------------------------------------------------
@@ -992,7 +1005,19 @@ impl Sim {
         let is_delivery = matches!(ty.as_deref(), None | Some("" | "inactive"));
         for mid in &ids {
             Self::settle(&mut st, conn, "message", mid);
-            if let Some(r) = st.record_mut(&sender_key, mid) {
+            // Read receipts name the chat, not the sender device: fall back to
+            // the newest record with this id from any device of that user.
+            let key = if st.record_mut(&sender_key, mid).is_some() {
+                Some(sender_key.clone())
+            } else {
+                let prefix = format!("{tphone}:");
+                st.messages
+                    .iter()
+                    .rev()
+                    .find(|m| &m.id == mid && m.from.starts_with(&prefix))
+                    .map(|m| m.from.clone())
+            };
+            if let Some(r) = key.and_then(|k| st.record_mut(&k, mid)) {
                 if is_read {
                     *r.read.entry(me.clone()).or_insert(0) += 1;
                 } else if is_delivery {
@@ -1211,8 +1236,11 @@ impl Sim {
                 }
                 let r: [u8; 12] = rand::random();
                 let pairing_ref = format!("2@{}", BASE64_STANDARD.encode(r));
-                // A new request from the same connection replaces the old one.
-                st.pair_codes.retain(|p| p.conn != conn);
+                // A new request from the same connection replaces the old one;
+                // codes expire after the client's own validity window.
+                let validity = wacore::pair_code::PairCodeUtils::code_validity();
+                st.pair_codes
+                    .retain(|p| p.conn != conn && p.created.elapsed() < validity);
                 if st.pair_codes.len() >= 1000 {
                     st.pair_codes.remove(0);
                 }
