@@ -364,3 +364,27 @@ impl Admin {
         self.call("GET", "messages", None).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_urls_keep_path_and_query() {
+        assert_eq!(
+            SimHttpClient::path_of("https://mmg.example:443/mms/image/T?auth=a&token=T").unwrap(),
+            "/mms/image/T?auth=a&token=T"
+        );
+        assert_eq!(SimHttpClient::path_of("http://h").unwrap(), "/");
+        assert!(SimHttpClient::path_of("/relative").is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_are_reassembled() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"5\r\nab").is_err());
+    }
+}

@@ -197,3 +197,75 @@ impl Directional {
         Ok(ciphertext)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wacore_noise::XxHandshakeState;
+
+    #[test]
+    fn frames_split_across_reads_and_header_stripped() {
+        let mut r = FrameReader::default();
+        let mut wire = b"ED\x00\x01\x00\x00\x02ab".to_vec();
+        wire.extend_from_slice(&WA_CONN_HEADER);
+        wire.extend_from_slice(&frame(b"hello"));
+        wire.extend_from_slice(&frame(b"world!"));
+        let (first, rest) = wire.split_at(9);
+        r.feed(first);
+        assert_eq!(r.next_frame().unwrap(), None);
+        r.feed(rest);
+        assert_eq!(r.next_frame().unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(r.next_frame().unwrap().as_deref(), Some(&b"world!"[..]));
+        assert_eq!(r.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_a_stream_without_the_wa_header() {
+        let mut r = FrameReader::default();
+        r.feed(b"GET / HTTP/1.1\r\n");
+        assert!(r.next_frame().is_err());
+    }
+
+    /// The client's own XX initiator (wacore-noise) completes a handshake
+    /// against the responder, and both ends then agree on the transport keys.
+    #[test]
+    fn xx_handshake_with_the_client_initiator() {
+        let server_static = KeyPair::generate(&mut rand::rng());
+        let pub32: [u8; 32] = server_static
+            .public_key
+            .public_key_bytes()
+            .try_into()
+            .unwrap();
+        let chain = wacore_noise::test_util::build_cert_chain_bytes(&pub32);
+        let payload = wa::ClientPayload {
+            username: Some(15550001234),
+            device: Some(3),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let client_static = KeyPair::generate(&mut rand::rng());
+        let mut client =
+            XxHandshakeState::new(client_static.clone(), payload, &WA_CONN_HEADER).unwrap();
+        let hello = client.build_client_hello().unwrap();
+        let (responder, server_hello) = Responder::respond(&hello, &server_static, &chain).unwrap();
+        let finish = client
+            .read_server_hello_and_build_client_finish(&server_hello)
+            .unwrap();
+        let est = responder.finish(&finish).unwrap();
+        assert_eq!(
+            &est.client_static[..],
+            client_static.public_key.public_key_bytes()
+        );
+        assert_eq!(est.payload.username, Some(15550001234));
+        let out = client.finish().unwrap();
+
+        let mut c_write = Directional::new(out.write_cipher);
+        let mut s_read = Directional::new(est.reader);
+        let mut s_write = Directional::new(est.writer);
+        let mut c_read = Directional::new(out.read_cipher);
+        for msg in [&b"one"[..], b"two"] {
+            assert_eq!(s_read.open(c_write.seal(msg).unwrap()).unwrap(), msg);
+            assert_eq!(c_read.open(s_write.seal(msg).unwrap()).unwrap(), msg);
+        }
+    }
+}
