@@ -446,3 +446,42 @@ async fn banned_account_gets_temporary_ban() {
     a.stop().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_device_of_sender_gets_a_copy() {
+    let server = start_server().await;
+    let (a1, _) = paired(&server, "15550000901").await;
+    let ((mut a2, _), (mut b, _)) = tokio::join!(
+        paired(&server, "15550000901"),
+        paired(&server, "15550000902")
+    );
+
+    send(&a1, "15550000902", text("to B, copied to A2")).await;
+    assert_eq!(recv_text(&mut b).await, "to B, copied to A2");
+    let (copy, from_me) = a2
+        .wait_for(WAIT, |e| match e {
+            Event::Messages(batch) => batch.iter().find_map(|m| {
+                let t = m
+                    .message
+                    .text_content()
+                    .or_else(|| {
+                        m.message
+                            .device_sent_message
+                            .as_option()
+                            .and_then(|d| d.message.as_option())
+                            .and_then(|m| m.text_content())
+                    })?
+                    .to_string();
+                Some((t, m.info.source.is_from_me))
+            }),
+            _ => None,
+        })
+        .await
+        .expect("copy on the sender's second device");
+    assert_eq!(copy, "to B, copied to A2");
+    assert!(from_me);
+    a1.stop().await;
+    a2.stop().await;
+    b.stop().await;
+    server.shutdown().await;
+}

@@ -398,6 +398,7 @@ impl Sim {
                 {
                     d.signed_identity = Some(bytes);
                 }
+                self.notify_devices(&mut st, &phone, dev, "add");
                 tracing::info!("paired {phone}:{dev}; asking the client to reconnect");
                 // 515: the client reconnects at once and logs in.
                 let err = NodeBuilder::new("stream:error").attr("code", "515").build();
@@ -408,6 +409,73 @@ impl Sim {
                 if let Some(a) = st.accounts.get_mut(&phone) {
                     a.devices.remove(&dev);
                 }
+            }
+        }
+    }
+
+    /// Tells the account's other devices, and the devices of every account it
+    /// has exchanged messages with, that device `dev` was added or removed
+    /// (`op`), as the real service does; clients otherwise keep a stale
+    /// device list and never encrypt for the new device.
+    fn notify_devices(&self, st: &mut State, phone: &str, dev: u16, op: &'static str) {
+        let Some(acc) = st.accounts.get_mut(phone) else {
+            return;
+        };
+        acc.devices_ts = now_secs().max(acc.devices_ts + 1);
+        let kil = key_index_list(acc);
+        let key_index = acc.devices.get(&dev).map(|d| d.key_index);
+        let ts = acc.devices_ts;
+        let prefix = format!("{phone}:");
+        let mut peers: Vec<String> = vec![phone.to_string()];
+        for m in st.messages.iter() {
+            let other = if m.from.starts_with(&prefix) {
+                &m.to
+            } else if m.to.starts_with(phone) {
+                &m.from
+            } else {
+                continue;
+            };
+            let user = other.split(['@', ':']).next().unwrap_or("").to_string();
+            if !peers.contains(&user) {
+                peers.push(user);
+            }
+        }
+        let mut device =
+            NodeBuilder::new("device").attr("jid", Jid::pn_device(phone.to_string(), dev));
+        if let Some(ki) = key_index {
+            device = device.attr("key-index", ki);
+        }
+        let device = device.build();
+        for peer in peers {
+            let targets: Vec<u16> = st
+                .accounts
+                .get(&peer)
+                .map(|a| {
+                    a.devices
+                        .keys()
+                        .copied()
+                        .filter(|d| !(peer == phone && *d == dev))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for t in targets {
+                let id = st.fresh_id();
+                let node = NodeBuilder::new("notification")
+                    .attr("from", Jid::pn(phone.to_string()))
+                    .attr("id", id)
+                    .attr("type", "devices")
+                    .attr("t", now_secs())
+                    .children([NodeBuilder::new(op)
+                        .children([
+                            device.clone(),
+                            NodeBuilder::new("key-index-list")
+                                .attr("ts", ts)
+                                .bytes(kil.clone())
+                                .build(),
+                        ])
+                        .build()])
+                    .build();
+                self.deliver(st, &peer, t, node);
             }
         }
     }
@@ -656,11 +724,14 @@ impl Sim {
         if let (Some(t), Some((phone, _))) = (target, me)
             && let Some(a) = st.accounts.get_mut(&phone)
             && let Some(d) = a.devices.remove(&t.device)
-            && let Some(c) = d.conn
-            && c != conn
         {
-            let err = NodeBuilder::new("stream:error").attr("code", "401").build();
-            Self::close(&st, c, Some(err));
+            if let Some(c) = d.conn
+                && c != conn
+            {
+                let err = NodeBuilder::new("stream:error").attr("code", "401").build();
+                Self::close(&st, c, Some(err));
+            }
+            self.notify_devices(&mut st, &phone, t.device, "remove");
         }
     }
 
@@ -708,7 +779,7 @@ impl Sim {
                                     .children([
                                         NodeBuilder::new("device-list").children(devs).build(),
                                         NodeBuilder::new("key-index-list")
-                                            .attr("ts", a.created)
+                                            .attr("ts", a.devices_ts)
                                             .bytes(key_index_list(a))
                                             .build(),
                                     ])
@@ -1079,6 +1150,7 @@ impl Sim {
                     next_key_index: 1,
                     banned_until: None,
                     created: now_secs(),
+                    devices_ts: now_secs(),
                 },
             );
         }
@@ -1436,6 +1508,9 @@ impl Sim {
                 Self::close(&st, c, Some(err));
             }
         }
+        for d in &devices {
+            self.notify_devices(&mut st, phone, d.id, "remove");
+        }
         Ok(devices.len())
     }
 
@@ -1476,7 +1551,7 @@ fn key_index_list(a: &Account) -> Vec<u8> {
     let valid: Vec<u32> = a.devices.values().map(|d| d.key_index).collect();
     let details = wa::ADVKeyIndexList {
         raw_id: Some(a.raw_id),
-        timestamp: Some(a.created),
+        timestamp: Some(a.devices_ts),
         current_index: Some(a.next_key_index.saturating_sub(1)),
         valid_indexes: valid,
         ..Default::default()

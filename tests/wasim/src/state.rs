@@ -95,6 +95,8 @@ pub struct Account {
     pub next_key_index: u32,
     pub banned_until: Option<Instant>,
     pub created: u64,
+    /// Time of the last device-list change: the key-index list's timestamp.
+    pub devices_ts: u64,
 }
 
 pub struct Conn {
