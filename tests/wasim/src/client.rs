@@ -47,6 +47,20 @@ impl SimHttpClient {
         Self { addr }
     }
 
+    /// The client for the server behind a chat URL such as
+    /// `ws://127.0.0.1:8990/ws/chat` (media shares the chat port).
+    pub fn for_ws_url(ws_url: &str) -> Result<Self> {
+        let rest = ws_url
+            .split_once("://")
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("not a ws:// URL: {ws_url}"))?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let addr = authority
+            .parse()
+            .with_context(|| format!("{authority} is not an IP:port address"))?;
+        Ok(Self { addr })
+    }
+
     fn path_of(url: &str) -> Result<String> {
         let rest = url
             .split_once("://")
@@ -377,6 +391,13 @@ mod tests {
         );
         assert_eq!(SimHttpClient::path_of("http://h").unwrap(), "/");
         assert!(SimHttpClient::path_of("/relative").is_err());
+    }
+
+    #[test]
+    fn ws_url_names_the_media_address() {
+        let c = SimHttpClient::for_ws_url("ws://127.0.0.1:8990/ws/chat").unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8990".parse().unwrap());
+        assert!(SimHttpClient::for_ws_url("ws://localhost:1/ws/chat").is_err());
     }
 
     #[test]

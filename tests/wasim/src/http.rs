@@ -63,7 +63,11 @@ struct PairCodeReq {
 }
 
 async fn pair_code(State(sim): State<Arc<Sim>>, Json(req): Json<PairCodeReq>) -> Response {
-    match sim.enter_pair_code(&req.phone, &req.code) {
+    // PBKDF2 inside: keep it off the async workers.
+    let entered = tokio::task::spawn_blocking(move || sim.enter_pair_code(&req.phone, &req.code))
+        .await
+        .unwrap_or_else(|e| Err(format!("pair-code task failed: {e}")));
+    match entered {
         Ok(jid) => Json(json!({ "jid": jid })).into_response(),
         Err(e) => bad(StatusCode::BAD_REQUEST, e),
     }

@@ -1435,17 +1435,19 @@ impl Sim {
         if !PairCodeUtils::validate_code(&code) {
             return Err("code must be 8 Crockford base32 characters".into());
         }
-        let mut st = self.lock();
-        let pos = st
-            .pair_codes
-            .iter()
-            .rposition(|p| p.phone == phone && p.primary.is_none())
-            .ok_or("no companion is waiting for a code for this phone")?;
-        let companion_eph = PairCodeUtils::decrypt_primary_ephemeral_pub(
-            &st.pair_codes[pos].wrapped_companion_ephemeral,
-            &code,
-        )
-        .map_err(|e| e.to_string())?;
+        // The code's key derivation (PBKDF2) is slow by design: run it
+        // outside the state lock.
+        let (pairing_ref, wrapped) = {
+            let st = self.lock();
+            let p = st
+                .pair_codes
+                .iter()
+                .rfind(|p| p.phone == phone && p.primary.is_none())
+                .ok_or("no companion is waiting for a code for this phone")?;
+            (p.pairing_ref.clone(), p.wrapped_companion_ephemeral.clone())
+        };
+        let companion_eph = PairCodeUtils::decrypt_primary_ephemeral_pub(&wrapped, &code)
+            .map_err(|e| e.to_string())?;
         let primary = KeyPair::generate(&mut rand::rng());
         let primary_pub: [u8; 32] = primary
             .public_key
@@ -1453,6 +1455,12 @@ impl Sim {
             .try_into()
             .map_err(|_| "key length")?;
         let wrapped_primary = PairCodeUtils::encrypt_ephemeral_pub(&primary_pub, &code);
+        let mut st = self.lock();
+        let pos = st
+            .pair_codes
+            .iter()
+            .position(|p| p.pairing_ref == pairing_ref && p.primary.is_none())
+            .ok_or("the pairing request went away")?;
         let identity = Self::account_mut(&mut st, phone)
             .phone_key
             .public_key
