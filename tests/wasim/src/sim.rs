@@ -77,7 +77,6 @@ impl Sim {
                 user: None,
                 registering: None,
                 refs: Vec::new(),
-                pairing_iq: None,
                 passive_done: false,
             },
         );
@@ -207,7 +206,6 @@ impl Sim {
         if let Some(c) = st.conns.get_mut(&conn) {
             c.registering = Some(keys);
             c.refs = refs.clone();
-            c.pairing_iq = Some(iq_id.clone());
         }
         let node = NodeBuilder::new("iq")
             .attr("from", SERVER)

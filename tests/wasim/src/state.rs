@@ -105,8 +105,8 @@ pub struct Conn {
     pub user: Option<(String, u16)>,
     /// Registration keys while the connection is pairing.
     pub registering: Option<RegKeys>,
+    /// QR refs handed to a registering connection.
     pub refs: Vec<String>,
-    pub pairing_iq: Option<String>,
     pub passive_done: bool,
 }
 
