@@ -487,7 +487,18 @@ impl Sim {
         };
         let count = queued.len();
         let me = st.conns.get(&conn).and_then(|c| c.user.clone());
-        for n in queued {
+        // The offline backlog: announced, replayed with the `offline`
+        // attribute, then closed by `<offline count>` below.
+        let preview = NodeBuilder::new("ib")
+            .children([NodeBuilder::new("offline_preview")
+                .attr("count", count)
+                .build()])
+            .build();
+        Self::send(&st, conn, preview);
+        for mut n in queued {
+            if !n.attrs.contains_key("offline") {
+                n.attrs.insert("offline", "1");
+            }
             if let Some((phone, dev)) = &me {
                 Self::write_to_device(&mut st, conn, phone, *dev, n);
             }
