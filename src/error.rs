@@ -72,8 +72,6 @@ pub enum Error {
     QuotaExceeded,
 
     // -- server side
-    #[error("not implemented yet")]
-    NotImplemented,
     #[error("server busy, retry shortly")]
     Overloaded,
     #[error("service unavailable: {0}")]
@@ -116,7 +114,6 @@ impl Error {
             Error::DeviceCodeTaken => "DEVICE_CODE_TAKEN",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::QuotaExceeded => "QUOTA_EXCEEDED",
-            Error::NotImplemented => "NOT_IMPLEMENTED",
             Error::Overloaded => "SERVER_BUSY",
             Error::Unavailable(_) => "SERVICE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",

@@ -54,9 +54,11 @@ pub struct QontakRequest<'a> {
 /// does not hit the database; entries expire so rotations and suspensions take effect.
 pub struct AuthCache {
     ttl: Duration,
-    projects: Mutex<HashMap<String, (Arc<ProjectAuth>, Instant)>>,
-    devices: Mutex<HashMap<(String, String), (Arc<DeviceRow>, Instant)>>,
+    projects: Cached<String, Arc<ProjectAuth>>,
+    devices: Cached<(String, String), Arc<DeviceRow>>,
 }
+
+type Cached<K, V> = Mutex<HashMap<K, (V, Instant)>>;
 
 const CACHE_MAX: usize = 10_000;
 
@@ -69,18 +71,14 @@ impl AuthCache {
         }
     }
 
-    fn get<K: std::hash::Hash + Eq, V: Clone>(
-        &self,
-        map: &Mutex<HashMap<K, (V, Instant)>>,
-        k: &K,
-    ) -> Option<V> {
+    fn get<K: std::hash::Hash + Eq, V: Clone>(&self, map: &Cached<K, V>, k: &K) -> Option<V> {
         let map = map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(k)
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(v, _)| v.clone())
     }
 
-    fn put<K: std::hash::Hash + Eq, V>(&self, map: &Mutex<HashMap<K, (V, Instant)>>, k: K, v: V) {
+    fn put<K: std::hash::Hash + Eq, V>(&self, map: &Cached<K, V>, k: K, v: V) {
         let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CACHE_MAX {
             let ttl = self.ttl;

@@ -15,6 +15,7 @@ on_both_backends!(
     idempotency,
     rate_limit_cannot_be_overshot,
     monthly_quota,
+    limits_hold_across_nodes,
     tenant_isolation,
     malformed_input_is_rejected_and_creates_nothing,
     accepted_messages_survive_restart,
@@ -615,4 +616,49 @@ async fn accepted_messages_survive_restart(db: TestDb) {
         assert_eq!(st["meta"]["server_id"], "node-2");
     }
     assert_eq!(t.message_ids(&p).await.len(), 50);
+}
+
+/// Two gateway nodes on one database: concurrent requests spread over both cannot
+/// overshoot the project's limits, and idempotency holds across nodes.
+async fn limits_hold_across_nodes(db: TestDb) {
+    let second = db.shared();
+    let a = TestServer::start_with(
+        db,
+        wagate::crypto::MasterKey::generate(),
+        crate::support::settings("node-a"),
+    )
+    .await;
+    let b = TestServer::start_with(second, a.key.clone(), crate::support::settings("node-b")).await;
+    let p = a.project_with(10, 1000).await;
+    crate::support::clear_of_minute_boundary().await;
+    let futs = (0..30).map(|i| {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.send_json(
+            &p,
+            json!({"recipient": "6281234567890", "message": format!("m{i}")}),
+        )
+    });
+    let results = futures::future::join_all(futs).await;
+    let accepted: Vec<_> = results.iter().filter(|(c, _)| *c == 201).collect();
+    assert_eq!(accepted.len(), 10, "{results:?}");
+    assert!(results.iter().all(|(c, _)| *c == 201 || *c == 429));
+
+    let q = b.project_with(1000, 1000).await;
+    let key_req = |t: &TestServer| {
+        t.signed(
+            reqwest::Method::POST,
+            "/api/v1/send",
+            &q,
+            br#"{"recipient":"6281234567890","message":"k"}"#.to_vec(),
+        )
+        .header("Content-Type", "application/json")
+        .header("X-REQUEST-ID", "cross-node")
+        .send()
+    };
+    let (r1, r2) = tokio::join!(key_req(&a), key_req(&b));
+    let (_, j1) = read(r1.unwrap()).await;
+    let (_, j2) = read(r2.unwrap()).await;
+    assert_eq!(j1["data"]["id"], j2["data"]["id"]);
+    assert_eq!(a.message_ids(&q).await.len(), 1);
+    b.server.shutdown().await;
 }

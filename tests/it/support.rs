@@ -49,6 +49,15 @@ impl TestDb {
         }
     }
 
+    /// The same database, for a second node; the original keeps ownership (and cleanup).
+    pub fn shared(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            _dir: None,
+            pg: None,
+        }
+    }
+
     /// An existing SQLite file the caller owns.
     pub fn sqlite_at(url: String) -> TestDb {
         TestDb {

@@ -31,7 +31,7 @@ pub fn grpc_code(e: &Error) -> Code {
         | Error::MessageNotFound
         | Error::ProjectNotFound
         | Error::RouteNotFound => Code::NotFound,
-        Error::MethodNotAllowed | Error::NotImplemented => Code::Unimplemented,
+        Error::MethodNotAllowed => Code::Unimplemented,
         Error::RateLimited { .. } | Error::QuotaExceeded => Code::ResourceExhausted,
         Error::Overloaded | Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,

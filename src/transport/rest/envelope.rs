@@ -72,7 +72,6 @@ pub fn http_status(e: &Error) -> StatusCode {
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::QuotaExceeded => StatusCode::FORBIDDEN,
-        Error::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         Error::Overloaded | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
