@@ -14,6 +14,7 @@ use wasim::whatsapp_rust::download::MediaType;
 use wasim::whatsapp_rust::pair_code::PairCodeOptions;
 use wasim::whatsapp_rust::store::traits::Backend;
 use wasim::whatsapp_rust::types::events::Event;
+use wasim::whatsapp_rust::wacore::iq::groups::{GroupCreateOptions, GroupParticipantOptions};
 use wasim::whatsapp_rust::{Jid, UploadOptions};
 use wasim::{Server, ServerHandle};
 
@@ -484,5 +485,60 @@ async fn second_device_of_sender_gets_a_copy() {
     a1.stop().await;
     a2.stop().await;
     b.stop().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_reach_every_member() {
+    let server = start_server().await;
+    let ((a, _), (mut b, _), (mut c, _)) = tokio::join!(
+        paired(&server, "15550001001"),
+        paired(&server, "15550001002"),
+        paired(&server, "15550001003")
+    );
+    let created = tokio::time::timeout(
+        WAIT,
+        a.client().groups().create_group(
+            GroupCreateOptions::builder()
+                .subject("wasim group")
+                .participants(vec![
+                    GroupParticipantOptions::new(pn("15550001002")),
+                    GroupParticipantOptions::new(pn("15550001003")),
+                ])
+                .build(),
+        ),
+    )
+    .await
+    .expect("create_group timed out")
+    .expect("create_group");
+    let gid = created.metadata.id.clone();
+
+    // The first message carries the sender key to each member device; the
+    // second uses it alone.
+    for body in ["hello group", "second to group"] {
+        tokio::time::timeout(WAIT, a.client().send_message(gid.clone(), text(body)))
+            .await
+            .expect("group send timed out")
+            .expect("group send");
+        for member in [&mut b, &mut c] {
+            let (got, chat) = member
+                .wait_for(WAIT, |e| match e {
+                    Event::Messages(batch) => batch.iter().find_map(|m| {
+                        Some((
+                            m.message.text_content()?.to_string(),
+                            m.info.source.chat.clone(),
+                        ))
+                    }),
+                    _ => None,
+                })
+                .await
+                .expect("group message");
+            assert_eq!(got, body);
+            assert_eq!(chat, gid);
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
     server.shutdown().await;
 }

@@ -354,6 +354,8 @@ impl Sim {
                 Self::send(&st, conn, Self::error(&id, 404, "item-not-found"));
             }
             ("usync", _) => self.usync(conn, &id, node),
+            ("w:g2", "create") => self.create_group(conn, &id, node),
+            ("w:g2", "query") => self.query_group(conn, &id, node),
             ("w:m", "media_conn") => self.media_conn(conn, &id),
             ("w:sync:app:state", _) => self.app_state(conn, &id, node),
             ("md", "remove-companion-device") => self.remove_companion(conn, &id, node),
@@ -744,6 +746,157 @@ impl Sim {
         }
     }
 
+    // ---- groups ----------------------------------------------------------
+
+    fn group_node(st: &State, g: &Group) -> Node {
+        let participants = g.members.iter().map(|m| {
+            let mut p = NodeBuilder::new("participant").attr("jid", Jid::pn(m.clone()));
+            if m == &g.creator {
+                p = p.attr("type", "superadmin");
+            }
+            if let Some(a) = st.accounts.get(m) {
+                p = p.attr("lid", Jid::lid(a.lid.clone()));
+            }
+            p.build()
+        });
+        NodeBuilder::new("group")
+            .attr("id", g.id.clone())
+            .attr("subject", g.subject.clone())
+            .attr("s_t", g.created)
+            .attr("s_o", Jid::pn(g.creator.clone()))
+            .attr("creation", g.created)
+            .attr("creator", Jid::pn(g.creator.clone()))
+            .attr("addressing_mode", "pn")
+            .attr("size", g.members.len())
+            .children(participants)
+            .build()
+    }
+
+    /// `<create subject>` with `<participant jid>` children: a new group of
+    /// the creator and the named accounts (unknown numbers are left out).
+    fn create_group(&self, conn: u64, id: &str, node: &Node) {
+        let mut st = self.lock();
+        let Some((creator, _)) = st.conns.get(&conn).and_then(|c| c.user.clone()) else {
+            return;
+        };
+        let Some(create) = node.get_optional_child("create") else {
+            return;
+        };
+        let subject = create
+            .attrs()
+            .optional_string("subject")
+            .unwrap_or_default()
+            .to_string();
+        let mut members = vec![creator.clone()];
+        for p in create.get_children_by_tag("participant") {
+            let Some(j) = p.attrs().optional_jid("jid") else {
+                continue;
+            };
+            if let Some(phone) = st.phone_of(&j.user, j.server == Server::Lid)
+                && !members.contains(&phone)
+            {
+                members.push(phone);
+            }
+        }
+        st.next_group += 1;
+        let gid = format!("1203630{:011}", st.next_group);
+        let g = Group {
+            id: gid.clone(),
+            subject,
+            creator,
+            members,
+            created: now_secs(),
+        };
+        let n = Self::result(id)
+            .children([Self::group_node(&st, &g)])
+            .build();
+        st.groups.insert(gid, g);
+        Self::send(&st, conn, n);
+    }
+
+    fn query_group(&self, conn: u64, id: &str, node: &Node) {
+        let st = self.lock();
+        let gid = node
+            .attrs()
+            .optional_jid("to")
+            .map(|j| j.user.to_string())
+            .unwrap_or_default();
+        let n = match st.groups.get(&gid) {
+            Some(g) => Self::result(id)
+                .children([Self::group_node(&st, g)])
+                .build(),
+            None => Self::error(id, 404, "item-not-found"),
+        };
+        Self::send(&st, conn, n);
+    }
+
+    /// Group fan-out: every device of every member but the sender's own gets
+    /// the group ciphertext (`skmsg`) plus, when the sender included one for
+    /// it, its per-device `<enc>` (the sender-key distribution).
+    fn relay_group_message(
+        &self,
+        st: &mut State,
+        sender: (&str, u16),
+        gid: &Jid,
+        node: &Node,
+        per_device: Vec<(Jid, Vec<Node>)>,
+        common: Vec<Node>,
+    ) -> Vec<String> {
+        let (sphone, sdev) = sender;
+        let Some(g) = st.groups.get(&gid.user.to_string()) else {
+            return Vec::new();
+        };
+        let members = g.members.clone();
+        let mut a = node.attrs();
+        let id = a.optional_string("id").unwrap_or_default().to_string();
+        let ty = a.optional_string("type").unwrap_or_default().to_string();
+        drop(a);
+        let push_name = st
+            .accounts
+            .get(sphone)
+            .and_then(|a| a.devices.get(&sdev))
+            .map(|d| d.keys.push_name.clone())
+            .unwrap_or_default();
+        let mut delivered_to = Vec::new();
+        for member in members {
+            let devices: Vec<u16> = st
+                .accounts
+                .get(&member)
+                .map(|a| a.devices.keys().copied().collect())
+                .unwrap_or_default();
+            for dev in devices {
+                if member == sphone && dev == sdev {
+                    continue;
+                }
+                let mut children: Vec<Node> = per_device
+                    .iter()
+                    .filter(|(j, _)| {
+                        j.device == dev
+                            && st
+                                .phone_of(&j.user, j.server == Server::Lid)
+                                .is_some_and(|p| p == member)
+                    })
+                    .flat_map(|(_, encs)| encs.iter().cloned())
+                    .collect();
+                children.extend(common.iter().cloned());
+                let mut b = NodeBuilder::new("message")
+                    .attr("from", gid.clone())
+                    .attr("participant", Jid::pn_device(sphone.to_string(), sdev))
+                    .attr("id", id.clone())
+                    .attr("type", ty.clone())
+                    .attr("t", now_secs())
+                    .attr("addressing_mode", "pn");
+                if !push_name.is_empty() {
+                    b = b.attr("notify", push_name.clone());
+                }
+                let msg = b.children(children).build();
+                delivered_to.push(Jid::pn_device(member.clone(), dev).to_string());
+                self.deliver(st, &member, dev, msg);
+            }
+        }
+        delivered_to
+    }
+
     // ---- usync -----------------------------------------------------------
 
     fn usync(&self, conn: u64, id: &str, node: &Node) {
@@ -921,6 +1074,28 @@ impl Sim {
             r.last_at_ms = now_millis();
         }
 
+        if to.server == Server::Group {
+            let per_device: Vec<(Jid, Vec<Node>)> =
+                if node.get_optional_child("participants").is_some() {
+                    targets
+                } else {
+                    Vec::new()
+                };
+            let mut common: Vec<Node> = node.get_children_by_tag("enc").cloned().collect();
+            common.extend(extra.iter().cloned());
+            let to_devices =
+                self.relay_group_message(&mut st, (&sphone, sdev), &to, node, per_device, common);
+            if let Some(r) = st.record_mut(&from_key, &id) {
+                for d in to_devices {
+                    if !r.recipients.contains(&d) {
+                        r.recipients.push(d);
+                    }
+                }
+            }
+            Self::send(&st, conn, ack);
+            return;
+        }
+
         for (target, encs) in targets {
             let Some(rphone) = st.phone_of(&target.user, target.server == Server::Lid) else {
                 continue;
@@ -991,7 +1166,13 @@ impl Sim {
         let mut a = node.attrs();
         let id = a.optional_string("id")?.to_string();
         let from = a.optional_jid("from")?;
+        let participant = a.optional_jid("participant");
         drop(a);
+        // In a group the sender device is the `participant`.
+        let from = match participant {
+            Some(p) if from.server == Server::Group => p,
+            _ => from,
+        };
         let phone = st.phone_of(&from.user, from.server == Server::Lid)?;
         let key = Jid::pn_device(phone, from.device).to_string();
         st.record_mut(&key, &id)
@@ -1062,6 +1243,7 @@ impl Sim {
 
         // Receipts go back to the original sender: `participant` names the
         // sender device in groups; in 1:1 `to` names the sender.
+        let group = to.clone().filter(|j| j.server == Server::Group);
         let Some(target) = participant.or(to) else {
             return;
         };
@@ -1110,7 +1292,14 @@ impl Sim {
         attrs
             .0
             .retain(|(k, _)| k != "to" && k != "from" && k != "participant");
-        attrs.insert("from", from.to_non_ad());
+        match &group {
+            // Group receipts come from the group, naming the reader device.
+            Some(g) => {
+                attrs.insert("from", g.clone());
+                attrs.insert("participant", from);
+            }
+            None => attrs.insert("from", from.to_non_ad()),
+        }
         attrs.insert("t", now_secs());
         let devices: Vec<u16> = st
             .accounts

@@ -144,6 +144,16 @@ pub struct PendingPairCode {
     pub created: Instant,
 }
 
+/// A group chat: its members are accounts (phone numbers); every device of a
+/// member receives the group's messages.
+pub struct Group {
+    pub id: String,
+    pub subject: String,
+    pub creator: String,
+    pub members: Vec<String>,
+    pub created: u64,
+}
+
 #[derive(Default)]
 pub struct State {
     pub next_conn: u64,
@@ -160,6 +170,8 @@ pub struct State {
     pub media: VecDeque<(String, Vec<u8>)>,
     pub media_bytes: usize,
     pub next_id: u64,
+    pub groups: BTreeMap<String, Group>,
+    pub next_group: u64,
 }
 
 impl State {
