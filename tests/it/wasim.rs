@@ -512,6 +512,12 @@ async fn group_messages_reach_every_member() {
     .expect("create_group timed out")
     .expect("create_group");
     let gid = created.metadata.id.clone();
+    // Members see the group in their group list.
+    let listed = tokio::time::timeout(WAIT, b.client().groups().get_participating())
+        .await
+        .expect("get_participating timed out")
+        .expect("get_participating");
+    assert!(listed.contains_key(&gid), "B lists the new group");
 
     // The first message carries the sender key to each member device; the
     // second uses it alone.

@@ -356,6 +356,19 @@ impl Sim {
             ("usync", _) => self.usync(conn, &id, node),
             ("w:g2", "create") => self.create_group(conn, &id, node),
             ("w:g2", "query") => self.query_group(conn, &id, node),
+            ("w:g2", "participating") => {
+                let st = self.lock();
+                let me = st.conns.get(&conn).and_then(|c| c.user.clone());
+                let groups = st
+                    .groups
+                    .values()
+                    .filter(|g| me.as_ref().is_some_and(|(p, _)| g.members.contains(p)))
+                    .map(|g| Self::group_node(&st, g));
+                let n = Self::result(&id)
+                    .children([NodeBuilder::new("groups").children(groups).build()])
+                    .build();
+                Self::send(&st, conn, n);
+            }
             ("w:m", "media_conn") => self.media_conn(conn, &id),
             ("w:sync:app:state", _) => self.app_state(conn, &id, node),
             ("md", "remove-companion-device") => self.remove_companion(conn, &id, node),
