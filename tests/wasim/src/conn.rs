@@ -9,7 +9,7 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use tokio::sync::mpsc;
 use wacore_binary::Node;
 
-use crate::noise::{Directional, FrameReader, Responder, frame};
+use crate::noise::{Directional, FrameReader, Reply, Responder, frame};
 use crate::sim::Sim;
 use crate::state::{CONN_CHANNEL, Outbound};
 
@@ -102,13 +102,17 @@ async fn handshake(
     reader: &mut FrameReader,
 ) -> Result<crate::noise::Established> {
     let hello = next_frame(ws, reader).await?;
-    let (responder, server_hello) =
-        Responder::respond(&hello, &sim.server_static, &sim.cert_chain)?;
+    let (reply, server_hello) = Responder::respond(&hello, &sim.server_static, &sim.cert_chain)?;
     ws.send(WsMessage::Binary(frame(&server_hello).into()))
         .await
         .map_err(|e| anyhow!("send server hello: {e}"))?;
-    let finish = next_frame(ws, reader).await?;
-    responder.finish(&finish)
+    match reply {
+        Reply::Done(established) => Ok(*established),
+        Reply::AwaitFinish(responder) => {
+            let finish = next_frame(ws, reader).await?;
+            responder.finish(&finish)
+        }
+    }
 }
 
 async fn next_frame(ws: &mut WebSocket, reader: &mut FrameReader) -> Result<Vec<u8>> {

@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use wacore::libsignal::protocol::KeyPair;
-use wacore_binary::consts::{NOISE_PATTERN_XX, NOISE_PATTERN_XXFALLBACK, WA_CONN_HEADER};
+use wacore_binary::consts::{
+    NOISE_PATTERN_IK, NOISE_PATTERN_XX, NOISE_PATTERN_XXFALLBACK, WA_CONN_HEADER,
+};
 use wacore_noise::{NoiseCipher, NoiseHandshake};
 use waproto::buffa::{self, Message as _};
 use waproto::whatsapp as wa;
@@ -72,6 +74,65 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Outcome of answering a client hello.
+pub enum Reply {
+    /// IK: the handshake is complete.
+    Done(Box<Established>),
+    /// XX or XX-fallback: the client finish is still to come.
+    AwaitFinish(Box<Responder>),
+}
+
+fn server_hello(ephemeral: Vec<u8>, r#static: Option<Vec<u8>>, payload: Vec<u8>) -> Vec<u8> {
+    wa::HandshakeMessage {
+        server_hello: buffa::MessageField::some(wa::handshake_message::ServerHello {
+            ephemeral: Some(ephemeral),
+            r#static,
+            payload: Some(payload),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// IK responder (`<- s` known; `-> e, es, s, ss`; `<- e, ee, se`). Fails if
+/// the client encrypted to another static key.
+fn ik(
+    client_eph: &[u8; 32],
+    enc_static: &[u8],
+    enc_payload: &[u8],
+    server_static: &KeyPair,
+    cert_chain: &[u8],
+) -> Result<(Reply, Vec<u8>)> {
+    let mut noise = NoiseHandshake::new(NOISE_PATTERN_IK, &WA_CONN_HEADER)?;
+    noise.authenticate(server_static.public_key.public_key_bytes());
+    noise.authenticate(client_eph);
+    noise.mix_shared_secret(server_static.private_key.serialize(), client_eph)?;
+    let client_static: [u8; 32] = noise
+        .decrypt(enc_static)?
+        .try_into()
+        .map_err(|_| anyhow!("bad static length"))?;
+    noise.mix_shared_secret(server_static.private_key.serialize(), &client_static)?;
+    let payload_bytes = noise.decrypt(enc_payload)?;
+    let payload =
+        wa::ClientPayload::decode_from_slice(&payload_bytes).context("decode ClientPayload")?;
+    let ephemeral = KeyPair::generate(&mut rand::rng());
+    let eph_pub = ephemeral.public_key.public_key_bytes().to_vec();
+    noise.authenticate(&eph_pub);
+    noise.mix_shared_secret(ephemeral.private_key.serialize(), client_eph)?;
+    noise.mix_shared_secret(ephemeral.private_key.serialize(), &client_static)?;
+    let enc_cert = noise.encrypt(cert_chain)?;
+    let reply = server_hello(eph_pub, None, enc_cert);
+    let (c2s, s2c) = noise.finish()?;
+    let est = Established {
+        reader: c2s,
+        writer: s2c,
+        client_static,
+        payload,
+    };
+    Ok((Reply::Done(Box::new(est)), reply))
+}
+
 /// Responder state between the server hello and the client finish.
 pub struct Responder {
     noise: NoiseHandshake,
@@ -87,14 +148,16 @@ pub struct Established {
 }
 
 impl Responder {
-    /// Answers a client hello. An IK hello (one that already carries the
-    /// client's static key) is answered as XX-fallback, which the client
-    /// supports and which spares the server the IK responder.
+    /// Answers a client hello. A returning client that cached this server's
+    /// static key sends an IK hello (its static key and login payload
+    /// already inside): that completes here, in one round trip. An IK hello
+    /// made for another static key (a restarted wasim) is answered as
+    /// XX-fallback, which the client follows; a plain hello gets XX.
     pub fn respond(
         client_hello_frame: &[u8],
         server_static: &KeyPair,
         cert_chain: &[u8],
-    ) -> Result<(Self, Vec<u8>)> {
+    ) -> Result<(Reply, Vec<u8>)> {
         let msg = wa::HandshakeMessage::decode_from_slice(client_hello_frame)
             .context("decode client hello")?;
         let hello = msg
@@ -106,10 +169,15 @@ impl Responder {
             .ok_or_else(|| anyhow!("client hello without ephemeral"))?
             .try_into()
             .map_err(|_| anyhow!("bad ephemeral length"))?;
-        let pattern = if hello.r#static.is_some() {
-            NOISE_PATTERN_XXFALLBACK
-        } else {
-            NOISE_PATTERN_XX
+        let pattern = match (&hello.r#static, &hello.payload) {
+            (Some(s), Some(p)) => {
+                if let Ok(done) = ik(&client_eph, s, p, server_static, cert_chain) {
+                    return Ok(done);
+                }
+                NOISE_PATTERN_XXFALLBACK
+            }
+            (Some(_), None) => NOISE_PATTERN_XXFALLBACK,
+            _ => NOISE_PATTERN_XX,
         };
         let mut noise = NoiseHandshake::new(pattern, &WA_CONN_HEADER)?;
         noise.authenticate(&client_eph);
@@ -120,16 +188,11 @@ impl Responder {
         let enc_static = noise.encrypt(server_static.public_key.public_key_bytes())?;
         noise.mix_shared_secret(server_static.private_key.serialize(), &client_eph)?;
         let enc_cert = noise.encrypt(cert_chain)?;
-        let reply = wa::HandshakeMessage {
-            server_hello: buffa::MessageField::some(wa::handshake_message::ServerHello {
-                ephemeral: Some(eph_pub),
-                r#static: Some(enc_static),
-                payload: Some(enc_cert),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        Ok((Self { noise, ephemeral }, reply.encode_to_vec()))
+        let reply = server_hello(eph_pub, Some(enc_static), enc_cert);
+        Ok((
+            Reply::AwaitFinish(Box::new(Self { noise, ephemeral })),
+            reply,
+        ))
     }
 
     /// Reads the client finish: the client's static key and its payload.
@@ -226,6 +289,91 @@ mod tests {
         assert!(r.next_frame().is_err());
     }
 
+    fn login_payload() -> Vec<u8> {
+        wa::ClientPayload {
+            username: Some(15550009999),
+            device: Some(1),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn assert_keys_agree(
+        c_write: NoiseCipher,
+        c_read: NoiseCipher,
+        s_read: NoiseCipher,
+        s_write: NoiseCipher,
+    ) {
+        let (mut cw, mut cr) = (Directional::new(c_write), Directional::new(c_read));
+        let (mut sr, mut sw) = (Directional::new(s_read), Directional::new(s_write));
+        assert_eq!(sr.open(cw.seal(b"ping").unwrap()).unwrap(), b"ping");
+        assert_eq!(cr.open(sw.seal(b"pong").unwrap()).unwrap(), b"pong");
+    }
+
+    /// A returning client's IK hello completes in one round trip.
+    #[test]
+    fn ik_handshake_with_the_client_initiator() {
+        use wacore_noise::{IkHandshakeState, IkServerHelloOutcome};
+        let server_static = KeyPair::generate(&mut rand::rng());
+        let pub32: [u8; 32] = server_static
+            .public_key
+            .public_key_bytes()
+            .try_into()
+            .unwrap();
+        let chain = wacore_noise::test_util::build_cert_chain_bytes(&pub32);
+        let client_static = KeyPair::generate(&mut rand::rng());
+        let mut client =
+            IkHandshakeState::new(client_static, pub32, login_payload(), &WA_CONN_HEADER).unwrap();
+        let hello = client.build_client_hello().unwrap();
+        let (reply, server_hello) = Responder::respond(&hello, &server_static, &chain).unwrap();
+        let Reply::Done(est) = reply else {
+            panic!("IK must complete without a client finish")
+        };
+        assert_eq!(est.payload.username, Some(15550009999));
+        let IkServerHelloOutcome::Continue(out) = client.read_server_hello(&server_hello).unwrap()
+        else {
+            panic!("client must accept the IK reply")
+        };
+        let est = *est;
+        assert_keys_agree(out.write_cipher, out.read_cipher, est.reader, est.writer);
+    }
+
+    /// An IK hello for another server key (a restarted wasim) falls back to XX.
+    #[test]
+    fn stale_ik_falls_back_to_xx() {
+        use wacore_noise::{IkHandshakeState, IkServerHelloOutcome, XxFallbackHandshakeState};
+        let server_static = KeyPair::generate(&mut rand::rng());
+        let pub32: [u8; 32] = server_static
+            .public_key
+            .public_key_bytes()
+            .try_into()
+            .unwrap();
+        let chain = wacore_noise::test_util::build_cert_chain_bytes(&pub32);
+        let stale = [7u8; 32];
+        let mut client = IkHandshakeState::new(
+            KeyPair::generate(&mut rand::rng()),
+            stale,
+            login_payload(),
+            &WA_CONN_HEADER,
+        )
+        .unwrap();
+        let hello = client.build_client_hello().unwrap();
+        let (reply, server_hello) = Responder::respond(&hello, &server_static, &chain).unwrap();
+        let Reply::AwaitFinish(responder) = reply else {
+            panic!("a stale IK hello must fall back")
+        };
+        let IkServerHelloOutcome::Fallback(inputs) =
+            client.read_server_hello(&server_hello).unwrap()
+        else {
+            panic!("client must take the fallback")
+        };
+        let mut fb = XxFallbackHandshakeState::from_ik_failure(*inputs, &WA_CONN_HEADER).unwrap();
+        let finish = fb.build_client_finish().unwrap();
+        let est = responder.finish(&finish).unwrap();
+        let out = fb.finish().unwrap();
+        assert_keys_agree(out.write_cipher, out.read_cipher, est.reader, est.writer);
+    }
+
     /// The client's own XX initiator (wacore-noise) completes a handshake
     /// against the responder, and both ends then agree on the transport keys.
     #[test]
@@ -247,7 +395,10 @@ mod tests {
         let mut client =
             XxHandshakeState::new(client_static.clone(), payload, &WA_CONN_HEADER).unwrap();
         let hello = client.build_client_hello().unwrap();
-        let (responder, server_hello) = Responder::respond(&hello, &server_static, &chain).unwrap();
+        let (reply, server_hello) = Responder::respond(&hello, &server_static, &chain).unwrap();
+        let Reply::AwaitFinish(responder) = reply else {
+            panic!("an XX hello must wait for the client finish")
+        };
         let finish = client
             .read_server_hello_and_build_client_finish(&server_hello)
             .unwrap();
