@@ -351,7 +351,12 @@ impl Sim {
             }
             ("encrypt", "digest") => {
                 let st = self.lock();
-                Self::send(&st, conn, Self::error(&id, 404, "item-not-found"));
+                let n = match Self::device_of(&st, conn) {
+                    Some(d) => Self::result(&id).children([digest_node(d)]).build(),
+                    // Nothing stored: the client re-uploads its keys.
+                    None => Self::error(&id, 404, "item-not-found"),
+                };
+                Self::send(&st, conn, n);
             }
             ("usync", _) => self.usync(conn, &id, node),
             ("w:g2", "create") => self.create_group(conn, &id, node),
@@ -1789,6 +1794,48 @@ fn key_index_list(a: &Account) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+/// `<digest>` of a device's stored key bundle, which the client checks
+/// against its own keys (re-uploading on mismatch).
+fn digest_node(d: &Device) -> Node {
+    let s = &d.keys.signed_pre_key;
+    let pubs: Vec<&[u8]> = d.prekeys.iter().map(|(_, k)| &k[..]).collect();
+    let hash = wacore::prekeys::compute_key_bundle_digest(
+        &d.keys.identity_pub,
+        &s.public,
+        &s.signature,
+        &pubs,
+    );
+    let id3 = |id: u32| id.to_be_bytes()[1..].to_vec();
+    NodeBuilder::new("digest")
+        .children([
+            NodeBuilder::new("registration")
+                .bytes(d.keys.registration_id.to_be_bytes().to_vec())
+                .build(),
+            NodeBuilder::new("type").bytes(vec![5u8]).build(),
+            NodeBuilder::new("identity")
+                .bytes(d.keys.identity_pub.to_vec())
+                .build(),
+            NodeBuilder::new("skey")
+                .children([
+                    NodeBuilder::new("id").bytes(id3(s.id)).build(),
+                    NodeBuilder::new("value").bytes(s.public.to_vec()).build(),
+                    NodeBuilder::new("signature")
+                        .bytes(s.signature.clone())
+                        .build(),
+                ])
+                .build(),
+            NodeBuilder::new("list")
+                .children(
+                    d.prekeys
+                        .iter()
+                        .map(|(id, _)| NodeBuilder::new("id").bytes(id3(*id)).build()),
+                )
+                .build(),
+            NodeBuilder::new("hash").bytes(hash).build(),
+        ])
+        .build()
 }
 
 /// Prekey bundle of the simulated phone (device 0): identity, signed prekey,
