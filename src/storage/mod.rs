@@ -10,6 +10,7 @@ pub mod models;
 pub mod projects;
 pub mod queue;
 pub mod schema;
+pub mod sessions;
 
 use diesel::Connection;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};

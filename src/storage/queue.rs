@@ -27,9 +27,12 @@ pub const EXPIRED_CODE: &str = "MESSAGE_EXPIRED";
 /// Error code of messages whose every attempt failed or whose worker kept dying.
 pub const EXHAUSTED_CODE: &str = "SEND_ATTEMPTS_EXHAUSTED";
 
-const CLAIM_WHERE: &str = "device_id = $1 AND status = 'queued' AND available_at <= $2 \
-     AND (claim_expires_at IS NULL OR claim_expires_at < $2) AND attempts < max_attempts \
-     AND expires_at > $2";
+/// Due, unclaimed (or lease expired), attempts left, not expired, and the oldest queued
+/// message of its recipient: a recipient's messages go out one after another, in order.
+const CLAIM_WHERE: &str = "m.device_id = $1 AND m.status = 'queued' AND m.available_at <= $2 \
+     AND (m.claim_expires_at IS NULL OR m.claim_expires_at < $2) AND m.attempts < m.max_attempts \
+     AND m.expires_at > $2 AND NOT EXISTS (SELECT 1 FROM messages e WHERE e.device_id = m.device_id \
+     AND e.recipient = m.recipient AND e.status = 'queued' AND e.seq < m.seq)";
 
 /// Claims up to `limit` due messages of one device for `node`, leased for `lease_ms`.
 pub fn claim(
@@ -47,7 +50,7 @@ pub fn claim(
     let sql = format!(
         "UPDATE messages SET claimed_by = $3, claim_token = claim_token + 1, \
          claim_expires_at = $4, attempts = attempts + 1 \
-         WHERE seq IN (SELECT seq FROM messages WHERE {CLAIM_WHERE} ORDER BY seq LIMIT $5 {lock}) \
+         WHERE seq IN (SELECT m.seq FROM messages m WHERE {CLAIM_WHERE} ORDER BY m.seq LIMIT $5 {lock}) \
          RETURNING *"
     );
     // SQLite numbers parameters `?N`; PostgreSQL `$N`.

@@ -23,6 +23,13 @@ diesel::table! {
         name -> Text,
         state -> Text,
         created_at -> BigInt,
+        phone -> Nullable<Text>,
+        push_name -> Nullable<Text>,
+        wa_jid -> Nullable<Text>,
+        wa_lid -> Nullable<Text>,
+        state_reason -> Nullable<Text>,
+        last_connected_at -> Nullable<BigInt>,
+        updated_at -> Nullable<BigInt>,
     }
 }
 
@@ -89,6 +96,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    inbound_messages (seq) {
+        seq -> BigInt,
+        id -> Text,
+        project_id -> Text,
+        device_id -> Text,
+        wa_message_id -> Text,
+        chat_jid -> Text,
+        sender_jid -> Text,
+        sender_phone -> Nullable<Text>,
+        sender_lid -> Nullable<Text>,
+        push_name -> Nullable<Text>,
+        kind -> Text,
+        body -> Nullable<Text>,
+        media_id -> Nullable<Text>,
+        sent_at -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> projects (project_id));
 diesel::joinable!(messages -> devices (device_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -97,5 +124,79 @@ diesel::allow_tables_to_appear_in_same_query!(
     media,
     messages,
     idempotency_keys,
-    usage_counters
+    usage_counters,
+    inbound_messages
 );
+
+// --- whatsapp-rust device store (src/storage/device_store.rs) ---
+
+diesel::table! {
+    wa_store (device_id, kind, key) {
+        device_id -> Text,
+        kind -> Text,
+        key -> Text,
+        value -> Binary,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    wa_prekeys (device_id, id) {
+        device_id -> Text,
+        id -> BigInt,
+        record -> Binary,
+        uploaded -> Bool,
+    }
+}
+
+diesel::table! {
+    wa_app_state_macs (device_id, collection, index_mac) {
+        device_id -> Text,
+        collection -> Text,
+        index_mac -> Binary,
+        value_mac -> Binary,
+        version -> BigInt,
+    }
+}
+
+diesel::table! {
+    wa_sender_key_devices (device_id, group_jid, device_jid) {
+        device_id -> Text,
+        group_jid -> Text,
+        device_jid -> Text,
+        has_key -> Bool,
+    }
+}
+
+diesel::table! {
+    wa_lid_mappings (device_id, lid) {
+        device_id -> Text,
+        lid -> Text,
+        phone_number -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        learning_source -> Text,
+    }
+}
+
+diesel::table! {
+    wa_tc_tokens (device_id, jid) {
+        device_id -> Text,
+        jid -> Text,
+        token -> Binary,
+        token_timestamp -> BigInt,
+        sender_timestamp -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    wa_msg_secrets (device_id, chat, sender, msg_id) {
+        device_id -> Text,
+        chat -> Text,
+        sender -> Text,
+        msg_id -> Text,
+        secret -> Binary,
+        expires_at -> BigInt,
+        message_ts -> BigInt,
+    }
+}

@@ -14,7 +14,8 @@ use crate::support::TestDb;
 on_both_backends!(
     claim_fence_retry_rescue,
     expiry_and_exhaustion,
-    concurrent_claimers_never_share
+    concurrent_claimers_never_share,
+    one_recipient_in_order,
 );
 
 struct Fixture {
@@ -47,7 +48,8 @@ async fn fixture(t: &TestDb) -> Fixture {
     }
 }
 
-/// Enqueues `n` messages through the real accept path; returns their ids in order.
+/// Enqueues `n` messages (each to its own recipient) through the real accept path; returns
+/// their ids in order.
 fn enqueue(
     f: &Fixture,
     conn: &mut DbConn,
@@ -55,6 +57,18 @@ fn enqueue(
     max_attempts: i32,
     ttl_ms: i64,
 ) -> Vec<String> {
+    enqueue_to(f, conn, n, max_attempts, ttl_ms, None)
+}
+
+fn enqueue_to(
+    f: &Fixture,
+    conn: &mut DbConn,
+    n: usize,
+    max_attempts: i32,
+    ttl_ms: i64,
+    to: Option<&str>,
+) -> Vec<String> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = now_ms();
     let items: Vec<AcceptItem> = (0..n)
         .map(|i| AcceptItem {
@@ -71,7 +85,12 @@ fn enqueue(
                 project_id: f.project_id.clone(),
                 device_id: f.device_id.clone(),
                 device_code: "RK-Q".into(),
-                recipient: "6281234567890".into(),
+                recipient: to.map(str::to_owned).unwrap_or_else(|| {
+                    format!(
+                        "628{:010}",
+                        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    )
+                }),
                 kind: "text".into(),
                 body: Some(format!("m{i}")),
                 media_id: None,
@@ -319,4 +338,83 @@ async fn concurrent_claimers_never_share(t: TestDb) {
     }
     assert_eq!(total, all.len());
     assert_eq!(seen, all.into_iter().collect::<HashSet<_>>());
+}
+
+/// A recipient's messages are claimed one at a time, in acceptance order: the next one is
+/// due only when the one before it is no longer queued (sent, failed) — also while the one
+/// before waits for its server ack after being written to WhatsApp.
+async fn one_recipient_in_order(t: TestDb) {
+    let f = fixture(&t).await;
+    let mut c = f.db.connect().unwrap();
+    let same = enqueue_to(&f, &mut c, 3, 5, 3_600_000, Some("6281111111111"));
+    let other = enqueue(&f, &mut c, 1, 5, 3_600_000);
+    let now = now_ms();
+    let got = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
+    let ids: Vec<_> = got.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![same[0].clone(), other[0].clone()],
+        "only the head of each recipient"
+    );
+    // Written to WhatsApp, waiting for the ack: the next one still waits.
+    assert!(
+        wagate::storage::sessions::mark_dispatched(
+            &mut c,
+            &same[0],
+            "n",
+            got[0].claim_token,
+            "WA-A",
+            now + 60_000
+        )
+        .unwrap()
+    );
+    assert!(
+        queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now)
+            .unwrap()
+            .is_empty()
+    );
+    // Acked: sent, and the next message of that recipient is due.
+    assert_eq!(
+        wagate::storage::sessions::mark_acked(&mut c, &f.device_id, "WA-A", now).unwrap(),
+        vec![same[0].clone()]
+    );
+    let next = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
+    assert_eq!(
+        next.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![same[1].clone()]
+    );
+    // A permanent failure also lets the next one go.
+    assert!(queue::fail(&mut c, &next[0].id, "n", next[0].claim_token, "X", "x", now).unwrap());
+    let last = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
+    assert_eq!(last[0].id, same[2]);
+    // Receipts move statuses forward only.
+    assert!(
+        wagate::storage::sessions::mark_dispatched(
+            &mut c,
+            &same[2],
+            "n",
+            last[0].claim_token,
+            "WA-C",
+            now + 60_000
+        )
+        .unwrap()
+    );
+    let read = wagate::storage::sessions::mark_receipt(
+        &mut c,
+        &f.device_id,
+        &["WA-C".into(), "WA-A".into()],
+        true,
+        now,
+    )
+    .unwrap();
+    assert_eq!(read.len(), 2);
+    let delivered =
+        wagate::storage::sessions::mark_receipt(&mut c, &f.device_id, &["WA-C".into()], false, now)
+            .unwrap();
+    assert!(delivered.is_empty(), "read is not downgraded to delivered");
+    let m = messages::by_id(&mut c, &f.project_id, &same[2])
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, "read");
+    assert!(m.sent_at.is_some() && m.delivered_at.is_some() && m.read_at.is_some());
 }

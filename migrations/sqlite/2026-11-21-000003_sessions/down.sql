@@ -1,0 +1,10 @@
+DROP TABLE inbound_messages;
+DROP INDEX messages_recipient_queue;
+DROP INDEX messages_wa_id;
+ALTER TABLE devices DROP COLUMN updated_at;
+ALTER TABLE devices DROP COLUMN last_connected_at;
+ALTER TABLE devices DROP COLUMN state_reason;
+ALTER TABLE devices DROP COLUMN wa_lid;
+ALTER TABLE devices DROP COLUMN wa_jid;
+ALTER TABLE devices DROP COLUMN push_name;
+ALTER TABLE devices DROP COLUMN phone;
