@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Text};
 use diesel::upsert::excluded;
@@ -115,7 +116,7 @@ impl DbDeviceStore {
     /// Returns the number of rows deleted.
     pub async fn wipe(&self) -> Result<usize> {
         let dev = self.device_id.clone();
-        self.db.run(move |c| c.transaction(|c| wipe(c, &dev))).await
+        self.db.run(move |c| wipe(c, &dev)).await
     }
 
     async fn run<T, F>(&self, f: F) -> StoreResult<T>
@@ -172,11 +173,20 @@ impl DbDeviceStore {
 
 /// Deletes everything whatsapp-rust stored for the session `device_id` (keys, sessions,
 /// app state, …) but not its `devices` row: use it on logout, or before re-pairing. Returns
-/// the number of rows deleted. It issues one `DELETE` per table and opens no transaction
-/// itself: run it inside [`DbConn::transaction`] (as [`DbDeviceStore::wipe`] does) to make it
-/// atomic. Stop the session's client first: a running client would write its in-memory state
-/// back.
+/// the number of rows deleted. Atomic: it runs in its own transaction, or joins the caller's
+/// if `conn` is already inside [`DbConn::transaction`]. Stop the session's client first: a
+/// running client would write its in-memory state (device record, Signal cache) back.
 pub fn wipe(conn: &mut DbConn, device_id: &str) -> Result<usize> {
+    let depth = on_conn!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
+        .transaction_depth())?;
+    if depth.is_some() {
+        wipe_rows(conn, device_id)
+    } else {
+        conn.transaction(|c| wipe_rows(c, device_id))
+    }
+}
+
+fn wipe_rows(conn: &mut DbConn, device_id: &str) -> Result<usize> {
     let mut n = 0;
     n += on_conn!(conn, c => diesel::delete(wa_store::table.filter(wa_store::device_id.eq(device_id))).execute(c))?;
     n += on_conn!(conn, c => diesel::delete(wa_prekeys::table.filter(wa_prekeys::device_id.eq(device_id))).execute(c))?;

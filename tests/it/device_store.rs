@@ -934,6 +934,28 @@ async fn device_record_isolation_reopen_and_wipe(t: TestDb) {
     a.create().await.unwrap();
     assert!(a.exists().await.unwrap());
     assert!(!a.is_paired().await.unwrap());
+    // wipe() joins a caller's transaction (and is undone with it).
+    let id = f.a.clone();
+    let rolled_back = db2
+        .run(move |c| {
+            c.transaction(|c| {
+                assert_eq!(device_store::wipe(c, &id)?, 1);
+                Err::<(), _>(wagate::error::Error::Internal("roll back".into()))
+            })
+        })
+        .await;
+    assert!(rolled_back.is_err());
+    assert!(
+        a.exists().await.unwrap(),
+        "the rolled-back wipe deleted nothing"
+    );
+    let id = f.a.clone();
+    let n = db2
+        .run(move |c| c.transaction(|c| device_store::wipe(c, &id)))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(!a.exists().await.unwrap());
 
     // Deleting the device row deletes its store.
     let id = f.b.clone();
