@@ -221,6 +221,7 @@ async fn start_gateway(url: &str) -> (wagate::app::Server, Target) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = launch(
         LaunchConfig {
+            connector: None,
             database_url: url.to_owned(),
             master_key: key.clone(),
             settings: Settings {

@@ -16,12 +16,16 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::crypto::MasterKey;
 use crate::domain::{Gateway, Settings};
 use crate::error::{Error, Result};
+use crate::sessions::{Connector, DbStores, SessionManager};
 use crate::storage::accept::{AcceptWriter, WriterConfig};
 use crate::storage::{Db, messages, now_ms, queue};
 use crate::transport::rest::envelope::ApiError;
 use crate::transport::{grpc, metrics, rest};
+use std::sync::Arc;
 
 pub struct LaunchConfig {
+    /// Where sessions connect; WhatsApp's servers when `None`.
+    pub connector: Option<crate::sessions::Connector>,
     pub database_url: String,
     pub master_key: MasterKey,
     pub settings: Settings,
@@ -45,6 +49,7 @@ impl Server {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         let _ = self.upkeep.await;
+        self.gateway.sessions().shutdown().await;
     }
 
     /// Runs until `signal` resolves, then shuts down gracefully.
@@ -110,7 +115,13 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         .writer
         .unwrap_or_else(|| WriterConfig::for_backend(db.backend()));
     let writer = AcceptWriter::start(&db, &writer_cfg)?;
-    let gw = Gateway::new(db, cfg.master_key, cfg.settings, writer);
+    let sessions = SessionManager::new(
+        db.clone(),
+        cfg.settings.node_id.clone(),
+        cfg.connector.unwrap_or_else(Connector::whatsapp),
+        Arc::new(DbStores::new(db.clone())),
+    );
+    let gw = Gateway::new(db, cfg.master_key, cfg.settings, writer, sessions.clone());
 
     let (grpc_router, health) = grpc::router(gw.clone()).await?;
     let app = rest::router(gw.clone())
@@ -154,6 +165,14 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
                 _ = gauges.tick() => update_gauges(&upkeep_gw).await,
                 _ = janitor.tick() => run_janitor(&upkeep_gw).await,
             }
+        }
+    });
+    let restore = gw.sessions().clone();
+    tokio::spawn(async move {
+        match restore.restore_all().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "restoring linked sessions"),
+            Err(e) => tracing::error!(error = %e, "cannot restore sessions"),
         }
     });
     tracing::info!(%addr, node = gw.node_id(), backend = ?gw.db().backend(), "wagate listening (REST, gRPC, grpc-web)");

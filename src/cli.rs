@@ -222,6 +222,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", args.listen)))?;
     let server = launch(
         LaunchConfig {
+            connector: args.connector()?,
             database_url: args.db.database_url.clone(),
             master_key: key,
             settings: args.settings(),

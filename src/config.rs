@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// Send attempts per message before it fails.
     #[arg(long, env = "WAGATE_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i32,
+    /// Connect sessions to this loopback WhatsApp simulator (wasim) instead of WhatsApp.
+    /// Only in builds with the `simulator` feature.
+    #[cfg(feature = "simulator")]
+    #[arg(long, env = "WAGATE_WHATSAPP_URL")]
+    pub whatsapp_url: Option<String>,
     /// Database connections for reads (writes use dedicated writer connections).
     #[arg(long, env = "WAGATE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -74,6 +79,21 @@ impl ServeArgs {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// Where sessions connect: WhatsApp, or (simulator builds) the given wasim server.
+    pub fn connector(&self) -> Result<Option<crate::sessions::Connector>> {
+        #[cfg(feature = "simulator")]
+        if let Some(url) = &self.whatsapp_url {
+            let http = wasim::client::SimHttpClient::for_ws_url(url)
+                .map_err(|e| Error::Internal(format!("--whatsapp-url: {e}")))?;
+            return Ok(Some(crate::sessions::Connector {
+                transport: std::sync::Arc::new(wasim::client::transport_factory(url)),
+                http: std::sync::Arc::new(http),
+                version: Some(wasim::client::CLIENT_VERSION),
+            }));
+        }
+        Ok(None)
     }
 
     pub fn settings(&self) -> Settings {

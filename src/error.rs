@@ -54,6 +54,10 @@ pub enum Error {
     // -- not found / forbidden
     #[error("device not found in this project")]
     DeviceNotFound,
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("invalid phone number: 8 to 15 digits with country code")]
+    InvalidPhoneNumber,
     #[error("message not found")]
     MessageNotFound,
     #[error("project not found")]
@@ -107,6 +111,8 @@ impl Error {
             Error::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Error::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             Error::DeviceNotFound => "DEVICE_NOT_FOUND",
+            Error::SessionNotFound => "SESSION_NOT_FOUND",
+            Error::InvalidPhoneNumber => "INVALID_PHONE_NUMBER",
             Error::MessageNotFound => "MESSAGE_NOT_FOUND",
             Error::ProjectNotFound => "PROJECT_NOT_FOUND",
             Error::RouteNotFound => "NOT_FOUND",

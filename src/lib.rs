@@ -11,5 +11,6 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod proto;
+pub mod sessions;
 pub mod storage;
 pub mod transport;

@@ -262,7 +262,11 @@ impl Gateway {
                 metrics::counter!("wagate_messages_rejected_total", "code" => e.code()).increment(1)
             }
         }
-        Ok(match outcome? {
+        let outcome = outcome?;
+        if matches!(outcome, Accepted::Created { .. }) {
+            self.sessions().notify_outbound(&device.id);
+        }
+        Ok(match outcome {
             Accepted::Created { id, device_code } => SendReceipt {
                 id,
                 status: queue::QUEUED.into(),

@@ -5,11 +5,14 @@ pub mod admin;
 pub mod auth;
 pub mod media;
 pub mod messaging;
+pub mod qr;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::MasterKey;
+use crate::sessions::SessionManager;
 use crate::storage::Db;
 use crate::storage::accept::AcceptWriter;
 
@@ -51,10 +54,17 @@ struct Inner {
     key: MasterKey,
     writer: AcceptWriter,
     auth: auth::AuthCache,
+    sessions: SessionManager,
 }
 
 impl Gateway {
-    pub fn new(db: Db, key: MasterKey, settings: Settings, writer: AcceptWriter) -> Self {
+    pub fn new(
+        db: Db,
+        key: MasterKey,
+        settings: Settings,
+        writer: AcceptWriter,
+        sessions: SessionManager,
+    ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
                 auth: auth::AuthCache::new(settings.credential_cache_ttl),
@@ -62,6 +72,7 @@ impl Gateway {
                 settings,
                 key,
                 writer,
+                sessions,
             }),
         }
     }
@@ -76,6 +87,10 @@ impl Gateway {
 
     pub fn node_id(&self) -> &str {
         &self.inner.settings.node_id
+    }
+
+    pub fn sessions(&self) -> &SessionManager {
+        &self.inner.sessions
     }
 
     pub fn admin(&self) -> admin::Admin {

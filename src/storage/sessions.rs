@@ -122,6 +122,26 @@ pub fn delete(conn: &mut DbConn, device_id: &str) -> Result<bool> {
     Ok(on_conn!(conn, c => diesel::delete(devices::table.find(device_id)).execute(c))? == 1)
 }
 
+/// Records the WhatsApp id a claimed message is about to be sent under (fenced).
+pub fn set_wa_id(
+    conn: &mut DbConn,
+    id: &str,
+    node: &str,
+    token: i64,
+    wa_message_id: &str,
+) -> Result<bool> {
+    let n = on_conn!(conn, c => diesel::update(
+        messages::table
+            .filter(messages::id.eq(id))
+            .filter(messages::claimed_by.eq(node))
+            .filter(messages::claim_token.eq(token))
+            .filter(messages::status.eq(QUEUED)),
+    )
+    .set(messages::wa_message_id.eq(wa_message_id))
+    .execute(c))?;
+    Ok(n == 1)
+}
+
 /// The message was written to WhatsApp under `wa_message_id`; it stays `queued` (and
 /// unclaimable) until the server acks it. If no ack comes by `ack_deadline` it becomes due
 /// again and is resent under the same id, which receivers de-duplicate.
@@ -163,7 +183,12 @@ pub fn mark_acked(
             .filter(messages::wa_message_id.eq(wa_message_id))
             .filter(messages::status.eq(QUEUED)),
     )
-    .set((messages::status.eq(SENT), messages::sent_at.eq(now)))
+    .set((
+        messages::status.eq(SENT),
+        messages::sent_at.eq(now),
+        messages::claimed_by.eq(None::<String>),
+        messages::claim_expires_at.eq(None::<i64>),
+    ))
     .returning(messages::id)
     .get_results(c))?)
 }
@@ -203,10 +228,15 @@ pub fn mark_receipt(
     Ok(changed)
 }
 
-pub fn media_bytes(
-    conn: &mut DbConn,
-    media_id: &str,
-) -> Result<Option<(String, Option<String>, Vec<u8>)>> {
+/// A stored media file.
+#[derive(Debug, Clone, Queryable)]
+pub struct MediaBlob {
+    pub mime_type: String,
+    pub filename: Option<String>,
+    pub data: Vec<u8>,
+}
+
+pub fn media_bytes(conn: &mut DbConn, media_id: &str) -> Result<Option<MediaBlob>> {
     Ok(on_conn!(conn, c => media::table
         .find(media_id)
         .select((media::mime_type, media::filename, media::data))

@@ -21,24 +21,7 @@ const SEND: &str = "/wagate.v1.MessagingService/SendMessage";
 const STATUS: &str = "/wagate.v1.MessagingService/GetMessageStatus";
 
 fn signed<T: Message>(p: &TestProject, path: &str, msg: T) -> tonic::Request<T> {
-    let ts = client::unix_now();
-    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, path, &msg.encode_to_vec());
-    let mut req = tonic::Request::new(msg);
-    let md = req.metadata_mut();
-    md.insert(
-        "x-api-key",
-        MetadataValue::try_from(p.api_key.as_str()).unwrap(),
-    );
-    md.insert("x-timestamp", MetadataValue::try_from(ts.as_str()).unwrap());
-    md.insert(
-        "x-signature",
-        MetadataValue::try_from(sig.as_str()).unwrap(),
-    );
-    md.insert(
-        "x-device-code",
-        MetadataValue::try_from(p.device_code.as_str()).unwrap(),
-    );
-    req
+    crate::support::grpc_signed(p, path, msg)
 }
 
 async fn connect(t: &TestServer) -> MessagingServiceClient<tonic::transport::Channel> {

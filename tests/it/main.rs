@@ -6,4 +6,5 @@ mod grpc;
 mod queue;
 mod rk_api;
 mod server;
+mod sessions;
 mod wasim;

@@ -133,11 +133,36 @@ impl TestServer {
     }
 
     pub async fn start_with(db: TestDb, key: MasterKey, settings: Settings) -> TestServer {
+        Self::start_full(db, key, settings, None).await
+    }
+
+    /// A server whose sessions connect to the loopback WhatsApp simulator.
+    pub async fn start_sim(
+        db: TestDb,
+        key: MasterKey,
+        node: &str,
+        sim: &wasim::ServerHandle,
+    ) -> TestServer {
+        let connector = wagate::sessions::Connector {
+            transport: std::sync::Arc::new(wasim::client::transport_factory(&sim.ws_url())),
+            http: std::sync::Arc::new(wasim::client::SimHttpClient::new(sim.addr())),
+            version: Some(wasim::client::CLIENT_VERSION),
+        };
+        Self::start_full(db, key, settings(node), Some(connector)).await
+    }
+
+    async fn start_full(
+        db: TestDb,
+        key: MasterKey,
+        settings: Settings,
+        connector: Option<wagate::sessions::Connector>,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let server = launch(
             LaunchConfig {
+                connector,
                 database_url: db.url.clone(),
                 master_key: key.clone(),
                 settings,
@@ -288,6 +313,40 @@ pub async fn clear_of_minute_boundary() {
     let into = chrono::Utc::now().timestamp_millis().rem_euclid(60_000);
     if into > 55_000 {
         tokio::time::sleep(Duration::from_millis((60_500 - into) as u64)).await;
+    }
+}
+
+/// A gRPC request signed as the README describes (key, timestamp, method, message bytes).
+pub fn grpc_signed<T: prost::Message>(p: &TestProject, path: &str, msg: T) -> tonic::Request<T> {
+    let ts = client::unix_now();
+    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, path, &msg.encode_to_vec());
+    let mut req = tonic::Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert("x-api-key", p.api_key.parse().unwrap());
+    md.insert("x-timestamp", ts.parse().unwrap());
+    md.insert("x-signature", sig.parse().unwrap());
+    if !p.device_code.is_empty() {
+        md.insert("x-device-code", p.device_code.parse().unwrap());
+    }
+    req
+}
+
+/// Polls `f` every 100 ms until it yields `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod convert;
 pub mod messaging;
+pub mod sessions;
 pub mod status;
 
 use tonic::service::Routes;
@@ -10,6 +11,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::domain::Gateway;
 use crate::proto::v1::messaging_service_server::MessagingServiceServer;
+use crate::proto::v1::sessions_service_server::SessionsServiceServer;
 
 /// The gRPC router: authenticated services, health, reflection; grpc-web translated in front.
 pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate::error::Error> {
@@ -23,7 +25,12 @@ pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate
         .map_err(crate::error::Error::internal)?;
     let messaging = MessagingServiceServer::new(messaging::MessagingApi::new(gw.clone()))
         .max_decoding_message_size(auth::MAX_GRPC_MESSAGE_BYTES);
+    health
+        .set_serving::<SessionsServiceServer<sessions::SessionsApi>>()
+        .await;
+    let sessions = SessionsServiceServer::new(sessions::SessionsApi::new(gw.clone()));
     let router = Routes::new(messaging)
+        .add_service(sessions)
         .add_service(health_service)
         .add_service(reflection)
         .prepare()

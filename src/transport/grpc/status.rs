@@ -25,9 +25,11 @@ pub fn grpc_code(e: &Error) -> Code {
         | Error::MediaTooLarge(_)
         | Error::UnsupportedMediaType(_)
         | Error::InvalidPayload(_)
+        | Error::InvalidPhoneNumber
         | Error::PayloadTooLarge => Code::InvalidArgument,
         Error::IdempotencyConflict | Error::DeviceCodeTaken => Code::AlreadyExists,
         Error::DeviceNotFound
+        | Error::SessionNotFound
         | Error::MessageNotFound
         | Error::ProjectNotFound
         | Error::RouteNotFound => Code::NotFound,

@@ -59,13 +59,15 @@ pub fn http_status(e: &Error) -> StatusCode {
         | Error::MessageRequired
         | Error::MessageTooLong(_)
         | Error::MediaRequired
-        | Error::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+        | Error::InvalidPayload(_)
+        | Error::InvalidPhoneNumber => StatusCode::BAD_REQUEST,
         Error::UnsupportedContentType | Error::UnsupportedMediaType(_) => {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         }
         Error::MediaTooLarge(_) | Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Error::IdempotencyConflict | Error::DeviceCodeTaken => StatusCode::CONFLICT,
         Error::DeviceNotFound
+        | Error::SessionNotFound
         | Error::MessageNotFound
         | Error::ProjectNotFound
         | Error::RouteNotFound => StatusCode::NOT_FOUND,

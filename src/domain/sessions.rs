@@ -1,0 +1,155 @@
+//! Session operations for both transports: a session is an RK device, addressed by its id.
+
+use tokio::sync::watch;
+
+use super::Gateway;
+use super::auth::Caller;
+use crate::error::{Error, Result};
+use crate::sessions::{SessionState, Snapshot};
+use crate::storage::sessions::{self as store, SessionRow};
+
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session_id: String,
+    pub device_code: String,
+    pub name: String,
+    pub state: SessionState,
+    pub reason: Option<String>,
+    pub phone: Option<String>,
+    pub push_name: Option<String>,
+    pub last_connected_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl SessionView {
+    fn new(row: SessionRow, live: Option<Snapshot>) -> Self {
+        let (state, reason) = match &live {
+            Some(s) => (s.state, s.reason.clone()),
+            None => (SessionState::parse(&row.state), row.state_reason.clone()),
+        };
+        SessionView {
+            session_id: row.id,
+            device_code: row.code,
+            name: row.name,
+            state,
+            reason,
+            phone: live.as_ref().and_then(|s| s.phone.clone()).or(row.phone),
+            push_name: live
+                .as_ref()
+                .and_then(|s| s.push_name.clone())
+                .or(row.push_name),
+            last_connected_at: live
+                .as_ref()
+                .and_then(|s| s.last_connected_at)
+                .or(row.last_connected_at),
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QrView {
+    pub code: Option<String>,
+    pub expires_at: Option<i64>,
+    pub connected: bool,
+}
+
+impl Gateway {
+    async fn own_session(&self, caller: &Caller, session_id: &str) -> Result<SessionRow> {
+        let id = session_id.to_owned();
+        let row = self.db().run(move |c| store::get(c, &id)).await?;
+        match row {
+            Some(r) if r.project_id == caller.project.row.id => Ok(r),
+            _ => Err(Error::SessionNotFound),
+        }
+    }
+
+    pub async fn create_session(
+        &self,
+        caller: &Caller,
+        name: Option<String>,
+        device_code: Option<String>,
+    ) -> Result<SessionView> {
+        let d = self
+            .admin()
+            .create_device(&caller.project.row.id, device_code, name)
+            .await?;
+        self.sessions().start(&d.device_id).await?;
+        self.get_session(caller, &d.device_id).await
+    }
+
+    pub async fn list_sessions(&self, caller: &Caller) -> Result<Vec<SessionView>> {
+        let pid = caller.project.row.id.clone();
+        let rows = self.db().run(move |c| store::list(c, &pid)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let live = self.sessions().snapshot(&r.id);
+                SessionView::new(r, live)
+            })
+            .collect())
+    }
+
+    pub async fn get_session(&self, caller: &Caller, session_id: &str) -> Result<SessionView> {
+        let row = self.own_session(caller, session_id).await?;
+        let live = self.sessions().snapshot(&row.id);
+        Ok(SessionView::new(row, live))
+    }
+
+    /// The current QR code; starts the session when it is not running yet.
+    pub async fn session_qr(&self, caller: &Caller, session_id: &str) -> Result<QrView> {
+        let row = self.own_session(caller, session_id).await?;
+        self.sessions().start(&row.id).await?;
+        let s = self.sessions().snapshot(&row.id).unwrap_or_default();
+        Ok(QrView {
+            code: s.qr.as_ref().map(|q| q.0.clone()),
+            expires_at: s.qr.map(|q| q.1),
+            connected: s.state == SessionState::Connected,
+        })
+    }
+
+    pub async fn request_pairing_code(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        phone: &str,
+    ) -> Result<(String, i64)> {
+        let row = self.own_session(caller, session_id).await?;
+        let phone =
+            super::messaging::normalize_recipient(phone).map_err(|_| Error::InvalidPhoneNumber)?;
+        let code = self.sessions().pairing_code(&row.id, &phone).await?;
+        Ok((code, crate::storage::now_ms() + 180_000))
+    }
+
+    pub async fn logout_session(&self, caller: &Caller, session_id: &str) -> Result<SessionView> {
+        let row = self.own_session(caller, session_id).await?;
+        self.sessions().logout(&row.id).await?;
+        self.get_session(caller, session_id).await
+    }
+
+    pub async fn delete_session(&self, caller: &Caller, session_id: &str) -> Result<()> {
+        let row = self.own_session(caller, session_id).await?;
+        self.sessions().delete(&row.id).await
+    }
+
+    pub async fn restart_session(&self, caller: &Caller, session_id: &str) -> Result<SessionView> {
+        let row = self.own_session(caller, session_id).await?;
+        self.sessions().restart(&row.id).await?;
+        self.get_session(caller, session_id).await
+    }
+
+    /// State changes and QR rotations of a session (started if needed).
+    pub async fn watch_session(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+    ) -> Result<(SessionRow, watch::Receiver<Snapshot>)> {
+        let row = self.own_session(caller, session_id).await?;
+        self.sessions().start(&row.id).await?;
+        let rx = self
+            .sessions()
+            .watch(&row.id)
+            .ok_or_else(|| Error::Unavailable("session is not running".into()))?;
+        Ok((row, rx))
+    }
+}

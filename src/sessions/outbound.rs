@@ -1,0 +1,329 @@
+//! Sending a session's queued messages, and the media side of WhatsApp messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use whatsapp_rust::Client;
+use whatsapp_rust::UploadOptions;
+use whatsapp_rust::download::MediaType;
+use whatsapp_rust::send::SendOptions;
+use whatsapp_rust::waproto::buffa::MessageField;
+use whatsapp_rust::waproto::whatsapp as wa;
+
+use super::{Inner, SessionState, Slot};
+use crate::storage::models::MessageRow;
+use crate::storage::{now_ms, queue, sessions};
+
+/// Messages claimed per round.
+const BATCH: i64 = 16;
+/// A claim's lease: longer than the slowest send (a 10 MB upload) by a margin.
+const LEASE_MS: i64 = 180_000;
+/// How long one send may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(120);
+/// After this long without a server ack a written message is sent again (same id).
+const ACK_TIMEOUT_MS: i64 = 60_000;
+/// Polling interval when nothing woke the worker (other nodes may have accepted).
+const POLL: Duration = Duration::from_secs(2);
+/// Largest inbound media downloaded into storage.
+const MAX_INBOUND_MEDIA: u64 = 16 * 1024 * 1024;
+
+/// The WhatsApp message id of one of our messages. Deterministic, so a resend after a
+/// crash or a lost ack carries the same id and the receiver de-duplicates it.
+pub fn wa_message_id(message_id: &str) -> String {
+    let h = crate::crypto::sha256_hex(message_id.as_bytes());
+    format!("3EB0{}", h[..16].to_ascii_uppercase())
+}
+
+enum Failure {
+    /// Worth another attempt later.
+    Transient(String),
+    /// Will never succeed: `(code, message)`.
+    Permanent(&'static str, String),
+}
+
+pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>) {
+    let mut state = slot.snapshot.subscribe();
+    loop {
+        if state.borrow_and_update().state != SessionState::Connected {
+            if state.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let (device, node) = (slot.device_id.clone(), inner.node.clone());
+        let batch = match inner
+            .db
+            .run(move |c| queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms()))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(device = %slot.device_id, error = %e, "claim failed");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = slot.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = state.changed() => {}
+            }
+            continue;
+        }
+        for m in batch {
+            deliver(&inner, &slot, &client, m).await;
+        }
+    }
+}
+
+async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow) {
+    let wa_id = wa_message_id(&m.id);
+    let node = inner.node.clone();
+    // Record the id first: the server ack may arrive before `send` returns.
+    let (id, n, w, token) = (m.id.clone(), node.clone(), wa_id.clone(), m.claim_token);
+    match inner
+        .db
+        .run(move |c| sessions::set_wa_id(c, &id, &n, token, &w))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return, // the claim was lost (lease expired): someone else has it
+        Err(e) => {
+            tracing::warn!(message = %m.id, error = %e, "cannot record the WhatsApp id");
+            return;
+        }
+    }
+    let result = match tokio::time::timeout(SEND_TIMEOUT, send_one(inner, client, &m, &wa_id)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Transient("send timed out".into())),
+    };
+    let now = now_ms();
+    let (id, n, token) = (m.id.clone(), node.clone(), m.claim_token);
+    let outcome = match result {
+        // Written: wait for the server ack; without one in time it is resent (same id).
+        Ok(()) => {
+            inner
+                .db
+                .run(move |c| {
+                    sessions::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
+                })
+                .await
+        }
+        Err(Failure::Permanent(code, msg)) => {
+            inner
+                .db
+                .run(move |c| queue::fail(c, &id, &n, token, code, &msg, now))
+                .await
+        }
+        Err(Failure::Transient(msg)) => {
+            tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
+            let retry_at = now + queue::backoff_ms(m.attempts);
+            inner
+                .db
+                .run(move |c| queue::retry_later(c, &m, &n, &msg, retry_at, now))
+                .await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, "cannot record the send outcome");
+    }
+}
+
+fn media_type(kind: &str) -> Option<MediaType> {
+    match kind {
+        "image" => Some(MediaType::Image),
+        "video" => Some(MediaType::Video),
+        "audio" => Some(MediaType::Audio),
+        "document" => Some(MediaType::Document),
+        _ => None,
+    }
+}
+
+async fn send_one(
+    inner: &Inner,
+    client: &Arc<Client>,
+    m: &MessageRow,
+    wa_id: &str,
+) -> Result<(), Failure> {
+    let to: whatsapp_rust::Jid = format!("{}@s.whatsapp.net", m.recipient)
+        .parse()
+        .map_err(|_| Failure::Permanent("INVALID_RECIPIENT", "not a WhatsApp address".into()))?;
+    let message = match (media_type(&m.kind), &m.media_id) {
+        (None, _) => wa::Message {
+            conversation: m.body.clone(),
+            ..Default::default()
+        },
+        (Some(kind), Some(media_id)) => {
+            let mid = media_id.clone();
+            let blob = inner
+                .db
+                .run(move |c| sessions::media_bytes(c, &mid))
+                .await
+                .map_err(|e| Failure::Transient(e.to_string()))?
+                .ok_or(Failure::Permanent(
+                    "MEDIA_MISSING",
+                    "the message's media is gone".into(),
+                ))?;
+            let up = client
+                .upload(blob.data, kind, UploadOptions::default())
+                .await
+                .map_err(|e| Failure::Transient(format!("media upload failed: {e}")))?;
+            media_message(kind, &up, blob.mime_type, blob.filename, m.body.clone())
+        }
+        (Some(_), None) => {
+            return Err(Failure::Permanent(
+                "MEDIA_MISSING",
+                "media message without media".into(),
+            ));
+        }
+    };
+    client
+        .send_message_with_options(to, message, SendOptions::default().with_message_id(wa_id))
+        .await
+        .map(|_| ())
+        .map_err(|e| Failure::Transient(format!("send failed: {e}")))
+}
+
+fn media_message(
+    kind: MediaType,
+    up: &whatsapp_rust::upload::UploadResponse,
+    mime: String,
+    filename: Option<String>,
+    caption: Option<String>,
+) -> wa::Message {
+    let base = UploadFields::from_upload(up, mime);
+    match kind {
+        MediaType::Image => wa::Message {
+            image_message: MessageField::some(wa::message::ImageMessage {
+                url: base.url,
+                direct_path: base.direct_path,
+                media_key: base.media_key,
+                file_enc_sha256: base.file_enc_sha256,
+                file_sha256: base.file_sha256,
+                file_length: base.file_length,
+                media_key_timestamp: base.media_key_timestamp,
+                mimetype: base.mimetype,
+                caption,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        MediaType::Video => wa::Message {
+            video_message: MessageField::some(wa::message::VideoMessage {
+                url: base.url,
+                direct_path: base.direct_path,
+                media_key: base.media_key,
+                file_enc_sha256: base.file_enc_sha256,
+                file_sha256: base.file_sha256,
+                file_length: base.file_length,
+                media_key_timestamp: base.media_key_timestamp,
+                mimetype: base.mimetype,
+                caption,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        MediaType::Audio => wa::Message {
+            audio_message: MessageField::some(wa::message::AudioMessage {
+                url: base.url,
+                direct_path: base.direct_path,
+                media_key: base.media_key,
+                file_enc_sha256: base.file_enc_sha256,
+                file_sha256: base.file_sha256,
+                file_length: base.file_length,
+                media_key_timestamp: base.media_key_timestamp,
+                mimetype: base.mimetype,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        _ => wa::Message {
+            document_message: MessageField::some(wa::message::DocumentMessage {
+                url: base.url,
+                direct_path: base.direct_path,
+                media_key: base.media_key,
+                file_enc_sha256: base.file_enc_sha256,
+                file_sha256: base.file_sha256,
+                file_length: base.file_length,
+                media_key_timestamp: base.media_key_timestamp,
+                mimetype: base.mimetype,
+                file_name: filename,
+                caption,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+/// The upload fields every media message carries.
+struct UploadFields {
+    url: Option<String>,
+    direct_path: Option<String>,
+    media_key: Option<Vec<u8>>,
+    file_enc_sha256: Option<Vec<u8>>,
+    file_sha256: Option<Vec<u8>>,
+    file_length: Option<u64>,
+    media_key_timestamp: Option<i64>,
+    mimetype: Option<String>,
+}
+
+impl UploadFields {
+    fn from_upload(up: &whatsapp_rust::upload::UploadResponse, mime: String) -> Self {
+        UploadFields {
+            url: Some(up.url.clone()),
+            direct_path: Some(up.direct_path.clone()),
+            media_key: Some(up.media_key.to_vec()),
+            file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+            file_sha256: Some(up.file_sha256.to_vec()),
+            file_length: Some(up.file_length),
+            media_key_timestamp: Some(up.media_key_timestamp),
+            mimetype: Some(mime),
+        }
+    }
+}
+
+/// The kind of an inbound message, and its media downloaded (mime, filename, bytes) when it
+/// has any within the size bound.
+pub(super) async fn inbound_media(
+    client: &Arc<Client>,
+    msg: &wa::Message,
+) -> (&'static str, Option<sessions::MediaBlob>) {
+    let timeout = Duration::from_secs(60);
+    macro_rules! grab {
+        ($m:expr, $kind:expr, $name:expr) => {{
+            let m = $m;
+            let mime = m.mimetype.clone().unwrap_or_else(|| "application/octet-stream".into());
+            if m.file_length.unwrap_or(0) > MAX_INBOUND_MEDIA {
+                return ($kind, None);
+            }
+            let data = match tokio::time::timeout(timeout, client.download(m)).await {
+                Ok(Ok(data)) => Some(sessions::MediaBlob { mime_type: mime, filename: $name, data }),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "inbound media download failed");
+                    None
+                }
+                Err(_) => None,
+            };
+            return ($kind, data);
+        }};
+    }
+    if msg.conversation.is_some() || msg.extended_text_message.is_set() {
+        return ("text", None);
+    }
+    if let Some(m) = msg.image_message.as_option() {
+        grab!(m, "image", None)
+    }
+    if let Some(m) = msg.video_message.as_option() {
+        grab!(m, "video", None)
+    }
+    if let Some(m) = msg.audio_message.as_option() {
+        grab!(m, "audio", None)
+    }
+    if let Some(m) = msg.document_message.as_option() {
+        grab!(m, "document", m.file_name.clone())
+    }
+    ("unknown", None)
+}

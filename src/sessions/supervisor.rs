@@ -1,0 +1,366 @@
+//! One session's lifetime: build the bot, follow its events, restart it with backoff when
+//! it dies unexpectedly, stop for good on logout, replacement, ban or an outdated client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use whatsapp_rust::TokioRuntime;
+use whatsapp_rust::bot::Bot;
+use whatsapp_rust::types::events::Event;
+use whatsapp_rust::wacore::proto_helpers::MessageExt;
+use whatsapp_rust::wacore::types::presence::ReceiptType;
+
+use super::{Inner, SessionState, SharedHttp, SharedTransport, Slot, outbound};
+use crate::storage::{now_ms, sessions};
+
+/// Events buffered between the client and the supervisor (the client waits when full).
+const EVENT_BUFFER: usize = 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How one run of the client ended.
+enum End {
+    /// Asked to stop, or a terminal state (logged out, replaced, banned, outdated).
+    Final,
+    /// The client died unexpectedly: start it again.
+    Restart,
+}
+
+pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
+    let mut failures: u32 = 0;
+    loop {
+        if *slot.stop.borrow() {
+            return;
+        }
+        // Each run is its own task: a panic in it is caught here, not spread.
+        let run = tokio::spawn(run_once(inner.clone(), slot.clone()));
+        let end = match run.await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::error!(device = %slot.device_id, error = %e, "session task failed");
+                End::Restart
+            }
+        };
+        *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        match end {
+            End::Final => return,
+            End::Restart => {
+                failures += 1;
+                let delay = Duration::from_secs(1u64 << failures.min(8)).min(MAX_BACKOFF);
+                slot.update(|s| {
+                    s.state = SessionState::Disconnected;
+                    s.reason = Some(format!("restarting in {}s", delay.as_secs()));
+                });
+                let mut stop = slot.stop.subscribe();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = until_stopped(&mut stop) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the session is asked to stop.
+async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn persist_state(inner: &Inner, slot: &Slot, state: SessionState, reason: Option<String>) {
+    slot.update(|s| {
+        s.state = state;
+        s.reason = reason.clone();
+        if state != SessionState::Qr {
+            s.qr = None;
+        }
+    });
+    let id = slot.device_id.clone();
+    if let Err(e) = inner
+        .db
+        .run(move |c| sessions::set_state(c, &id, state.as_str(), reason.as_deref(), now_ms()))
+        .await
+    {
+        tracing::warn!(device = %slot.device_id, error = %e, "cannot persist session state");
+    }
+}
+
+async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
+    let (tx, mut events) = mpsc::channel::<Arc<Event>>(EVENT_BUFFER);
+    let mut builder = Bot::builder()
+        .with_backend_arc(inner.stores.open(&slot.device_id))
+        .with_transport_factory(SharedTransport(inner.connector.transport.clone()))
+        .with_http_client(SharedHttp(inner.connector.http.clone()))
+        .with_runtime(TokioRuntime)
+        .skip_history_sync()
+        .on_event(move |ev, _client| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(ev).await;
+            }
+        });
+    if let Some(v) = inner.connector.version {
+        builder = builder.with_version(v);
+    }
+    let bot = match builder.build().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(device = %slot.device_id, error = %e, "cannot build the WhatsApp client");
+            return End::Restart;
+        }
+    };
+    let client = bot.client();
+    *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+    let handle = bot.spawn();
+    let worker = tokio::spawn(outbound::run(inner.clone(), slot.clone(), client.clone()));
+    let mut stop = slot.stop.subscribe();
+
+    let end = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    if let Some(end) = on_event(&inner, &slot, &client, &ev).await {
+                        break end;
+                    }
+                }
+                None => break End::Restart,
+            },
+            _ = until_stopped(&mut stop) => break End::Final,
+        }
+    };
+    worker.abort();
+    if tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(device = %slot.device_id, "client did not stop in time");
+    }
+    end
+}
+
+/// Applies one event; `Some` ends this run of the client.
+async fn on_event(
+    inner: &Inner,
+    slot: &Slot,
+    client: &Arc<whatsapp_rust::Client>,
+    ev: &Event,
+) -> Option<End> {
+    let device = slot.device_id.clone();
+    match ev {
+        Event::PairingQrCode(q) => {
+            let until = now_ms() + q.timeout.as_millis() as i64;
+            slot.update(|s| s.qr = Some((q.code.clone(), until)));
+            persist_state(inner, slot, SessionState::Qr, None).await;
+            slot.update(|s| s.qr = Some((q.code.clone(), until)));
+        }
+        Event::PairSuccess(p) => {
+            let phone = p.id.user.to_string();
+            let (jid, lid) = (p.id.to_string(), p.lid.to_string());
+            slot.update(|s| s.phone = Some(phone.clone()));
+            let id = device.clone();
+            if let Err(e) = inner
+                .db
+                .run(move |c| sessions::set_account(c, &id, &jid, Some(&lid), &phone, now_ms()))
+                .await
+            {
+                tracing::warn!(device, error = %e, "cannot persist the linked account");
+            }
+            persist_state(inner, slot, SessionState::Connecting, None).await;
+        }
+        Event::Connected(_) => {
+            let now = now_ms();
+            slot.update(|s| {
+                s.state = SessionState::Connected;
+                s.reason = None;
+                s.qr = None;
+                s.pairing_code = None;
+                s.last_connected_at = Some(now);
+            });
+            let id = device.clone();
+            if let Err(e) = inner
+                .db
+                .run(move |c| sessions::set_connected(c, &id, None, now))
+                .await
+            {
+                tracing::warn!(device, error = %e, "cannot persist connected state");
+            }
+            slot.wake.notify_one();
+        }
+        Event::Disconnected(d) => {
+            // whatsapp-rust reconnects by itself with backoff.
+            persist_state(
+                inner,
+                slot,
+                SessionState::Disconnected,
+                Some(format!("{:?}", d.reason)),
+            )
+            .await;
+        }
+        Event::LoggedOut(l) => {
+            if let Err(e) = inner.stores.wipe(&device).await {
+                tracing::error!(device, error = %e, "cannot wipe the device store after logout");
+            }
+            let reason = format!("logged out: {:?}", l.reason);
+            slot.update(|s| {
+                s.state = SessionState::LoggedOut;
+                s.reason = Some(reason.clone());
+            });
+            let id = device.clone();
+            let _ = inner
+                .db
+                .run(move |c| {
+                    sessions::clear_account(c, &id, "logged_out", Some(&reason), now_ms())
+                })
+                .await;
+            return Some(End::Final);
+        }
+        Event::StreamReplaced(_) => {
+            persist_state(
+                inner,
+                slot,
+                SessionState::Failed,
+                Some("replaced: another connection took over this session".into()),
+            )
+            .await;
+            return Some(End::Final);
+        }
+        Event::TemporaryBan(b) => {
+            persist_state(
+                inner,
+                slot,
+                SessionState::Banned,
+                Some(format!(
+                    "temporarily banned ({:?}) for {}s",
+                    b.code,
+                    b.expire.num_seconds()
+                )),
+            )
+            .await;
+            return Some(End::Final);
+        }
+        Event::ClientOutdated(_) => {
+            persist_state(
+                inner,
+                slot,
+                SessionState::Failed,
+                Some("client outdated: WhatsApp rejected this client version".into()),
+            )
+            .await;
+            return Some(End::Final);
+        }
+        Event::PairingQrCodesExhausted(_) => {
+            persist_state(
+                inner,
+                slot,
+                SessionState::Pending,
+                Some("QR codes expired unscanned; restart the session for new ones".into()),
+            )
+            .await;
+            return Some(End::Final);
+        }
+        Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
+            let (id, wa) = (device.clone(), ack.id.clone());
+            if let Err(e) = inner
+                .db
+                .run(move |c| sessions::mark_acked(c, &id, &wa, now_ms()))
+                .await
+            {
+                tracing::warn!(device, error = %e, "cannot record server ack");
+            }
+            slot.wake.notify_one();
+        }
+        Event::Receipt(r) if !r.source.is_from_me => {
+            let read = match r.r#type {
+                ReceiptType::Delivered | ReceiptType::Inactive => false,
+                ReceiptType::Read | ReceiptType::Played => true,
+                _ => return None,
+            };
+            let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
+            let id = device.clone();
+            if let Err(e) = inner
+                .db
+                .run(move |c| sessions::mark_receipt(c, &id, &ids, read, now_ms()))
+                .await
+            {
+                tracing::warn!(device, error = %e, "cannot record receipt");
+            }
+        }
+        Event::Messages(batch) => {
+            for m in batch.messages.iter() {
+                if m.info.source.is_from_me {
+                    continue;
+                }
+                store_inbound(inner, slot, client, m).await;
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+async fn store_inbound(
+    inner: &Inner,
+    slot: &Slot,
+    client: &Arc<whatsapp_rust::Client>,
+    m: &whatsapp_rust::wacore::types::events::InboundMessage,
+) {
+    let msg = m.message.get_base_message();
+    let info = &m.info;
+    let (kind, media) = outbound::inbound_media(client, msg).await;
+    let body = msg
+        .text_content()
+        .or_else(|| msg.get_caption())
+        .map(str::to_owned);
+    if kind == "unknown" && body.is_none() {
+        return; // protocol messages, reactions and the like are not chat history
+    }
+    let sender = &info.source.sender;
+    let (phone, lid) = if sender.server == whatsapp_rust::Server::Lid {
+        (
+            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
+            Some(sender.user.to_string()),
+        )
+    } else {
+        (
+            Some(sender.user.to_string()),
+            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
+        )
+    };
+    let now = now_ms();
+    let media_row = media.map(|blob| crate::storage::models::NewMedia {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: slot.project_id.clone(),
+        sha256: crate::crypto::sha256_hex(&blob.data),
+        mime_type: blob.mime_type,
+        filename: blob.filename,
+        size_bytes: blob.data.len() as i64,
+        data: blob.data,
+        created_at: now,
+    });
+    let row = sessions::InboundRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: slot.project_id.clone(),
+        device_id: slot.device_id.clone(),
+        wa_message_id: info.id.to_string(),
+        chat_jid: info.source.chat.to_string(),
+        sender_jid: sender.to_string(),
+        sender_phone: phone,
+        sender_lid: lid,
+        push_name: Some(info.push_name.clone()).filter(|p| !p.is_empty()),
+        kind: kind.to_owned(),
+        body,
+        media_id: media_row.as_ref().map(|m| m.id.clone()),
+        sent_at: info.timestamp.timestamp_millis(),
+        created_at: now,
+    };
+    if let Err(e) = inner
+        .db
+        .run(move |c| sessions::insert_inbound(c, &row, media_row.as_ref()))
+        .await
+    {
+        tracing::error!(device = %slot.device_id, error = %e, "cannot store inbound message");
+    }
+}

@@ -1,0 +1,225 @@
+//! `wagate.v1.SessionsService` over the service layer.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::convert::timestamp;
+use crate::domain::Gateway;
+use crate::domain::sessions::SessionView;
+use crate::proto::v1::sessions_service_server::SessionsService;
+use crate::proto::v1::*;
+use crate::sessions::{SessionState as S, Snapshot};
+
+pub struct SessionsApi {
+    gw: Gateway,
+}
+
+impl SessionsApi {
+    pub fn new(gw: Gateway) -> Self {
+        SessionsApi { gw }
+    }
+}
+
+fn state(s: S) -> SessionState {
+    match s {
+        S::Pending => SessionState::Pending,
+        S::Qr => SessionState::Qr,
+        S::Connecting => SessionState::Connecting,
+        S::Connected => SessionState::Connected,
+        S::Disconnected => SessionState::Disconnected,
+        S::LoggedOut => SessionState::LoggedOut,
+        S::Banned => SessionState::Banned,
+        S::Failed => SessionState::Failed,
+    }
+}
+
+fn to_proto(v: SessionView) -> Session {
+    Session {
+        session_id: v.session_id,
+        device_code: v.device_code,
+        name: v.name,
+        state: state(v.state) as i32,
+        reason: v.reason.unwrap_or_default(),
+        phone_number: v.phone.unwrap_or_default(),
+        push_name: v.push_name.unwrap_or_default(),
+        last_connected_at: v.last_connected_at.map(timestamp),
+        created_at: Some(timestamp(v.created_at)),
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchSessionResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SessionsService for SessionsApi {
+    async fn create_session(
+        &self,
+        req: Request<CreateSessionRequest>,
+    ) -> Result<Response<CreateSessionResponse>, Status> {
+        let c = caller(&req)?;
+        let m = req.into_inner();
+        let s = self
+            .gw
+            .create_session(&c, non_empty(m.name), non_empty(m.device_code))
+            .await?;
+        Ok(Response::new(CreateSessionResponse {
+            session: Some(to_proto(s)),
+            api_key: String::new(),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let c = caller(&req)?;
+        let sessions = self
+            .gw
+            .list_sessions(&c)
+            .await?
+            .into_iter()
+            .map(to_proto)
+            .collect();
+        Ok(Response::new(ListSessionsResponse {
+            sessions,
+            next_page_token: String::new(),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<GetSessionRequest>,
+    ) -> Result<Response<GetSessionResponse>, Status> {
+        let c = caller(&req)?;
+        let s = self.gw.get_session(&c, &req.get_ref().session_id).await?;
+        Ok(Response::new(GetSessionResponse {
+            session: Some(to_proto(s)),
+        }))
+    }
+
+    async fn get_qr_code(
+        &self,
+        req: Request<GetQrCodeRequest>,
+    ) -> Result<Response<GetQrCodeResponse>, Status> {
+        let c = caller(&req)?;
+        let q = self.gw.session_qr(&c, &req.get_ref().session_id).await?;
+        let (png, svg) = match &q.code {
+            Some(code) => (crate::domain::qr::png(code)?, crate::domain::qr::svg(code)?),
+            None => (Vec::new(), String::new()),
+        };
+        Ok(Response::new(GetQrCodeResponse {
+            qr_code: q.code.unwrap_or_default(),
+            png,
+            svg,
+            expires_at: q.expires_at.map(timestamp),
+            connected: q.connected,
+        }))
+    }
+
+    async fn request_pairing_code(
+        &self,
+        req: Request<RequestPairingCodeRequest>,
+    ) -> Result<Response<RequestPairingCodeResponse>, Status> {
+        let c = caller(&req)?;
+        let m = req.into_inner();
+        let (code, expires) = self
+            .gw
+            .request_pairing_code(&c, &m.session_id, &m.phone_number)
+            .await?;
+        Ok(Response::new(RequestPairingCodeResponse {
+            code,
+            expires_at: Some(timestamp(expires)),
+        }))
+    }
+
+    async fn logout_session(
+        &self,
+        req: Request<LogoutSessionRequest>,
+    ) -> Result<Response<LogoutSessionResponse>, Status> {
+        let c = caller(&req)?;
+        let s = self
+            .gw
+            .logout_session(&c, &req.get_ref().session_id)
+            .await?;
+        Ok(Response::new(LogoutSessionResponse {
+            session: Some(to_proto(s)),
+        }))
+    }
+
+    async fn delete_session(
+        &self,
+        req: Request<DeleteSessionRequest>,
+    ) -> Result<Response<DeleteSessionResponse>, Status> {
+        let c = caller(&req)?;
+        self.gw
+            .delete_session(&c, &req.get_ref().session_id)
+            .await?;
+        Ok(Response::new(DeleteSessionResponse {}))
+    }
+
+    async fn restart_session(
+        &self,
+        req: Request<RestartSessionRequest>,
+    ) -> Result<Response<RestartSessionResponse>, Status> {
+        let c = caller(&req)?;
+        let s = self
+            .gw
+            .restart_session(&c, &req.get_ref().session_id)
+            .await?;
+        Ok(Response::new(RestartSessionResponse {
+            session: Some(to_proto(s)),
+        }))
+    }
+
+    type WatchSessionStream = WatchStream;
+
+    async fn watch_session(
+        &self,
+        req: Request<WatchSessionRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let c = caller(&req)?;
+        let (row, rx) = self.gw.watch_session(&c, &req.get_ref().session_id).await?;
+        let base = SessionView {
+            session_id: row.id,
+            device_code: row.code,
+            name: row.name,
+            state: S::Pending,
+            reason: None,
+            phone: None,
+            push_name: None,
+            last_connected_at: None,
+            created_at: row.created_at,
+        };
+        // The current state first, then every change, until the client goes away.
+        let stream = futures::stream::unfold((rx, true), move |(mut rx, first)| {
+            let base = base.clone();
+            async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let snap: Snapshot = rx.borrow_and_update().clone();
+                let view = SessionView {
+                    state: snap.state,
+                    reason: snap.reason,
+                    phone: snap.phone,
+                    push_name: snap.push_name,
+                    last_connected_at: snap.last_connected_at,
+                    ..base
+                };
+                let msg = WatchSessionResponse {
+                    session: Some(to_proto(view)),
+                    qr_code: snap.qr.map(|q| q.0).unwrap_or_default(),
+                    time: Some(timestamp(crate::storage::now_ms())),
+                };
+                Some((Ok(msg), (rx, false)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,272 @@
+//! Real sessions end to end: the gateway's whatsapp-rust clients against wasim, the
+//! loopback WhatsApp server. Link by QR, send through the RK API, receive, survive a
+//! restart without a new QR and without sending anything twice, follow kick and logout.
+
+use serde_json::json;
+use wagate::client::Multipart;
+use wagate::crypto::MasterKey;
+use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
+use wagate::proto::v1::{
+    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, Session, SessionState,
+};
+use wagate::storage::{Db, sessions as store};
+
+use crate::on_both_backends;
+use crate::support::{TestDb, TestProject, TestServer, eventually, files, grpc_signed, read};
+
+on_both_backends!(sessions_link_send_receive_restart);
+
+const SVC: &str = "/wagate.v1.SessionsService/";
+
+type Client = SessionsServiceClient<tonic::transport::Channel>;
+
+async fn client(t: &TestServer) -> Client {
+    SessionsServiceClient::connect(t.base.clone())
+        .await
+        .expect("gRPC connect")
+}
+
+async fn get(c: &mut Client, p: &TestProject, id: &str) -> Session {
+    let req = grpc_signed(
+        p,
+        &format!("{SVC}GetSession"),
+        GetSessionRequest {
+            session_id: id.into(),
+        },
+    );
+    c.get_session(req)
+        .await
+        .expect("get session")
+        .into_inner()
+        .session
+        .expect("session")
+}
+
+async fn wait_state(
+    c: &mut Client,
+    p: &TestProject,
+    id: &str,
+    want: SessionState,
+    secs: u64,
+) -> Session {
+    let what = format!("session {id} to be {want:?}");
+    eventually(secs, &what, || {
+        let mut c = c.clone();
+        async move {
+            let s = get(&mut c, p, id).await;
+            (s.state == want as i32).then_some(s)
+        }
+    })
+    .await
+}
+
+/// Creates a session over gRPC and links it by scanning its QR at wasim's simulated phone.
+async fn linked(
+    c: &mut Client,
+    p: &TestProject,
+    admin: &wasim::client::Admin,
+    name: &str,
+    phone: &str,
+) -> Session {
+    let req = grpc_signed(
+        p,
+        &format!("{SVC}CreateSession"),
+        CreateSessionRequest {
+            name: name.into(),
+            device_code: String::new(),
+        },
+    );
+    let s = c
+        .create_session(req)
+        .await
+        .expect("create")
+        .into_inner()
+        .session
+        .expect("session");
+    let qr = eventually(15, "a QR code", || {
+        let mut c = c.clone();
+        let id = s.session_id.clone();
+        async move {
+            let req = grpc_signed(
+                p,
+                &format!("{SVC}GetQrCode"),
+                GetQrCodeRequest { session_id: id },
+            );
+            let q = c.get_qr_code(req).await.expect("qr").into_inner();
+            (!q.qr_code.is_empty()).then_some(q)
+        }
+    })
+    .await;
+    assert!(qr.png.starts_with(b"\x89PNG"), "PNG rendering");
+    assert!(qr.svg.contains("<svg"), "SVG rendering");
+    admin.scan(&qr.qr_code, phone).await.expect("scan");
+    let s = wait_state(c, p, &s.session_id, SessionState::Connected, 20).await;
+    assert_eq!(s.phone_number, phone);
+    s
+}
+
+async fn status_of(t: &TestServer, p: &TestProject, id: &str) -> serde_json::Value {
+    t.status(p, id).await.1["data"].clone()
+}
+
+async fn wait_status(t: &TestServer, p: &TestProject, id: &str, want: &str) -> serde_json::Value {
+    eventually(20, &format!("message {id} to be {want}"), || async {
+        let s = status_of(t, p, id).await;
+        (s["status"] == want || (want == "delivered" && s["status"] == "read")).then_some(s)
+    })
+    .await
+}
+
+async fn sessions_link_send_receive_restart(db: TestDb) {
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("wasim");
+    let admin = wasim::client::Admin::new(sim.addr());
+    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
+    let p = t.project().await;
+    let mut c = client(&t).await;
+    let (pa, pb) = ("15550101001", "15550101002");
+    let a = linked(&mut c, &p, &admin, "A", pa).await;
+    let b = linked(&mut c, &p, &admin, "B", pb).await;
+    let via_a = TestProject {
+        device_code: a.device_code.clone(),
+        ..p.clone()
+    };
+
+    // Text through the RK endpoint: queued → sent → delivered, and B stores it.
+    let (code, body) = t
+        .send_json(
+            &via_a,
+            json!({"recipient": pb, "type": "text", "message": "hello B", "payload": {"k": 1}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let st = wait_status(&t, &via_a, &id, "delivered").await;
+    assert!(
+        st["sent_at"].is_string() && st["delivered_at"].is_string(),
+        "{st}"
+    );
+    let db = Db::open(&t.db.url, 2).unwrap();
+    let inbound = eventually(10, "B's inbound message", || {
+        let db = db.clone();
+        let bid = b.session_id.clone();
+        async move {
+            let rows = db
+                .run(move |c| store::list_inbound(c, &bid, 50, 0))
+                .await
+                .unwrap();
+            rows.into_iter()
+                .find(|r| r.body.as_deref() == Some("hello B"))
+        }
+    })
+    .await;
+    assert_eq!(inbound.sender_phone.as_deref(), Some(pa));
+    assert_eq!(inbound.kind, "text");
+
+    // An image through the RK multipart form arrives byte-identical in B's store.
+    let form = Multipart::new()
+        .text("recipient", pb)
+        .text("type", "image")
+        .text("message", "Promo today")
+        .file("media", "p.jpg", "image/jpeg", files::JPEG);
+    let (ct, raw) = form.finish();
+    let (code, body) = read(
+        t.signed(reqwest::Method::POST, "/api/v1/send", &via_a, raw)
+            .header("Content-Type", ct)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    wait_status(
+        &t,
+        &via_a,
+        body["data"]["id"].as_str().unwrap(),
+        "delivered",
+    )
+    .await;
+    let image = eventually(10, "B's image", || {
+        let db = db.clone();
+        let bid = b.session_id.clone();
+        async move {
+            let rows = db
+                .run(move |c| store::list_inbound(c, &bid, 50, 0))
+                .await
+                .unwrap();
+            rows.into_iter().find(|r| r.kind == "image")
+        }
+    })
+    .await;
+    assert_eq!(image.body.as_deref(), Some("Promo today"));
+    let mid = image.media_id.clone().expect("media stored");
+    let blob = db
+        .run(move |c| store::media_bytes(c, &mid))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blob.data, files::JPEG, "media round-trips byte-identical");
+
+    // Restart the gateway: both sessions come back connected with no QR; messages accepted
+    // while they reconnect are sent exactly once.
+    let (dbh, key) = t.stop().await;
+    let t = TestServer::start_sim(dbh, key, "node-2", &sim).await;
+    let mut c = client(&t).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (code, body) = t
+            .send_json(
+                &via_a,
+                json!({"recipient": pb, "message": format!("after restart {i}")}),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+        ids.push(body["data"]["id"].as_str().unwrap().to_owned());
+    }
+    wait_state(&mut c, &p, &a.session_id, SessionState::Connected, 20).await;
+    wait_state(&mut c, &p, &b.session_id, SessionState::Connected, 20).await;
+    for id in &ids {
+        wait_status(&t, &via_a, id, "delivered").await;
+    }
+    let log = admin.messages().await.unwrap();
+    for id in ids.iter().chain([&id]) {
+        let wa = wagate::sessions::wa_message_id(id);
+        let rec = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == wa.as_str())
+            .unwrap_or_else(|| panic!("{wa} relayed"));
+        assert_eq!(rec["times_relayed"], 1, "sent once: {rec}");
+        let deliveries: u64 = rec["sent"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(deliveries, 1, "reached B's device once: {rec}");
+    }
+
+    // Kick at WhatsApp: the session reconnects by itself.
+    admin.kick(pa).await.unwrap();
+    wait_state(&mut c, &p, &a.session_id, SessionState::Connected, 20).await;
+    let (code, body) = t
+        .send_json(&via_a, json!({"recipient": pb, "message": "after kick"}))
+        .await;
+    assert_eq!(code, 201);
+    wait_status(
+        &t,
+        &via_a,
+        body["data"]["id"].as_str().unwrap(),
+        "delivered",
+    )
+    .await;
+
+    // Logged out from the phone: the session says so, with the reason.
+    admin.logout(pb).await.unwrap();
+    let s = wait_state(&mut c, &p, &b.session_id, SessionState::LoggedOut, 20).await;
+    assert!(!s.reason.is_empty());
+    t.server.shutdown().await;
+    sim.shutdown().await;
+}
