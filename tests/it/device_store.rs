@@ -331,9 +331,11 @@ async fn app_sync_store_matches_in_memory(t: TestDb) {
     // Collection versions.
     let empty = both!(p, s => s.get_version("regular"), json);
     assert_eq!(empty["version"], 0);
-    let mut state = HashState::default();
-    state.version = 42;
-    state.hash = [7; 128];
+    let mut state = HashState {
+        version: 42,
+        hash: [7; 128],
+        ..HashState::default()
+    };
     state.index_value_map.insert("idx-a".into(), vec![1, 2, 3]);
     state.index_value_map.insert("idx-b".into(), vec![]);
     both!(p, s => s.set_version("regular", state.clone()));
@@ -730,8 +732,10 @@ async fn fill(s: &DbDeviceStore, tag: u8) {
     )
     .await
     .unwrap();
-    let mut state = HashState::default();
-    state.version = u64::from(tag);
+    let state = HashState {
+        version: u64::from(tag),
+        ..HashState::default()
+    };
     s.set_version("regular", state).await.unwrap();
     s.put_mutation_macs(
         "regular",
@@ -743,7 +747,7 @@ async fn fill(s: &DbDeviceStore, tag: u8) {
     )
     .await
     .unwrap();
-    s.set_sender_key_status("g", &[("d", tag % 2 == 0)])
+    s.set_sender_key_status("g", &[("d", tag.is_multiple_of(2))])
         .await
         .unwrap();
     s.put_lid_mapping(&LidPnMappingEntry {
