@@ -68,6 +68,9 @@ pub struct ServeArgs {
     #[cfg(feature = "simulator")]
     #[arg(long, env = "WAGATE_WHATSAPP_URL")]
     pub whatsapp_url: Option<String>,
+    /// Country code prefixed to 10-digit phone numbers on the SAK endpoints.
+    #[arg(long, env = "WAGATE_DEFAULT_COUNTRY_CODE", default_value = "91")]
+    pub default_country_code: String,
     /// Database connections for reads (writes use dedicated writer connections).
     #[arg(long, env = "WAGATE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -103,6 +106,11 @@ impl ServeArgs {
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_hours * 3600),
             message_ttl: Duration::from_secs(self.message_ttl_hours * 3600),
             max_attempts: self.max_attempts.max(1),
+            default_country_code: self
+                .default_country_code
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect(),
             ..Settings::default()
         }
     }

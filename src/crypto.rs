@@ -67,6 +67,11 @@ impl MasterKey {
         }
     }
 
+    /// A purpose-bound key derived from the master key (e.g. for signing session tokens).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        hmac_sha256(&self.0, &[label.as_bytes()])
+    }
+
     /// `base64(nonce ‖ ciphertext)`; a fresh random nonce each call.
     pub fn seal(&self, plaintext: &[u8]) -> String {
         let cipher = Aes256Gcm::new(&self.0.into());

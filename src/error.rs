@@ -18,6 +18,22 @@ pub enum Error {
     InvalidSignature,
     #[error("timestamp is missing, malformed or outside the allowed window of {0} seconds")]
     TimestampExpired(u64),
+    #[error("missing token: send Authorization: Bearer <JWT>")]
+    NoToken,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("missing x-api-key header")]
+    NoApiKey,
+    #[error("x-session-id is required with a user API key")]
+    SessionIdRequired,
+    #[error("session limit reached for this account")]
+    SessionLimitReached,
+    #[error("email is already registered")]
+    EmailTaken,
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("too many requests, retry later")]
+    TooManyRequests { retry_after: Duration },
     #[error("malformed Authorization header: {0}")]
     InvalidAuthorizationHeader(&'static str),
 
@@ -96,6 +112,14 @@ impl Error {
             Error::InvalidSignature => "INVALID_SIGNATURE",
             Error::TimestampExpired(_) => "TIMESTAMP_EXPIRED",
             Error::InvalidAuthorizationHeader(_) => "INVALID_AUTHORIZATION_HEADER",
+            Error::NoToken => "NO_TOKEN",
+            Error::InvalidToken => "INVALID_TOKEN",
+            Error::NoApiKey => "NO_API_KEY",
+            Error::SessionIdRequired => "SESSION_ID_REQUIRED",
+            Error::SessionLimitReached => "SESSION_LIMIT_REACHED",
+            Error::EmailTaken => "EMAIL_TAKEN",
+            Error::InvalidCredentials => "INVALID_CREDENTIALS",
+            Error::TooManyRequests { .. } => "TOO_MANY_REQUESTS",
             Error::InvalidRequest(_) => "VALIDATION_ERROR",
             Error::InvalidJson(_) => "INVALID_JSON",
             Error::UnsupportedContentType => "UNSUPPORTED_CONTENT_TYPE",

@@ -32,6 +32,12 @@ pub struct ProjectAuth {
     secret: Vec<u8>,
 }
 
+impl ProjectAuth {
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+}
+
 /// The RK headers (or their gRPC metadata twins) as received.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RkHeaders<'a> {
@@ -119,6 +125,21 @@ impl Gateway {
         let auth = Arc::new(ProjectAuth { row, secret });
         cache.put(&cache.projects, hash, auth.clone());
         Ok(auth)
+    }
+
+    /// The project as a caller, for credentials that are not the project's own API key
+    /// (a SAK session or user key, a user's token).
+    pub async fn caller_for_project(&self, project_id: &str) -> Result<Caller> {
+        let pid = project_id.to_owned();
+        let row = self
+            .db()
+            .run(move |c| projects::project_by_id(c, &pid))
+            .await?
+            .ok_or(Error::ProjectNotFound)?;
+        let secret = self.inner.key.open(&row.api_secret_enc)?;
+        Ok(Caller {
+            project: Arc::new(ProjectAuth { row, secret }),
+        })
     }
 
     /// RK signing: `hex(HMAC-SHA256(secret, api_key ‖ timestamp ‖ signed…))`, where `signed`

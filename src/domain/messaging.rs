@@ -130,6 +130,19 @@ pub fn normalize_recipient(raw: &str) -> Result<String> {
     Ok(digits)
 }
 
+/// SAK phone numbers: non-digits stripped; a 10-digit number without the default country
+/// code gets it; 8 to 15 digits remain.
+pub fn normalize_phone(raw: &str, default_country_code: &str) -> Result<String> {
+    let mut digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() == 10 && !digits.starts_with(default_country_code) {
+        digits = format!("{default_country_code}{digits}");
+    }
+    if !(8..=15).contains(&digits.len()) {
+        return Err(Error::InvalidPhoneNumber);
+    }
+    Ok(digits)
+}
+
 fn validate_request_id(id: &str) -> Result<()> {
     if id.is_empty()
         || id.len() > MAX_REQUEST_ID_LEN
@@ -364,5 +377,21 @@ mod tests {
         assert!(normalize_recipient("12345").is_err());
         assert!(normalize_recipient("62812abc").is_err());
         assert!(normalize_recipient("1234567890123456").is_err());
+        // The SAK document's examples.
+        assert_eq!(
+            normalize_phone("+919876543210", "91").unwrap(),
+            "919876543210"
+        );
+        assert_eq!(
+            normalize_phone("919876543210", "91").unwrap(),
+            "919876543210"
+        );
+        assert_eq!(normalize_phone("9876543210", "91").unwrap(), "919876543210");
+        assert_eq!(
+            normalize_phone("(987) 654-3210", "91").unwrap(),
+            "919876543210"
+        );
+        assert!(normalize_phone("1234567", "91").is_err());
+        assert!(normalize_phone("1234567890123456", "91").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The service layer: every operation the gRPC services and the REST shim expose, written
 //! once. Transports decode their input, call a method here, and encode the result.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod media;
@@ -26,6 +27,8 @@ pub struct Settings {
     pub max_attempts: i32,
     pub max_media_bytes: usize,
     pub credential_cache_ttl: Duration,
+    /// Prefixed to 10-digit SAK phone numbers (the SAK document's default is India, 91).
+    pub default_country_code: String,
 }
 
 impl Default for Settings {
@@ -38,6 +41,7 @@ impl Default for Settings {
             max_attempts: 5,
             max_media_bytes: 10 * 1024 * 1024,
             credential_cache_ttl: Duration::from_secs(30),
+            default_country_code: "91".into(),
         }
     }
 }

@@ -153,3 +153,92 @@ impl Gateway {
         Ok((row, rx))
     }
 }
+
+/// One message of a session's history, either direction.
+#[derive(Debug, Clone)]
+pub struct HistoryItem {
+    pub id: String,
+    pub direction: &'static str,
+    pub wa_message_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub kind: String,
+    pub text: Option<String>,
+    pub status: Option<String>,
+    pub push_name: Option<String>,
+    pub at: i64,
+}
+
+/// History pages stay bounded: offsets past this are refused.
+const MAX_HISTORY_OFFSET: i64 = 5_000;
+
+impl Gateway {
+    /// What the session sent and received through the gateway, newest first.
+    pub async fn session_history(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<HistoryItem>> {
+        if !(1..=200).contains(&limit) || !(0..=MAX_HISTORY_OFFSET).contains(&offset) {
+            return Err(Error::InvalidRequest(format!(
+                "limit must be 1..200 and offset 0..{MAX_HISTORY_OFFSET}"
+            )));
+        }
+        let row = self.own_session(caller, session_id).await?;
+        let (id, code, pid, phone) = (
+            row.id.clone(),
+            row.code.clone(),
+            row.project_id.clone(),
+            row.phone.clone(),
+        );
+        let n = limit + offset;
+        let (inbound, outbound) = self
+            .db()
+            .run(move |c| {
+                let inbound = store::list_inbound(c, &id, n, 0)?;
+                let filter = crate::storage::messages::ListFilter {
+                    device_code: Some(code),
+                    limit: n,
+                    ..Default::default()
+                };
+                let outbound = crate::storage::messages::list(c, &pid, &filter)?;
+                Ok((inbound, outbound))
+            })
+            .await?;
+        let mut items: Vec<HistoryItem> = inbound
+            .into_iter()
+            .map(|m| HistoryItem {
+                id: m.id,
+                direction: "inbound",
+                wa_message_id: Some(m.wa_message_id),
+                from: m.sender_phone.or(Some(m.sender_jid)),
+                to: phone.clone(),
+                kind: m.kind,
+                text: m.body,
+                status: None,
+                push_name: m.push_name,
+                at: m.sent_at,
+            })
+            .chain(outbound.into_iter().map(|m| HistoryItem {
+                id: m.id,
+                direction: "outbound",
+                wa_message_id: m.wa_message_id,
+                from: phone.clone(),
+                to: Some(m.recipient),
+                kind: m.kind,
+                text: m.body,
+                status: Some(m.status),
+                push_name: None,
+                at: m.created_at,
+            }))
+            .collect();
+        items.sort_by(|a, b| b.at.cmp(&a.at));
+        Ok(items
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .collect())
+    }
+}

@@ -4,6 +4,7 @@
 //! Blocking diesel calls run on the blocking pool via [`Db::run`].
 
 pub mod accept;
+pub mod accounts;
 pub mod device_store;
 pub mod messages;
 pub mod models;

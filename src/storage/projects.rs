@@ -36,6 +36,23 @@ pub fn project_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<Proje
         .optional())?)
 }
 
+pub fn set_credentials(
+    conn: &mut DbConn,
+    project_id: &str,
+    key_hash: &str,
+    key_prefix: &str,
+    secret_enc: &str,
+) -> Result<()> {
+    on_conn!(conn, c => diesel::update(projects::table.find(project_id))
+        .set((
+            projects::api_key_hash.eq(key_hash),
+            projects::api_key_prefix.eq(key_prefix),
+            projects::api_secret_enc.eq(secret_enc),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
 pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
     let result = on_conn!(conn, c => diesel::insert_into(devices::table).values(row).execute(c));
     match result {

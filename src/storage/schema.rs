@@ -30,6 +30,7 @@ diesel::table! {
         state_reason -> Nullable<Text>,
         last_connected_at -> Nullable<BigInt>,
         updated_at -> Nullable<BigInt>,
+        session_key_hash -> Nullable<Text>,
     }
 }
 
@@ -116,7 +117,30 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    users (id) {
+        id -> Text,
+        email -> Text,
+        name -> Text,
+        password_hash -> Text,
+        project_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    user_api_keys (id) {
+        id -> Text,
+        user_id -> Text,
+        name -> Text,
+        key_hash -> Text,
+        key_prefix -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> projects (project_id));
+diesel::joinable!(user_api_keys -> users (user_id));
 diesel::joinable!(messages -> devices (device_id));
 diesel::allow_tables_to_appear_in_same_query!(
     projects,
@@ -125,7 +149,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     idempotency_keys,
     usage_counters,
-    inbound_messages
+    inbound_messages,
+    users,
+    user_api_keys
 );
 
 // --- whatsapp-rust device store (src/storage/device_store.rs) ---

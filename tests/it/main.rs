@@ -5,6 +5,7 @@ mod device_store;
 mod grpc;
 mod queue;
 mod rk_api;
+mod sak_api;
 mod server;
 mod sessions;
 mod wasim;

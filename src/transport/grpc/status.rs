@@ -12,7 +12,14 @@ pub fn grpc_code(e: &Error) -> Code {
         | Error::InvalidApiKey
         | Error::InvalidSignature
         | Error::TimestampExpired(_)
-        | Error::InvalidAuthorizationHeader(_) => Code::Unauthenticated,
+        | Error::InvalidAuthorizationHeader(_)
+        | Error::NoToken
+        | Error::InvalidToken
+        | Error::NoApiKey
+        | Error::InvalidCredentials => Code::Unauthenticated,
+        Error::SessionIdRequired => Code::InvalidArgument,
+        Error::SessionLimitReached | Error::TooManyRequests { .. } => Code::ResourceExhausted,
+        Error::EmailTaken => Code::AlreadyExists,
         Error::InvalidRequest(_)
         | Error::InvalidJson(_)
         | Error::UnsupportedContentType

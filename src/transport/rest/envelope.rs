@@ -50,7 +50,15 @@ pub fn http_status(e: &Error) -> StatusCode {
         | Error::InvalidApiKey
         | Error::InvalidSignature
         | Error::TimestampExpired(_)
-        | Error::InvalidAuthorizationHeader(_) => StatusCode::UNAUTHORIZED,
+        | Error::InvalidAuthorizationHeader(_)
+        | Error::NoToken
+        | Error::InvalidToken
+        | Error::NoApiKey
+        | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
+        Error::SessionIdRequired => StatusCode::BAD_REQUEST,
+        Error::SessionLimitReached => StatusCode::FORBIDDEN,
+        Error::EmailTaken => StatusCode::CONFLICT,
+        Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::InvalidRequest(_)
         | Error::InvalidJson(_)
         | Error::MissingDeviceCode
@@ -101,7 +109,8 @@ impl IntoResponse for ApiError {
             code: e.code().to_owned(),
         };
         let mut resp = (status, Json(body)).into_response();
-        if let Error::RateLimited { retry_after, .. } = &e {
+        if let Error::RateLimited { retry_after, .. } | Error::TooManyRequests { retry_after } = &e
+        {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

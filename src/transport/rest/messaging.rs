@@ -156,35 +156,25 @@ async fn decode_send(headers: &HeaderMap, body: Bytes) -> Result<SendCommand, Er
 }
 
 async fn decode_multipart(content_type: &str, body: Bytes) -> Result<SendCommand, Error> {
-    let bad = |e: multer::Error| Error::InvalidRequest(format!("malformed multipart body: {e}"));
-    let boundary = multer::parse_boundary(content_type).map_err(bad)?;
-    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
-    let mut form = multer::Multipart::new(stream, boundary);
     let mut cmd = SendCommand::default();
-    while let Some(field) = form.next_field().await.map_err(bad)? {
-        let name = field.name().unwrap_or("").to_owned();
-        match name.as_str() {
+    for part in super::form::parse(content_type, body).await? {
+        match part.name.as_str() {
             "media" => {
-                let filename = field.file_name().map(str::to_owned);
-                let data = field.bytes().await.map_err(bad)?;
                 cmd.media = Some(MediaUpload {
-                    data: data.to_vec(),
-                    filename,
-                });
+                    data: part.data.to_vec(),
+                    filename: part.filename,
+                })
             }
-            "recipient" | "type" | "message" | "payload" => {
-                let text = field.text().await.map_err(bad)?;
-                match name.as_str() {
-                    "recipient" => cmd.recipient = text,
-                    "type" => cmd.kind = Some(text),
-                    "message" => cmd.text = Some(text),
-                    _ if text.trim().is_empty() => {}
-                    _ => {
-                        let v: Value = serde_json::from_str(&text).map_err(|_| {
-                            Error::InvalidPayload(crate::domain::messaging::MAX_PAYLOAD_BYTES)
-                        })?;
-                        cmd.payload = Some(v);
-                    }
+            "recipient" => cmd.recipient = part.text()?,
+            "type" => cmd.kind = Some(part.text()?),
+            "message" => cmd.text = Some(part.text()?),
+            "payload" => {
+                let text = part.text()?;
+                if !text.trim().is_empty() {
+                    let v: Value = serde_json::from_str(&text).map_err(|_| {
+                        Error::InvalidPayload(crate::domain::messaging::MAX_PAYLOAD_BYTES)
+                    })?;
+                    cmd.payload = Some(v);
                 }
             }
             _ => {} // unknown fields are ignored, as JSON's are

@@ -2,8 +2,11 @@
 
 pub mod auth;
 pub mod envelope;
+pub mod form;
 pub mod messaging;
 pub mod openapi;
+pub mod ratelimit;
+pub mod sak;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -18,8 +21,53 @@ use envelope::ApiError;
 /// Largest accepted request body: a 10 MB file plus multipart overhead and form fields.
 pub const MAX_BODY_BYTES: usize = 11 * 1024 * 1024;
 
+/// The SAK surface, each group behind its per-IP limit.
+fn sak_routes() -> Router<Gateway> {
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::delete;
+    let (general, auth, messaging) = ratelimit::IpLimiter::from_env();
+    let auth_routes = Router::new()
+        .route("/api/v1/auth/register", post(sak::register))
+        .route("/api/v1/auth/login", post(sak::login))
+        .layer(from_fn_with_state(auth, ratelimit::limit));
+    let manage = Router::new()
+        .route(
+            "/api/v1/auth/api-keys",
+            post(sak::create_api_key).get(sak::list_api_keys),
+        )
+        .route("/api/v1/auth/credentials", get(sak::rk_credentials))
+        .route(
+            "/api/v1/auth/credentials/rotate",
+            post(sak::rotate_rk_credentials),
+        )
+        .route(
+            "/api/v1/sessions",
+            post(sak::create_session).get(sak::list_sessions),
+        )
+        .route("/api/v1/sessions/{id}", delete(sak::delete_session))
+        .route("/api/v1/sessions/{id}/status", get(sak::session_status))
+        .route("/api/v1/sessions/{id}/qr", get(sak::session_qr))
+        .route(
+            "/api/v1/sessions/{id}/pairing-code",
+            post(sak::pairing_code),
+        )
+        .route("/api/v1/sessions/{id}/logout", post(sak::logout_session))
+        .route("/api/v1/sessions/{id}/restart", post(sak::restart_session))
+        .layer(from_fn_with_state(general, ratelimit::limit));
+    let messages = Router::new()
+        .route("/api/v1/messages/send", post(sak::send_text))
+        .route("/api/v1/messages/send-image", post(sak::send_image))
+        .route("/api/v1/messages/send-document", post(sak::send_document))
+        .route("/api/v1/messages/send-video", post(sak::send_video))
+        .route("/api/v1/messages/send-audio", post(sak::send_audio))
+        .route("/api/v1/messages/history", get(sak::history))
+        .layer(from_fn_with_state(messaging, ratelimit::limit));
+    auth_routes.merge(manage).merge(messages)
+}
+
 pub fn router(gw: Gateway) -> Router {
     Router::new()
+        .merge(sak_routes())
         .route("/api/v1/send", post(messaging::send))
         .route("/api/v1/status/{id}", get(messaging::status))
         .route("/api/v1/messages", get(messaging::list))

@@ -1,0 +1,336 @@
+//! The SAK account model: a registered user owns one project (the same project the RK
+//! endpoints and gRPC serve), logs in for a JWT, creates user API keys to manage sessions,
+//! and each session has its own API key for messaging.
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use super::Gateway;
+use super::admin::NewProject;
+use super::auth::Caller;
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::storage::accounts::{self as store, UserKeyRow, UserRow};
+use crate::storage::sessions::SessionRow;
+use crate::storage::{now_ms, projects};
+
+/// Session tokens (JWT, HS256) live this long.
+const TOKEN_TTL_SECS: i64 = 24 * 3600;
+const MIN_PASSWORD: usize = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    pid: String,
+    iat: i64,
+    exp: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub project_id: String,
+    pub created_at: i64,
+}
+
+impl From<UserRow> for User {
+    fn from(u: UserRow) -> Self {
+        User {
+            id: u.id,
+            email: u.email,
+            name: u.name,
+            project_id: u.project_id,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// Who a SAK request acts for: the project, and the session when the key names one.
+pub struct SakCaller {
+    pub caller: Caller,
+    pub session: Option<SessionRow>,
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let salt = crypto::random_bytes::<16>();
+    argon2::Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Internal(format!("password hashing: {e}")))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), hash)
+        .is_ok()
+}
+
+impl Gateway {
+    fn jwt_key(&self) -> [u8; 32] {
+        self.inner.key.derive("wagate/jwt/v1")
+    }
+
+    fn issue_token(&self, user: &User) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.id.clone(),
+            pid: user.project_id.clone(),
+            iat: now,
+            exp: now + TOKEN_TTL_SECS,
+        };
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let signing = format!("{header}.{payload}");
+        let sig =
+            URL_SAFE_NO_PAD.encode(crypto::hmac_sha256(&self.jwt_key(), &[signing.as_bytes()]));
+        format!("{signing}.{sig}")
+    }
+
+    /// The user a bearer token names, if the token is ours and unexpired.
+    pub async fn user_from_token(&self, token: &str) -> Result<User> {
+        let mut parts = token.trim().split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::InvalidToken);
+        };
+        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| Error::InvalidToken)?;
+        let signing = format!("{h}.{p}");
+        if !crypto::verify_hmac_sha256(&self.jwt_key(), &[signing.as_bytes()], &sig) {
+            return Err(Error::InvalidToken);
+        }
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(Error::InvalidToken)?;
+        if claims.exp < chrono::Utc::now().timestamp() {
+            return Err(Error::InvalidToken);
+        }
+        let user = self
+            .db()
+            .run(move |c| store::user_by_id(c, &claims.sub))
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        Ok(user.into())
+    }
+
+    /// Creates the user and the project it owns; returns the user and a token.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        name: Option<&str>,
+    ) -> Result<(User, String)> {
+        let email = email.trim().to_ascii_lowercase();
+        if email.len() > 254
+            || !email.contains('@')
+            || email.starts_with('@')
+            || email.ends_with('@')
+        {
+            return Err(Error::InvalidRequest("a valid email is required".into()));
+        }
+        if password.chars().count() < MIN_PASSWORD || password.len() > 1024 {
+            return Err(Error::InvalidRequest(format!(
+                "password must be at least {MIN_PASSWORD} characters"
+            )));
+        }
+        let e = email.clone();
+        if self
+            .db()
+            .run(move |c| store::user_by_email(c, &e))
+            .await?
+            .is_some()
+        {
+            return Err(Error::EmailTaken);
+        }
+        let name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&email)
+            .to_owned();
+        let project = self
+            .admin()
+            .create_project(NewProject {
+                name: name.clone(),
+                rate_limit_per_minute: 60,
+                monthly_quota: 3000,
+                max_sessions: 10,
+            })
+            .await?;
+        let pw = password.to_owned();
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+            .await
+            .map_err(Error::internal)??;
+        let row = UserRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            email,
+            name,
+            password_hash,
+            project_id: project.project_id,
+            created_at: now_ms(),
+        };
+        let insert = row.clone();
+        self.db()
+            .run(move |c| store::insert_user(c, &insert))
+            .await?;
+        let user = User::from(row);
+        let token = self.issue_token(&user);
+        Ok((user, token))
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<(User, String)> {
+        let email = email.trim().to_ascii_lowercase();
+        let row = self
+            .db()
+            .run(move |c| store::user_by_email(c, &email))
+            .await?;
+        let pw = password.to_owned();
+        // Verify against a dummy hash for unknown emails too, so timing does not tell.
+        let hash = row.as_ref().map(|r| r.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(h) => verify_password(&pw, &h),
+            None => {
+                let _ = hash_password(&pw);
+                false
+            }
+        })
+        .await
+        .map_err(Error::internal)?;
+        match (row, ok) {
+            (Some(r), true) => {
+                let user = User::from(r);
+                let token = self.issue_token(&user);
+                Ok((user, token))
+            }
+            _ => Err(Error::InvalidCredentials),
+        }
+    }
+
+    /// A new user API key; the raw key is returned only here.
+    pub async fn create_user_api_key(
+        &self,
+        user: &User,
+        name: Option<&str>,
+    ) -> Result<(UserKeyRow, String)> {
+        let raw = crypto::random_token("sak_");
+        let row = UserKeyRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: user.id.clone(),
+            name: name.unwrap_or("default").chars().take(100).collect(),
+            key_hash: crypto::hash_api_key(&raw),
+            key_prefix: raw[..12].to_owned(),
+            created_at: now_ms(),
+        };
+        let insert = row.clone();
+        self.db()
+            .run(move |c| store::insert_user_key(c, &insert))
+            .await?;
+        Ok((row, raw))
+    }
+
+    pub async fn list_user_api_keys(&self, user: &User) -> Result<Vec<UserKeyRow>> {
+        let id = user.id.clone();
+        self.db().run(move |c| store::list_user_keys(c, &id)).await
+    }
+
+    pub async fn caller_for_user(&self, user: &User) -> Result<Caller> {
+        self.caller_for_project(&user.project_id).await
+    }
+
+    /// Resolves `x-api-key` (and `x-session-id`) of a SAK request: a session key names its
+    /// session; a user key names the user's project and, with a session id, that session.
+    pub async fn sak_api_key(&self, key: &str, session_id: Option<&str>) -> Result<SakCaller> {
+        let hash = crypto::hash_api_key(key);
+        let h = hash.clone();
+        if let Some(session) = self
+            .db()
+            .run(move |c| store::session_by_key_hash(c, &h))
+            .await?
+        {
+            let caller = self.caller_for_project(&session.project_id).await?;
+            return Ok(SakCaller {
+                caller,
+                session: Some(session),
+            });
+        }
+        let user = self
+            .db()
+            .run(move |c| store::user_by_key_hash(c, &hash))
+            .await?
+            .ok_or(Error::InvalidApiKey)?;
+        let caller = self.caller_for_project(&user.project_id).await?;
+        let session = match session_id.filter(|s| !s.is_empty()) {
+            Some(id) => {
+                let id = id.to_owned();
+                let row = self
+                    .db()
+                    .run(move |c| crate::storage::sessions::get(c, &id))
+                    .await?;
+                Some(
+                    row.filter(|r| r.project_id == caller.project.row.id)
+                        .ok_or(Error::SessionNotFound)?,
+                )
+            }
+            None => None,
+        };
+        Ok(SakCaller { caller, session })
+    }
+
+    /// Creates a session with its own API key (returned only here), within the project's cap.
+    pub async fn create_session_with_key(
+        &self,
+        caller: &Caller,
+        name: Option<String>,
+    ) -> Result<(super::sessions::SessionView, String)> {
+        let pid = caller.project.row.id.clone();
+        let count = self
+            .db()
+            .run(move |c| store::count_sessions(c, &pid))
+            .await?;
+        if count >= caller.project.row.max_sessions {
+            return Err(Error::SessionLimitReached);
+        }
+        let view = self.create_session(caller, name, None).await?;
+        let raw = crypto::random_token("sess_");
+        let (id, hash) = (view.session_id.clone(), crypto::hash_api_key(&raw));
+        self.db()
+            .run(move |c| store::set_session_key(c, &id, &hash))
+            .await?;
+        Ok((view, raw))
+    }
+
+    /// The RK credentials of the user's project: a fresh API key and secret (the old key
+    /// stops working at once).
+    pub async fn rotate_rk_credentials(&self, user: &User) -> Result<(String, String)> {
+        let (key, secret) = (crypto::random_token("wgk_"), crypto::random_token("wgs_"));
+        let (pid, hash, prefix, sealed) = (
+            user.project_id.clone(),
+            crypto::hash_api_key(&key),
+            key[..12].to_owned(),
+            self.inner.key.seal(secret.as_bytes()),
+        );
+        self.db()
+            .run(move |c| projects::set_credentials(c, &pid, &hash, &prefix, &sealed))
+            .await?;
+        Ok((key, secret))
+    }
+
+    /// The project's API key prefix and its secret (the key itself is stored only hashed).
+    pub async fn rk_credentials(&self, user: &User) -> Result<(String, String, Arc<str>)> {
+        let caller = self.caller_for_project(&user.project_id).await?;
+        let secret =
+            String::from_utf8(caller.project.secret().to_vec()).map_err(Error::internal)?;
+        Ok((
+            caller.project.row.id.clone(),
+            caller.project.row.api_key_prefix.clone(),
+            secret.into(),
+        ))
+    }
+}
