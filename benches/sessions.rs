@@ -1,0 +1,535 @@
+//! Sessions benchmark: N idle connected WhatsApp sessions against wasim (the loopback
+//! WhatsApp server, in this process). The gateway runs as its own process (`wagate serve
+//! --whatsapp-url`, built with the `simulator` feature), so the RSS read from
+//! `/proc/<pid>/status` is the gateway's alone. Prints:
+//!
+//! - the gateway's RSS with 0 sessions (baseline) and with N idle connected sessions, and
+//!   (RSS − baseline) / N per session (target: ≤ 2 MiB at N = 200);
+//! - the time from starting the gateway again on the same database until all N sessions
+//!   report connected (target: 200 sessions in under 10 s).
+//!
+//!   cargo bench --bench sessions --features simulator -- [--sessions 200] [--concurrency 16] [--idle 5]
+//!   (PostgreSQL too: WAGATE_BENCH_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres —
+//!    a scratch database is created and dropped)
+//!
+//! Everything runs on loopback, every wait is bounded, and the gateway process is killed when
+//! the benchmark ends, fails or panics.
+
+use diesel::{Connection, RunQueryDsl};
+use futures::StreamExt;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wagate::client;
+use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
+use wagate::proto::v1::{
+    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, ListSessionsRequest, SessionState,
+};
+
+const SVC: &str = "/wagate.v1.SessionsService/";
+const GATEWAY: &str = env!("CARGO_BIN_EXE_wagate");
+
+struct Opts {
+    sessions: usize,
+    concurrency: usize,
+    idle: u64,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str, default: u64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    Opts {
+        sessions: get("--sessions", 200).clamp(1, 2000) as usize,
+        concurrency: get("--concurrency", 16).clamp(1, 256) as usize,
+        idle: get("--idle", 5).clamp(1, 120),
+    }
+}
+
+/// The gateway process; killed (SIGKILL) when dropped, so a failing or panicking benchmark
+/// never leaves it behind.
+struct Gateway {
+    child: Option<Child>,
+    addr: std::net::SocketAddr,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Gateway {
+    fn spawn(db_url: &str, key: &str, ws_url: &str, log: &Path) -> Gateway {
+        let addr = free_port();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("gateway log");
+        let started = Instant::now();
+        let child = Command::new(GATEWAY)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(["--database-url", db_url, "--master-key", key])
+            .args(["--whatsapp-url", ws_url, "--node-id", "bench"])
+            .env(
+                "RUST_LOG",
+                std::env::var("WAGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("start the gateway (built with --features simulator?)");
+        Gateway {
+            child: Some(child),
+            addr,
+            log: log.to_owned(),
+            started,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!(
+                "the gateway exited with {status}; its log:\n{}",
+                tail(&self.log)
+            );
+        }
+    }
+
+    /// Waits until the gateway answers gRPC, at most 30 s.
+    async fn connect(&mut self) -> Sessions {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://{}", self.addr);
+        loop {
+            self.check_alive();
+            if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                return SessionsServiceClient::new(ch);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen within 30 s; its log:\n{}",
+                tail(&self.log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a graceful exit (at most 30 s, then SIGKILL).
+    fn stop(&mut self) -> Duration {
+        let t0 = Instant::now();
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return t0.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("the gateway did not stop within 30 s of SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+        t0.elapsed()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback port");
+    l.local_addr().unwrap()
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// (VmRSS, RssAnon) of a process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+fn mib(kib: f64) -> f64 {
+    kib / 1024.0
+}
+
+type Sessions = SessionsServiceClient<tonic::transport::Channel>;
+
+#[derive(Clone)]
+struct Project {
+    api_key: String,
+    api_secret: String,
+}
+
+fn signed<T: Message>(p: &Project, method: &str, msg: T) -> tonic::Request<T> {
+    let ts = client::unix_now();
+    let path = format!("{SVC}{method}");
+    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, &path, &msg.encode_to_vec());
+    let mut req = tonic::Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert("x-api-key", p.api_key.parse().unwrap());
+    md.insert("x-timestamp", ts.parse().unwrap());
+    md.insert("x-signature", sig.parse().unwrap());
+    req
+}
+
+/// `wagate project create --json` on the benchmark's database.
+fn create_project(db_url: &str, key: &str, max_sessions: usize) -> Project {
+    let out = Command::new(GATEWAY)
+        .args(["project", "create", "--json", "--name", "bench-sessions"])
+        .args(["--max-sessions", &max_sessions.to_string()])
+        .args(["--database-url", db_url, "--master-key", key])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("wagate project create");
+    assert!(
+        out.status.success(),
+        "wagate project create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("project JSON");
+    Project {
+        api_key: v["api_key"].as_str().expect("api_key").into(),
+        api_secret: v["api_secret"].as_str().expect("api_secret").into(),
+    }
+}
+
+/// Creates one session, waits for its QR, has wasim's phone `phone` scan it and waits until
+/// the session reports connected. Returns how long that took.
+async fn link(
+    mut c: Sessions,
+    p: &Project,
+    admin: &wasim::client::Admin,
+    i: usize,
+    phone: String,
+) -> Duration {
+    let t0 = Instant::now();
+    let s = c
+        .create_session(signed(
+            p,
+            "CreateSession",
+            CreateSessionRequest {
+                name: format!("bench-{i}"),
+                device_code: String::new(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("CreateSession {i}: {e}"))
+        .into_inner()
+        .session
+        .expect("session");
+    let id = s.session_id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let qr = loop {
+        let q = c
+            .get_qr_code(signed(
+                p,
+                "GetQrCode",
+                GetQrCodeRequest {
+                    session_id: id.clone(),
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("GetQrCode {i}: {e}"))
+            .into_inner();
+        if !q.qr_code.is_empty() {
+            break q.qr_code;
+        }
+        assert!(Instant::now() < deadline, "no QR for session {i} in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    admin
+        .scan(&qr, &phone)
+        .await
+        .unwrap_or_else(|e| panic!("scan for session {i}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c
+            .get_session(signed(
+                p,
+                "GetSession",
+                GetSessionRequest {
+                    session_id: id.clone(),
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("GetSession {i}: {e}"))
+            .into_inner()
+            .session
+            .expect("session");
+        if s.state == SessionState::Connected as i32 {
+            return t0.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session {i} not connected 60 s after the scan (state {}, {})",
+            s.state,
+            s.reason
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Number of the project's sessions that report connected, and the total.
+async fn connected(c: &mut Sessions, p: &Project) -> Option<(usize, usize)> {
+    let l = c
+        .list_sessions(signed(p, "ListSessions", ListSessionsRequest::default()))
+        .await
+        .ok()?
+        .into_inner();
+    let n = l
+        .sessions
+        .iter()
+        .filter(|s| s.state == SessionState::Connected as i32)
+        .count();
+    Some((n, l.sessions.len()))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+struct Figures {
+    baseline_kib: u64,
+    loaded_kib: u64,
+    per_session_kib: f64,
+    restore: Duration,
+}
+
+async fn run_backend(
+    label: &str,
+    db_url: &str,
+    o: &Opts,
+    sim: &wasim::ServerHandle,
+    phones: &str,
+) -> Figures {
+    let n = o.sessions;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let key = hex::encode(wagate::crypto::random_bytes::<32>());
+    let ws_url = sim.ws_url();
+    let admin = wasim::client::Admin::new(sim.addr());
+    let project = create_project(db_url, &key, n + 10);
+
+    // Baseline: the gateway up, migrated, serving, with no session.
+    let mut gw = Gateway::spawn(db_url, &key, &ws_url, &log);
+    let mut c = gw.connect().await;
+    connected(&mut c, &project).await.expect("ListSessions");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (baseline, baseline_anon) = rss_kib(gw.pid());
+    println!(
+        "[{label}] baseline (0 sessions): RSS {:.1} MiB (anon {:.1} MiB)",
+        mib(baseline as f64),
+        mib(baseline_anon as f64)
+    );
+
+    // Link N sessions, `concurrency` at a time.
+    let t0 = Instant::now();
+    let mut times: Vec<Duration> = futures::stream::iter(0..n)
+        .map(|i| {
+            let phone = format!("{phones}{i:04}");
+            link(c.clone(), &project, &admin, i, phone)
+        })
+        .buffer_unordered(o.concurrency)
+        .collect()
+        .await;
+    let link_all = t0.elapsed();
+    times.sort_unstable();
+    gw.check_alive();
+    println!(
+        "[{label}] linked {n} sessions in {:.1} s ({} at a time; per session p50 {:.2} s, p99 {:.2} s)",
+        link_all.as_secs_f64(),
+        o.concurrency,
+        percentile(&times, 0.5).as_secs_f64(),
+        percentile(&times, 0.99).as_secs_f64()
+    );
+    let (up, total) = connected(&mut c, &project).await.expect("ListSessions");
+    assert_eq!((up, total), (n, n), "all sessions connected");
+
+    // Idle, then measure.
+    tokio::time::sleep(Duration::from_secs(o.idle)).await;
+    let (up, _) = connected(&mut c, &project).await.expect("ListSessions");
+    assert_eq!(up, n, "all sessions still connected after idling");
+    let (loaded, loaded_anon) = rss_kib(gw.pid());
+    let per = (loaded.saturating_sub(baseline)) as f64 / n as f64;
+    println!(
+        "[{label}] {n} idle connected sessions ({} s idle): RSS {:.1} MiB (anon {:.1} MiB); \
+         (RSS - baseline) / N = {:.0} KiB = {:.2} MiB per session (target <= 2 MiB)",
+        o.idle,
+        mib(loaded as f64),
+        mib(loaded_anon as f64),
+        per,
+        mib(per)
+    );
+
+    // Restart on the same database: time until every session reports connected again.
+    drop(c);
+    let stopped = gw.stop();
+    println!(
+        "[{label}] gateway stopped (SIGTERM) in {:.2} s",
+        stopped.as_secs_f64()
+    );
+    let mut gw = Gateway::spawn(db_url, &key, &ws_url, &log);
+    let mut c = gw.connect().await;
+    let listening = gw.started.elapsed();
+    let deadline = Duration::from_secs(120);
+    let mut first_all = None;
+    let restore = loop {
+        gw.check_alive();
+        if let Some((up, total)) = connected(&mut c, &project).await {
+            if first_all.is_none() && total == n {
+                first_all = Some(gw.started.elapsed());
+            }
+            if up == n {
+                break gw.started.elapsed();
+            }
+            assert!(
+                gw.started.elapsed() < deadline,
+                "only {up}/{n} sessions connected {} s after the restart; gateway log:\n{}",
+                deadline.as_secs(),
+                tail(&log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    println!(
+        "[{label}] restart: listening after {:.2} s, {n} sessions restored and connected {:.2} s \
+         after process start (target < 10 s at N = 200)",
+        listening.as_secs_f64(),
+        restore.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(o.idle)).await;
+    let (restored, restored_anon) = rss_kib(gw.pid());
+    println!(
+        "[{label}] after restore + {} s idle: RSS {:.1} MiB (anon {:.1} MiB); \
+         (RSS - first baseline) / N = {:.2} MiB per session",
+        o.idle,
+        mib(restored as f64),
+        mib(restored_anon as f64),
+        mib(restored.saturating_sub(baseline) as f64 / n as f64)
+    );
+    drop(c);
+    gw.stop();
+    Figures {
+        baseline_kib: baseline,
+        loaded_kib: loaded,
+        per_session_kib: per,
+        restore,
+    }
+}
+
+fn summary(label: &str, n: usize, f: &Figures) {
+    let rss_ok = f.per_session_kib <= 2048.0;
+    let restore_ok = f.restore < Duration::from_secs(10);
+    println!(
+        "SUMMARY {label}: N={n} baseline {:.1} MiB, loaded {:.1} MiB, {:.2} MiB/session [{}], \
+         restore {:.2} s [{}]{}",
+        mib(f.baseline_kib as f64),
+        mib(f.loaded_kib as f64),
+        mib(f.per_session_kib),
+        if rss_ok { "met" } else { "MISSED" },
+        f.restore.as_secs_f64(),
+        if restore_ok { "met" } else { "MISSED" },
+        if n == 200 {
+            ""
+        } else {
+            " (targets are stated for N = 200)"
+        }
+    );
+}
+
+fn main() {
+    let o = opts();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!(
+            "wagate sessions benchmark: N = {} sessions, {} linked at a time, {} s idle, {} CPUs, \
+             loopback, wasim in-process, gateway as its own process",
+            o.sessions,
+            o.concurrency,
+            o.idle,
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
+        // One wasim for all runs; each backend links its own phone numbers.
+        let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("wasim");
+
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = dir.path().join("bench.db").to_string_lossy().into_owned();
+        let f = run_backend("sqlite", &sqlite, &o, &sim, "1555020").await;
+        summary("sqlite", o.sessions, &f);
+
+        match std::env::var("WAGATE_BENCH_DATABASE_URL") {
+            Ok(admin_url) => {
+                let name = format!(
+                    "wagate_bench_{}",
+                    hex::encode(wagate::crypto::random_bytes::<4>())
+                );
+                let mut pg = diesel::PgConnection::establish(&admin_url).expect("PostgreSQL");
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut pg)
+                    .unwrap();
+                let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+                // Drop the scratch database even when the run panics.
+                let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                    run_backend("postgres", &url, &o, &sim, "1555021"),
+                ))
+                .await;
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut pg);
+                match run {
+                    Ok(f) => summary("postgres", o.sessions, &f),
+                    Err(p) => std::panic::resume_unwind(p),
+                }
+            }
+            Err(_) => println!("PostgreSQL skipped: set WAGATE_BENCH_DATABASE_URL"),
+        }
+        sim.shutdown().await;
+    });
+}
