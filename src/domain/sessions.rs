@@ -234,7 +234,7 @@ impl Gateway {
                 at: m.created_at,
             }))
             .collect();
-        items.sort_by(|a, b| b.at.cmp(&a.at));
+        items.sort_by_key(|i| std::cmp::Reverse(i.at));
         Ok(items
             .into_iter()
             .skip(offset as usize)
