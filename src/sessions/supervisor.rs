@@ -172,17 +172,21 @@ async fn on_event(
         }
         Event::Connected(_) => {
             let now = now_ms();
+            let push_name = Some(client.push_name()).filter(|n| !n.is_empty());
             slot.update(|s| {
                 s.state = SessionState::Connected;
                 s.reason = None;
                 s.qr = None;
                 s.pairing_code = None;
                 s.last_connected_at = Some(now);
+                if push_name.is_some() {
+                    s.push_name = push_name.clone();
+                }
             });
             let id = device.clone();
             if let Err(e) = inner
                 .db
-                .run(move |c| sessions::set_connected(c, &id, None, now))
+                .run(move |c| sessions::set_connected(c, &id, push_name.as_deref(), now))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist connected state");
