@@ -194,67 +194,31 @@ fn media_message(
     caption: Option<String>,
 ) -> wa::Message {
     let base = UploadFields::from_upload(up, mime);
+    // The fields every media message shares, plus the per-type extras.
+    macro_rules! media {
+        ($field:ident, $ty:ident; $($k:ident = $v:expr),*) => {
+            wa::Message {
+                $field: MessageField::some(wa::message::$ty {
+                    url: base.url,
+                    direct_path: base.direct_path,
+                    media_key: base.media_key,
+                    file_enc_sha256: base.file_enc_sha256,
+                    file_sha256: base.file_sha256,
+                    file_length: base.file_length,
+                    media_key_timestamp: base.media_key_timestamp,
+                    mimetype: base.mimetype,
+                    $($k: $v,)*
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        };
+    }
     match kind {
-        MediaType::Image => wa::Message {
-            image_message: MessageField::some(wa::message::ImageMessage {
-                url: base.url,
-                direct_path: base.direct_path,
-                media_key: base.media_key,
-                file_enc_sha256: base.file_enc_sha256,
-                file_sha256: base.file_sha256,
-                file_length: base.file_length,
-                media_key_timestamp: base.media_key_timestamp,
-                mimetype: base.mimetype,
-                caption,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        MediaType::Video => wa::Message {
-            video_message: MessageField::some(wa::message::VideoMessage {
-                url: base.url,
-                direct_path: base.direct_path,
-                media_key: base.media_key,
-                file_enc_sha256: base.file_enc_sha256,
-                file_sha256: base.file_sha256,
-                file_length: base.file_length,
-                media_key_timestamp: base.media_key_timestamp,
-                mimetype: base.mimetype,
-                caption,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        MediaType::Audio => wa::Message {
-            audio_message: MessageField::some(wa::message::AudioMessage {
-                url: base.url,
-                direct_path: base.direct_path,
-                media_key: base.media_key,
-                file_enc_sha256: base.file_enc_sha256,
-                file_sha256: base.file_sha256,
-                file_length: base.file_length,
-                media_key_timestamp: base.media_key_timestamp,
-                mimetype: base.mimetype,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        _ => wa::Message {
-            document_message: MessageField::some(wa::message::DocumentMessage {
-                url: base.url,
-                direct_path: base.direct_path,
-                media_key: base.media_key,
-                file_enc_sha256: base.file_enc_sha256,
-                file_sha256: base.file_sha256,
-                file_length: base.file_length,
-                media_key_timestamp: base.media_key_timestamp,
-                mimetype: base.mimetype,
-                file_name: filename,
-                caption,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        MediaType::Image => media!(image_message, ImageMessage; caption = caption),
+        MediaType::Video => media!(video_message, VideoMessage; caption = caption),
+        MediaType::Audio => media!(audio_message, AudioMessage;),
+        _ => media!(document_message, DocumentMessage; file_name = filename, caption = caption),
     }
 }
 
