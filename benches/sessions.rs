@@ -307,8 +307,11 @@ async fn link(
     }
 }
 
-/// Number of the project's sessions that report connected, and the total.
-async fn connected(c: &mut Sessions, p: &Project) -> Option<(usize, usize)> {
+/// Number of the project's sessions that report connected since `since` (Unix ms), and the
+/// total. A session not yet started by this process answers the state stored before the
+/// restart (often "connected"), so the state alone does not prove a reconnect: the
+/// connection must also be newer than the process.
+async fn connected(c: &mut Sessions, p: &Project, since: i64) -> Option<(usize, usize)> {
     let l = c
         .list_sessions(signed(p, "ListSessions", ListSessionsRequest::default()))
         .await
@@ -317,9 +320,21 @@ async fn connected(c: &mut Sessions, p: &Project) -> Option<(usize, usize)> {
     let n = l
         .sessions
         .iter()
-        .filter(|s| s.state == SessionState::Connected as i32)
+        .filter(|s| {
+            s.state == SessionState::Connected as i32
+                && s.last_connected_at
+                    .as_ref()
+                    .is_some_and(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000 >= since)
+        })
         .count();
     Some((n, l.sessions.len()))
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -345,7 +360,12 @@ async fn run_backend(
 ) -> Figures {
     let n = o.sessions;
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("gateway.log");
+    // With WAGATE_BENCH_LOG (the gateway's RUST_LOG) the log is kept for reading afterwards.
+    let log = match std::env::var("WAGATE_BENCH_LOG") {
+        Ok(_) => std::env::temp_dir().join(format!("wagate-bench-sessions-{label}.log")),
+        Err(_) => dir.path().join("gateway.log"),
+    };
+    let _ = std::fs::remove_file(&log);
     let key = hex::encode(wagate::crypto::random_bytes::<32>());
     let ws_url = sim.ws_url();
     let admin = wasim::client::Admin::new(sim.addr());
@@ -354,7 +374,7 @@ async fn run_backend(
     // Baseline: the gateway up, migrated, serving, with no session.
     let mut gw = Gateway::spawn(db_url, &key, &ws_url, &log);
     let mut c = gw.connect().await;
-    connected(&mut c, &project).await.expect("ListSessions");
+    connected(&mut c, &project, 0).await.expect("ListSessions");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (baseline, baseline_anon) = rss_kib(gw.pid());
     println!(
@@ -383,12 +403,12 @@ async fn run_backend(
         percentile(&times, 0.5).as_secs_f64(),
         percentile(&times, 0.99).as_secs_f64()
     );
-    let (up, total) = connected(&mut c, &project).await.expect("ListSessions");
+    let (up, total) = connected(&mut c, &project, 0).await.expect("ListSessions");
     assert_eq!((up, total), (n, n), "all sessions connected");
 
     // Idle, then measure.
     tokio::time::sleep(Duration::from_secs(o.idle)).await;
-    let (up, _) = connected(&mut c, &project).await.expect("ListSessions");
+    let (up, _) = connected(&mut c, &project, 0).await.expect("ListSessions");
     assert_eq!(up, n, "all sessions still connected after idling");
     let (loaded, loaded_anon) = rss_kib(gw.pid());
     let per = (loaded.saturating_sub(baseline)) as f64 / n as f64;
@@ -409,17 +429,14 @@ async fn run_backend(
         "[{label}] gateway stopped (SIGTERM) in {:.2} s",
         stopped.as_secs_f64()
     );
+    let restart_ms = unix_ms();
     let mut gw = Gateway::spawn(db_url, &key, &ws_url, &log);
     let mut c = gw.connect().await;
     let listening = gw.started.elapsed();
     let deadline = Duration::from_secs(120);
-    let mut first_all = None;
     let restore = loop {
         gw.check_alive();
-        if let Some((up, total)) = connected(&mut c, &project).await {
-            if first_all.is_none() && total == n {
-                first_all = Some(gw.started.elapsed());
-            }
+        if let Some((up, _)) = connected(&mut c, &project, restart_ms).await {
             if up == n {
                 break gw.started.elapsed();
             }
