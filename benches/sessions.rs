@@ -8,9 +8,19 @@
 //! - the time from starting the gateway again on the same database until all N sessions
 //!   report connected (target: 200 sessions in under 10 s).
 //!
-//!   cargo bench --bench sessions --features simulator -- [--sessions 200] [--concurrency 16] [--idle 5]
-//!   (PostgreSQL too: WAGATE_BENCH_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres —
-//!    a scratch database is created and dropped)
+//! ```text
+//! cargo bench --bench sessions --features simulator -- [--sessions 200] [--concurrency 16] [--idle 5]
+//! ```
+//!
+//! PostgreSQL too when WAGATE_BENCH_DATABASE_URL is set, e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres` (a scratch database is created and dropped).
+//! WAGATE_BENCH_LOG is the gateway's RUST_LOG (default `warn`); when set, the gateway's log is
+//! kept in the temp directory as `wagate-bench-sessions-<backend>.log`.
+//!
+//! Note on the restore time against wasim: wasim never sets the account's push name (it has no
+//! app-state patches), so whatsapp-rust takes its "fresh pairing" path on every login and waits
+//! up to 10 s (`KEY_SHARE_GRACE_SECS`) for an app-state key share that wasim only sends on a
+//! device's first login. That grace is part of the measured time.
 //!
 //! Everything runs on loopback, every wait is bounded, and the gateway process is killed when
 //! the benchmark ends, fails or panics.
