@@ -8,7 +8,9 @@
 //!
 //! Everything runs on loopback, bounded by --seconds per scenario, and stops by itself.
 
-use diesel::{Connection, RunQueryDsl};
+mod common;
+
+use common::{ScratchPg, flag};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use prost::Message;
@@ -31,17 +33,9 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     Opts {
-        seconds: get("--seconds", 10).clamp(1, 120),
-        connections: get("--connections", 64).clamp(1, 1024) as usize,
+        seconds: flag("--seconds", 10).clamp(1, 120),
+        connections: flag("--connections", 64).clamp(1, 1024) as usize,
     }
 }
 
@@ -396,16 +390,8 @@ fn main() {
             100.0 * rest_sqlite / ceiling
         );
 
-        match std::env::var("WAGATE_BENCH_DATABASE_URL").or_else(|_| std::env::var("WAGATE_TEST_DATABASE_URL")) {
-            Ok(admin_url) => {
-                let name = format!("wagate_bench_{}", hex::encode(wagate::crypto::random_bytes::<4>()));
-                let mut admin = diesel::PgConnection::establish(&admin_url).expect("PostgreSQL");
-                diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).unwrap();
-                let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-                run_backend("postgres", &url, &o).await;
-                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin);
-            }
-            Err(_) => println!("PostgreSQL skipped: set WAGATE_BENCH_DATABASE_URL"),
+        if let Some(pg) = ScratchPg::from_env(&["WAGATE_BENCH_DATABASE_URL", "WAGATE_TEST_DATABASE_URL"]) {
+            run_backend("postgres", &pg.url, &o).await;
         }
     });
 }

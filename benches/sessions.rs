@@ -17,15 +17,17 @@
 //! WAGATE_BENCH_LOG is the gateway's RUST_LOG (default `warn`); when set, the gateway's log is
 //! kept in the temp directory as `wagate-bench-sessions-<backend>.log`.
 //!
-//! Note on the restore time against wasim: wasim never sets the account's push name (it has no
-//! app-state patches), so whatsapp-rust takes its "fresh pairing" path on every login and waits
-//! up to 10 s (`KEY_SHARE_GRACE_SECS`) for an app-state key share that wasim only sends on a
-//! device's first login. That grace is part of the measured time.
+//! Note on the restore time: whatsapp-rust treats a login with no stored push name as a fresh
+//! pairing and waits up to 10 s (`KEY_SHARE_GRACE_SECS`) for an app-state key share. Like a real
+//! phone, wasim's app state gives each new device the account's push name (`setting_pushName`
+//! in `critical_block`), which the device store persists, so restored sessions skip that wait.
 //!
 //! Everything runs on loopback, every wait is bounded, and the gateway process is killed when
 //! the benchmark ends, fails or panics.
 
-use diesel::{Connection, RunQueryDsl};
+mod common;
+
+use common::{ScratchPg, flag};
 use futures::StreamExt;
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -47,18 +49,10 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
     Opts {
-        sessions: get("--sessions", 200).clamp(1, 2000) as usize,
-        concurrency: get("--concurrency", 16).clamp(1, 256) as usize,
-        idle: get("--idle", 5).clamp(1, 120),
+        sessions: flag("--sessions", 200).clamp(1, 2000) as usize,
+        concurrency: flag("--concurrency", 16).clamp(1, 256) as usize,
+        idle: flag("--idle", 5).clamp(1, 120),
     }
 }
 
@@ -532,30 +526,9 @@ fn main() {
         let f = run_backend("sqlite", &sqlite, &o, &sim, "1555020").await;
         summary("sqlite", o.sessions, &f);
 
-        match std::env::var("WAGATE_BENCH_DATABASE_URL") {
-            Ok(admin_url) => {
-                let name = format!(
-                    "wagate_bench_{}",
-                    hex::encode(wagate::crypto::random_bytes::<4>())
-                );
-                let mut pg = diesel::PgConnection::establish(&admin_url).expect("PostgreSQL");
-                diesel::sql_query(format!("CREATE DATABASE {name}"))
-                    .execute(&mut pg)
-                    .unwrap();
-                let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-                // Drop the scratch database even when the run panics.
-                let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                    run_backend("postgres", &url, &o, &sim, "1555021"),
-                ))
-                .await;
-                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut pg);
-                match run {
-                    Ok(f) => summary("postgres", o.sessions, &f),
-                    Err(p) => std::panic::resume_unwind(p),
-                }
-            }
-            Err(_) => println!("PostgreSQL skipped: set WAGATE_BENCH_DATABASE_URL"),
+        if let Some(pg) = ScratchPg::from_env(&["WAGATE_BENCH_DATABASE_URL"]) {
+            let f = run_backend("postgres", &pg.url, &o, &sim, "1555021").await;
+            summary("postgres", o.sessions, &f);
         }
         sim.shutdown().await;
     });

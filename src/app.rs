@@ -18,7 +18,7 @@ use crate::domain::{Gateway, Settings};
 use crate::error::{Error, Result};
 use crate::sessions::{Connector, DbStores, SessionManager};
 use crate::storage::accept::{AcceptWriter, WriterConfig};
-use crate::storage::{Db, messages, now_ms, queue};
+use crate::storage::{Db, messages, now_ms, queue, sessions};
 use crate::transport::rest::envelope::ApiError;
 use crate::transport::{grpc, metrics, rest};
 use std::sync::Arc;
@@ -121,6 +121,12 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         cfg.connector.unwrap_or_else(Connector::whatsapp),
         Arc::new(DbStores::new(db.clone())),
     );
+    let dispatcher = crate::webhooks::dispatcher::Dispatcher::new(
+        db.clone(),
+        cfg.master_key.clone(),
+        cfg.settings.webhooks.clone(),
+        cfg.settings.node_id.clone(),
+    )?;
     let gw = Gateway::new(db, cfg.master_key, cfg.settings, writer, sessions.clone());
 
     let (grpc_router, health) = grpc::router(gw.clone()).await?;
@@ -156,9 +162,10 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
             .await
     });
     let upkeep_gw = gw.clone();
+    let dispatch_stop = stopped.clone();
     let upkeep = tokio::spawn(async move {
         let mut gauges = tokio::time::interval(Duration::from_secs(5));
-        let mut janitor = tokio::time::interval(Duration::from_secs(60));
+        let mut janitor = tokio::time::interval(upkeep_gw.settings().janitor_interval);
         loop {
             tokio::select! {
                 _ = stopped.changed() => return,
@@ -167,14 +174,14 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
             }
         }
     });
-    let restore = gw.sessions().clone();
-    tokio::spawn(async move {
-        match restore.restore_all().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(sessions = n, "restoring linked sessions"),
-            Err(e) => tracing::error!(error = %e, "cannot restore sessions"),
-        }
-    });
+    tokio::spawn(dispatcher.run(dispatch_stop));
+    // Awaited (one UPDATE, then spawns): once `launch` returns, no stored state from before
+    // the restart is reported as current.
+    match gw.sessions().restore_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sessions = n, "restoring linked sessions"),
+        Err(e) => tracing::error!(error = %e, "cannot restore sessions"),
+    }
     tracing::info!(%addr, node = gw.node_id(), backend = ?gw.db().backend(), "wagate listening (REST, gRPC, grpc-web)");
     Ok(Server {
         addr,
@@ -191,17 +198,30 @@ async fn update_gauges(gw: &Gateway) {
         Err(e) => tracing::warn!(error = %e, "queue depth unavailable"),
     }
     ::metrics::gauge!("wagate_accept_backlog").set(gw.accept_backlog() as f64);
+    if let Ok(n) = gw.db().run(crate::storage::webhooks::open_count).await {
+        ::metrics::gauge!("wagate_webhook_backlog").set(n as f64);
+    }
 }
 
-/// Expires messages that can no longer be sent, forgets old idempotency keys and counters.
+/// Expires messages that can no longer be sent, forgets old idempotency keys, counters and
+/// events, and drops media past its retention (a bounded batch per run).
 async fn run_janitor(gw: &Gateway) {
+    const MEDIA_BATCH: i64 = 500;
+    let retention = gw.settings().webhooks.retention.as_millis() as i64;
+    let media_retention = gw.settings().media_retention.map(|d| d.as_millis() as i64);
     let r = gw
         .db()
-        .run(|c| {
+        .run(move |c| {
             let now = now_ms();
+            let media = match media_retention {
+                Some(keep) => sessions::purge_media(c, now - keep, now, MEDIA_BATCH)?,
+                None => 0,
+            };
             Ok((
                 queue::expire_and_exhaust(c, now)?,
-                messages::purge_expired(c, now)?,
+                messages::purge_expired(c, now)?
+                    + crate::storage::events::purge(c, now - retention)?
+                    + media,
             ))
         })
         .await;

@@ -74,6 +74,35 @@ pub struct ServeArgs {
     /// Database connections for reads (writes use dedicated writer connections).
     #[arg(long, env = "WAGATE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
+    /// Allow webhook receivers on loopback, private and link-local addresses.
+    #[arg(long, env = "WAGATE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Per webhook request: connect, send and answer, in seconds.
+    #[arg(long, env = "WAGATE_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+    /// Requests in flight to one webhook from this node (one per session lane).
+    #[arg(long, env = "WAGATE_WEBHOOK_CONCURRENCY", default_value_t = 16)]
+    pub webhook_concurrency: usize,
+    /// First retry delay of a failed delivery, in milliseconds (later ones grow from it).
+    #[arg(long, env = "WAGATE_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
+    /// A delivery still failing this many hours after its event goes to the dead letter.
+    #[arg(long, env = "WAGATE_WEBHOOK_RETRY_HORIZON_HOURS", default_value_t = 24)]
+    pub webhook_retry_horizon_hours: u64,
+    /// After a secret rotation, hours the previous secret still signs.
+    #[arg(
+        long,
+        env = "WAGATE_WEBHOOK_SECRET_OVERLAP_HOURS",
+        default_value_t = 24
+    )]
+    pub webhook_secret_overlap_hours: u64,
+    /// Hours events and finished deliveries are kept (the replay window).
+    #[arg(long, env = "WAGATE_EVENT_RETENTION_HOURS", default_value_t = 168)]
+    pub event_retention_hours: u64,
+    /// Hours media files (sent and received) are kept; 0 keeps them forever. A message
+    /// still waiting to be sent keeps its file.
+    #[arg(long, env = "WAGATE_MEDIA_RETENTION_HOURS", default_value_t = 720)]
+    pub media_retention_hours: u64,
 }
 
 impl ServeArgs {
@@ -111,6 +140,18 @@ impl ServeArgs {
                 .chars()
                 .filter(char::is_ascii_digit)
                 .collect(),
+            webhooks: crate::webhooks::Settings {
+                allow_private: self.webhook_allow_private,
+                timeout: Duration::from_secs(self.webhook_timeout_secs.max(1)),
+                per_webhook_concurrency: self.webhook_concurrency.max(1),
+                retry_base: Duration::from_millis(self.webhook_retry_base_ms.max(10)),
+                retry_horizon: Duration::from_secs(self.webhook_retry_horizon_hours * 3600),
+                secret_overlap: Duration::from_secs(self.webhook_secret_overlap_hours * 3600),
+                retention: Duration::from_secs(self.event_retention_hours.max(1) * 3600),
+                ..crate::webhooks::Settings::default()
+            },
+            media_retention: (self.media_retention_hours > 0)
+                .then(|| Duration::from_secs(self.media_retention_hours * 3600)),
             ..Settings::default()
         }
     }

@@ -72,6 +72,18 @@ pub enum Error {
     DeviceNotFound,
     #[error("session not found")]
     SessionNotFound,
+    #[error("invalid webhook URL: {0}")]
+    InvalidWebhookUrl(String),
+    #[error("webhook not found")]
+    WebhookNotFound,
+    #[error("media not found")]
+    MediaNotFound,
+    #[error("media expired: its retention period is over")]
+    MediaExpired,
+    #[error("delivery not found")]
+    DeliveryNotFound,
+    #[error("event not found: the cursor names no event of this project")]
+    EventNotFound,
     #[error("invalid phone number: 8 to 15 digits with country code")]
     InvalidPhoneNumber,
     #[error("message not found")]
@@ -96,6 +108,10 @@ pub enum Error {
     Overloaded,
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The session's WhatsApp connection cannot do it now (not built yet, stopped, or
+    /// WhatsApp did not answer); the reason is ours and safe to show.
+    #[error("WhatsApp is not reachable for this session: {0}")]
+    WhatsAppUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -137,6 +153,12 @@ impl Error {
             Error::DeviceNotFound => "DEVICE_NOT_FOUND",
             Error::SessionNotFound => "SESSION_NOT_FOUND",
             Error::InvalidPhoneNumber => "INVALID_PHONE_NUMBER",
+            Error::InvalidWebhookUrl(_) => "INVALID_WEBHOOK_URL",
+            Error::WebhookNotFound => "WEBHOOK_NOT_FOUND",
+            Error::DeliveryNotFound => "DELIVERY_NOT_FOUND",
+            Error::MediaNotFound => "MEDIA_NOT_FOUND",
+            Error::MediaExpired => "MEDIA_EXPIRED",
+            Error::EventNotFound => "EVENT_NOT_FOUND",
             Error::MessageNotFound => "MESSAGE_NOT_FOUND",
             Error::ProjectNotFound => "PROJECT_NOT_FOUND",
             Error::RouteNotFound => "NOT_FOUND",
@@ -146,6 +168,7 @@ impl Error {
             Error::QuotaExceeded => "QUOTA_EXCEEDED",
             Error::Overloaded => "SERVER_BUSY",
             Error::Unavailable(_) => "SERVICE_UNAVAILABLE",
+            Error::WhatsAppUnavailable(_) => "WHATSAPP_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }

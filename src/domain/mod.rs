@@ -8,6 +8,7 @@ pub mod media;
 pub mod messaging;
 pub mod qr;
 pub mod sessions;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,12 @@ pub struct Settings {
     pub credential_cache_ttl: Duration,
     /// Prefixed to 10-digit SAK phone numbers (the SAK document's default is India, 91).
     pub default_country_code: String,
+    pub webhooks: crate::webhooks::Settings,
+    /// Media bytes (sent and received) are dropped this long after they were stored, except
+    /// while their message waits to be sent; `None` keeps them forever.
+    pub media_retention: Option<Duration>,
+    /// How often expiry and retention run.
+    pub janitor_interval: Duration,
 }
 
 impl Default for Settings {
@@ -42,6 +49,9 @@ impl Default for Settings {
             max_media_bytes: 10 * 1024 * 1024,
             credential_cache_ttl: Duration::from_secs(30),
             default_country_code: "91".into(),
+            webhooks: crate::webhooks::Settings::default(),
+            media_retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            janitor_interval: Duration::from_secs(60),
         }
     }
 }
@@ -59,7 +69,12 @@ struct Inner {
     writer: AcceptWriter,
     auth: auth::AuthCache,
     sessions: SessionManager,
+    /// Open event streams on this node (each holds a task and polls the database).
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Event streams one node serves at once.
+const MAX_EVENT_STREAMS: usize = 1024;
 
 impl Gateway {
     pub fn new(
@@ -77,6 +92,7 @@ impl Gateway {
                 key,
                 writer,
                 sessions,
+                streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
             }),
         }
     }

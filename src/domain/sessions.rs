@@ -55,7 +55,11 @@ pub struct QrView {
 }
 
 impl Gateway {
-    async fn own_session(&self, caller: &Caller, session_id: &str) -> Result<SessionRow> {
+    pub(crate) async fn own_session(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+    ) -> Result<SessionRow> {
         let id = session_id.to_owned();
         let row = self.db().run(move |c| store::get(c, &id)).await?;
         match row {
@@ -149,7 +153,7 @@ impl Gateway {
         let rx = self
             .sessions()
             .watch(&row.id)
-            .ok_or_else(|| Error::Unavailable("session is not running".into()))?;
+            .ok_or_else(|| Error::WhatsAppUnavailable("the session is not running".into()))?;
         Ok((row, rx))
     }
 }

@@ -181,6 +181,13 @@ impl SessionManager {
             .run(move |c| sessions::get(c, &id))
             .await?
             .ok_or(Error::DeviceNotFound)?;
+        self.start_row(row);
+        Ok(())
+    }
+
+    /// Starts the session of a stored row unless it is already running.
+    fn start_row(&self, row: sessions::SessionRow) {
+        let device_id = row.id.as_str();
         let initial = Snapshot {
             state: if row.wa_jid.is_some() {
                 SessionState::Connecting
@@ -205,13 +212,12 @@ impl SessionManager {
         {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
             if slots.contains_key(device_id) {
-                return Ok(());
+                return;
             }
             slots.insert(row.id.clone(), slot.clone());
         }
         let task = tokio::spawn(supervisor::supervise(self.inner.clone(), slot.clone()));
         *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        Ok(())
     }
 
     /// Stops a session's client gracefully; its store is kept.
@@ -235,13 +241,19 @@ impl SessionManager {
         }
     }
 
-    /// Brings back every linked session at start.
+    /// Brings back every linked session at start: marks them all `connecting` in one
+    /// statement, then starts each (they connect concurrently).
     pub async fn restore_all(&self) -> Result<usize> {
-        let rows = self.inner.db.run(sessions::restorable).await?;
-        for r in &rows {
-            self.start(&r.id).await?;
+        let rows = self
+            .inner
+            .db
+            .run(|c| sessions::begin_restore(c, now_ms()))
+            .await?;
+        let n = rows.len();
+        for row in rows {
+            self.start_row(row);
         }
-        Ok(rows.len())
+        Ok(n)
     }
 
     pub async fn restart(&self, device_id: &str) -> Result<()> {
@@ -291,8 +303,8 @@ impl SessionManager {
             }
             tokio::time::timeout(Duration::from_secs(10), rx.changed())
                 .await
-                .map_err(|_| Error::Unavailable("session is not ready".into()))?
-                .map_err(|_| Error::Unavailable("session stopped".into()))?;
+                .map_err(|_| Error::WhatsAppUnavailable("the session is not ready yet".into()))?
+                .map_err(|_| Error::WhatsAppUnavailable("the session stopped".into()))?;
         };
         let opts = whatsapp_rust::pair_code::PairCodeOptions {
             phone_number: phone.to_owned(),
@@ -300,8 +312,10 @@ impl SessionManager {
         };
         let code = tokio::time::timeout(Duration::from_secs(30), client.pair_with_code(opts))
             .await
-            .map_err(|_| Error::Unavailable("WhatsApp did not answer the pairing request".into()))?
-            .map_err(|e| Error::Unavailable(format!("pairing code request failed: {e}")))?;
+            .map_err(|_| {
+                Error::WhatsAppUnavailable("WhatsApp did not answer the pairing request".into())
+            })?
+            .map_err(|e| Error::WhatsAppUnavailable(format!("the pairing request failed: {e}")))?;
         slot.update(|s| s.pairing_code = Some((code.clone(), now_ms() + 180_000)));
         Ok(code)
     }
@@ -322,9 +336,12 @@ impl SessionManager {
         }
     }
 
-    /// Stops every session (graceful shutdown), in parallel.
+    /// Stops every session (graceful shutdown), in parallel, and records the live ones as
+    /// `disconnected` (a QR that can no longer be scanned as `pending`) so their stored state
+    /// does not claim a connection nobody holds. Terminal states (banned, failed, …) stay:
+    /// the stored state decides, so one written just before the stop is kept.
     pub async fn shutdown(&self) {
-        let ids: Vec<String> = self
+        let live: Vec<String> = self
             .inner
             .slots
             .lock()
@@ -332,7 +349,29 @@ impl SessionManager {
             .keys()
             .cloned()
             .collect();
-        futures::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+        futures::future::join_all(live.iter().map(|id| self.stop(id))).await;
+        if live.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let reason = Some("gateway stopped");
+        let running = [
+            SessionState::Connected.as_str(),
+            SessionState::Connecting.as_str(),
+            SessionState::Disconnected.as_str(),
+        ];
+        let pairing = [SessionState::Qr.as_str()];
+        if let Err(e) = self
+            .inner
+            .db
+            .run(move |c| {
+                sessions::set_states_from(c, &live, &running, "disconnected", reason, now)?;
+                sessions::set_states_from(c, &live, &pairing, "pending", reason, now)
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the sessions as stopped");
+        }
     }
 }
 

@@ -47,10 +47,8 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
             End::Restart => {
                 failures += 1;
                 let delay = Duration::from_secs(1u64 << failures.min(8)).min(MAX_BACKOFF);
-                slot.update(|s| {
-                    s.state = SessionState::Disconnected;
-                    s.reason = Some(format!("restarting in {}s", delay.as_secs()));
-                });
+                let reason = format!("restarting in {}s", delay.as_secs());
+                persist_state(&inner, &slot, SessionState::Disconnected, Some(reason)).await;
                 let mut stop = slot.stop.subscribe();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -70,22 +68,25 @@ async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Stores the state, then shows it: what GetSession or WatchSession report is already durable
+/// (and its `session.status` event recorded), so a reader never sees a state the database
+/// does not hold yet.
 async fn persist_state(inner: &Inner, slot: &Slot, state: SessionState, reason: Option<String>) {
-    slot.update(|s| {
-        s.state = state;
-        s.reason = reason.clone();
-        if state != SessionState::Qr {
-            s.qr = None;
-        }
-    });
-    let id = slot.device_id.clone();
+    let (id, stored) = (slot.device_id.clone(), reason.clone());
     if let Err(e) = inner
         .db
-        .run(move |c| sessions::set_state(c, &id, state.as_str(), reason.as_deref(), now_ms()))
+        .run(move |c| sessions::set_state(c, &id, state.as_str(), stored.as_deref(), now_ms()))
         .await
     {
         tracing::warn!(device = %slot.device_id, error = %e, "cannot persist session state");
     }
+    slot.update(|s| {
+        s.state = state;
+        s.reason = reason;
+        if state != SessionState::Qr {
+            s.qr = None;
+        }
+    });
 }
 
 async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
@@ -152,27 +153,45 @@ async fn on_event(
     match ev {
         Event::PairingQrCode(q) => {
             let until = now_ms() + q.timeout.as_millis() as i64;
-            slot.update(|s| s.qr = Some((q.code.clone(), until)));
-            persist_state(inner, slot, SessionState::Qr, None).await;
-            slot.update(|s| s.qr = Some((q.code.clone(), until)));
+            let (id, code) = (device.clone(), q.code.clone());
+            if let Err(e) = inner
+                .db
+                .run(move |c| sessions::set_qr(c, &id, &code, now_ms()))
+                .await
+            {
+                tracing::warn!(device, error = %e, "cannot persist the QR state");
+            }
+            slot.update(|s| {
+                s.state = SessionState::Qr;
+                s.reason = None;
+                s.qr = Some((q.code.clone(), until));
+            });
         }
         Event::PairSuccess(p) => {
             let phone = p.id.user.to_string();
             let (jid, lid) = (p.id.to_string(), p.lid.to_string());
-            slot.update(|s| s.phone = Some(phone.clone()));
-            let id = device.clone();
+            let (id, stored) = (device.clone(), phone.clone());
             if let Err(e) = inner
                 .db
-                .run(move |c| sessions::set_account(c, &id, &jid, Some(&lid), &phone, now_ms()))
+                .run(move |c| sessions::set_account(c, &id, &jid, Some(&lid), &stored, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist the linked account");
             }
+            slot.update(|s| s.phone = Some(phone));
             persist_state(inner, slot, SessionState::Connecting, None).await;
         }
         Event::Connected(_) => {
             let now = now_ms();
             let push_name = Some(client.push_name()).filter(|n| !n.is_empty());
+            let (id, stored) = (device.clone(), push_name.clone());
+            if let Err(e) = inner
+                .db
+                .run(move |c| sessions::set_connected(c, &id, stored.as_deref(), now))
+                .await
+            {
+                tracing::warn!(device, error = %e, "cannot persist connected state");
+            }
             slot.update(|s| {
                 s.state = SessionState::Connected;
                 s.reason = None;
@@ -180,17 +199,9 @@ async fn on_event(
                 s.pairing_code = None;
                 s.last_connected_at = Some(now);
                 if push_name.is_some() {
-                    s.push_name = push_name.clone();
+                    s.push_name = push_name;
                 }
             });
-            let id = device.clone();
-            if let Err(e) = inner
-                .db
-                .run(move |c| sessions::set_connected(c, &id, push_name.as_deref(), now))
-                .await
-            {
-                tracing::warn!(device, error = %e, "cannot persist connected state");
-            }
             slot.wake.notify_one();
         }
         Event::Disconnected(d) => {
@@ -208,17 +219,17 @@ async fn on_event(
                 tracing::error!(device, error = %e, "cannot wipe the device store after logout");
             }
             let reason = format!("logged out: {:?}", l.reason);
-            slot.update(|s| {
-                s.state = SessionState::LoggedOut;
-                s.reason = Some(reason.clone());
-            });
-            let id = device.clone();
+            let (id, stored) = (device.clone(), reason.clone());
             let _ = inner
                 .db
                 .run(move |c| {
-                    sessions::clear_account(c, &id, "logged_out", Some(&reason), now_ms())
+                    sessions::clear_account(c, &id, "logged_out", Some(&stored), now_ms())
                 })
                 .await;
+            slot.update(|s| {
+                s.state = SessionState::LoggedOut;
+                s.reason = Some(reason);
+            });
             return Some(End::Final);
         }
         Event::StreamReplaced(_) => {

@@ -6,12 +6,14 @@
 pub mod accept;
 pub mod accounts;
 pub mod device_store;
+pub mod events;
 pub mod messages;
 pub mod models;
 pub mod projects;
 pub mod queue;
 pub mod schema;
 pub mod sessions;
+pub mod webhooks;
 
 use diesel::Connection;
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
@@ -19,7 +21,10 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
@@ -96,9 +101,11 @@ impl Manager {
                 let mut c = SqliteConnection::establish(&self.url)?;
                 // WAL lets readers run beside the single writer; synchronous=FULL makes each
                 // commit durable before a 201 is answered (group commit amortises the fsync).
+                // busy_timeout first: switching to WAL needs a lock another connection
+                // (e.g. a server closing on the same file) may still hold for a moment.
                 c.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
                 )
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(DbConn::Sqlite(c))
@@ -135,6 +142,18 @@ pub type PooledConn = r2d2::PooledConnection<Manager>;
 pub struct Db {
     pool: Pool,
     manager: Manager,
+    /// Bumped after a [`Db::run`] that recorded events returns (i.e. after its commit): wakes
+    /// webhook delivery and event streams on this node at once. Other nodes poll.
+    events: Arc<watch::Sender<u64>>,
+}
+
+thread_local! {
+    static EVENT_WRITTEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks that the work running on this thread recorded an event (see [`Db::run`]).
+pub(crate) fn note_event_written() {
+    EVENT_WRITTEN.with(|f| f.set(true));
 }
 
 /// Splits a database URL into backend and the string diesel's driver expects.
@@ -164,7 +183,11 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager.clone())
             .map_err(|e| Error::Unavailable(format!("cannot open database pool: {e}")))?;
-        Ok(Db { pool, manager })
+        Ok(Db {
+            pool,
+            manager,
+            events: Arc::new(watch::channel(0).0),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -203,12 +226,23 @@ impl Db {
         F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
     {
         let pool = self.pool.clone();
+        let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
+            EVENT_WRITTEN.with(|f| f.set(false));
             let mut conn = pool.get()?;
-            f(&mut conn)
+            let out = f(&mut conn);
+            if EVENT_WRITTEN.with(|f| f.replace(false)) {
+                events.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            out
         })
         .await
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// Changes whenever events were recorded on this node.
+    pub fn event_signal(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
     }
 }
 

@@ -135,7 +135,8 @@ pub fn retry_later(
     Ok(n == 1)
 }
 
-/// A permanent failure. Returns false if the claim was lost meanwhile.
+/// A permanent failure, with its `message.status` event. Returns false if the claim was lost
+/// meanwhile.
 pub fn fail(
     conn: &mut DbConn,
     id: &str,
@@ -145,53 +146,65 @@ pub fn fail(
     error: &str,
     now: i64,
 ) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(fenced!(id, node, token))
+    conn.transaction(|conn| {
+        let n = on_conn!(conn, c => diesel::update(fenced!(id, node, token))
+            .set((
+                messages::status.eq(FAILED),
+                messages::error_code.eq(code),
+                messages::error_message.eq(error),
+                messages::failed_at.eq(now),
+                messages::claimed_by.eq(None::<String>),
+                messages::claim_expires_at.eq(None::<i64>),
+            ))
+            .execute(c))?;
+        if n == 1 {
+            super::events::message_statuses(conn, &[id.to_owned()], now)?;
+        }
+        Ok(n == 1)
+    })
+}
+
+/// Fails queued messages that can no longer be sent: past their expiry, or out of attempts
+/// after their last lease ran out (a worker that died mid-send every time). Each failure
+/// gets its `message.status` event.
+pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
+    conn.transaction(|conn| {
+        let expired: Vec<String> = on_conn!(conn, c => diesel::update(
+            messages::table
+                .filter(messages::status.eq(QUEUED))
+                .filter(messages::expires_at.le(now))
+                .filter(messages::claim_expires_at.is_null().or(messages::claim_expires_at.lt(now))),
+        )
         .set((
             messages::status.eq(FAILED),
-            messages::error_code.eq(code),
-            messages::error_message.eq(error),
+            messages::error_code.eq(EXPIRED_CODE),
+            messages::error_message.eq("message expired before it could be sent"),
             messages::failed_at.eq(now),
             messages::claimed_by.eq(None::<String>),
             messages::claim_expires_at.eq(None::<i64>),
         ))
-        .execute(c))?;
-    Ok(n == 1)
-}
-
-/// Fails queued messages that can no longer be sent: past their expiry, or out of attempts
-/// after their last lease ran out (a worker that died mid-send every time).
-pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
-    let expired = on_conn!(conn, c => diesel::update(
-        messages::table
-            .filter(messages::status.eq(QUEUED))
-            .filter(messages::expires_at.le(now))
-            .filter(messages::claim_expires_at.is_null().or(messages::claim_expires_at.lt(now))),
-    )
-    .set((
-        messages::status.eq(FAILED),
-        messages::error_code.eq(EXPIRED_CODE),
-        messages::error_message.eq("message expired before it could be sent"),
-        messages::failed_at.eq(now),
-        messages::claimed_by.eq(None::<String>),
-        messages::claim_expires_at.eq(None::<i64>),
-    ))
-    .execute(c))?;
-    let exhausted = on_conn!(conn, c => diesel::update(
-        messages::table
-            .filter(messages::status.eq(QUEUED))
-            .filter(messages::attempts.ge(messages::max_attempts))
-            .filter(messages::claim_expires_at.lt(now)),
-    )
-    .set((
-        messages::status.eq(FAILED),
-        messages::error_code.eq(EXHAUSTED_CODE),
-        messages::error_message.eq("no attempts left: the sending worker did not complete"),
-        messages::failed_at.eq(now),
-        messages::claimed_by.eq(None::<String>),
-        messages::claim_expires_at.eq(None::<i64>),
-    ))
-    .execute(c))?;
-    Ok(expired + exhausted)
+        .returning(messages::id)
+        .get_results(c))?;
+        let exhausted: Vec<String> = on_conn!(conn, c => diesel::update(
+            messages::table
+                .filter(messages::status.eq(QUEUED))
+                .filter(messages::attempts.ge(messages::max_attempts))
+                .filter(messages::claim_expires_at.lt(now)),
+        )
+        .set((
+            messages::status.eq(FAILED),
+            messages::error_code.eq(EXHAUSTED_CODE),
+            messages::error_message.eq("no attempts left: the sending worker did not complete"),
+            messages::failed_at.eq(now),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .returning(messages::id)
+        .get_results(c))?;
+        super::events::message_statuses(conn, &expired, now)?;
+        super::events::message_statuses(conn, &exhausted, now)?;
+        Ok(expired.len() + exhausted.len())
+    })
 }
 
 /// Exponential backoff with ±20 % jitter: 5 s, 10 s, 20 s … capped at 10 minutes.

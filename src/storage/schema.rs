@@ -44,6 +44,7 @@ diesel::table! {
         size_bytes -> BigInt,
         data -> Binary,
         created_at -> BigInt,
+        purged_at -> Nullable<BigInt>,
     }
 }
 
@@ -226,3 +227,83 @@ diesel::table! {
         message_ts -> BigInt,
     }
 }
+
+// --- webhooks and events (src/storage/events.rs, src/storage/webhooks.rs) ---
+
+diesel::table! {
+    webhooks (id) {
+        id -> Text,
+        project_id -> Text,
+        device_id -> Nullable<Text>,
+        url -> Text,
+        events -> Text,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        secret_enc -> Text,
+        previous_secret_enc -> Nullable<Text>,
+        previous_secret_expires_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    events (seq) {
+        seq -> BigInt,
+        txid -> BigInt,
+        id -> Text,
+        project_id -> Text,
+        device_id -> Nullable<Text>,
+        kind -> Text,
+        data -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (seq) {
+        seq -> BigInt,
+        id -> Text,
+        webhook_id -> Text,
+        event_id -> Text,
+        lane -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_status_code -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (seq) {
+        seq -> BigInt,
+        delivery_id -> Text,
+        status_code -> Nullable<Integer>,
+        latency_ms -> BigInt,
+        error -> Nullable<Text>,
+        at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_lanes (webhook_id, lane) {
+        webhook_id -> Text,
+        lane -> Text,
+        owner -> Nullable<Text>,
+        lease_until -> BigInt,
+        blocked_until -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    webhooks,
+    events,
+    webhook_deliveries,
+    webhook_attempts,
+    webhook_lanes,
+    devices
+);

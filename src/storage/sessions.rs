@@ -1,13 +1,15 @@
 //! What the session supervisor persists: a session's account and state, inbound messages,
-//! and the acks and receipts of outbound ones.
+//! and the acks and receipts of outbound ones — each change with its event, in one transaction.
 
 use diesel::prelude::*;
 
 use super::DbConn;
+use super::events;
 use super::models::NewMedia;
 use super::queue::{DELIVERED, QUEUED, READ, SENT};
 use super::schema::{devices, inbound_messages, media, messages};
 use crate::error::Result;
+use crate::events as ev;
 use crate::on_conn;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -41,16 +43,34 @@ pub fn list(conn: &mut DbConn, project_id: &str) -> Result<Vec<SessionRow>> {
         .load(c))?)
 }
 
-/// Sessions to bring back at start: every one that was ever linked and not logged out.
-pub fn restorable(conn: &mut DbConn) -> Result<Vec<SessionRow>> {
-    Ok(on_conn!(conn, c => devices::table
-        .filter(devices::wa_jid.is_not_null())
-        .filter(devices::state.ne_all(["logged_out", "replaced", "deleted"]))
-        .order(devices::created_at.asc())
-        .select(SessionRow::as_select())
-        .load(c))?)
+/// Sessions to bring back at start (every one that was ever linked and not logged out),
+/// marked `connecting` in the same statement: the state stored before the restart would
+/// otherwise be read back as current until each session reconnects.
+pub fn begin_restore(conn: &mut DbConn, now: i64) -> Result<Vec<SessionRow>> {
+    const REASON: &str = "restoring after a gateway start";
+    conn.transaction(|conn| {
+        let mut rows: Vec<SessionRow> = on_conn!(conn, c => diesel::update(
+            devices::table
+                .filter(devices::wa_jid.is_not_null())
+                .filter(devices::state.ne_all(["logged_out", "replaced", "deleted"])),
+        )
+        .set((
+            devices::state.eq("connecting"),
+            devices::state_reason.eq(REASON),
+            devices::updated_at.eq(now),
+        ))
+        .returning(SessionRow::as_returning())
+        .get_results(c))?;
+        rows.sort_by_key(|r| r.created_at);
+        for r in &rows {
+            events::session_status(conn, &r.id, "connecting", Some(REASON), None, now)?;
+        }
+        Ok(rows)
+    })
 }
 
+/// Records a state change and, when the state or its reason really changed, its
+/// `session.status` event in the same transaction.
 pub fn set_state(
     conn: &mut DbConn,
     device_id: &str,
@@ -58,10 +78,62 @@ pub fn set_state(
     reason: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+    conn.transaction(|conn| {
+        let before: Option<(String, Option<String>)> = on_conn!(conn, c => devices::table
+            .find(device_id)
+            .select((devices::state, devices::state_reason))
+            .first(c)
+            .optional())?;
+        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+            .set((devices::state.eq(state), devices::state_reason.eq(reason), devices::updated_at.eq(now)))
+            .execute(c))?;
+        let changed = before.is_some_and(|(s, r)| s != state || r.as_deref() != reason);
+        if changed {
+            events::session_status(conn, device_id, state, reason, None, now)?;
+        }
+        Ok(())
+    })
+}
+
+/// A new pairing QR code: state `qr` and a `session.status` event carrying the code.
+pub fn set_qr(conn: &mut DbConn, device_id: &str, code: &str, now: i64) -> Result<()> {
+    conn.transaction(|conn| {
+        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+            .set((devices::state.eq("qr"), devices::state_reason.eq(None::<String>), devices::updated_at.eq(now)))
+            .execute(c))?;
+        events::session_status(conn, device_id, "qr", None, Some(code), now)
+    })
+}
+
+/// Moves those of `device_ids` whose stored state is one of `from` to `state` (with
+/// `session.status` events), in one transaction. Deciding on the stored state, not on a
+/// caller's earlier reading, keeps a state written meanwhile (say `banned`) from being
+/// overwritten. Returns the ids that moved.
+pub fn set_states_from(
+    conn: &mut DbConn,
+    device_ids: &[String],
+    from: &[&str],
+    state: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<Vec<String>> {
+    if device_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    conn.transaction(|conn| {
+        let moved: Vec<String> = on_conn!(conn, c => diesel::update(
+            devices::table
+                .filter(devices::id.eq_any(device_ids))
+                .filter(devices::state.eq_any(from)),
+        )
         .set((devices::state.eq(state), devices::state_reason.eq(reason), devices::updated_at.eq(now)))
-        .execute(c))?;
-    Ok(())
+        .returning(devices::id)
+        .get_results(c))?;
+        for id in &moved {
+            events::session_status(conn, id, state, reason, None, now)?;
+        }
+        Ok(moved)
+    })
 }
 
 pub fn set_account(
@@ -84,18 +156,20 @@ pub fn set_connected(
     push_name: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-        .set((
-            devices::state.eq("connected"),
-            devices::state_reason.eq(None::<String>),
-            devices::last_connected_at.eq(now),
-            devices::updated_at.eq(now),
-        ))
-        .execute(c))?;
-    if let Some(name) = push_name {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id)).set(devices::push_name.eq(name)).execute(c))?;
-    }
-    Ok(())
+    conn.transaction(|conn| {
+        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+            .set((
+                devices::state.eq("connected"),
+                devices::state_reason.eq(None::<String>),
+                devices::last_connected_at.eq(now),
+                devices::updated_at.eq(now),
+            ))
+            .execute(c))?;
+        if let Some(name) = push_name {
+            on_conn!(conn, c => diesel::update(devices::table.find(device_id)).set(devices::push_name.eq(name)).execute(c))?;
+        }
+        events::session_status(conn, device_id, "connected", None, None, now)
+    })
 }
 
 /// Forgets the linked account (after a logout), keeping the session slot.
@@ -106,16 +180,18 @@ pub fn clear_account(
     reason: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-        .set((
-            devices::wa_jid.eq(None::<String>),
-            devices::wa_lid.eq(None::<String>),
-            devices::state.eq(state),
-            devices::state_reason.eq(reason),
-            devices::updated_at.eq(now),
-        ))
-        .execute(c))?;
-    Ok(())
+    conn.transaction(|conn| {
+        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+            .set((
+                devices::wa_jid.eq(None::<String>),
+                devices::wa_lid.eq(None::<String>),
+                devices::state.eq(state),
+                devices::state_reason.eq(reason),
+                devices::updated_at.eq(now),
+            ))
+            .execute(c))?;
+        events::session_status(conn, device_id, state, reason, None, now)
+    })
 }
 
 pub fn delete(conn: &mut DbConn, device_id: &str) -> Result<bool> {
@@ -170,30 +246,36 @@ pub fn mark_dispatched(
     Ok(n == 1)
 }
 
-/// Server ack: `queued → sent`. Returns the ids of the messages that changed.
+/// Server ack: `queued → sent`, with its `message.status` event. Returns the ids of the
+/// messages that changed.
 pub fn mark_acked(
     conn: &mut DbConn,
     device_id: &str,
     wa_message_id: &str,
     now: i64,
 ) -> Result<Vec<String>> {
-    Ok(on_conn!(conn, c => diesel::update(
-        messages::table
-            .filter(messages::device_id.eq(device_id))
-            .filter(messages::wa_message_id.eq(wa_message_id))
-            .filter(messages::status.eq(QUEUED)),
-    )
-    .set((
-        messages::status.eq(SENT),
-        messages::sent_at.eq(now),
-        messages::claimed_by.eq(None::<String>),
-        messages::claim_expires_at.eq(None::<i64>),
-    ))
-    .returning(messages::id)
-    .get_results(c))?)
+    conn.transaction(|conn| {
+        let changed: Vec<String> = on_conn!(conn, c => diesel::update(
+            messages::table
+                .filter(messages::device_id.eq(device_id))
+                .filter(messages::wa_message_id.eq(wa_message_id))
+                .filter(messages::status.eq(QUEUED)),
+        )
+        .set((
+            messages::status.eq(SENT),
+            messages::sent_at.eq(now),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .returning(messages::id)
+        .get_results(c))?;
+        events::message_statuses(conn, &changed, now)?;
+        Ok(changed)
+    })
 }
 
-/// Delivery or read receipt; statuses only move forward. Returns the ids that changed.
+/// Delivery or read receipt; statuses only move forward. Returns the ids that changed, each
+/// with its `message.status` event.
 pub fn mark_receipt(
     conn: &mut DbConn,
     device_id: &str,
@@ -207,25 +289,28 @@ pub fn mark_receipt(
         &[QUEUED, SENT]
     };
     let status = if read { READ } else { DELIVERED };
-    let changed: Vec<String> = on_conn!(conn, c => diesel::update(
-        messages::table
-            .filter(messages::device_id.eq(device_id))
-            .filter(messages::wa_message_id.eq_any(wa_ids))
-            .filter(messages::status.eq_any(from)),
-    )
-    .set(messages::status.eq(status))
-    .returning(messages::id)
-    .get_results(c))?;
-    // Fill the times of the steps a receipt implies (a read implies delivered and sent).
-    on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::sent_at.is_null()))
-        .set(messages::sent_at.eq(now)).execute(c))?;
-    on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::delivered_at.is_null()))
-        .set(messages::delivered_at.eq(now)).execute(c))?;
-    if read {
-        on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)))
-            .set(messages::read_at.eq(now)).execute(c))?;
-    }
-    Ok(changed)
+    conn.transaction(|conn| {
+        let changed: Vec<String> = on_conn!(conn, c => diesel::update(
+            messages::table
+                .filter(messages::device_id.eq(device_id))
+                .filter(messages::wa_message_id.eq_any(wa_ids))
+                .filter(messages::status.eq_any(from)),
+        )
+        .set(messages::status.eq(status))
+        .returning(messages::id)
+        .get_results(c))?;
+        // Fill the times of the steps a receipt implies (a read implies delivered and sent).
+        on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::sent_at.is_null()))
+            .set(messages::sent_at.eq(now)).execute(c))?;
+        on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::delivered_at.is_null()))
+            .set(messages::delivered_at.eq(now)).execute(c))?;
+        if read {
+            on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)))
+                .set(messages::read_at.eq(now)).execute(c))?;
+        }
+        events::message_statuses(conn, &changed, now)?;
+        Ok(changed)
+    })
 }
 
 /// A stored media file.
@@ -236,12 +321,52 @@ pub struct MediaBlob {
     pub data: Vec<u8>,
 }
 
+/// A media file's bytes, unless they were dropped after the retention period.
 pub fn media_bytes(conn: &mut DbConn, media_id: &str) -> Result<Option<MediaBlob>> {
     Ok(on_conn!(conn, c => media::table
         .find(media_id)
+        .filter(media::purged_at.is_null())
         .select((media::mime_type, media::filename, media::data))
         .first(c)
         .optional())?)
+}
+
+/// A project's stored media file (the project check keeps tenants apart), with the time its
+/// bytes were dropped if the retention period is over.
+pub fn project_media(
+    conn: &mut DbConn,
+    project_id: &str,
+    media_id: &str,
+) -> Result<Option<(MediaBlob, Option<i64>)>> {
+    Ok(on_conn!(conn, c => media::table
+        .filter(media::id.eq(media_id))
+        .filter(media::project_id.eq(project_id))
+        .select(((media::mime_type, media::filename, media::data), media::purged_at))
+        .first(c)
+        .optional())?)
+}
+
+/// Drops the bytes of up to `limit` media files stored before `before`, keeping those of
+/// messages still waiting to be sent; the rows (type, size, digest) stay for history.
+/// Returns how many were dropped.
+pub fn purge_media(conn: &mut DbConn, before: i64, now: i64, limit: i64) -> Result<usize> {
+    use super::schema::messages;
+    on_conn!(conn, c => {
+        let waiting = messages::table
+            .filter(messages::status.eq(super::queue::QUEUED))
+            .filter(messages::media_id.is_not_null())
+            .select(messages::media_id.assume_not_null());
+        let ids: Vec<String> = media::table
+            .filter(media::purged_at.is_null())
+            .filter(media::created_at.lt(before))
+            .filter(diesel::dsl::not(media::id.eq_any(waiting)))
+            .select(media::id)
+            .limit(limit)
+            .load(c)?;
+        Ok(diesel::update(media::table.filter(media::id.eq_any(&ids)))
+            .set((media::data.eq(Vec::<u8>::new()), media::purged_at.eq(now)))
+            .execute(c)?)
+    })
 }
 
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
@@ -283,6 +408,34 @@ pub fn insert_inbound(
             on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
         }
         on_conn!(conn, c => diesel::insert_into(inbound_messages::table).values(row).execute(c))?;
+        let fields = ev::message_received(&ev::Inbound {
+            wa_message_id: &row.wa_message_id,
+            chat_jid: &row.chat_jid,
+            sender_jid: &row.sender_jid,
+            sender_phone: row.sender_phone.as_deref(),
+            sender_lid: row.sender_lid.as_deref(),
+            push_name: row.push_name.as_deref(),
+            kind: &row.kind,
+            body: row.body.as_deref(),
+            sent_at_ms: row.sent_at,
+            media: media_row.map(|m| ev::MediaRef {
+                id: &m.id,
+                mime_type: &m.mime_type,
+                size: m.size_bytes,
+                sha256: &m.sha256,
+                filename: m.filename.as_deref(),
+            }),
+        });
+        events::record(
+            conn,
+            ev::NewEvent {
+                project_id: row.project_id.clone(),
+                device_id: Some(row.device_id.clone()),
+                kind: ev::MESSAGE_RECEIVED,
+                fields,
+            },
+            row.created_at,
+        )?;
         Ok(true)
     })
 }

@@ -2,19 +2,19 @@
 
 use prost::Message;
 use tonic::metadata::MetadataValue;
-use wagate::client;
 use wagate::proto::v1::messaging_service_client::MessagingServiceClient;
 use wagate::proto::v1::{
     GetMessageStatusRequest, MessageStatus, MessageType, SendMessageRequest, SendMessageResponse,
 };
 
 use crate::on_both_backends;
-use crate::support::{TestDb, TestProject, TestServer};
+use crate::support::{TestDb, TestProject, TestServer, WebFrames, grpc_web_call};
 
 on_both_backends!(
     grpc_send_and_status,
     grpc_errors_carry_stable_codes,
-    grpc_web_send
+    grpc_web_send,
+    grpc_web_watch_session
 );
 
 const SEND: &str = "/wagate.v1.MessagingService/SendMessage";
@@ -173,32 +173,7 @@ async fn grpc_web_send(db: TestDb) {
     let t = TestServer::start(db).await;
     let p = t.project().await;
     let msg = text("from a browser").encode_to_vec();
-    let ts = client::unix_now();
-    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, SEND, &msg);
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&msg);
-    let resp = t
-        .http
-        .post(t.url(SEND))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .header("origin", "http://console.example")
-        .header("x-api-key", &p.api_key)
-        .header("x-timestamp", &ts)
-        .header("x-signature", sig)
-        .header("x-device-code", &p.device_code)
-        .body(frame)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/grpc-web")
-    );
+    let resp = grpc_web_call(&t, &p, SEND, &msg).await;
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let body = resp.bytes().await.unwrap();
     // Data frame, then the trailers frame (flag 0x80).
@@ -234,4 +209,69 @@ async fn grpc_web_send(db: TestDb) {
         allowed.contains("x-signature") && allowed.contains("x-grpc-web"),
         "{allowed}"
     );
+}
+
+/// A browser following a session over grpc-web: the server stream's messages arrive as
+/// data frames on one HTTP/1.1 response, the current state first, then every change.
+async fn grpc_web_watch_session(db: TestDb) {
+    use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
+    use wagate::proto::v1::{
+        CreateSessionRequest, SessionState, WatchSessionRequest, WatchSessionResponse,
+    };
+    const SVC: &str = "/wagate.v1.SessionsService/";
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("wasim");
+    let admin = wasim::client::Admin::new(sim.addr());
+    let t = TestServer::start_sim(db, wagate::crypto::MasterKey::generate(), "node-1", &sim).await;
+    let p = t.project().await;
+    let mut c = SessionsServiceClient::connect(t.base.clone())
+        .await
+        .expect("gRPC connect");
+    let create = format!("{SVC}CreateSession");
+    let s = c
+        .create_session(signed(
+            &p,
+            &create,
+            CreateSessionRequest {
+                name: "web".into(),
+                device_code: String::new(),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .session
+        .expect("session");
+
+    let path = format!("{SVC}WatchSession");
+    let msg = WatchSessionRequest {
+        session_id: s.session_id.clone(),
+    }
+    .encode_to_vec();
+    let mut frames = WebFrames::new(grpc_web_call(&t, &p, &path, &msg).await);
+    // The current state first, for this session.
+    let first = frames.message::<WatchSessionResponse>().await;
+    let session = first.session.expect("session");
+    assert_eq!(session.session_id, s.session_id);
+    assert!(
+        [SessionState::Pending as i32, SessionState::Qr as i32].contains(&session.state),
+        "{session:?}"
+    );
+    // Then the QR code, which the phone scans, and the state changes up to connected.
+    let mut qr = first.qr_code;
+    while qr.is_empty() {
+        qr = frames.message::<WatchSessionResponse>().await.qr_code;
+    }
+    admin.scan(&qr, "15550105001").await.expect("scan");
+    loop {
+        let m = frames.message::<WatchSessionResponse>().await;
+        let state = m.session.expect("session").state;
+        if state == SessionState::Connected as i32 {
+            break;
+        }
+    }
+    drop(frames);
+    t.server.shutdown().await;
+    sim.shutdown().await;
 }

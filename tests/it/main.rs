@@ -3,9 +3,11 @@ mod support;
 
 mod device_store;
 mod grpc;
+mod openapi;
 mod queue;
 mod rk_api;
 mod sak_api;
 mod server;
 mod sessions;
 mod wasim;
+mod webhooks;

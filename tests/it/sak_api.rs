@@ -7,20 +7,25 @@ use wagate::client::Multipart;
 use wagate::crypto::MasterKey;
 
 use crate::on_both_backends;
-use crate::support::{TestDb, TestProject, TestServer, assert_error, eventually, files, read};
+use crate::support::{
+    TestDb, TestProject, TestServer, assert_error, eventually, files, read, settings,
+};
 
-on_both_backends!(sak_accounts_sessions_and_messages);
+on_both_backends!(
+    sak_accounts_sessions_and_messages,
+    media_is_served_then_expires
+);
 
-struct Sak<'a> {
-    t: &'a TestServer,
+pub(crate) struct Sak<'a> {
+    pub t: &'a TestServer,
 }
 
 impl Sak<'_> {
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.t.http.request(method, self.t.url(path))
     }
 
-    async fn post(&self, path: &str, auth: (&str, &str), body: Value) -> (u16, Value) {
+    pub async fn post(&self, path: &str, auth: (&str, &str), body: Value) -> (u16, Value) {
         let mut r = self
             .req(reqwest::Method::POST, path)
             .header("content-type", "application/json")
@@ -31,16 +36,24 @@ impl Sak<'_> {
         read(r.send().await.unwrap()).await
     }
 
-    async fn get(&self, path: &str, auth: (&str, &str)) -> (u16, Value) {
+    pub async fn get(&self, path: &str, auth: (&str, &str)) -> (u16, Value) {
         let mut r = self.req(reqwest::Method::GET, path);
         if !auth.0.is_empty() {
             r = r.header(auth.0, auth.1);
         }
         read(r.send().await.unwrap()).await
     }
+
+    /// Registers an account and returns its `Authorization: Bearer …` value.
+    pub async fn register(&self, email: &str) -> String {
+        let body = json!({"email": email, "password": "correct horse"});
+        let (code, reg) = self.post("/api/v1/auth/register", ("", ""), body).await;
+        assert_eq!(code, 201, "{reg}");
+        format!("Bearer {}", reg["data"]["token"].as_str().unwrap())
+    }
 }
 
-async fn link(
+pub(crate) async fn link(
     s: &Sak<'_>,
     auth: (&str, &str),
     id: &str,
@@ -364,6 +377,160 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
         401,
         "INVALID_API_KEY",
     );
+
+    // Restart while WhatsApp holds logins: A's status is not the stored "connected" of the
+    // stopped process; it reads connecting until A is let in.
+    admin.hold_logins(true).await.unwrap();
+    let (dbh, key) = t.stop().await;
+    let t = TestServer::start_sim(dbh, key, "node-sak-2", &sim).await;
+    let s = Sak { t: &t };
+    let (code, st) = s.get(&format!("/api/v1/sessions/{a_id}/status"), jwt).await;
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(st["data"]["status"], "connecting", "{st}");
+    assert_eq!(st["data"]["connected"], false, "{st}");
+    admin.hold_logins(false).await.unwrap();
+    eventually(20, "A connected again", || async {
+        let (_, b) = s.get(&format!("/api/v1/sessions/{a_id}/status"), jwt).await;
+        (b["data"]["connected"] == true).then_some(())
+    })
+    .await;
+    t.server.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Inbound media is downloadable by its reference, then, past the retention period, its bytes
+/// are dropped (`410 MEDIA_EXPIRED`) while the message stays in the history; a message still
+/// waiting to be sent keeps its file.
+async fn media_is_served_then_expires(db: TestDb) {
+    use wagate::storage::{Db, sessions as store};
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = wasim::client::Admin::new(sim.addr());
+    let retention = std::time::Duration::from_secs(6);
+    let cfg = wagate::domain::Settings {
+        media_retention: Some(retention),
+        janitor_interval: std::time::Duration::from_millis(200),
+        ..settings("node-media")
+    };
+    let t = TestServer::start_sim_with(db, MasterKey::generate(), cfg, &sim).await;
+    let s = Sak { t: &t };
+    let bearer = s.register("media@example.com").await;
+    let jwt = ("authorization", bearer.as_str());
+    let mut sessions = Vec::new();
+    for name in ["A", "B", "C"] {
+        let (code, b) = s
+            .post("/api/v1/sessions", jwt, json!({ "name": name }))
+            .await;
+        assert_eq!(code, 201, "{b}");
+        let id = b["data"]["sessionId"].as_str().unwrap().to_owned();
+        let key = b["data"]["apiKey"].as_str().unwrap().to_owned();
+        sessions.push((id, key));
+    }
+    let [(a, a_key), (b, b_key), (_c, c_key)] = &sessions[..] else {
+        unreachable!()
+    };
+    let (pa, pb) = ("15550305001", "15550305002");
+    link(&s, jwt, a, pa, &admin).await;
+    link(&s, jwt, b, pb, &admin).await;
+
+    let send_image = |key: String, to: &'static str| {
+        let (ct, body) = Multipart::new()
+            .text("to", to)
+            .text("caption", "kept for a while")
+            .file("image", "p.jpg", "image/jpeg", files::JPEG)
+            .finish();
+        let req = s
+            .req(reqwest::Method::POST, "/api/v1/messages/send-image")
+            .header("x-api-key", key)
+            .header("content-type", ct)
+            .body(body);
+        async move { read(req.send().await.unwrap()).await }
+    };
+    let (code, sent) = send_image(a_key.clone(), pb).await;
+    assert_eq!(code, 201, "{sent}");
+    // C is not linked: its message waits, and keeps its file past the retention period.
+    let (code, waiting) = send_image(c_key.clone(), pb).await;
+    assert_eq!(code, 201, "{waiting}");
+
+    let db = Db::open(&t.db.url, 2).unwrap();
+    let inbound = eventually(20, "B's inbound image", || {
+        let (db, b) = (db.clone(), b.clone());
+        async move {
+            let rows = db
+                .run(move |c| store::list_inbound(c, &b, 50, 0))
+                .await
+                .unwrap();
+            rows.into_iter().find(|r| r.kind == "image")
+        }
+    })
+    .await;
+    let media_id = inbound.media_id.expect("inbound media stored");
+    let download = || {
+        s.req(reqwest::Method::GET, &format!("/api/v1/media/{media_id}"))
+            .header(jwt.0, jwt.1)
+            .send()
+    };
+    let resp = download().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.bytes().await.unwrap(), files::JPEG, "byte-identical");
+    assert_error(
+        &s.get("/api/v1/media/no-such-media", jwt).await,
+        404,
+        "MEDIA_NOT_FOUND",
+    );
+
+    let expired = eventually(20, "the media to expire", || async {
+        let resp = download().await.unwrap();
+        if resp.status() == 410 {
+            Some(read(resp).await)
+        } else {
+            assert_eq!(resp.status(), 200, "until it expires, it is served");
+            None
+        }
+    })
+    .await;
+    assert_error(&expired, 410, "MEDIA_EXPIRED");
+    let (_, history) = s
+        .get("/api/v1/messages/history", ("x-api-key", b_key))
+        .await;
+    assert!(
+        history["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["type"] == "image" && m["direction"] == "inbound"),
+        "the message stays in the history: {history}"
+    );
+    let media_of = |message_id: String| {
+        let db = db.clone();
+        async move {
+            db.run(move |c| {
+                use diesel::prelude::*;
+                use wagate::storage::schema::messages;
+                let mid: Option<String> = wagate::on_conn!(c, c => messages::table
+                    .filter(messages::id.eq(&message_id))
+                    .select(messages::media_id)
+                    .first(c))?;
+                store::media_bytes(c, &mid.expect("media message"))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let sent_id = sent["data"]["messageId"].as_str().unwrap().to_owned();
+    // Once sent (its server ack may be recorded a moment after B got it), at the next run.
+    eventually(10, "the sent file to be dropped", || {
+        let sent = media_of(sent_id.clone());
+        async move { sent.await.is_none().then_some(()) }
+    })
+    .await;
+    let waiting_id = waiting["data"]["messageId"].as_str().unwrap().to_owned();
+    let kept = media_of(waiting_id)
+        .await
+        .expect("the waiting file is kept");
+    assert_eq!(kept.data, files::JPEG);
     t.server.shutdown().await;
     sim.shutdown().await;
 }

@@ -7,14 +7,20 @@ use wagate::client::Multipart;
 use wagate::crypto::MasterKey;
 use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
 use wagate::proto::v1::{
-    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, Session, SessionState,
+    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, ListSessionsRequest,
+    RestartSessionRequest, Session, SessionState,
 };
 use wagate::storage::{Db, sessions as store};
 
 use crate::on_both_backends;
 use crate::support::{TestDb, TestProject, TestServer, eventually, files, grpc_signed, read};
 
-on_both_backends!(sessions_link_send_receive_restart);
+on_both_backends!(
+    sessions_link_send_receive_restart,
+    session_state_is_not_stale_after_restart,
+    banned_session_stays_banned,
+    outdated_client_fails_for_good,
+);
 
 const SVC: &str = "/wagate.v1.SessionsService/";
 
@@ -268,5 +274,164 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     let s = wait_state(&mut c, &p, &b.session_id, SessionState::LoggedOut, 20).await;
     assert!(!s.reason.is_empty());
     t.server.shutdown().await;
+    sim.shutdown().await;
+}
+
+async fn start_sim() -> (wasim::ServerHandle, wasim::client::Admin) {
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("wasim");
+    let admin = wasim::client::Admin::new(sim.addr());
+    (sim, admin)
+}
+
+async fn stored_state(db: &Db, id: &str) -> (String, Option<String>) {
+    let id = id.to_owned();
+    let row = db
+        .run(move |c| store::get(c, &id))
+        .await
+        .unwrap()
+        .expect("session row");
+    (row.state, row.state_reason)
+}
+
+/// After a restart the stored state from before it is never reported as current: a graceful
+/// stop records `disconnected`, and a restored session reads `connecting` until it logs in.
+async fn session_state_is_not_stale_after_restart(db: TestDb) {
+    let (sim, admin) = start_sim().await;
+    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
+    let p = t.project().await;
+    let mut c = client(&t).await;
+    let a = linked(&mut c, &p, &admin, "A", "15550102001").await;
+    let id = a.session_id.clone();
+
+    let (dbh, key) = t.stop().await;
+    let db = Db::open(&dbh.url, 2).unwrap();
+    assert_eq!(
+        stored_state(&db, &id).await,
+        ("disconnected".into(), Some("gateway stopped".into()))
+    );
+    // As after a crash: the row still claims the connection of the gone process.
+    {
+        let id = id.clone();
+        db.run(move |c| store::set_state(c, &id, "connected", None, 1))
+            .await
+            .unwrap();
+    }
+
+    // WhatsApp does not let the session in yet, so it cannot be connected.
+    admin.hold_logins(true).await.unwrap();
+    let t = TestServer::start_sim(dbh, key, "node-2", &sim).await;
+    let mut c = client(&t).await;
+    assert_eq!(stored_state(&db, &id).await.0, "connecting");
+    let s = get(&mut c, &p, &id).await;
+    assert_eq!(s.state, SessionState::Connecting as i32, "{s:?}");
+    let req = grpc_signed(
+        &p,
+        &format!("{SVC}ListSessions"),
+        ListSessionsRequest::default(),
+    );
+    let listed = c.list_sessions(req).await.unwrap().into_inner().sessions;
+    let s = listed.iter().find(|s| s.session_id == id).expect("listed");
+    assert_eq!(s.state, SessionState::Connecting as i32, "{s:?}");
+
+    admin.hold_logins(false).await.unwrap();
+    wait_state(&mut c, &p, &id, SessionState::Connected, 20).await;
+    eventually(10, "connected stored", || {
+        let db = db.clone();
+        let id = id.clone();
+        async move { (stored_state(&db, &id).await.0 == "connected").then_some(()) }
+    })
+    .await;
+    t.server.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Long enough for a supervisor that (wrongly) restarted a session to have reconnected it:
+/// its first backoff is 2 s. Not a speed assertion: it only gives a wrong restart its chance.
+const RESTART_CHANCE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Whether wasim has a live connection for any device of `phone`.
+async fn connected_at_wasim(admin: &wasim::client::Admin, phone: &str) -> bool {
+    let accounts = admin.accounts().await.unwrap();
+    accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["phone"] == phone)
+        .flat_map(|a| a["devices"].as_array().cloned().unwrap_or_default())
+        .any(|d| d["connected"] == true)
+}
+
+async fn restart_session(c: &mut Client, p: &TestProject, id: &str) {
+    let req = grpc_signed(
+        p,
+        &format!("{SVC}RestartSession"),
+        RestartSessionRequest {
+            session_id: id.into(),
+        },
+    );
+    c.restart_session(req).await.expect("restart");
+}
+
+/// A ban at WhatsApp shows as `banned` with its reason, and the session is not restarted
+/// (even once the ban is lifted) until asked to.
+async fn banned_session_stays_banned(db: TestDb) {
+    let (sim, admin) = start_sim().await;
+    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
+    let p = t.project().await;
+    let mut c = client(&t).await;
+    let phone = "15550103001";
+    let a = linked(&mut c, &p, &admin, "A", phone).await;
+
+    admin.ban(phone, 3600).await.unwrap();
+    let s = wait_state(&mut c, &p, &a.session_id, SessionState::Banned, 20).await;
+    assert!(s.reason.starts_with("temporarily banned"), "{s:?}");
+    assert!(s.reason.contains(" for "), "the ban's duration: {s:?}");
+    let db = Db::open(&t.db.url, 2).unwrap();
+    assert_eq!(stored_state(&db, &a.session_id).await.0, "banned");
+
+    admin.ban(phone, 0).await.unwrap();
+    tokio::time::sleep(RESTART_CHANCE).await;
+    assert!(!connected_at_wasim(&admin, phone).await, "not restarted");
+    let s = get(&mut c, &p, &a.session_id).await;
+    assert_eq!(s.state, SessionState::Banned as i32, "{s:?}");
+
+    // Restarted on request, it connects again.
+    restart_session(&mut c, &p, &a.session_id).await;
+    wait_state(&mut c, &p, &a.session_id, SessionState::Connected, 20).await;
+    t.server.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// WhatsApp refusing the client version (405) shows as `failed` ("client outdated…"), and
+/// the session is not restarted: the same build would only be refused again.
+async fn outdated_client_fails_for_good(db: TestDb) {
+    let (sim, admin) = start_sim().await;
+    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
+    let p = t.project().await;
+    let mut c = client(&t).await;
+    let phone = "15550104001";
+    let a = linked(&mut c, &p, &admin, "A", phone).await;
+
+    let (x, y, z) = wasim::client::CLIENT_VERSION;
+    admin.min_version(Some((x, y, z + 1))).await.unwrap();
+    admin.kick(phone).await.unwrap();
+    let s = wait_state(&mut c, &p, &a.session_id, SessionState::Failed, 20).await;
+    assert!(s.reason.starts_with("client outdated"), "{s:?}");
+    let db = Db::open(&t.db.url, 2).unwrap();
+    assert_eq!(stored_state(&db, &a.session_id).await.0, "failed");
+
+    admin.min_version(None).await.unwrap();
+    tokio::time::sleep(RESTART_CHANCE).await;
+    assert!(!connected_at_wasim(&admin, phone).await, "not restarted");
+    let s = get(&mut c, &p, &a.session_id).await;
+    assert_eq!(s.state, SessionState::Failed as i32, "{s:?}");
+    // A graceful stop records running sessions as disconnected, but keeps this one's reason.
+    let (dbh, _) = t.stop().await;
+    let db = Db::open(&dbh.url, 2).unwrap();
+    let (state, reason) = stored_state(&db, &a.session_id).await;
+    assert_eq!(state, "failed");
+    assert!(reason.unwrap_or_default().starts_with("client outdated"));
     sim.shutdown().await;
 }

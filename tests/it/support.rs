@@ -127,6 +127,19 @@ pub fn settings(node: &str) -> Settings {
     }
 }
 
+/// Settings for webhook tests: loopback receivers allowed, fast retries.
+pub fn webhook_settings(node: &str) -> Settings {
+    Settings {
+        webhooks: wagate::webhooks::Settings {
+            allow_private: true,
+            retry_base: Duration::from_millis(100),
+            timeout: Duration::from_secs(3),
+            ..wagate::webhooks::Settings::default()
+        },
+        ..settings(node)
+    }
+}
+
 impl TestServer {
     pub async fn start(db: TestDb) -> TestServer {
         Self::start_with(db, MasterKey::generate(), settings("node-test")).await
@@ -143,12 +156,21 @@ impl TestServer {
         node: &str,
         sim: &wasim::ServerHandle,
     ) -> TestServer {
+        Self::start_sim_with(db, key, settings(node), sim).await
+    }
+
+    pub async fn start_sim_with(
+        db: TestDb,
+        key: MasterKey,
+        settings: Settings,
+        sim: &wasim::ServerHandle,
+    ) -> TestServer {
         let connector = wagate::sessions::Connector {
             transport: std::sync::Arc::new(wasim::client::transport_factory(&sim.ws_url())),
             http: std::sync::Arc::new(wasim::client::SimHttpClient::new(sim.addr())),
             version: Some(wasim::client::CLIENT_VERSION),
         };
-        Self::start_full(db, key, settings(node), Some(connector)).await
+        Self::start_full(db, key, settings, Some(connector)).await
     }
 
     async fn start_full(
@@ -329,6 +351,87 @@ pub fn grpc_signed<T: prost::Message>(p: &TestProject, path: &str, msg: T) -> to
         md.insert("x-device-code", p.device_code.parse().unwrap());
     }
     req
+}
+
+/// A signed call made the way a browser makes it over grpc-web: HTTP/1.1 POST,
+/// `application/grpc-web+proto`, the message in one length-prefixed frame.
+pub async fn grpc_web_call(
+    t: &TestServer,
+    p: &TestProject,
+    path: &str,
+    msg: &[u8],
+) -> reqwest::Response {
+    let ts = client::unix_now();
+    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, path, msg);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(msg);
+    let mut req = t
+        .http
+        .post(t.url(path))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("origin", "http://console.example")
+        .header("x-api-key", &p.api_key)
+        .header("x-timestamp", &ts)
+        .header("x-signature", sig);
+    if !p.device_code.is_empty() {
+        req = req.header("x-device-code", &p.device_code);
+    }
+    let resp = req.body(frame).send().await.expect("grpc-web request");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web")
+    );
+    resp
+}
+
+/// A grpc-web call's body so far: its frames (flag, payload) as they arrive.
+pub struct WebFrames {
+    pub resp: reqwest::Response,
+    pub buf: Vec<u8>,
+}
+
+impl WebFrames {
+    pub fn new(resp: reqwest::Response) -> Self {
+        WebFrames {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next whole frame; `None` when the body ended.
+    pub async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    let frame: Vec<u8> = self.buf.drain(..5 + len).collect();
+                    return Some((frame[0], frame[5..].to_vec()));
+                }
+            }
+            let chunk = self.resp.chunk().await.expect("body chunk")?;
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next stream message, which must come within 20 s as a data frame.
+    pub async fn message<M: prost::Message + Default>(&mut self) -> M {
+        let (flag, data) = tokio::time::timeout(Duration::from_secs(20), self.next())
+            .await
+            .expect("a stream message in time")
+            .expect("the stream stays open");
+        assert_eq!(
+            flag,
+            0,
+            "a data frame, not trailers: {}",
+            String::from_utf8_lossy(&data)
+        );
+        M::decode(data.as_slice()).expect("a stream message")
+    }
 }
 
 /// Polls `f` every 100 ms until it yields `Some`, for at most `secs` seconds.

@@ -12,7 +12,7 @@ use wasim::waproto::buffa::MessageField;
 use wasim::waproto::whatsapp as wa;
 use wasim::whatsapp_rust::download::MediaType;
 use wasim::whatsapp_rust::pair_code::PairCodeOptions;
-use wasim::whatsapp_rust::store::traits::Backend;
+use wasim::whatsapp_rust::store::traits::{Backend, DeviceStore};
 use wasim::whatsapp_rust::types::events::Event;
 use wasim::whatsapp_rust::wacore::iq::groups::{GroupCreateOptions, GroupParticipantOptions};
 use wasim::whatsapp_rust::{Jid, UploadOptions};
@@ -93,6 +93,8 @@ async fn qr_scan_connects() {
     let acc = &accounts[0];
     assert_eq!(acc["phone"], "15550000100");
     assert_eq!(acc["devices"][0]["connected"], true);
+    // The name comes from the phone's app state (setting_pushName), not from the client.
+    assert_eq!(c.client().push_name(), "wasim 15550000100");
     c.stop().await;
     server.shutdown().await;
 }
@@ -270,6 +272,13 @@ async fn restart_on_persisted_store_logs_in_without_qr() {
     let server = start_server().await;
     let (a, store) = paired(&server, "15550000401").await;
     a.stop().await;
+    // A stored push name is what lets the next login skip the fresh-pairing bootstrap
+    // (and its 10 s wait for an app-state key share).
+    let device = DeviceStore::load(&*store)
+        .await
+        .expect("load device")
+        .expect("device stored");
+    assert_eq!(device.push_name, "wasim 15550000401");
 
     let mut a = TestClient::start(server.addr(), store, ClientOptions::default())
         .await

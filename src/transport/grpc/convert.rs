@@ -13,6 +13,16 @@ pub fn timestamp(ms: i64) -> Timestamp {
     }
 }
 
+/// The inverse of [`timestamp`]: Unix milliseconds.
+pub fn millis(t: &Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// Proto3 strings cannot be absent; an empty one means "not given".
+pub fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
 pub fn struct_to_json(s: Struct) -> Value {
     Value::Object(
         s.fields

@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::caller;
 use super::convert::{
-    json_to_struct, kind_from_proto, kind_to_proto, status_from_proto, status_to_proto,
+    json_to_struct, kind_from_proto, kind_to_proto, non_empty, status_from_proto, status_to_proto,
     struct_to_json, timestamp,
 };
 use crate::domain::Gateway;
@@ -30,10 +30,6 @@ fn metadata<T>(req: &Request<T>, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_owned())
-}
-
-fn non_empty(s: String) -> Option<String> {
-    if s.is_empty() { None } else { Some(s) }
 }
 
 fn to_proto(m: MessageView) -> Message {

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod messaging;
 pub mod sessions;
 pub mod status;
+pub mod webhooks;
 
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
@@ -12,6 +13,7 @@ use tonic_health::server::HealthReporter;
 use crate::domain::Gateway;
 use crate::proto::v1::messaging_service_server::MessagingServiceServer;
 use crate::proto::v1::sessions_service_server::SessionsServiceServer;
+use crate::proto::v1::webhooks_service_server::WebhooksServiceServer;
 
 /// The gRPC router: authenticated services, health, reflection; grpc-web translated in front.
 pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate::error::Error> {
@@ -29,8 +31,13 @@ pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate
         .set_serving::<SessionsServiceServer<sessions::SessionsApi>>()
         .await;
     let sessions = SessionsServiceServer::new(sessions::SessionsApi::new(gw.clone()));
+    health
+        .set_serving::<WebhooksServiceServer<webhooks::WebhooksApi>>()
+        .await;
+    let webhooks = WebhooksServiceServer::new(webhooks::WebhooksApi::new(gw.clone()));
     let router = Routes::new(messaging)
         .add_service(sessions)
+        .add_service(webhooks)
         .add_service(health_service)
         .add_service(reflection)
         .prepare()

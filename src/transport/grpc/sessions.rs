@@ -6,7 +6,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
-use super::convert::timestamp;
+use super::convert::{non_empty, timestamp};
 use crate::domain::Gateway;
 use crate::domain::sessions::SessionView;
 use crate::proto::v1::sessions_service_server::SessionsService;
@@ -48,10 +48,6 @@ fn to_proto(v: SessionView) -> Session {
         last_connected_at: v.last_connected_at.map(timestamp),
         created_at: Some(timestamp(v.created_at)),
     }
-}
-
-fn non_empty(s: String) -> Option<String> {
-    if s.is_empty() { None } else { Some(s) }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchSessionResponse, Status>> + Send>>;

@@ -33,16 +33,24 @@ pub fn grpc_code(e: &Error) -> Code {
         | Error::UnsupportedMediaType(_)
         | Error::InvalidPayload(_)
         | Error::InvalidPhoneNumber
+        | Error::InvalidWebhookUrl(_)
         | Error::PayloadTooLarge => Code::InvalidArgument,
         Error::IdempotencyConflict | Error::DeviceCodeTaken => Code::AlreadyExists,
         Error::DeviceNotFound
         | Error::SessionNotFound
         | Error::MessageNotFound
+        | Error::WebhookNotFound
+        | Error::DeliveryNotFound
+        | Error::MediaNotFound
+        | Error::MediaExpired
+        | Error::EventNotFound
         | Error::ProjectNotFound
         | Error::RouteNotFound => Code::NotFound,
         Error::MethodNotAllowed => Code::Unimplemented,
         Error::RateLimited { .. } | Error::QuotaExceeded => Code::ResourceExhausted,
-        Error::Overloaded | Error::Unavailable(_) => Code::Unavailable,
+        Error::Overloaded | Error::Unavailable(_) | Error::WhatsAppUnavailable(_) => {
+            Code::Unavailable
+        }
         Error::Internal(_) => Code::Internal,
     }
 }

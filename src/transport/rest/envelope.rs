@@ -68,7 +68,8 @@ pub fn http_status(e: &Error) -> StatusCode {
         | Error::MessageTooLong(_)
         | Error::MediaRequired
         | Error::InvalidPayload(_)
-        | Error::InvalidPhoneNumber => StatusCode::BAD_REQUEST,
+        | Error::InvalidPhoneNumber
+        | Error::InvalidWebhookUrl(_) => StatusCode::BAD_REQUEST,
         Error::UnsupportedContentType | Error::UnsupportedMediaType(_) => {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         }
@@ -77,12 +78,19 @@ pub fn http_status(e: &Error) -> StatusCode {
         Error::DeviceNotFound
         | Error::SessionNotFound
         | Error::MessageNotFound
+        | Error::WebhookNotFound
+        | Error::DeliveryNotFound
+        | Error::MediaNotFound
+        | Error::EventNotFound
         | Error::ProjectNotFound
         | Error::RouteNotFound => StatusCode::NOT_FOUND,
+        Error::MediaExpired => StatusCode::GONE,
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::QuotaExceeded => StatusCode::FORBIDDEN,
-        Error::Overloaded | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Overloaded | Error::Unavailable(_) | Error::WhatsAppUnavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -118,6 +126,12 @@ impl IntoResponse for ApiError {
         if matches!(e, Error::Overloaded) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
+        // A body too large is answered before it was read, so the connection cannot carry
+        // another request: say so, or a keep-alive client reuses it and sees it cut.
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -1,8 +1,8 @@
 //! `POST /api/v1/send`, `GET /api/v1/status/{id}`, `GET /api/v1/messages` (RK Connect).
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{authenticate, header_str};
 use super::envelope::{ApiResult, ErrorBody, success};
+use super::extract::{Path, Query};
 use crate::domain::Gateway;
 use crate::domain::messaging::{ListQuery, MediaUpload, MessageView, SendCommand, rfc3339};
 use crate::error::Error;
@@ -139,8 +140,7 @@ async fn decode_send(headers: &HeaderMap, body: Bytes) -> Result<SendCommand, Er
         .trim()
         .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
-        let j: SendJson =
-            serde_json::from_slice(&body).map_err(|e| Error::InvalidJson(e.to_string()))?;
+        let j: SendJson = super::extract::json_object(&body)?;
         return Ok(SendCommand {
             recipient: recipient_text(j.recipient)?,
             kind: j.kind,
@@ -275,10 +275,9 @@ pub async fn list(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    Query(p): Query<ListParams>,
 ) -> ApiResult {
     let caller = authenticate(&gw, &method, &uri, &headers, b"").await?;
-    let Query(p) = query.map_err(|e| Error::InvalidRequest(e.body_text()))?;
     let page = gw
         .list_messages(
             &caller,

@@ -2,11 +2,13 @@
 
 pub mod auth;
 pub mod envelope;
+pub mod extract;
 pub mod form;
 pub mod messaging;
 pub mod openapi;
 pub mod ratelimit;
 pub mod sak;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -53,6 +55,33 @@ fn sak_routes() -> Router<Gateway> {
         )
         .route("/api/v1/sessions/{id}/logout", post(sak::logout_session))
         .route("/api/v1/sessions/{id}/restart", post(sak::restart_session))
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::remove),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/redeliver-failed",
+            post(webhooks::redeliver_failed),
+        )
+        .route("/api/v1/media/{id}", get(webhooks::media))
         .layer(from_fn_with_state(general, ratelimit::limit));
     let messages = Router::new()
         .route("/api/v1/messages/send", post(sak::send_text))
@@ -61,6 +90,7 @@ fn sak_routes() -> Router<Gateway> {
         .route("/api/v1/messages/send-video", post(sak::send_video))
         .route("/api/v1/messages/send-audio", post(sak::send_audio))
         .route("/api/v1/messages/history", get(sak::history))
+        .route("/api/v1/webhooks/test", post(webhooks::test))
         .layer(from_fn_with_state(messaging, ratelimit::limit));
     auth_routes.merge(manage).merge(messages)
 }

@@ -2,25 +2,76 @@
 
 use axum::Json;
 use axum::response::IntoResponse;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::envelope::{ErrorBody, Meta};
 use super::messaging::{MessageList, SendData, SendForm, SendJson, StatusData};
+use super::{messaging, sak, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "wagate REST API",
-        description = "RK Connect compatible messaging API. Every request is signed: \
-            X-SIGNATURE = hex HMAC-SHA256(api_secret, X-API-KEY + X-TIMESTAMP + raw_body); \
-            the Mekari/Qontak `Authorization: hmac ...` scheme is accepted too. \
-            Errors are {\"success\":false,\"message\",\"code\"}."
+        description = "Two compatible surfaces over the same sessions and messages.\n\n\
+            RK Connect (`/api/v1/send`, `/api/v1/status/{id}`, `/api/v1/messages`): every \
+            request is signed, X-SIGNATURE = hex HMAC-SHA256(api_secret, X-API-KEY + \
+            X-TIMESTAMP + raw_body); the Mekari/Qontak `Authorization: hmac ...` scheme is \
+            accepted too.\n\n\
+            SAK self-hosted API (`/api/v1/auth`, `/api/v1/sessions`, `/api/v1/messages/*`, \
+            `/api/v1/webhooks`): a JWT (`Authorization: Bearer`) or a user API key \
+            (`x-api-key`) manages; messaging takes a session API key, or a user API key plus \
+            `x-session-id`.\n\n\
+            Errors are {\"success\":false,\"message\",\"code\"} with a stable `code`."
     ),
-    paths(super::messaging::send, super::messaging::status, super::messaging::list),
+    paths(
+        messaging::send, messaging::status, messaging::list,
+        sak::register, sak::login, sak::create_api_key, sak::list_api_keys,
+        sak::rk_credentials, sak::rotate_rk_credentials,
+        sak::create_session, sak::list_sessions, sak::session_status, sak::session_qr,
+        sak::delete_session, sak::pairing_code, sak::logout_session, sak::restart_session,
+        sak::send_text, sak::send_image, sak::send_document, sak::send_video, sak::send_audio,
+        sak::history,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
+        webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::redeliver,
+        webhooks::redeliver_failed, webhooks::media,
+    ),
     components(schemas(SendJson, SendForm, SendData, StatusData, MessageList, ErrorBody, Meta)),
-    tags((name = "messages", description = "outbound messages"))
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "messages", description = "RK Connect: signed send and status"),
+        (name = "auth", description = "SAK: accounts, JWT, API keys, the project's RK credentials"),
+        (name = "sessions", description = "SAK: WhatsApp sessions, QR and pairing code"),
+        (name = "messages (SAK)", description = "SAK: send through a session, history"),
+        (name = "webhooks", description = "signed webhooks, delivery log and replay, inbound media"),
+    )
 )]
 pub struct ApiDoc;
+
+/// The SAK credentials: a JWT from login, or an API key (user or session).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-api-key",
+                "a user API key (with x-session-id where a session is meant) or a session API key",
+            ))),
+        );
+    }
+}
 
 pub async fn serve() -> impl IntoResponse {
     Json(ApiDoc::openapi())

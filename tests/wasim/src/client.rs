@@ -164,18 +164,11 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Options for [`TestClient::start`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
-    /// Push name; set so a restarted client skips the push-name bootstrap.
-    pub push_name: String,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            push_name: "wasim".to_string(),
-        }
-    }
+    /// A push name to start with. Unset, the client learns the account's name
+    /// from the phone's app state, as a freshly linked device does.
+    pub push_name: Option<String>,
 }
 
 /// A running whatsapp-rust bot connected to a wasim server, with its events.
@@ -195,13 +188,12 @@ impl TestClient {
         opts: ClientOptions,
     ) -> Result<Self> {
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
-        let bot = Bot::builder()
+        let mut builder = Bot::builder()
             .with_backend_arc(backend)
             .with_transport_factory(transport_factory(&format!("ws://{server_addr}/ws/chat")))
             .with_http_client(SimHttpClient::new(server_addr))
             .with_runtime(TokioRuntime)
             .with_version(CLIENT_VERSION)
-            .with_push_name(opts.push_name)
             .skip_history_sync()
             .on_event(move |ev, _client| {
                 let tx = tx.clone();
@@ -210,7 +202,11 @@ impl TestClient {
                         tracing::warn!("test client event buffer full; event dropped");
                     }
                 }
-            })
+            });
+        if let Some(name) = opts.push_name {
+            builder = builder.with_push_name(name);
+        }
+        let bot = builder
             .build()
             .await
             .map_err(|e| anyhow!("build bot: {e}"))?;
@@ -366,6 +362,27 @@ impl Admin {
             "POST",
             &format!("accounts/{phone}/ban"),
             Some(serde_json::json!({ "seconds": seconds })),
+        )
+        .await
+    }
+
+    /// Holds every login unanswered (`true`); `false` answers the held ones.
+    pub async fn hold_logins(&self, hold: bool) -> Result<serde_json::Value> {
+        self.call(
+            "POST",
+            "hold-logins",
+            Some(serde_json::json!({ "hold": hold })),
+        )
+        .await
+    }
+
+    /// Refuses client versions older than `version` at login (405); `None` lifts it.
+    pub async fn min_version(&self, version: Option<(u32, u32, u32)>) -> Result<serde_json::Value> {
+        let v = version.map(|(a, b, c)| format!("{a}.{b}.{c}"));
+        self.call(
+            "POST",
+            "min-version",
+            Some(serde_json::json!({ "version": v })),
         )
         .await
     }

@@ -28,6 +28,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/admin/accounts/{phone}/kick", post(kick))
         .route("/admin/accounts/{phone}/logout", post(logout))
         .route("/admin/accounts/{phone}/ban", post(ban))
+        .route("/admin/hold-logins", post(hold_logins))
+        .route("/admin/min-version", post(min_version))
         .route("/mms/{kind}/{token}", post(upload))
         .route("/v/{*path}", get(download))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
@@ -171,6 +173,38 @@ async fn ban(
         Ok(()) => Json(json!({ "banned_seconds": req.seconds })).into_response(),
         Err(e) => bad(StatusCode::NOT_FOUND, e),
     }
+}
+
+#[derive(Deserialize)]
+struct HoldReq {
+    /// `true` parks every login unanswered; `false` answers the parked ones.
+    hold: bool,
+}
+
+async fn hold_logins(State(sim): State<Arc<Sim>>, Json(req): Json<HoldReq>) -> Response {
+    sim.hold_logins(req.hold);
+    Json(json!({ "hold": req.hold })).into_response()
+}
+
+#[derive(Deserialize)]
+struct MinVersionReq {
+    /// `"2.3000.1023000000"`, or null to accept every client version.
+    version: Option<String>,
+}
+
+async fn min_version(State(sim): State<Arc<Sim>>, Json(req): Json<MinVersionReq>) -> Response {
+    let parsed = match req.version.as_deref() {
+        None => None,
+        Some(v) => {
+            let parts: Vec<u32> = v.split('.').filter_map(|p| p.parse().ok()).collect();
+            match parts[..] {
+                [a, b, c] => Some((a, b, c)),
+                _ => return bad(StatusCode::BAD_REQUEST, "version must be A.B.C"),
+            }
+        }
+    };
+    sim.set_min_version(parsed);
+    Json(json!({ "min_version": req.version })).into_response()
 }
 
 /// Media upload: the body (already encrypted by the client) is stored as is

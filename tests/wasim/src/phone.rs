@@ -4,6 +4,12 @@
 //! over Signal; whatsapp-rust waits up to 10 s for that share before its
 //! first `Connected`. The phone here does the same: it opens a session from the
 //! companion's registered bundle and encrypts one `AppStateSyncKeyShare`.
+//!
+//! The phone also writes the account's app state, encrypted under that key:
+//! its `critical_block` collection carries the push name. A companion that
+//! has no push name yet treats every login as a fresh pairing and waits the
+//! 10 s for a key share again, so it must learn the name from this collection
+//! (as it does from a real phone) for its later logins to be quick.
 
 use std::collections::HashMap;
 
@@ -77,13 +83,14 @@ impl SessionStore for Sessions {
 }
 
 /// Builds the `<enc>` payload (type, ciphertext) the phone sends the
-/// companion `device` of account `raw_id`: a fresh app-state sync key.
+/// companion `device` of account `raw_id`: the account's app-state sync key.
 pub async fn app_state_key_share(
     phone_key: &KeyPair,
     phone_reg_id: u32,
     raw_id: u32,
     device: u16,
     keys: &RegKeys,
+    (key_id, key_data): (Vec<u8>, [u8; 32]),
 ) -> Result<(&'static str, Vec<u8>)> {
     let mut ids = Identities {
         me: IdentityKeyPair::from(phone_key.clone()),
@@ -113,12 +120,10 @@ pub async fn app_state_key_share(
     )
     .await?;
 
-    let key_id: [u8; 6] = rand::random();
-    let key_data: [u8; 32] = rand::random();
     let share = wa::message::AppStateSyncKeyShare {
         keys: vec![wa::message::AppStateSyncKey {
             key_id: buffa::MessageField::some(wa::message::AppStateSyncKeyId {
-                key_id: Some(key_id.to_vec()),
+                key_id: Some(key_id),
             }),
             key_data: buffa::MessageField::some(wa::message::AppStateSyncKeyData {
                 key_data: Some(key_data.to_vec()),
@@ -147,4 +152,47 @@ pub async fn app_state_key_share(
         other => return Err(anyhow!("unexpected ciphertext type {other:?}")),
     };
     Ok((ty, ct.serialize().to_vec()))
+}
+
+/// The first (genesis, version 1) patch of the `critical_block` collection:
+/// one `setting_pushName` SET, encrypted and MAC'd under the app-state key as
+/// the phone writes it.
+pub fn push_name_patch(push_name: &str, (key_id, key_data): &(Vec<u8>, [u8; 32])) -> Vec<u8> {
+    use wacore::appstate::hash::{HashState, generate_patch_mac};
+    const COLLECTION: &str = "critical_block";
+    let keys = wacore::appstate::expand_app_state_keys(key_data);
+    let value = wa::SyncActionValue {
+        push_name_setting: buffa::MessageField::some(wa::sync_action_value::PushNameSetting {
+            name: Some(push_name.to_string()),
+        }),
+        timestamp: Some(now_millis() as i64),
+        ..Default::default()
+    };
+    let (mutation, _) = wacore::appstate::encode_record(
+        wa::syncd_mutation::SyncdOperation::SET,
+        br#"["setting_pushName"]"#,
+        &value,
+        &keys,
+        key_id,
+        &rand::random(),
+        1,
+    );
+    let mutations = vec![mutation];
+    let mut state = HashState::default();
+    // A SET on an empty collection has no previous value to subtract.
+    let (_, hashed) = state.update_hash(&mutations, |_, _| Ok(None));
+    hashed.expect("no previous values to look up");
+    state.version = 1;
+    let mut patch = wa::SyncdPatch {
+        version: buffa::MessageField::some(wa::SyncdVersion { version: Some(1) }),
+        snapshot_mac: Some(state.generate_snapshot_mac(COLLECTION, &keys.snapshot_mac)),
+        key_id: buffa::MessageField::some(wa::KeyId {
+            id: Some(key_id.clone()),
+        }),
+        mutations,
+        ..Default::default()
+    };
+    // The patch MAC covers the snapshot MAC, so it comes last.
+    patch.patch_mac = Some(generate_patch_mac(&patch, COLLECTION, &keys.patch_mac, 1));
+    patch.encode_to_vec()
 }

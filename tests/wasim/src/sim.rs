@@ -172,6 +172,36 @@ impl Sim {
     // ---- handshake outcome -----------------------------------------------
 
     pub fn on_client_payload(&self, conn: u64, client_static: &[u8; 32], p: &wa::ClientPayload) {
+        {
+            let mut st = self.lock();
+            if let Some(min) = st.min_version {
+                let v = p.user_agent.app_version.as_option();
+                let part = |f: fn(&wa::client_payload::user_agent::AppVersion) -> Option<u32>| {
+                    v.and_then(f).unwrap_or(0)
+                };
+                let version = (
+                    part(|v| v.primary),
+                    part(|v| v.secondary),
+                    part(|v| v.tertiary),
+                );
+                if version < min {
+                    tracing::info!("conn {conn}: client version {version:?} is outdated");
+                    let node = NodeBuilder::new("failure").attr("reason", 405u32).build();
+                    Self::close(&st, conn, Some(node));
+                    return;
+                }
+            }
+            if p.device_pairing_data.as_option().is_none()
+                && let Some(held) = st.held_logins.as_mut()
+            {
+                held.push(HeldLogin {
+                    conn,
+                    client_static: *client_static,
+                    payload: p.clone(),
+                });
+                return;
+            }
+        }
         if let Some(reg) = p.device_pairing_data.as_option() {
             self.begin_registration(conn, client_static, p, reg);
         } else {
@@ -542,6 +572,7 @@ impl Sim {
             return;
         };
         let (phone_key, reg_id, raw_id) = (acc.phone_key.clone(), acc.phone_reg_id, acc.raw_id);
+        let app_key = acc.app_state_key.clone();
         let Some(d) = acc.devices.get_mut(&dev) else {
             return;
         };
@@ -552,7 +583,9 @@ impl Sim {
         let keys = d.keys.clone();
         let sim = self.clone();
         tokio::spawn(async move {
-            match crate::phone::app_state_key_share(&phone_key, reg_id, raw_id, dev, &keys).await {
+            match crate::phone::app_state_key_share(&phone_key, reg_id, raw_id, dev, &keys, app_key)
+                .await
+            {
                 Ok((ty, ct)) => {
                     let mut st = sim.lock();
                     let id = st.fresh_id();
@@ -718,27 +751,53 @@ impl Sim {
         Self::send(&st, conn, n);
     }
 
-    /// App-state collections are always empty here: every requested
-    /// collection is answered at version 0 with no patches.
+    /// App-state sync. The phone has written one patch, the push name in
+    /// `critical_block` (version 1); every other collection is empty.
     fn app_state(&self, conn: u64, id: &str, node: &Node) {
-        let names: Vec<String> = node
+        let wanted: Vec<(String, u64)> = node
             .get_optional_child("sync")
             .map(|s| {
                 s.get_children_by_tag("collection")
-                    .filter_map(|c| c.attrs().optional_string("name").map(|n| n.to_string()))
+                    .filter_map(|c| {
+                        let mut a = c.attrs();
+                        let name = a.optional_string("name")?.to_string();
+                        let version = a
+                            .optional_string("version")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        Some((name, version))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         let st = self.lock();
+        let account = st
+            .conns
+            .get(&conn)
+            .and_then(|c| c.user.as_ref())
+            .and_then(|(phone, _)| st.accounts.get(phone));
+        let collections = wanted.into_iter().map(|(name, have)| {
+            let patch = account
+                .filter(|_| name == "critical_block")
+                .map(|a| (a.push_name.as_str(), &a.app_state_key));
+            match patch {
+                Some((push_name, key)) if have < 1 => NodeBuilder::new("collection")
+                    .attr("name", name)
+                    .attr("version", "1")
+                    .children([NodeBuilder::new("patches")
+                        .children([NodeBuilder::new("patch")
+                            .bytes(crate::phone::push_name_patch(push_name, key))
+                            .build()])
+                        .build()])
+                    .build(),
+                _ => NodeBuilder::new("collection")
+                    .attr("name", name)
+                    .attr("version", have.max(u64::from(patch.is_some())))
+                    .build(),
+            }
+        });
         let n = Self::result(id)
-            .children([NodeBuilder::new("sync")
-                .children(names.into_iter().map(|name| {
-                    NodeBuilder::new("collection")
-                        .attr("name", name)
-                        .attr("version", "0")
-                        .build()
-                }))
-                .build()])
+            .children([NodeBuilder::new("sync").children(collections).build()])
             .build();
         Self::send(&st, conn, n);
     }
@@ -1367,6 +1426,8 @@ impl Sim {
                     banned_until: None,
                     created: now_secs(),
                     devices_ts: now_secs(),
+                    push_name: format!("wasim {phone}"),
+                    app_state_key: (rand::random::<[u8; 6]>().to_vec(), rand::random()),
                 },
             );
         }
@@ -1736,6 +1797,30 @@ impl Sim {
             self.notify_devices(&mut st, phone, d.id, "remove");
         }
         Ok(devices.len())
+    }
+
+    /// Holds every login unanswered (`true`), or answers the held ones in order and
+    /// stops holding (`false`): a service too slow to let sessions in, for a while.
+    pub fn hold_logins(&self, hold: bool) {
+        let held = {
+            let mut st = self.lock();
+            if hold {
+                st.held_logins.get_or_insert_with(Vec::new);
+                return;
+            }
+            st.held_logins.take().unwrap_or_default()
+        };
+        for h in held {
+            if self.lock().conns.contains_key(&h.conn) {
+                self.login(h.conn, &h.client_static, &h.payload);
+            }
+        }
+    }
+
+    /// Refuses clients older than `version` (`None` accepts every version), as
+    /// WhatsApp refuses a client version it no longer supports.
+    pub fn set_min_version(&self, version: Option<(u32, u32, u32)>) {
+        self.lock().min_version = version;
     }
 
     pub fn ban(&self, phone: &str, secs: u64) -> Result<(), String> {

@@ -97,6 +97,12 @@ pub struct Account {
     pub created: u64,
     /// Time of the last device-list change: the key-index list's timestamp.
     pub devices_ts: u64,
+    /// The user's profile name, which the phone keeps in its app state
+    /// (`setting_pushName` in the `critical_block` collection).
+    pub push_name: String,
+    /// The account's app-state sync key (id, key data): the phone shares it with
+    /// every companion and encrypts its app-state patches with it.
+    pub app_state_key: (Vec<u8>, [u8; 32]),
 }
 
 pub struct Conn {
@@ -172,6 +178,17 @@ pub struct State {
     pub next_id: u64,
     pub groups: BTreeMap<String, Group>,
     pub next_group: u64,
+    /// While set, logins are parked here unanswered (a slow service), in order.
+    pub held_logins: Option<Vec<HeldLogin>>,
+    /// Client versions older than this are refused at login (`<failure reason="405">`).
+    pub min_version: Option<(u32, u32, u32)>,
+}
+
+/// A login the service has not answered yet.
+pub struct HeldLogin {
+    pub conn: u64,
+    pub client_static: [u8; 32],
+    pub payload: waproto::whatsapp::ClientPayload,
 }
 
 impl State {

@@ -1,0 +1,2 @@
+DROP INDEX media_unpurged;
+ALTER TABLE media DROP COLUMN purged_at;

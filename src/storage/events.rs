@@ -1,0 +1,347 @@
+//! The event log and its outbox. [`record`] runs inside the transaction of the change that
+//! caused the event: the event row and one delivery row per matching webhook commit with the
+//! change or not at all, so no event is lost and none is invented.
+
+use diesel::dsl::{exists, not};
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::DbConn;
+use super::schema::{devices, events, messages, webhook_deliveries, webhook_lanes, webhooks};
+use crate::error::Result;
+use crate::events::{self as ev, NewEvent};
+use crate::on_conn;
+
+/// Delivery states. `failed` has a retry scheduled; `dead` gets no more attempts.
+pub const PENDING: &str = "pending";
+pub const FAILED: &str = "failed";
+pub const SUCCEEDED: &str = "succeeded";
+pub const DEAD: &str = "dead";
+pub const OPEN: [&str; 2] = [PENDING, FAILED];
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub seq: i64,
+    pub txid: i64,
+    pub id: String,
+    pub project_id: String,
+    pub device_id: Option<String>,
+    pub kind: String,
+    pub data: String,
+    pub created_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = events)]
+struct NewEventRow<'a> {
+    id: &'a str,
+    project_id: &'a str,
+    device_id: Option<&'a str>,
+    kind: &'a str,
+    data: &'a str,
+    created_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = webhook_deliveries)]
+pub(crate) struct NewDelivery {
+    pub id: String,
+    pub webhook_id: String,
+    pub event_id: String,
+    pub lane: String,
+    pub state: &'static str,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Which webhooks receive an event.
+pub enum Fanout<'a> {
+    /// Every enabled webhook of the project (or of the event's session) whose filter matches.
+    Subscribers,
+    /// Exactly these (a test delivery), whatever their filter.
+    Only(&'a [String]),
+}
+
+/// Records an event and queues its deliveries; call inside the change's transaction.
+/// Returns the event id.
+pub fn record(conn: &mut DbConn, e: NewEvent, now: i64) -> Result<String> {
+    Ok(record_to(conn, e, Fanout::Subscribers, now)?.0)
+}
+
+/// A project's enabled webhooks: (id, session or none, filter).
+type Hooks = Vec<(String, Option<String>, String)>;
+
+fn enabled_hooks(conn: &mut DbConn, project_id: &str) -> Result<Hooks> {
+    Ok(on_conn!(conn, c => webhooks::table
+        .filter(webhooks::project_id.eq(project_id))
+        .filter(webhooks::enabled.eq(true))
+        .select((webhooks::id, webhooks::device_id, webhooks::events))
+        .load(c))?)
+}
+
+/// Records an event for `fanout`; returns the event id and the ids of its deliveries.
+pub fn record_to(
+    conn: &mut DbConn,
+    e: NewEvent,
+    fanout: Fanout<'_>,
+    now: i64,
+) -> Result<(String, Vec<String>)> {
+    let hooks = enabled_hooks(conn, &e.project_id)?;
+    record_with(conn, e, &hooks, fanout, now)
+}
+
+/// [`record_to`] with the project's webhooks already loaded (several events of one change).
+fn record_with(
+    conn: &mut DbConn,
+    e: NewEvent,
+    hooks: &Hooks,
+    fanout: Fanout<'_>,
+    now: i64,
+) -> Result<(String, Vec<String>)> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let data = ev::envelope(&id, e.kind, e.device_id.as_deref(), now, e.fields).to_string();
+    on_conn!(conn, c => diesel::insert_into(events::table)
+        .values(NewEventRow {
+            id: &id,
+            project_id: &e.project_id,
+            device_id: e.device_id.as_deref(),
+            kind: e.kind,
+            data: &data,
+            created_at: now,
+        })
+        .execute(c))?;
+    let lane = e.device_id.clone().unwrap_or_default();
+    let mut rows: Vec<NewDelivery> = hooks
+        .iter()
+        .filter(|(hook_id, device, filter)| match fanout {
+            Fanout::Subscribers => {
+                device
+                    .as_ref()
+                    .is_none_or(|d| Some(d) == e.device_id.as_ref())
+                    && ev::filter_matches(filter, e.kind)
+            }
+            Fanout::Only(ids) => ids.contains(hook_id),
+        })
+        .map(|(webhook_id, _, _)| NewDelivery {
+            id: uuid::Uuid::now_v7().to_string(),
+            webhook_id: webhook_id.clone(),
+            event_id: id.clone(),
+            lane: lane.clone(),
+            state: PENDING,
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    if !rows.is_empty() {
+        // A lane waiting for its head's retry: the new delivery is not due before that
+        // either, so the dispatcher's scan for due work never wades through a blocked backlog.
+        let ids: Vec<&str> = rows.iter().map(|r| r.webhook_id.as_str()).collect();
+        let blocked: Vec<(String, i64)> = on_conn!(conn, c => webhook_lanes::table
+            .filter(webhook_lanes::webhook_id.eq_any(&ids))
+            .filter(webhook_lanes::lane.eq(&lane))
+            .filter(webhook_lanes::blocked_until.gt(now))
+            .select((webhook_lanes::webhook_id, webhook_lanes::blocked_until))
+            .load(c))?;
+        for r in rows.iter_mut() {
+            if let Some((_, until)) = blocked.iter().find(|(w, _)| *w == r.webhook_id) {
+                r.next_attempt_at = *until;
+            }
+        }
+        on_conn!(conn, c => diesel::insert_into(webhook_deliveries::table).values(&rows).execute(c))?;
+    }
+    super::note_event_written();
+    Ok((id, rows.into_iter().map(|r| r.id).collect()))
+}
+
+/// One `message.status` event for each of these outbound messages, with its current status.
+pub fn message_statuses(conn: &mut DbConn, ids: &[String], now: i64) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = on_conn!(conn, c => messages::table
+        .filter(messages::id.eq_any(ids))
+        .order(messages::seq.asc())
+        .select((
+            messages::id,
+            messages::project_id,
+            messages::device_id,
+            messages::device_code,
+            messages::recipient,
+            messages::status,
+            messages::payload,
+            messages::wa_message_id,
+            messages::error_code,
+            messages::error_message,
+        ))
+        .load(c))?;
+    // The webhooks are read once per project, not once per message.
+    let mut hooks: Option<(String, Hooks)> = None;
+    for (id, project, device, code, recipient, status, payload, wa, err_code, err_msg) in rows {
+        if hooks.as_ref().is_none_or(|(p, _)| *p != project) {
+            hooks = Some((project.clone(), enabled_hooks(conn, &project)?));
+        }
+        let fields = ev::message_status(&ev::Status {
+            message_id: &id,
+            device_code: &code,
+            wa_message_id: wa.as_deref(),
+            recipient: &recipient,
+            status: &status,
+            payload: payload.as_deref(),
+            error_code: err_code.as_deref(),
+            error_message: err_msg.as_deref(),
+            at_ms: now,
+        });
+        let e = NewEvent {
+            project_id: project,
+            device_id: Some(device),
+            kind: ev::MESSAGE_STATUS,
+            fields,
+        };
+        let project_hooks = &hooks.as_ref().expect("loaded above").1;
+        record_with(conn, e, project_hooks, Fanout::Subscribers, now)?;
+    }
+    Ok(())
+}
+
+/// A `session.status` event with the session's stored account details.
+pub fn session_status(
+    conn: &mut DbConn,
+    device_id: &str,
+    status: &str,
+    reason: Option<&str>,
+    qr: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let row: Option<(String, Option<String>, Option<String>)> = on_conn!(conn, c => devices::table
+        .find(device_id)
+        .select((devices::project_id, devices::phone, devices::push_name))
+        .first(c)
+        .optional())?;
+    let Some((project_id, phone, push_name)) = row else {
+        return Ok(());
+    };
+    let fields = ev::session_status(&ev::SessionChange {
+        status,
+        reason,
+        phone: phone.as_deref(),
+        push_name: push_name.as_deref(),
+        qr,
+    });
+    record(
+        conn,
+        NewEvent {
+            project_id,
+            device_id: Some(device_id.to_owned()),
+            kind: ev::SESSION_STATUS,
+            fields,
+        },
+        now,
+    )?;
+    Ok(())
+}
+
+/// A position in the event log: events are read in (txid, seq) order.
+pub type Cursor = (i64, i64);
+
+/// The position of an event of this project, if it exists.
+pub fn cursor_of(conn: &mut DbConn, project_id: &str, event_id: &str) -> Result<Option<Cursor>> {
+    Ok(on_conn!(conn, c => events::table
+        .filter(events::id.eq(event_id))
+        .filter(events::project_id.eq(project_id))
+        .select((events::txid, events::seq))
+        .first(c)
+        .optional())?)
+}
+
+/// Transactions below this id have all ended, so every event below it is final: a reader
+/// that stops here never skips a row that commits later. (SQLite: no concurrent writers.)
+fn horizon(conn: &mut DbConn) -> Result<i64> {
+    match conn {
+        DbConn::Sqlite(_) => Ok(i64::MAX),
+        DbConn::Postgres(c) => Ok(
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            ))
+            .get_result(c)?,
+        ),
+    }
+}
+
+/// The newest final position: a stream that starts "live" starts after it.
+pub fn tail(conn: &mut DbConn, project_id: &str) -> Result<Cursor> {
+    let h = horizon(conn)?;
+    let last: Option<Cursor> = on_conn!(conn, c => events::table
+        .filter(events::project_id.eq(project_id))
+        .filter(events::txid.lt(h))
+        .order((events::txid.desc(), events::seq.desc()))
+        .select((events::txid, events::seq))
+        .first(c)
+        .optional())?;
+    Ok(last.unwrap_or((0, 0)))
+}
+
+/// Events of a project (or one of its sessions) after `cursor`, oldest first.
+pub fn after(
+    conn: &mut DbConn,
+    project_id: &str,
+    device_id: Option<&str>,
+    cursor: Cursor,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    let h = horizon(conn)?;
+    let (txid, seq) = cursor;
+    Ok(on_conn!(conn, c => {
+        let mut q = events::table
+            .filter(events::project_id.eq(project_id.to_owned()))
+            .filter(events::txid.lt(h))
+            .filter(
+                events::txid
+                    .gt(txid)
+                    .or(events::txid.eq(txid).and(events::seq.gt(seq))),
+            )
+            .order((events::txid.asc(), events::seq.asc()))
+            .limit(limit)
+            .select(EventRow::as_select())
+            .into_boxed();
+        if let Some(d) = device_id {
+            q = q.filter(events::device_id.eq(d.to_owned()));
+        }
+        q.load(c)
+    })?)
+}
+
+/// The stored payload as JSON.
+pub fn data_json(row: &EventRow) -> Value {
+    serde_json::from_str(&row.data).unwrap_or(Value::Null)
+}
+
+/// Forgets events older than `before` once none of their deliveries is still open, and the
+/// finished deliveries with them.
+pub fn purge(conn: &mut DbConn, before: i64) -> Result<usize> {
+    let open = webhook_deliveries::table
+        .filter(webhook_deliveries::event_id.eq(events::id))
+        .filter(webhook_deliveries::state.eq_any(OPEN));
+    Ok(on_conn!(conn, c => diesel::delete(
+        events::table
+            .filter(events::created_at.lt(before))
+            .filter(not(exists(open))),
+    )
+    .execute(c))?)
+}

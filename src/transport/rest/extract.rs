@@ -1,0 +1,73 @@
+//! Request decoding with the documented error envelope: `Path` and `Query` as axum's, except
+//! that a malformed URL is a `400 VALIDATION_ERROR` rather than axum's plain-text rejection,
+//! and JSON bodies that must be objects.
+
+use axum::body::Bytes;
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::BytesRejection;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::envelope::ApiError;
+use crate::error::Error;
+
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(e) => Err(ApiError(Error::InvalidRequest(e.body_text()))),
+        }
+    }
+}
+
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(Query(q.0)),
+            Err(e) => Err(ApiError(Error::InvalidRequest(e.body_text()))),
+        }
+    }
+}
+
+/// Decodes a JSON body that must be an object. serde would also build a struct from an array
+/// of its fields in order, which no client means.
+pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(Error::InvalidJson("the body must be a JSON object".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))
+}
+
+/// A JSON object body; a body over the size limit is `PAYLOAD_TOO_LARGE`.
+pub fn json_body<T: DeserializeOwned>(body: &Result<Bytes, BytesRejection>) -> Result<T, Error> {
+    match body {
+        Ok(b) => json_object(b),
+        Err(_) => Err(Error::PayloadTooLarge),
+    }
+}
+
+/// As [`json_body`], where an empty body means every field's default.
+pub fn optional_body<T: DeserializeOwned + Default>(
+    body: &Result<Bytes, BytesRejection>,
+) -> Result<T, Error> {
+    match body {
+        Ok(b) if b.is_empty() => Ok(T::default()),
+        _ => json_body(body),
+    }
+}
