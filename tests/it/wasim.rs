@@ -461,11 +461,15 @@ async fn banned_account_gets_temporary_ban() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_device_of_sender_gets_a_copy() {
     let server = start_server().await;
-    let (a1, _) = paired(&server, "15550000901").await;
+    // The sender's device is linked last: a client syncs its own device list
+    // in the background after connecting, and an answer computed before a
+    // later device existed may land after the `devices` notification that
+    // announced it (as with the real service), leaving the list stale.
     let ((mut a2, _), (mut b, _)) = tokio::join!(
         paired(&server, "15550000901"),
         paired(&server, "15550000902")
     );
+    let (a1, _) = paired(&server, "15550000901").await;
 
     send(&a1, "15550000902", text("to B, copied to A2")).await;
     assert_eq!(recv_text(&mut b).await, "to B, copied to A2");
