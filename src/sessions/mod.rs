@@ -5,7 +5,9 @@
 //! - `supervisor` runs one session: builds the bot on the session's device store, turns its
 //!   events into state, inbound messages, acks and receipts, and restarts it with backoff.
 //! - `outbound` sends the session's queued messages.
+//! - `inbound` stores received messages before they are acknowledged to WhatsApp.
 
+mod inbound;
 mod outbound;
 pub use outbound::wa_message_id;
 mod supervisor;

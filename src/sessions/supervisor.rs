@@ -6,16 +6,20 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use whatsapp_rust::TokioRuntime;
-use whatsapp_rust::bot::Bot;
+use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::types::events::Event;
-use whatsapp_rust::wacore::proto_helpers::MessageExt;
 use whatsapp_rust::wacore::types::presence::ReceiptType;
 
-use super::{Inner, SessionState, SharedHttp, SharedTransport, Slot, outbound};
+use super::{Inner, SessionState, SharedHttp, SharedTransport, Slot, inbound, outbound};
 use crate::storage::{now_ms, sessions};
 
-/// Events buffered between the client and the supervisor (the client waits when full).
+/// Events buffered between the client and the supervisor. The client's ordered mailbox
+/// waits on this channel, so a slow supervisor first fills this, then that mailbox.
 const EVENT_BUFFER: usize = 1024;
+/// whatsapp-rust's own ordered mailbox in front of our channel; past it the library drops
+/// events (it never blocks its receive loop). Inbound messages are not at risk: they are
+/// committed by the durability hook before they are acknowledged, whatever happens here.
+const CLIENT_MAILBOX: usize = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// How one run of the client ended.
@@ -97,6 +101,16 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
         .with_http_client(SharedHttp(inner.connector.http.clone()))
         .with_runtime(TokioRuntime)
         .skip_history_sync()
+        // One event at a time, in arrival order: the default delivery spawns a task per
+        // event, so a `Disconnected` could be applied after the `Connected` that followed
+        // it, or a receipt before the server ack of the same message.
+        .with_event_delivery(EventDelivery::Ordered {
+            capacity: CLIENT_MAILBOX,
+        })
+        .with_inbound_durability_hook(inbound::Hook {
+            inner: inner.clone(),
+            slot: slot.clone(),
+        })
         .on_event(move |ev, _client| {
             let tx = tx.clone();
             async move {
@@ -303,79 +317,16 @@ async fn on_event(
                 tracing::warn!(device, error = %e, "cannot record receipt");
             }
         }
-        Event::Messages(batch) => {
+        // Messages the durability hook committed are stored already; the others (channel
+        // messages and the like, which the hook does not see) are stored here.
+        Event::Messages(batch) if !batch.hook_committed => {
             for m in batch.messages.iter() {
-                if m.info.source.is_from_me {
-                    continue;
+                if let Err(e) = inbound::store(inner, slot, client, m).await {
+                    tracing::error!(device, error = %e, "cannot store inbound message");
                 }
-                store_inbound(inner, slot, client, m).await;
             }
         }
         _ => {}
     }
     None
-}
-
-async fn store_inbound(
-    inner: &Inner,
-    slot: &Slot,
-    client: &Arc<whatsapp_rust::Client>,
-    m: &whatsapp_rust::wacore::types::events::InboundMessage,
-) {
-    let msg = m.message.get_base_message();
-    let info = &m.info;
-    let (kind, media) = outbound::inbound_media(client, msg).await;
-    let body = msg
-        .text_content()
-        .or_else(|| msg.get_caption())
-        .map(str::to_owned);
-    if kind == "unknown" && body.is_none() {
-        return; // protocol messages, reactions and the like are not chat history
-    }
-    let sender = &info.source.sender;
-    let (phone, lid) = if sender.server == whatsapp_rust::Server::Lid {
-        (
-            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
-            Some(sender.user.to_string()),
-        )
-    } else {
-        (
-            Some(sender.user.to_string()),
-            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
-        )
-    };
-    let now = now_ms();
-    let media_row = media.map(|blob| crate::storage::models::NewMedia {
-        id: uuid::Uuid::now_v7().to_string(),
-        project_id: slot.project_id.clone(),
-        sha256: crate::crypto::sha256_hex(&blob.data),
-        mime_type: blob.mime_type,
-        filename: blob.filename,
-        size_bytes: blob.data.len() as i64,
-        data: blob.data,
-        created_at: now,
-    });
-    let row = sessions::InboundRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        project_id: slot.project_id.clone(),
-        device_id: slot.device_id.clone(),
-        wa_message_id: info.id.to_string(),
-        chat_jid: info.source.chat.to_string(),
-        sender_jid: sender.to_string(),
-        sender_phone: phone,
-        sender_lid: lid,
-        push_name: Some(info.push_name.clone()).filter(|p| !p.is_empty()),
-        kind: kind.to_owned(),
-        body,
-        media_id: media_row.as_ref().map(|m| m.id.clone()),
-        sent_at: info.timestamp.timestamp_millis(),
-        created_at: now,
-    };
-    if let Err(e) = inner
-        .db
-        .run(move |c| sessions::insert_inbound(c, &row, media_row.as_ref()))
-        .await
-    {
-        tracing::error!(device = %slot.device_id, error = %e, "cannot store inbound message");
-    }
 }

@@ -254,9 +254,19 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
         assert_eq!(deliveries, 1, "reached B's device once: {rec}");
     }
 
-    // Kick at WhatsApp: the session reconnects by itself.
+    // Kick at WhatsApp: the session reconnects by itself (a new connection, not the
+    // state from before the kick).
+    let connected_at = |s: &Session| s.last_connected_at.as_ref().map(|t| (t.seconds, t.nanos));
+    let before = connected_at(&get(&mut c, &p, &a.session_id).await);
     admin.kick(pa).await.unwrap();
-    wait_state(&mut c, &p, &a.session_id, SessionState::Connected, 20).await;
+    eventually(20, "a new connection after the kick", || {
+        let (mut c, p, id) = (c.clone(), &p, &a.session_id);
+        async move {
+            let s = get(&mut c, p, id).await;
+            (s.state == SessionState::Connected as i32 && connected_at(&s) > before).then_some(())
+        }
+    })
+    .await;
     let (code, body) = t
         .send_json(&via_a, json!({"recipient": pb, "message": "after kick"}))
         .await;

@@ -133,7 +133,8 @@ pub fn webhook_settings(node: &str) -> Settings {
         webhooks: wagate::webhooks::Settings {
             allow_private: true,
             retry_base: Duration::from_millis(100),
-            timeout: Duration::from_secs(3),
+            // Generous: a timeout after the receiver stored a hit would deliver it twice.
+            timeout: Duration::from_secs(15),
             ..wagate::webhooks::Settings::default()
         },
         ..settings(node)
@@ -330,10 +331,11 @@ impl TestServer {
     }
 }
 
-/// Rate-limit windows are calendar minutes: start a burst well inside one.
+/// Rate-limit windows are calendar minutes: start a burst well inside one (with 20 s to
+/// spare for a loaded machine).
 pub async fn clear_of_minute_boundary() {
     let into = chrono::Utc::now().timestamp_millis().rem_euclid(60_000);
-    if into > 55_000 {
+    if into > 40_000 {
         tokio::time::sleep(Duration::from_millis((60_500 - into) as u64)).await;
     }
 }

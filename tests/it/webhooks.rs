@@ -521,8 +521,20 @@ async fn receiver_down_then_up_gets_every_event_in_order(db: TestDb) {
         attempted.windows(2).all(|w| w[0] <= w[1]),
         "attempts out of order: {attempted:?}"
     );
-    let log = deliveries(&mut c, &p, &hook).await;
-    assert!(log.iter().all(|d| d.state == "succeeded"));
+    // The dispatcher records outcomes in batches after the receiver answered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = deliveries(&mut c, &p, &hook).await;
+        if log.iter().all(|d| d.state == "succeeded") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all recorded as succeeded: {:?}",
+            log.iter().map(|d| &d.state).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `wagate serve` as its own process, killed with SIGKILL and started again.
@@ -574,7 +586,7 @@ impl Drop for Gateway {
 async fn restart_during_deliveries_loses_nothing(db: TestDb) {
     let key_hex = hex::encode(wagate::crypto::random_bytes::<32>());
     let key = MasterKey::parse(&key_hex).unwrap();
-    let port = {
+    let free_port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
@@ -584,8 +596,9 @@ async fn restart_during_deliveries_loses_nothing(db: TestDb) {
     let (db, _) = t.stop().await;
 
     let rx = Receiver::start().await;
-    rx.delay_ms.store(25, Ordering::SeqCst);
-    let mut gw = Gateway::spawn(&db, &key_hex, port).await;
+    // Slow enough that the events are all recorded long before they are all delivered.
+    rx.delay_ms.store(200, Ordering::SeqCst);
+    let mut gw = Gateway::spawn(&db, &key_hex, free_port()).await;
     let mut c = WebhooksServiceClient::connect(gw.base.clone())
         .await
         .unwrap();
@@ -602,7 +615,8 @@ async fn restart_during_deliveries_loses_nothing(db: TestDb) {
     let before: HashSet<String> = labels(&rx.delivered("/r")).into_iter().collect();
     assert!(before.len() < n, "killed mid-way ({} of {n})", before.len());
 
-    let _gw = Gateway::spawn(&db, &key_hex, port).await;
+    rx.delay_ms.store(0, Ordering::SeqCst);
+    let _gw = Gateway::spawn(&db, &key_hex, free_port()).await;
     let got = eventually(60, "every event after the restart", || async {
         let labels: HashSet<String> = labels(&rx.delivered("/r")).into_iter().collect();
         (labels.len() == n).then_some(labels)

@@ -107,7 +107,37 @@ pub fn router(gw: Gateway) -> Router {
         .route("/metrics", get(crate::transport::metrics::render))
         .method_not_allowed_fallback(|| async { ApiError(Error::MethodNotAllowed) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(gw)
+}
+
+/// Up to this declared size an oversized body is read and discarded before the `413`;
+/// beyond it the answer is immediate and the connection is dropped.
+const DRAIN_MAX_BYTES: u64 = 32 * 1024 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A body declared over [`MAX_BODY_BYTES`] gets `413 PAYLOAD_TOO_LARGE` without reaching a
+/// handler. Answering while the client is still sending makes it see a reset connection
+/// instead of the answer, so a moderately oversized body is drained first (bounded in size
+/// and time), as web servers do with a lingering close.
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures::StreamExt;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            if n <= DRAIN_MAX_BYTES {
+                let mut body = req.into_body().into_data_stream();
+                let drain = async { while let Some(Ok(_)) = body.next().await {} };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            }
+            ApiError(Error::PayloadTooLarge).into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Liveness: the process answers.

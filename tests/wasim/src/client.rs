@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::bot::{Bot, BotHandle, EventDelivery};
 use whatsapp_rust::http::{HttpClient, HttpRequest, HttpResponse};
 use whatsapp_rust::store::traits::Backend;
 use whatsapp_rust::transport::TokioWebSocketTransportFactory;
@@ -175,7 +175,7 @@ pub struct ClientOptions {
 pub struct TestClient {
     handle: Option<BotHandle>,
     client: Arc<Client>,
-    /// Every event the bot emits, in dispatch order.
+    /// Every event the bot emits, in arrival order.
     pub events: mpsc::Receiver<Arc<Event>>,
 }
 
@@ -195,6 +195,10 @@ impl TestClient {
             .with_runtime(TokioRuntime)
             .with_version(CLIENT_VERSION)
             .skip_history_sync()
+            // In arrival order (the default spawns a task per event, unordered).
+            .with_event_delivery(EventDelivery::Ordered {
+                capacity: EVENT_BUFFER,
+            })
             .on_event(move |ev, _client| {
                 let tx = tx.clone();
                 async move {

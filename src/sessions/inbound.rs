@@ -1,0 +1,106 @@
+//! Inbound messages: stored (with their media and `message.received` event) before
+//! WhatsApp is told they arrived.
+//!
+//! whatsapp-rust acknowledges a message to the server as soon as it is decrypted unless a
+//! durability hook is registered; then the ack waits for the hook. [`Hook`] commits the
+//! batch to our database first, so a crash or a database outage means a redelivery, never a
+//! lost message. Storing is idempotent (one row per session and WhatsApp id), as a
+//! redelivered batch requires.
+
+use std::sync::Arc;
+
+use whatsapp_rust::Client;
+use whatsapp_rust::types::durability_hook::{InboundDurabilityHook, InboundMessage};
+use whatsapp_rust::wacore::proto_helpers::MessageExt;
+
+use super::{Inner, Slot, outbound};
+use crate::error::Result;
+use crate::storage::{now_ms, sessions};
+
+/// Commits a session's inbound messages before whatsapp-rust acknowledges them.
+pub(super) struct Hook {
+    pub inner: Arc<Inner>,
+    pub slot: Arc<Slot>,
+}
+
+#[async_trait::async_trait]
+impl InboundDurabilityHook for Hook {
+    async fn on_messages(
+        &self,
+        client: Arc<Client>,
+        batch: &[InboundMessage],
+    ) -> anyhow::Result<()> {
+        for m in batch {
+            store(&self.inner, &self.slot, &client, m).await.map_err(|e| {
+                tracing::error!(device = %self.slot.device_id, error = %e, "cannot store inbound message; WhatsApp will redeliver it");
+                anyhow::anyhow!("storing an inbound message failed: {e}")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn store(
+    inner: &Inner,
+    slot: &Slot,
+    client: &Arc<Client>,
+    m: &InboundMessage,
+) -> Result<()> {
+    if m.info.source.is_from_me {
+        return Ok(()); // sent from the account's other devices, not inbound
+    }
+    let msg = m.message.get_base_message();
+    let info = &m.info;
+    let (kind, media) = outbound::inbound_media(client, msg).await;
+    let body = msg
+        .text_content()
+        .or_else(|| msg.get_caption())
+        .map(str::to_owned);
+    if kind == "unknown" && body.is_none() {
+        return Ok(()); // protocol messages, reactions and the like are not chat history
+    }
+    let sender = &info.source.sender;
+    let (phone, lid) = if sender.server == whatsapp_rust::Server::Lid {
+        (
+            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
+            Some(sender.user.to_string()),
+        )
+    } else {
+        (
+            Some(sender.user.to_string()),
+            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
+        )
+    };
+    let now = now_ms();
+    let media_row = media.map(|blob| crate::storage::models::NewMedia {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: slot.project_id.clone(),
+        sha256: crate::crypto::sha256_hex(&blob.data),
+        mime_type: blob.mime_type,
+        filename: blob.filename,
+        size_bytes: blob.data.len() as i64,
+        data: blob.data,
+        created_at: now,
+    });
+    let row = sessions::InboundRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        project_id: slot.project_id.clone(),
+        device_id: slot.device_id.clone(),
+        wa_message_id: info.id.to_string(),
+        chat_jid: info.source.chat.to_string(),
+        sender_jid: sender.to_string(),
+        sender_phone: phone,
+        sender_lid: lid,
+        push_name: Some(info.push_name.clone()).filter(|p| !p.is_empty()),
+        kind: kind.to_owned(),
+        body,
+        media_id: media_row.as_ref().map(|m| m.id.clone()),
+        sent_at: info.timestamp.timestamp_millis(),
+        created_at: now,
+    };
+    inner
+        .db
+        .run(move |c| sessions::insert_inbound(c, &row, media_row.as_ref()))
+        .await
+        .map(|_| ())
+}
