@@ -20,6 +20,7 @@ on_both_backends!(
     session_state_is_not_stale_after_restart,
     banned_session_stays_banned,
     outdated_client_fails_for_good,
+    inbound_survives_a_refused_write,
 );
 
 const SVC: &str = "/wagate.v1.SessionsService/";
@@ -443,5 +444,118 @@ async fn outdated_client_fails_for_good(db: TestDb) {
     let (state, reason) = stored_state(&db, &a.session_id).await;
     assert_eq!(state, "failed");
     assert!(reason.unwrap_or_default().starts_with("client outdated"));
+    sim.shutdown().await;
+}
+
+/// Runs one statement on the test database, in the backend's own dialect.
+async fn exec_sql(db: &Db, sqlite: &'static str, postgres: &'static str) {
+    db.run(move |c| {
+        use diesel::connection::SimpleConnection;
+        match c {
+            wagate::storage::DbConn::Sqlite(c) => c.batch_execute(sqlite),
+            wagate::storage::DbConn::Postgres(c) => c.batch_execute(postgres),
+        }
+        .map_err(wagate::error::Error::from)
+    })
+    .await
+    .expect("test SQL");
+}
+
+/// A message is acknowledged to WhatsApp only once it is stored: while the database refuses
+/// inbound rows, WhatsApp keeps the message; once it accepts them again, it arrives, once.
+async fn inbound_survives_a_refused_write(db: TestDb) {
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("wasim");
+    let admin = wasim::client::Admin::new(sim.addr());
+    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
+    let p = t.project().await;
+    let mut c = client(&t).await;
+    let (pa, pb) = ("15550105001", "15550105002");
+    let a = linked(&mut c, &p, &admin, "A", pa).await;
+    let b = linked(&mut c, &p, &admin, "B", pb).await;
+    let via_a = TestProject {
+        device_code: a.device_code.clone(),
+        ..p.clone()
+    };
+    let db = Db::open(&t.db.url, 2).unwrap();
+    exec_sql(
+        &db,
+        "CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_messages \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        "CREATE FUNCTION refuse_inbound() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+         CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_messages \
+         FOR EACH ROW EXECUTE FUNCTION refuse_inbound()",
+    )
+    .await;
+
+    let (code, body) = t
+        .send_json(
+            &via_a,
+            json!({"recipient": pb, "message": "kept by WhatsApp"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let wa = wagate::sessions::wa_message_id(&id);
+    // Written to B's socket, and B could not store it.
+    let record = || async {
+        admin
+            .messages()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == wa.as_str())
+            .cloned()
+    };
+    eventually(20, "the message written to B", || async {
+        let rec = record().await?;
+        let sent: u64 = rec["sent"]
+            .as_object()?
+            .values()
+            .filter_map(|v| v.as_u64())
+            .sum();
+        (sent > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let rec = record().await.expect("record");
+    assert!(
+        rec["delivered"].as_object().is_none_or(|d| d.is_empty()),
+        "B confirmed a message it did not store: {rec}"
+    );
+    let inbound = |db: Db, bid: String| async move {
+        db.run(move |c| store::list_inbound(c, &bid, 50, 0))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.body.as_deref() == Some("kept by WhatsApp"))
+            .count()
+    };
+    assert_eq!(inbound(db.clone(), b.session_id.clone()).await, 0);
+
+    // The database accepts again; B's next connection gets the message redelivered.
+    exec_sql(
+        &db,
+        "DROP TRIGGER refuse_inbound",
+        "DROP TRIGGER refuse_inbound ON inbound_messages; DROP FUNCTION refuse_inbound()",
+    )
+    .await;
+    admin.kick(pb).await.unwrap();
+    eventually(30, "the message stored after the redelivery", || {
+        let (db, bid) = (db.clone(), b.session_id.clone());
+        async move { (inbound(db, bid).await > 0).then_some(()) }
+    })
+    .await;
+    wait_status(&t, &via_a, &id, "delivered").await;
+    assert_eq!(
+        inbound(db.clone(), b.session_id.clone()).await,
+        1,
+        "stored once"
+    );
+    t.server.shutdown().await;
     sim.shutdown().await;
 }
