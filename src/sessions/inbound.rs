@@ -4,7 +4,8 @@
 //! whatsapp-rust acknowledges a message to the server as soon as it is decrypted unless a
 //! durability hook is registered; then the ack waits for the hook. [`Hook`] commits the
 //! batch to our database first, so a crash or a database outage means a redelivery, never a
-//! lost message. Storing is idempotent (one row per session and WhatsApp id), as a
+//! lost message: after a failed write the supervisor reconnects the session (with backoff),
+//! and WhatsApp redelivers what was not acknowledged. Storing is idempotent (one row per session and WhatsApp id), as a
 //! redelivered batch requires.
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ impl InboundDurabilityHook for Hook {
     ) -> anyhow::Result<()> {
         for m in batch {
             store(&self.inner, &self.slot, &client, m).await.map_err(|e| {
+                // Unacknowledged, WhatsApp redelivers it on the next connection.
+                self.slot.store_failed.notify_one();
                 tracing::error!(device = %self.slot.device_id, error = %e, "cannot store inbound message; WhatsApp will redeliver it");
                 anyhow::anyhow!("storing an inbound message failed: {e}")
             })?;

@@ -115,6 +115,8 @@ pub(crate) struct Slot {
     pub client: Mutex<Option<Arc<Client>>>,
     /// Wakes the outbound worker when a message is accepted.
     pub wake: Notify,
+    /// An inbound message could not be stored: reconnect (later) so WhatsApp redelivers it.
+    pub store_failed: Notify,
     pub stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -208,6 +210,7 @@ impl SessionManager {
             snapshot: watch::channel(initial).0,
             client: Mutex::new(None),
             wake: Notify::new(),
+            store_failed: Notify::new(),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
         });

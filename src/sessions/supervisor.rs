@@ -21,6 +21,8 @@ const EVENT_BUFFER: usize = 1024;
 /// committed by the durability hook before they are acknowledged, whatever happens here.
 const CLIENT_MAILBOX: usize = 8192;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A run of the client at least this long resets the restart back-off.
+const HEALTHY_RUN: Duration = Duration::from_secs(120);
 
 /// How one run of the client ended.
 enum End {
@@ -36,6 +38,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
         if *slot.stop.borrow() {
             return;
         }
+        let started = tokio::time::Instant::now();
         // Each run is its own task: a panic in it is caught here, not spread.
         let run = tokio::spawn(run_once(inner.clone(), slot.clone()));
         let end = match run.await {
@@ -49,6 +52,10 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
         match end {
             End::Final => return,
             End::Restart => {
+                // A run that lasted was healthy: back-off starts over.
+                if started.elapsed() >= HEALTHY_RUN {
+                    failures = 0;
+                }
                 failures += 1;
                 let delay = Duration::from_secs(1u64 << failures.min(8)).min(MAX_BACKOFF);
                 let reason = format!("restarting in {}s", delay.as_secs());
@@ -144,6 +151,10 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
                 None => break End::Restart,
             },
             _ = until_stopped(&mut stop) => break End::Final,
+            _ = slot.store_failed.notified() => {
+                tracing::warn!(device = %slot.device_id, "an inbound message could not be stored; reconnecting for its redelivery");
+                break End::Restart;
+            }
         }
     };
     worker.abort();

@@ -160,6 +160,17 @@ fn record_with(
 
 /// One `message.status` event for each of these outbound messages, with its current status.
 pub fn message_statuses(conn: &mut DbConn, ids: &[String], now: i64) -> Result<()> {
+    statuses(conn, ids, None, now)
+}
+
+/// One `message.status` event for each of these messages saying `status`: a step their
+/// current status implies but that was never reported (a receipt that came before the
+/// server ack implies `sent`), so a subscriber sees every step, in order.
+pub fn implied_statuses(conn: &mut DbConn, ids: &[String], status: &str, now: i64) -> Result<()> {
+    statuses(conn, ids, Some(status), now)
+}
+
+fn statuses(conn: &mut DbConn, ids: &[String], implied: Option<&str>, now: i64) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -202,10 +213,10 @@ pub fn message_statuses(conn: &mut DbConn, ids: &[String], now: i64) -> Result<(
             device_code: &code,
             wa_message_id: wa.as_deref(),
             recipient: &recipient,
-            status: &status,
+            status: implied.unwrap_or(&status),
             payload: payload.as_deref(),
-            error_code: err_code.as_deref(),
-            error_message: err_msg.as_deref(),
+            error_code: err_code.as_deref().filter(|_| implied.is_none()),
+            error_message: err_msg.as_deref().filter(|_| implied.is_none()),
             at_ms: now,
         });
         let e = NewEvent {

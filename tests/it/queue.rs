@@ -16,6 +16,7 @@ on_both_backends!(
     expiry_and_exhaustion,
     concurrent_claimers_never_share,
     one_recipient_in_order,
+    receipt_before_ack_reports_every_step,
 );
 
 struct Fixture {
@@ -417,4 +418,46 @@ async fn one_recipient_in_order(t: TestDb) {
         .unwrap();
     assert_eq!(m.status, "read");
     assert!(m.sent_at.is_some() && m.delivered_at.is_some() && m.read_at.is_some());
+}
+
+/// A receipt can arrive before the server ack: the steps it implies are reported too, once
+/// and in order, so a webhook subscriber always sees `sent` before `delivered` before `read`.
+async fn receipt_before_ack_reports_every_step(t: TestDb) {
+    use wagate::storage::{events, sessions};
+    let f = fixture(&t).await;
+    let mut c = f.db.connect().unwrap();
+    let ids = enqueue(&f, &mut c, 2, 5, 3_600_000);
+    let now = now_ms();
+    let claimed = queue::claim(&mut c, &f.device_id, "node-a", 2, LEASE, now).unwrap();
+    for (m, wa) in claimed.iter().zip(["WA-1", "WA-2"]) {
+        assert!(
+            sessions::mark_dispatched(&mut c, &m.id, "node-a", m.claim_token, wa, now + LEASE)
+                .unwrap()
+        );
+    }
+    // The first is read before anything else was heard of it; the second is acked, then
+    // delivered, and a late duplicate receipt changes nothing.
+    sessions::mark_receipt(&mut c, &f.device_id, &["WA-1".into()], true, now).unwrap();
+    sessions::mark_acked(&mut c, &f.device_id, "WA-2", now).unwrap();
+    sessions::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
+    sessions::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
+    sessions::mark_acked(&mut c, &f.device_id, "WA-1", now).unwrap();
+
+    let steps = |id: &str| -> Vec<String> {
+        events::after(
+            &mut f.db.connect().unwrap(),
+            &f.project_id,
+            None,
+            (0, 0),
+            100,
+        )
+        .unwrap()
+        .iter()
+        .map(events::data_json)
+        .filter(|d| d["messageId"] == id)
+        .map(|d| d["status"].as_str().unwrap().to_owned())
+        .collect()
+    };
+    assert_eq!(steps(&ids[0]), ["sent", "delivered", "read"]);
+    assert_eq!(steps(&ids[1]), ["sent", "delivered"]);
 }
