@@ -4,12 +4,13 @@
 //! whatsapp-rust acknowledges a message to the server as soon as it is decrypted unless a
 //! durability hook is registered; then the ack waits for the hook. [`Hook`] commits the
 //! batch to our database first, so a crash or a database outage means a redelivery, never a
-//! lost message: after a failed write the supervisor reconnects the session (with backoff),
-//! and WhatsApp redelivers what was not acknowledged. Storing is idempotent (one row per session and WhatsApp id), as a
-//! redelivered batch requires.
+//! lost message: after a failed write the supervisor reconnects the session (with back-off)
+//! and WhatsApp redelivers what was not acknowledged. Storing is idempotent (one row per
+//! session and WhatsApp id), as a redelivered batch requires.
 
 use std::sync::Arc;
 
+use tokio::sync::Notify;
 use whatsapp_rust::Client;
 use whatsapp_rust::types::durability_hook::{InboundDurabilityHook, InboundMessage};
 use whatsapp_rust::wacore::proto_helpers::MessageExt;
@@ -22,6 +23,8 @@ use crate::storage::{now_ms, sessions};
 pub(super) struct Hook {
     pub inner: Arc<Inner>,
     pub slot: Arc<Slot>,
+    /// Tells this run's supervisor that a write failed (it reconnects for the redelivery).
+    pub failed: Arc<Notify>,
 }
 
 #[async_trait::async_trait]
@@ -34,7 +37,7 @@ impl InboundDurabilityHook for Hook {
         for m in batch {
             store(&self.inner, &self.slot, &client, m).await.map_err(|e| {
                 // Unacknowledged, WhatsApp redelivers it on the next connection.
-                self.slot.store_failed.notify_one();
+                self.failed.notify_one();
                 tracing::error!(device = %self.slot.device_id, error = %e, "cannot store inbound message; WhatsApp will redeliver it");
                 anyhow::anyhow!("storing an inbound message failed: {e}")
             })?;

@@ -115,8 +115,6 @@ pub(crate) struct Slot {
     pub client: Mutex<Option<Arc<Client>>>,
     /// Wakes the outbound worker when a message is accepted.
     pub wake: Notify,
-    /// An inbound message could not be stored: reconnect (later) so WhatsApp redelivers it.
-    pub store_failed: Notify,
     pub stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -210,7 +208,6 @@ impl SessionManager {
             snapshot: watch::channel(initial).0,
             client: Mutex::new(None),
             wake: Notify::new(),
-            store_failed: Notify::new(),
             stop: watch::channel(false).0,
             task: Mutex::new(None),
         });

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use whatsapp_rust::TokioRuntime;
 use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::types::events::Event;
@@ -102,6 +102,7 @@ async fn persist_state(inner: &Inner, slot: &Slot, state: SessionState, reason: 
 
 async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     let (tx, mut events) = mpsc::channel::<Arc<Event>>(EVENT_BUFFER);
+    let store_failed = Arc::new(Notify::new());
     let mut builder = Bot::builder()
         .with_backend_arc(inner.stores.open(&slot.device_id))
         .with_transport_factory(SharedTransport(inner.connector.transport.clone()))
@@ -117,6 +118,7 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
         .with_inbound_durability_hook(inbound::Hook {
             inner: inner.clone(),
             slot: slot.clone(),
+            failed: store_failed.clone(),
         })
         .on_event(move |ev, _client| {
             let tx = tx.clone();
@@ -151,7 +153,7 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
                 None => break End::Restart,
             },
             _ = until_stopped(&mut stop) => break End::Final,
-            _ = slot.store_failed.notified() => {
+            _ = store_failed.notified() => {
                 tracing::warn!(device = %slot.device_id, "an inbound message could not be stored; reconnecting for its redelivery");
                 break End::Restart;
             }
