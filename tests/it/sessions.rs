@@ -124,7 +124,19 @@ async fn wait_status(t: &TestServer, p: &TestProject, id: &str, want: &str) -> s
     .await
 }
 
-async fn sessions_link_send_receive_restart(db: TestDb) {
+/// A gateway on wasim with two sessions of one project, A and B, linked by QR.
+struct Pair {
+    sim: wasim::ServerHandle,
+    admin: wasim::client::Admin,
+    t: TestServer,
+    p: TestProject,
+    a: Session,
+    b: Session,
+    /// The project's credentials addressing session A (its device code).
+    via_a: TestProject,
+}
+
+async fn two_linked(db: TestDb, pa: &str, pb: &str) -> Pair {
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .expect("wasim");
@@ -132,13 +144,34 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
     let p = t.project().await;
     let mut c = client(&t).await;
-    let (pa, pb) = ("15550101001", "15550101002");
     let a = linked(&mut c, &p, &admin, "A", pa).await;
     let b = linked(&mut c, &p, &admin, "B", pb).await;
     let via_a = TestProject {
         device_code: a.device_code.clone(),
         ..p.clone()
     };
+    Pair {
+        sim,
+        admin,
+        t,
+        p,
+        a,
+        b,
+        via_a,
+    }
+}
+
+async fn sessions_link_send_receive_restart(db: TestDb) {
+    let (pa, pb) = ("15550101001", "15550101002");
+    let Pair {
+        sim,
+        admin,
+        t,
+        p,
+        a,
+        b,
+        via_a,
+    } = two_linked(db, pa, pb).await;
 
     // Text through the RK endpoint: queued → sent → delivered, and B stores it.
     let (code, body) = t
@@ -464,20 +497,16 @@ async fn exec_sql(db: &Db, sqlite: &'static str, postgres: &'static str) {
 /// A message is acknowledged to WhatsApp only once it is stored: while the database refuses
 /// inbound rows, WhatsApp keeps the message; once it accepts them again, it arrives, once.
 async fn inbound_survives_a_refused_write(db: TestDb) {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("wasim");
-    let admin = wasim::client::Admin::new(sim.addr());
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
-    let mut c = client(&t).await;
     let (pa, pb) = ("15550105001", "15550105002");
-    let a = linked(&mut c, &p, &admin, "A", pa).await;
-    let b = linked(&mut c, &p, &admin, "B", pb).await;
-    let via_a = TestProject {
-        device_code: a.device_code.clone(),
-        ..p.clone()
-    };
+    let Pair {
+        sim,
+        admin,
+        t,
+        p: _,
+        a: _,
+        b,
+        via_a,
+    } = two_linked(db, pa, pb).await;
     let db = Db::open(&t.db.url, 2).unwrap();
     exec_sql(
         &db,
