@@ -290,22 +290,6 @@ pub fn mark_receipt(
     };
     let status = if read { READ } else { DELIVERED };
     conn.transaction(|conn| {
-        // Steps this receipt skips (it can come before the server ack) are reported too.
-        let before: Vec<(String, String)> = on_conn!(conn, c => messages::table
-            .filter(messages::device_id.eq(device_id))
-            .filter(messages::wa_message_id.eq_any(wa_ids))
-            .filter(messages::status.eq_any(from))
-            .select((messages::id, messages::status))
-            .load(c))?;
-        let skipped = |steps: &[&str]| -> Vec<String> {
-            before
-                .iter()
-                .filter(|(_, s)| steps.contains(&s.as_str()))
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
-        let unsent = skipped(&[QUEUED]);
-        let undelivered = if read { skipped(&[QUEUED, SENT]) } else { Vec::new() };
         let changed: Vec<String> = on_conn!(conn, c => diesel::update(
             messages::table
                 .filter(messages::device_id.eq(device_id))
@@ -315,17 +299,21 @@ pub fn mark_receipt(
         .set(messages::status.eq(status))
         .returning(messages::id)
         .get_results(c))?;
-        // Fill the times of the steps a receipt implies (a read implies delivered and sent).
-        on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::sent_at.is_null()))
-            .set(messages::sent_at.eq(now)).execute(c))?;
-        on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::delivered_at.is_null()))
-            .set(messages::delivered_at.eq(now)).execute(c))?;
+        // Fill the times of the steps a receipt implies (a read implies delivered and sent);
+        // a step with no time yet was never reported (the receipt came before the server
+        // ack), so it gets its event too.
+        let unsent: Vec<String> = on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::sent_at.is_null()))
+            .set(messages::sent_at.eq(now)).returning(messages::id).get_results(c))?;
+        let undelivered: Vec<String> = on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::delivered_at.is_null()))
+            .set(messages::delivered_at.eq(now)).returning(messages::id).get_results(c))?;
         if read {
             on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)))
                 .set(messages::read_at.eq(now)).execute(c))?;
         }
         events::implied_statuses(conn, &unsent, SENT, now)?;
-        events::implied_statuses(conn, &undelivered, DELIVERED, now)?;
+        if read {
+            events::implied_statuses(conn, &undelivered, DELIVERED, now)?;
+        }
         events::message_statuses(conn, &changed, now)?;
         Ok(changed)
     })
