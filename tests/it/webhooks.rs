@@ -522,19 +522,14 @@ async fn receiver_down_then_up_gets_every_event_in_order(db: TestDb) {
         "attempts out of order: {attempted:?}"
     );
     // The dispatcher records outcomes in batches after the receiver answered.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = deliveries(&mut c, &p, &hook).await;
-        if log.iter().all(|d| d.state == "succeeded") {
-            break;
+    eventually(10, "every delivery recorded as succeeded", || {
+        let (mut c, p, hook) = (c.clone(), &p, &hook);
+        async move {
+            let log = deliveries(&mut c, p, hook).await;
+            log.iter().all(|d| d.state == "succeeded").then_some(())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all recorded as succeeded: {:?}",
-            log.iter().map(|d| &d.state).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// `wagate serve` as its own process, killed with SIGKILL and started again.
