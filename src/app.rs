@@ -20,7 +20,7 @@ use crate::sessions::{Connector, DbStores, SessionManager};
 use crate::storage::accept::{AcceptWriter, WriterConfig};
 use crate::storage::{Db, messages, now_ms, queue, sessions};
 use crate::transport::rest::envelope::ApiError;
-use crate::transport::{grpc, metrics, rest};
+use crate::transport::{grpc, limits, metrics, rest};
 use std::sync::Arc;
 
 pub struct LaunchConfig {
@@ -97,11 +97,29 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
-fn is_grpc(req: &Request) -> bool {
-    req.headers()
+enum GrpcKind {
+    Native,
+    Web,
+    /// `application/grpc` over HTTP/1.1: tonic would answer it with a bare protocol error.
+    NativeOverHttp1,
+}
+
+fn grpc_kind(req: &Request) -> Option<GrpcKind> {
+    let ct = req
+        .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+        .and_then(|v| v.to_str().ok())?;
+    if ct.starts_with("application/grpc-web") {
+        Some(GrpcKind::Web)
+    } else if ct.starts_with("application/grpc") {
+        if req.version() < axum::http::Version::HTTP_2 {
+            Some(GrpcKind::NativeOverHttp1)
+        } else {
+            Some(GrpcKind::Native)
+        }
+    } else {
+        None
+    }
 }
 
 pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> {
@@ -130,23 +148,34 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     let gw = Gateway::new(db, cfg.master_key, cfg.settings, writer, sessions.clone());
 
     let (grpc_router, health) = grpc::router(gw.clone()).await?;
+    let http = gw.settings().http.clone();
     let app = rest::router(gw.clone())
         .fallback(move |req: Request| {
             let grpc_router = grpc_router.clone();
             async move {
-                if is_grpc(&req) {
-                    grpc_router.oneshot(req).await.into_response()
-                } else {
-                    ApiError(Error::RouteNotFound).into_response()
+                match grpc_kind(&req) {
+                    Some(GrpcKind::Web) | Some(GrpcKind::Native) => {
+                        grpc_router.oneshot(req).await.into_response()
+                    }
+                    Some(GrpcKind::NativeOverHttp1) => ApiError(Error::InvalidRequest(
+                        "gRPC needs HTTP/2; over HTTP/1.1 use grpc-web (application/grpc-web)"
+                            .into(),
+                    ))
+                    .into_response(),
+                    None => ApiError(Error::RouteNotFound).into_response(),
                 }
             }
         })
+        .layer(axum::middleware::from_fn_with_state(
+            limits::BodyGuard::new(&http),
+            limits::guard_body,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(cors());
 
     let addr = listener.local_addr().map_err(Error::internal)?;
     let (stop, mut stopped) = watch::channel(false);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = limits::incoming(listener, &http);
     let mut stop_rx = stopped.clone();
     let server = tonic::transport::Server::builder()
         .accept_http1(true)

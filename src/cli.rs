@@ -63,6 +63,16 @@ enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Turns the replay guard on or off: a request signature already seen within the
+    /// signing window is refused (SIGNATURE_REPLAYED). One database write per request.
+    ReplayGuard {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        on: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +295,14 @@ async fn run(cli: Cli) -> Result<()> {
                     p.project_id, p.api_key, p.api_secret
                 )
             });
+            Ok(())
+        }
+        Command::Project(ProjectCommand::ReplayGuard { db, project, on }) => {
+            open_admin(&db)?.set_refuse_replays(&project, on).await?;
+            println!(
+                "replay guard {} for project {project}",
+                if on { "on" } else { "off" }
+            );
             Ok(())
         }
         Command::Project(ProjectCommand::List { db, json }) => {

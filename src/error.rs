@@ -10,8 +10,13 @@ pub enum Error {
     // -- authentication (401)
     #[error("missing X-API-KEY header")]
     MissingApiKey,
-    #[error("missing signing headers: X-TIMESTAMP and X-SIGNATURE are required")]
-    MissingSignatureHeaders,
+    /// Names what is missing for the scheme in use.
+    #[error("missing signing headers: {0} required")]
+    MissingSignatureHeaders(&'static str),
+    #[error("this request signature was already used; sign every request anew")]
+    SignatureReplayed,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("unknown API key")]
     InvalidApiKey,
     #[error("invalid signature")]
@@ -64,6 +69,8 @@ pub enum Error {
     InvalidPayload(usize),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the request body did not arrive within {0} seconds")]
+    RequestTimeout(u64),
     #[error("X-REQUEST-ID was already used for a different request")]
     IdempotencyConflict,
 
@@ -123,7 +130,10 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::MissingApiKey => "MISSING_API_KEY",
-            Error::MissingSignatureHeaders => "MISSING_SIGNATURE_HEADERS",
+            Error::MissingSignatureHeaders(_) => "MISSING_SIGNATURE_HEADERS",
+            Error::SignatureReplayed => "SIGNATURE_REPLAYED",
+            Error::Forbidden(_) => "FORBIDDEN",
+            Error::RequestTimeout(_) => "REQUEST_TIMEOUT",
             Error::InvalidApiKey => "INVALID_API_KEY",
             Error::InvalidSignature => "INVALID_SIGNATURE",
             Error::TimestampExpired(_) => "TIMESTAMP_EXPIRED",

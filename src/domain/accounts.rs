@@ -50,10 +50,59 @@ impl From<UserRow> for User {
     }
 }
 
-/// Who a SAK request acts for: the project, and the session when the key names one.
-pub struct SakCaller {
-    pub caller: Caller,
-    pub session: Option<SessionRow>,
+/// A SAK API key: a session's key acts for that session only (send, history, its own status
+/// and QR, its webhooks test); a user's key manages the whole account, like the JWT.
+pub enum SakKey {
+    Session { caller: Caller, session: SessionRow },
+    User { caller: Caller },
+}
+
+/// What a session key may not do.
+const SESSION_KEY_SCOPE: &str =
+    "a session API key acts only for its own session; use the account's JWT or a user API key";
+
+impl SakKey {
+    /// The account, for managing it: a session key is refused.
+    pub fn manager(self) -> Result<Caller> {
+        match self {
+            SakKey::User { caller } => Ok(caller),
+            SakKey::Session { .. } => Err(Error::Forbidden(SESSION_KEY_SCOPE)),
+        }
+    }
+
+    /// The account, for reading one session (`id`): a session key only for its own.
+    pub fn for_session(self, id: &str) -> Result<Caller> {
+        match self {
+            SakKey::User { caller } => Ok(caller),
+            SakKey::Session { caller, session } if session.id == id => Ok(caller),
+            SakKey::Session { .. } => Err(Error::Forbidden(SESSION_KEY_SCOPE)),
+        }
+    }
+
+    /// The session that acts: the key's own, or — with a user key — the one named (header
+    /// first, then body), which must be in the user's project.
+    pub async fn acting_session(
+        self,
+        gw: &Gateway,
+        session_id: Option<&str>,
+    ) -> Result<(Caller, SessionRow)> {
+        match self {
+            SakKey::Session { caller, session } => Ok((caller, session)),
+            SakKey::User { caller } => {
+                let id = session_id
+                    .filter(|s| !s.is_empty())
+                    .ok_or(Error::SessionIdRequired)?
+                    .to_owned();
+                let row = gw
+                    .db()
+                    .run(move |c| crate::storage::sessions::get(c, &id))
+                    .await?
+                    .filter(|r| r.project_id == caller.project.row.id)
+                    .ok_or(Error::SessionNotFound)?;
+                Ok((caller, row))
+            }
+        }
+    }
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -68,6 +117,76 @@ fn verify_password(password: &str, hash: &str) -> bool {
     argon2::Argon2::default()
         .verify_password(password.as_bytes(), hash)
         .is_ok()
+}
+
+/// Bounds password hashing: each Argon2 run takes ~19 MiB and a core for tens of
+/// milliseconds, so at most `concurrency` run at once, a few more wait briefly, and the
+/// rest are refused at once with `503 SERVER_BUSY` (`Retry-After`) instead of piling up
+/// memory. The per-IP limit cannot do this: an attacker has many addresses.
+pub struct PasswordHasherPool {
+    permits: tokio::sync::Semaphore,
+    /// Callers allowed to wait for a permit (beyond those running).
+    queue: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+    wait: std::time::Duration,
+}
+
+/// Tunables of [`PasswordHasherPool`].
+#[derive(Debug, Clone)]
+pub struct HashingSettings {
+    /// Hashes computed at once (default: the number of cores).
+    pub concurrency: usize,
+    /// Callers that may wait for a slot (default: 4 per slot).
+    pub queue: usize,
+    /// How long a caller waits for a slot before `SERVER_BUSY`.
+    pub wait: std::time::Duration,
+}
+
+impl Default for HashingSettings {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        HashingSettings {
+            concurrency: cores,
+            queue: 4 * cores,
+            wait: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl PasswordHasherPool {
+    pub fn new(s: &HashingSettings) -> Self {
+        PasswordHasherPool {
+            permits: tokio::sync::Semaphore::new(s.concurrency.max(1)),
+            queue: s.queue,
+            waiting: Default::default(),
+            wait: s.wait,
+        }
+    }
+
+    /// Runs `f` (a hash or a verification) on the blocking pool once a slot is free.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        use std::sync::atomic::Ordering;
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::Overloaded);
+                }
+                let got = tokio::time::timeout(self.wait, self.permits.acquire()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match got {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(Error::Overloaded),
+                }
+            }
+        };
+        let out = tokio::task::spawn_blocking(f)
+            .await
+            .map_err(Error::internal);
+        drop(permit);
+        out
+    }
 }
 
 impl Gateway {
@@ -155,6 +274,13 @@ impl Gateway {
             .filter(|n| !n.is_empty())
             .unwrap_or(&email)
             .to_owned();
+        // Hashed before anything is created: a refusal (SERVER_BUSY) leaves nothing behind.
+        let pw = password.to_owned();
+        let password_hash = self
+            .inner
+            .hashing
+            .run(move || hash_password(&pw))
+            .await??;
         let project = self
             .admin()
             .create_project(NewProject {
@@ -164,10 +290,6 @@ impl Gateway {
                 max_sessions: 10,
             })
             .await?;
-        let pw = password.to_owned();
-        let password_hash = tokio::task::spawn_blocking(move || hash_password(&pw))
-            .await
-            .map_err(Error::internal)??;
         let row = UserRow {
             id: uuid::Uuid::now_v7().to_string(),
             email,
@@ -194,15 +316,17 @@ impl Gateway {
         let pw = password.to_owned();
         // Verify against a dummy hash for unknown emails too, so timing does not tell.
         let hash = row.as_ref().map(|r| r.password_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => verify_password(&pw, &h),
-            None => {
-                let _ = hash_password(&pw);
-                false
-            }
-        })
-        .await
-        .map_err(Error::internal)?;
+        let ok = self
+            .inner
+            .hashing
+            .run(move || match hash {
+                Some(h) => verify_password(&pw, &h),
+                None => {
+                    let _ = hash_password(&pw);
+                    false
+                }
+            })
+            .await?;
         match (row, ok) {
             (Some(r), true) => {
                 let user = User::from(r);
@@ -244,9 +368,9 @@ impl Gateway {
         self.caller_for_project(&user.project_id).await
     }
 
-    /// Resolves `x-api-key` (and `x-session-id`) of a SAK request: a session key names its
-    /// session; a user key names the user's project and, with a session id, that session.
-    pub async fn sak_api_key(&self, key: &str, session_id: Option<&str>) -> Result<SakCaller> {
+    /// Resolves the `x-api-key` of a SAK request: a session's key, or a user's. Done from the
+    /// headers alone, before any body is read, so an unknown key costs nothing.
+    pub async fn sak_key(&self, key: &str) -> Result<SakKey> {
         let hash = crypto::hash_api_key(key);
         let h = hash.clone();
         if let Some(session) = self
@@ -255,10 +379,7 @@ impl Gateway {
             .await?
         {
             let caller = self.caller_for_project(&session.project_id).await?;
-            return Ok(SakCaller {
-                caller,
-                session: Some(session),
-            });
+            return Ok(SakKey::Session { caller, session });
         }
         let user = self
             .db()
@@ -266,23 +387,8 @@ impl Gateway {
             .await?
             .ok_or(Error::InvalidApiKey)?;
         let caller = self.caller_for_project(&user.project_id).await?;
-        let session = match session_id.filter(|s| !s.is_empty()) {
-            Some(id) => {
-                let id = id.to_owned();
-                let row = self
-                    .db()
-                    .run(move |c| crate::storage::sessions::get(c, &id))
-                    .await?;
-                Some(
-                    row.filter(|r| r.project_id == caller.project.row.id)
-                        .ok_or(Error::SessionNotFound)?,
-                )
-            }
-            None => None,
-        };
-        Ok(SakCaller { caller, session })
+        Ok(SakKey::User { caller })
     }
-
     /// Creates a session with its own API key (returned only here), within the project's cap.
     pub async fn create_session_with_key(
         &self,

@@ -110,6 +110,7 @@ impl Admin {
             max_sessions: p.max_sessions,
             suspended: false,
             created_at: now_ms(),
+            refuse_replays: false,
         };
         let out = CreatedProject {
             project_id: row.id.clone(),
@@ -123,6 +124,20 @@ impl Admin {
             .run(move |c| projects::insert_project(c, &row))
             .await?;
         Ok(out)
+    }
+
+    /// Turns the project's replay guard on or off: with it on, a request signature already
+    /// seen within the signing window is refused (`SIGNATURE_REPLAYED`).
+    pub async fn set_refuse_replays(&self, project_id: &str, on: bool) -> Result<()> {
+        let pid = project_id.to_owned();
+        match self
+            .db
+            .run(move |c| projects::set_refuse_replays(c, &pid, on))
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Error::ProjectNotFound),
+        }
     }
 
     pub async fn list_projects(&self) -> Result<Vec<ProjectSummary>> {

@@ -46,14 +46,103 @@ pub struct RkHeaders<'a> {
     pub signature: Option<&'a str>,
 }
 
-/// What the Qontak scheme signs, taken from the HTTP request.
-pub struct QontakRequest<'a> {
+/// What the Qontak scheme signs besides the body, taken from the HTTP request head.
+pub struct QontakHead<'a> {
     pub authorization: &'a str,
     pub date: Option<&'a str>,
     pub digest: Option<&'a str>,
     pub method: &'a str,
     pub path_and_query: &'a str,
-    pub body: &'a [u8],
+}
+
+/// A request whose key is known and whose timestamp is fresh, its signature not yet checked:
+/// what is signed (the body) may be read now, and only now.
+pub struct Unverified {
+    project: Arc<ProjectAuth>,
+    /// Unix seconds the request claims.
+    issued: i64,
+    signature: Vec<u8>,
+    scheme: Scheme,
+}
+
+enum Scheme {
+    /// `api_key ‖ timestamp`, followed by what the transport signs.
+    Rk { prefix: Vec<u8> },
+    Qontak {
+        listed: Vec<String>,
+        date: String,
+        request_line: String,
+        digest: Option<String>,
+    },
+}
+
+impl Unverified {
+    /// Checks the signature over `signed` (RK: the raw body, or gRPC's method path and
+    /// message; Qontak: the body, bound through its digest), then the project's replay
+    /// guard.
+    pub async fn verify(self, gw: &Gateway, signed: &[&[u8]]) -> Result<Caller> {
+        let ok = match &self.scheme {
+            Scheme::Rk { prefix } => {
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(signed.len() + 1);
+                parts.push(prefix);
+                parts.extend_from_slice(signed);
+                crypto::verify_hmac_sha256(&self.project.secret, &parts, &self.signature)
+            }
+            Scheme::Qontak {
+                listed,
+                date,
+                request_line,
+                digest,
+            } => {
+                let body = signed.concat();
+                let expected = format!("SHA-256={}", crypto::base64_encode(&sha2_digest(&body)));
+                let digest_signed = listed.iter().any(|h| h == "digest");
+                if !body.is_empty() && !digest_signed {
+                    return Err(Error::InvalidAuthorizationHeader(
+                        "a request with a body must sign its digest (headers=\"date request-line digest\")",
+                    ));
+                }
+                if digest_signed && digest.as_deref().map(str::trim) != Some(expected.as_str()) {
+                    return Err(Error::InvalidSignature);
+                }
+                let lines: Vec<String> = listed
+                    .iter()
+                    .map(|h| match h.as_str() {
+                        "date" => format!("date: {date}"),
+                        "digest" => format!("digest: {}", digest.as_deref().unwrap_or("")),
+                        _ => request_line.clone(),
+                    })
+                    .collect();
+                crypto::verify_hmac_sha256(
+                    &self.project.secret,
+                    &[lines.join("\n").as_bytes()],
+                    &self.signature,
+                )
+            }
+        };
+        if !ok {
+            return Err(Error::InvalidSignature);
+        }
+        if self.project.row.refuse_replays {
+            let window = gw.settings().signature_window.as_secs() as i64;
+            let (pid, hash) = (
+                self.project.row.id.clone(),
+                hex::encode(sha2_digest(&self.signature)),
+            );
+            // Kept until the timestamp it was made with leaves the window.
+            let expires = (self.issued + window + 1) * 1000;
+            let fresh = gw
+                .db()
+                .run(move |c| projects::record_signature(c, &pid, &hash, expires))
+                .await?;
+            if !fresh {
+                return Err(Error::SignatureReplayed);
+            }
+        }
+        Ok(Caller {
+            project: self.project,
+        })
+    }
 }
 
 /// Short-lived cache of decrypted project credentials and device lookups, so the hot path
@@ -97,7 +186,8 @@ impl AuthCache {
     }
 }
 
-fn check_timestamp(ts: &str, window: Duration, now_secs: i64) -> Result<()> {
+/// The timestamp as Unix seconds, if it is within `window` of now.
+fn check_timestamp(ts: &str, window: Duration, now_secs: i64) -> Result<i64> {
     let ts: i64 = ts
         .trim()
         .parse()
@@ -105,7 +195,7 @@ fn check_timestamp(ts: &str, window: Duration, now_secs: i64) -> Result<()> {
     if now_secs.abs_diff(ts) > window.as_secs() {
         return Err(Error::TimestampExpired(window.as_secs()));
     }
-    Ok(())
+    Ok(ts)
 }
 
 impl Gateway {
@@ -145,34 +235,38 @@ impl Gateway {
     /// RK signing: `hex(HMAC-SHA256(secret, api_key ‖ timestamp ‖ signed…))`, where `signed`
     /// is the raw body for REST and `method path ‖ message bytes` for gRPC.
     pub async fn authenticate_rk(&self, h: RkHeaders<'_>, signed: &[&[u8]]) -> Result<Caller> {
+        self.begin_rk(h).await?.verify(self, signed).await
+    }
+
+    /// The first half of RK signing, from the headers alone: the key must be known and the
+    /// timestamp fresh before anyone's body is read.
+    pub async fn begin_rk(&self, h: RkHeaders<'_>) -> Result<Unverified> {
         let api_key = h
             .api_key
             .filter(|k| !k.is_empty())
             .ok_or(Error::MissingApiKey)?;
         let (Some(ts), Some(sig)) = (h.timestamp, h.signature) else {
-            return Err(Error::MissingSignatureHeaders);
+            return Err(Error::MissingSignatureHeaders("X-TIMESTAMP and X-SIGNATURE"));
         };
-        check_timestamp(
-            ts,
-            self.settings().signature_window,
-            chrono::Utc::now().timestamp(),
-        )?;
+        let window = self.settings().signature_window;
+        let issued = check_timestamp(ts, window, chrono::Utc::now().timestamp())?;
         let project = self.project_for_key(api_key).await?;
-        let provided = hex::decode(sig.trim()).map_err(|_| Error::InvalidSignature)?;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(signed.len() + 2);
-        parts.push(api_key.as_bytes());
-        parts.push(ts.as_bytes());
-        parts.extend_from_slice(signed);
-        if !crypto::verify_hmac_sha256(&project.secret, &parts, &provided) {
-            return Err(Error::InvalidSignature);
-        }
-        Ok(Caller { project })
+        let signature = hex::decode(sig.trim()).map_err(|_| Error::InvalidSignature)?;
+        let prefix = [api_key.as_bytes(), ts.as_bytes()].concat();
+        Ok(Unverified {
+            project,
+            issued,
+            signature,
+            scheme: Scheme::Rk { prefix },
+        })
     }
 
     /// Mekari/Qontak: `Authorization: hmac username="<api_key>", algorithm="hmac-sha256",
-    /// headers="date request-line", signature="<base64 HMAC>"` over the listed headers, one
-    /// per line (`date: <Date>`, `<METHOD> <path?query> HTTP/1.1`, and `digest: …` if listed).
-    pub async fn authenticate_qontak(&self, r: QontakRequest<'_>) -> Result<Caller> {
+    /// headers="date request-line digest", signature="<base64 HMAC>"` over the listed
+    /// headers, one per line (`date: <Date>`, `<METHOD> <path?query> HTTP/1.1`,
+    /// `digest: SHA-256=<base64 sha256(body)>`). The request line must be signed, and so must
+    /// the digest of any body: a signature over the date alone would open every path.
+    pub async fn begin_qontak(&self, r: QontakHead<'_>) -> Result<Unverified> {
         let params = parse_hmac_authorization(r.authorization)?;
         let username = params
             .get("username")
@@ -186,55 +280,56 @@ impl Gateway {
                 "only algorithm=\"hmac-sha256\" is supported",
             ));
         }
-        let headers = params.get("headers").map(String::as_str).unwrap_or("date");
         let signature = params
             .get("signature")
             .ok_or(Error::InvalidAuthorizationHeader("signature is missing"))?;
-        let listed: Vec<&str> = headers.split_ascii_whitespace().collect();
-        if !listed.iter().any(|h| h.eq_ignore_ascii_case("date")) {
+        let listed: Vec<String> = params
+            .get("headers")
+            .map(String::as_str)
+            .unwrap_or("date")
+            .split_ascii_whitespace()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        for name in &listed {
+            if !matches!(name.as_str(), "date" | "request-line" | "digest") {
+                return Err(Error::InvalidAuthorizationHeader(
+                    "headers may list only date, request-line and digest",
+                ));
+            }
+        }
+        let lists = |n: &str| listed.iter().any(|h| h == n);
+        if !lists("date") || !lists("request-line") {
             return Err(Error::InvalidAuthorizationHeader(
-                "headers must include date",
+                "headers must include date and request-line",
             ));
         }
-        let date = r.date.ok_or(Error::MissingSignatureHeaders)?;
+        let date = r
+            .date
+            .ok_or(Error::MissingSignatureHeaders("the Date header"))?;
         let window = self.settings().signature_window;
         let when = chrono::DateTime::parse_from_rfc2822(date)
             .map_err(|_| Error::TimestampExpired(window.as_secs()))?;
-        check_timestamp(
+        let issued = check_timestamp(
             &when.timestamp().to_string(),
             window,
             chrono::Utc::now().timestamp(),
         )?;
-
-        let mut lines = Vec::with_capacity(listed.len());
-        for name in &listed {
-            let name = name.to_ascii_lowercase();
-            match name.as_str() {
-                "date" => lines.push(format!("date: {date}")),
-                "request-line" => lines.push(format!("{} {} HTTP/1.1", r.method, r.path_and_query)),
-                "digest" => {
-                    let digest = r.digest.ok_or(Error::MissingSignatureHeaders)?;
-                    let expected =
-                        format!("SHA-256={}", crypto::base64_encode(&sha2_digest(r.body)));
-                    if digest.trim() != expected {
-                        return Err(Error::InvalidSignature);
-                    }
-                    lines.push(format!("digest: {digest}"));
-                }
-                _ => {
-                    return Err(Error::InvalidAuthorizationHeader(
-                        "headers may list only date, request-line and digest",
-                    ));
-                }
-            }
+        if lists("digest") && r.digest.is_none() {
+            return Err(Error::MissingSignatureHeaders("the Digest header"));
         }
         let project = self.project_for_key(username).await?;
-        let provided = crypto::base64_decode(signature).ok_or(Error::InvalidSignature)?;
-        let signing_string = lines.join("\n");
-        if !crypto::verify_hmac_sha256(&project.secret, &[signing_string.as_bytes()], &provided) {
-            return Err(Error::InvalidSignature);
-        }
-        Ok(Caller { project })
+        let signature = crypto::base64_decode(signature).ok_or(Error::InvalidSignature)?;
+        Ok(Unverified {
+            project,
+            issued,
+            signature,
+            scheme: Scheme::Qontak {
+                listed,
+                date: date.to_owned(),
+                request_line: format!("{} {} HTTP/1.1", r.method, r.path_and_query),
+                digest: r.digest.map(str::to_owned),
+            },
+        })
     }
 
     /// The caller's device by its code; another project's device is not found.

@@ -36,6 +36,10 @@ pub struct Settings {
     pub media_retention: Option<Duration>,
     /// How often expiry and retention run.
     pub janitor_interval: Duration,
+    /// Password hashing (register, login): how many at once, how many may wait.
+    pub hashing: accounts::HashingSettings,
+    /// Connection, header and body limits of the HTTP server (REST, gRPC, grpc-web).
+    pub http: crate::transport::limits::HttpSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +56,8 @@ impl Default for Settings {
             webhooks: crate::webhooks::Settings::default(),
             media_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             janitor_interval: Duration::from_secs(60),
+            hashing: accounts::HashingSettings::default(),
+            http: crate::transport::limits::HttpSettings::default(),
         }
     }
 }
@@ -71,6 +77,7 @@ struct Inner {
     sessions: SessionManager,
     /// Open event streams on this node (each holds a task and polls the database).
     streams: Arc<tokio::sync::Semaphore>,
+    hashing: accounts::PasswordHasherPool,
 }
 
 /// Event streams one node serves at once.
@@ -87,6 +94,7 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 auth: auth::AuthCache::new(settings.credential_cache_ttl),
+                hashing: accounts::PasswordHasherPool::new(&settings.hashing),
                 db,
                 settings,
                 key,

@@ -17,6 +17,8 @@ pub struct ProjectRow {
     pub max_sessions: i64,
     pub suspended: bool,
     pub created_at: i64,
+    /// Refuse a request signature already seen within the signing window.
+    pub refuse_replays: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -85,3 +85,37 @@ pub fn device_by_code(
         .first(c)
         .optional())?)
 }
+
+/// Records a request signature as seen until `expires_at`; false if it was seen before
+/// (a replay). Shared by every node on the database.
+pub fn record_signature(
+    conn: &mut DbConn,
+    project_id: &str,
+    signature_hash: &str,
+    expires_at: i64,
+) -> Result<bool> {
+    use super::schema::seen_signatures as s;
+    let inserted = on_conn!(conn, c => diesel::insert_into(s::table)
+        .values((
+            s::project_id.eq(project_id),
+            s::signature_hash.eq(signature_hash),
+            s::expires_at.eq(expires_at),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c))?;
+    Ok(inserted == 1)
+}
+
+/// Forgets signatures whose timestamp has left the window.
+pub fn purge_signatures(conn: &mut DbConn, now: i64) -> Result<usize> {
+    use super::schema::seen_signatures as s;
+    Ok(on_conn!(conn, c => diesel::delete(s::table.filter(s::expires_at.lt(now))).execute(c))?)
+}
+
+/// Turns the replay guard of a project on or off.
+pub fn set_refuse_replays(conn: &mut DbConn, project_id: &str, on: bool) -> Result<bool> {
+    let n = on_conn!(conn, c => diesel::update(projects::table.find(project_id))
+        .set(projects::refuse_replays.eq(on))
+        .execute(c))?;
+    Ok(n == 1)
+}

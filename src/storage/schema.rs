@@ -12,6 +12,15 @@ diesel::table! {
         max_sessions -> BigInt,
         suspended -> Bool,
         created_at -> BigInt,
+        refuse_replays -> Bool,
+    }
+}
+
+diesel::table! {
+    seen_signatures (project_id, signature_hash) {
+        project_id -> Text,
+        signature_hash -> Text,
+        expires_at -> BigInt,
     }
 }
 

@@ -2,5 +2,6 @@
 //! service layer in `domain`. They decode, call, encode, and map errors; nothing else.
 
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod rest;

@@ -14,6 +14,8 @@ use tonic::Status;
 
 use crate::domain::Gateway;
 use crate::domain::auth::{Caller, RkHeaders};
+use crate::error::Error;
+use crate::transport::limits::read_body;
 
 /// Largest unary request accepted (a 10 MB media file plus the rest of the message).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 11 * 1024 * 1024;
@@ -53,24 +55,29 @@ pub async fn authenticate(State(gw): State<Gateway>, req: Request, next: Next) -
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_GRPC_MESSAGE_BYTES + 5).await {
-        Ok(b) => b,
-        Err(_) => return status_response(Status::resource_exhausted("request message too large")),
-    };
-    let message = match first_message(&bytes) {
-        Ok(m) => m,
-        Err(s) => return status_response(s),
-    };
+    // The key and timestamp first: an unknown key is refused before its body is read.
     let headers = RkHeaders {
         api_key: meta(&parts, "x-api-key"),
         timestamp: meta(&parts, "x-timestamp"),
         signature: meta(&parts, "x-signature"),
     };
+    let pending = match gw.begin_rk(headers).await {
+        Ok(p) => p,
+        Err(e) => return status_response(e.into()),
+    };
+    let bytes = match read_body(&gw, body, MAX_GRPC_MESSAGE_BYTES + 5).await {
+        Ok(b) => b,
+        Err(Error::PayloadTooLarge) => {
+            return status_response(Status::resource_exhausted("request message too large"));
+        }
+        Err(e) => return status_response(e.into()),
+    };
+    let message = match first_message(&bytes) {
+        Ok(m) => m,
+        Err(s) => return status_response(s),
+    };
     let path = parts.uri.path().to_owned();
-    match gw
-        .authenticate_rk(headers, &[path.as_bytes(), message])
-        .await
-    {
+    match pending.verify(&gw, &[path.as_bytes(), message]).await {
         Ok(caller) => {
             parts.extensions.insert::<Caller>(caller);
             next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -8,7 +8,8 @@ use crate::error::Error;
 pub fn grpc_code(e: &Error) -> Code {
     match e {
         Error::MissingApiKey
-        | Error::MissingSignatureHeaders
+        | Error::MissingSignatureHeaders(_)
+        | Error::SignatureReplayed
         | Error::InvalidApiKey
         | Error::InvalidSignature
         | Error::TimestampExpired(_)
@@ -18,6 +19,8 @@ pub fn grpc_code(e: &Error) -> Code {
         | Error::NoApiKey
         | Error::InvalidCredentials => Code::Unauthenticated,
         Error::SessionIdRequired => Code::InvalidArgument,
+        Error::Forbidden(_) => Code::PermissionDenied,
+        Error::RequestTimeout(_) => Code::DeadlineExceeded,
         Error::SessionLimitReached | Error::TooManyRequests { .. } => Code::ResourceExhausted,
         Error::EmailTaken => Code::AlreadyExists,
         Error::InvalidRequest(_)

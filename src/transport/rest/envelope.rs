@@ -46,7 +46,8 @@ pub fn success<T: Serialize>(status: StatusCode, server_id: &str, data: T) -> Re
 pub fn http_status(e: &Error) -> StatusCode {
     match e {
         Error::MissingApiKey
-        | Error::MissingSignatureHeaders
+        | Error::MissingSignatureHeaders(_)
+        | Error::SignatureReplayed
         | Error::InvalidApiKey
         | Error::InvalidSignature
         | Error::TimestampExpired(_)
@@ -56,6 +57,8 @@ pub fn http_status(e: &Error) -> StatusCode {
         | Error::NoApiKey
         | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
         Error::SessionIdRequired => StatusCode::BAD_REQUEST,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::SessionLimitReached => StatusCode::FORBIDDEN,
         Error::EmailTaken => StatusCode::CONFLICT,
         Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -127,9 +130,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
-        // A body too large is answered before it was read, so the connection cannot carry
-        // another request: say so, or a keep-alive client reuses it and sees it cut.
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // A body too large (or too slow) is answered before it was read, so the connection
+        // cannot carry another request: say so, or a keep-alive client reuses it and sees it
+        // cut.
+        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -2,14 +2,16 @@
 //! that a malformed URL is a `400 VALIDATION_ERROR` rather than axum's plain-text rejection,
 //! and JSON bodies that must be objects.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::envelope::ApiError;
+use crate::domain::Gateway;
 use crate::error::Error;
+use crate::transport::limits::read_body;
 
 pub struct Path<T>(pub T);
 
@@ -43,6 +45,27 @@ where
             Err(e) => Err(ApiError(Error::InvalidRequest(e.body_text()))),
         }
     }
+}
+
+/// Largest JSON body of the SAK, webhook and account endpoints (a 65,536-character text in
+/// UTF-8 with room to spare); media endpoints take [`super::MAX_BODY_BYTES`].
+pub const MAX_JSON_BYTES: usize = 512 * 1024;
+
+/// A JSON object body, read after authentication.
+pub async fn json<T: DeserializeOwned>(gw: &Gateway, body: Body) -> Result<T, Error> {
+    json_object(&read_body(gw, body, MAX_JSON_BYTES).await?)
+}
+
+/// As [`json`], where an empty body means every field's default.
+pub async fn optional_json<T: DeserializeOwned + Default>(
+    gw: &Gateway,
+    body: Body,
+) -> Result<T, Error> {
+    let bytes = read_body(gw, body, MAX_JSON_BYTES).await?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    json_object(&bytes)
 }
 
 /// Decodes a JSON body that must be an object. serde would also build a struct from an array

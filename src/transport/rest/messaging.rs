@@ -1,14 +1,13 @@
 //! `POST /api/v1/send`, `GET /api/v1/status/{id}`, `GET /api/v1/messages` (RK Connect).
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{authenticate, header_str};
+use super::auth::{header_str, header_text, signed};
 use super::envelope::{ApiResult, ErrorBody, success};
 use super::extract::{Path, Query};
 use crate::domain::Gateway;
@@ -114,13 +113,8 @@ pub struct ListParams {
     pub status: Option<String>,
 }
 
-pub(super) fn body_error(e: BytesRejection) -> Error {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::PayloadTooLarge
-    } else {
-        Error::InvalidRequest(format!("cannot read request body: {e}"))
-    }
-}
+/// A GET is signed over its (normally empty) body; it has no use for a large one.
+const MAX_GET_BODY_BYTES: usize = 64 * 1024;
 
 fn recipient_text(v: Option<Value>) -> Result<String, Error> {
     match v {
@@ -211,13 +205,12 @@ pub async fn send(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
-    let body = body.map_err(body_error)?;
-    let caller = authenticate(&gw, &method, &uri, &headers, &body).await?;
+    let (caller, body) = signed(&gw, &method, &uri, &headers, body, super::MAX_BODY_BYTES).await?;
     let mut cmd = decode_send(&headers, body).await?;
-    cmd.device_code = header_str(&headers, "x-device-code").map(str::to_owned);
-    cmd.request_id = header_str(&headers, "x-request-id").map(str::to_owned);
+    cmd.device_code = header_text(&headers, "x-device-code")?.map(str::to_owned);
+    cmd.request_id = header_text(&headers, "x-request-id")?.map(str::to_owned);
     let r = gw.send(&caller, cmd).await?;
     let replayed = r.replayed;
     let mut resp = success(
@@ -256,8 +249,9 @@ pub async fn status(
     uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Body,
 ) -> ApiResult {
-    let caller = authenticate(&gw, &method, &uri, &headers, b"").await?;
+    let (caller, _) = signed(&gw, &method, &uri, &headers, body, MAX_GET_BODY_BYTES).await?;
     let m = gw.message_status(&caller, &id).await?;
     Ok(success(StatusCode::OK, gw.node_id(), StatusData::from(m)))
 }
@@ -276,8 +270,9 @@ pub async fn list(
     uri: Uri,
     headers: HeaderMap,
     Query(p): Query<ListParams>,
+    body: Body,
 ) -> ApiResult {
-    let caller = authenticate(&gw, &method, &uri, &headers, b"").await?;
+    let (caller, _) = signed(&gw, &method, &uri, &headers, body, MAX_GET_BODY_BYTES).await?;
     let page = gw
         .list_messages(
             &caller,

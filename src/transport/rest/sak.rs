@@ -1,9 +1,8 @@
 //! The SAK self-hosted API (`/api/v1/auth`, `/api/v1/sessions`, `/api/v1/messages/*`),
 //! camelCase as its document shows, over the same service layer as RK and gRPC.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -12,12 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::header_str;
 use super::envelope::{ApiResult, ErrorBody, Success, success};
-use super::extract::{Path, Query};
-use super::extract::{json_body, optional_body};
-use super::messaging::body_error;
+use super::extract::{Path, Query, json, optional_json};
+use crate::transport::limits::read_body;
 use super::webhooks::EventName;
 use crate::domain::Gateway;
-use crate::domain::accounts::{SakCaller, User};
+use crate::domain::accounts::{SakKey, User};
 use crate::domain::auth::Caller;
 use crate::domain::messaging::{MediaUpload, SendCommand, rfc3339};
 use crate::domain::sessions::SessionView;
@@ -33,29 +31,44 @@ pub(super) async fn bearer_user(gw: &Gateway, headers: &HeaderMap) -> Result<Use
     gw.user_from_token(token).await
 }
 
-/// Session management accepts a JWT or a user API key.
+/// Session management accepts a JWT or a user API key; a session key is refused.
 pub(super) async fn manager(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Error> {
     if header_str(headers, header::AUTHORIZATION.as_str()).is_some() {
         let user = bearer_user(gw, headers).await?;
         return gw.caller_for_user(&user).await;
     }
     let key = header_str(headers, "x-api-key").ok_or(Error::NoToken)?;
-    Ok(gw.sak_api_key(key, None).await?.caller)
+    gw.sak_key(key).await?.manager()
 }
 
-/// Messaging needs `x-api-key`: a session key, or a user key plus `x-session-id`.
-pub(super) async fn messenger(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    body_session: Option<&str>,
-) -> Result<(Caller, crate::storage::sessions::SessionRow), Error> {
+/// Reading one session (its status, its QR): as [`manager`], or that session's own key.
+async fn session_reader(gw: &Gateway, headers: &HeaderMap, id: &str) -> Result<Caller, Error> {
+    if header_str(headers, header::AUTHORIZATION.as_str()).is_some() {
+        let user = bearer_user(gw, headers).await?;
+        return gw.caller_for_user(&user).await;
+    }
+    let key = header_str(headers, "x-api-key").ok_or(Error::NoToken)?;
+    gw.sak_key(key).await?.for_session(id)
+}
+
+/// Messaging needs `x-api-key`: a session key, or a user key (the session then comes from
+/// `x-session-id` or the body). Resolved before the body is read.
+pub(super) async fn messaging_key(gw: &Gateway, headers: &HeaderMap) -> Result<SakKey, Error> {
     let key = header_str(headers, "x-api-key")
         .filter(|k| !k.is_empty())
         .ok_or(Error::NoApiKey)?;
+    gw.sak_key(key).await
+}
+
+/// The session a messaging call acts for; `body_session` is the body's `sessionId`, if any.
+pub(super) async fn messenger(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    key: SakKey,
+    body_session: Option<&str>,
+) -> Result<(Caller, crate::storage::sessions::SessionRow), Error> {
     let session_id = header_str(headers, "x-session-id").or(body_session);
-    let SakCaller { caller, session } = gw.sak_api_key(key, session_id).await?;
-    let session = session.ok_or(Error::SessionIdRequired)?;
-    Ok((caller, session))
+    key.acting_session(gw, session_id).await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -142,8 +155,8 @@ pub struct Credentials {
         (status = 429, body = ErrorBody),
     )
 )]
-pub async fn register(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let c: Credentials = json_body(&body)?;
+pub async fn register(State(gw): State<Gateway>, body: Body) -> ApiResult {
+    let c: Credentials = json(&gw, body).await?;
     let (user, token) = gw
         .register(&c.email, &c.password, c.name.as_deref())
         .await?;
@@ -164,8 +177,8 @@ pub async fn register(State(gw): State<Gateway>, body: Result<Bytes, BytesReject
         (status = 429, body = ErrorBody),
     )
 )]
-pub async fn login(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let c: Credentials = json_body(&body)?;
+pub async fn login(State(gw): State<Gateway>, body: Body) -> ApiResult {
+    let c: Credentials = json(&gw, body).await?;
     let (user, token) = gw.login(&c.email, &c.password).await?;
     let data = AuthData {
         user: (&user).into(),
@@ -203,10 +216,10 @@ pub struct ApiKeyData {
 pub async fn create_api_key(
     State(gw): State<Gateway>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let user = bearer_user(&gw, &headers).await?;
-    let req: NewKey = optional_body(&body)?;
+    let req: NewKey = optional_json(&gw, body).await?;
     let (row, raw) = gw.create_user_api_key(&user, req.name.as_deref()).await?;
     let data = ApiKeyData {
         id: row.id,
@@ -343,10 +356,10 @@ pub struct SessionWebhookData {
 pub async fn create_session(
     State(gw): State<Gateway>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
-    let req: NewSession = optional_body(&body)?;
+    let req: NewSession = optional_json(&gw, body).await?;
     let webhook = req
         .webhook
         .as_ref()
@@ -402,7 +415,7 @@ pub async fn session_status(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
+    let caller = session_reader(&gw, &headers, &id).await?;
     let s = gw.get_session(&caller, &id).await?;
     Ok(success(StatusCode::OK, gw.node_id(), SessionData::from(&s)))
 }
@@ -442,7 +455,7 @@ pub async fn session_qr(
     Path(id): Path<String>,
     Query(q): Query<QrParams>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
+    let caller = session_reader(&gw, &headers, &id).await?;
     let qr = gw.session_qr(&caller, &id).await?;
     match (q.format.as_deref(), &qr.code) {
         (Some("png"), Some(code)) => Ok((
@@ -539,10 +552,10 @@ pub async fn pairing_code(
     State(gw): State<Gateway>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
-    let req: PairingRequest = json_body(&body)?;
+    let req: PairingRequest = json(&gw, body).await?;
     let (code, expires) = gw
         .request_pairing_code(&caller, &id, &req.phone_number)
         .await?;
@@ -670,11 +683,12 @@ async fn send_as_session(
 pub async fn send_text(
     State(gw): State<Gateway>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
-    let req: Result<SendText, Error> = json_body(&body);
+    let key = messaging_key(&gw, &headers).await?;
+    let req: Result<SendText, Error> = json(&gw, body).await;
     let session_hint = req.as_ref().ok().and_then(|r| r.session_id.clone());
-    let (caller, session) = messenger(&gw, &headers, session_hint.as_deref()).await?;
+    let (caller, session) = messenger(&gw, &headers, key, session_hint.as_deref()).await?;
     let req = req?;
     let cmd = SendCommand {
         recipient: to_text(req.to)?,
@@ -690,12 +704,11 @@ pub async fn send_text(
 async fn send_media(
     gw: Gateway,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     kind: &'static str,
 ) -> ApiResult {
-    let body = body.map_err(body_error)?;
-    let session_hint = header_str(&headers, "x-session-id").map(str::to_owned);
-    let (caller, session) = messenger(&gw, &headers, session_hint.as_deref()).await?;
+    let key = messaging_key(&gw, &headers).await?;
+    let (caller, session) = messenger(&gw, &headers, key, None).await?;
     let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
     if !content_type
         .to_ascii_lowercase()
@@ -703,6 +716,7 @@ async fn send_media(
     {
         return Err(Error::UnsupportedContentType.into());
     }
+    let body = read_body(&gw, body, super::MAX_BODY_BYTES).await?;
     let mut cmd = SendCommand {
         kind: Some(kind.into()),
         ..Default::default()
@@ -759,7 +773,7 @@ macro_rules! media_endpoint {
         pub async fn $name(
             State(gw): State<Gateway>,
             headers: HeaderMap,
-            body: Result<Bytes, BytesRejection>,
+            body: Body,
         ) -> ApiResult {
             send_media(gw, headers, body, stringify!($kind)).await
         }
@@ -847,7 +861,8 @@ pub async fn history(
     headers: HeaderMap,
     Query(p): Query<HistoryParams>,
 ) -> ApiResult {
-    let (caller, session) = messenger(&gw, &headers, None).await?;
+    let key = messaging_key(&gw, &headers).await?;
+    let (caller, session) = messenger(&gw, &headers, key, None).await?;
     let (limit, offset) = (p.limit.unwrap_or(50), p.offset.unwrap_or(0));
     let items = gw
         .session_history(&caller, &session.id, limit, offset)

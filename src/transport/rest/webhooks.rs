@@ -2,9 +2,8 @@
 //! style (`{success, data}`, camelCase). `POST /webhooks` and `POST /webhooks/test` are the
 //! SAK document's forms; the rest transcode `WebhooksService`.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -12,8 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiResult, ErrorBody, Success, success};
 use super::extract::{Path, Query};
-use super::extract::{json_body, optional_body};
-use super::sak::{manager, messenger};
+use super::extract::{json, optional_json};
+use super::sak::{manager, messaging_key, messenger};
 use crate::domain::Gateway;
 use crate::domain::messaging::rfc3339;
 use crate::domain::webhooks::{DeliveryView, WebhookView};
@@ -141,10 +140,10 @@ pub struct NewWebhook {
 pub async fn create(
     State(gw): State<Gateway>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
-    let req: NewWebhook = json_body(&body)?;
+    let req: NewWebhook = json(&gw, body).await?;
     let (w, secret) = gw
         .create_webhook(&caller, req.session_id, &req.url, &req.events)
         .await?;
@@ -222,10 +221,10 @@ pub async fn update(
     State(gw): State<Gateway>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
-    let ch: WebhookChanges = optional_body(&body)?;
+    let ch: WebhookChanges = optional_json(&gw, body).await?;
     let w = gw
         .update_webhook(
             &caller,
@@ -299,10 +298,10 @@ pub async fn rotate_secret(
     State(gw): State<Gateway>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
-    let r: Rotation = optional_body(&body)?;
+    let r: Rotation = optional_json(&gw, body).await?;
     let overlap = r.overlap_seconds.map(std::time::Duration::from_secs);
     let (secret, expires) = gw.rotate_webhook_secret(&caller, &id, overlap).await?;
     let data = SecretRotated {
@@ -344,11 +343,12 @@ pub struct TestQueued {
 pub async fn test(
     State(gw): State<Gateway>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
-    let req: Result<TestEvent, Error> = optional_body(&body);
+    let key = messaging_key(&gw, &headers).await?;
+    let req: Result<TestEvent, Error> = optional_json(&gw, body).await;
     let hint = req.as_ref().ok().and_then(|r| r.session_id.clone());
-    let (caller, session) = messenger(&gw, &headers, hint.as_deref()).await?;
+    let (caller, session) = messenger(&gw, &headers, key, hint.as_deref()).await?;
     let req = req?;
     let delivery_ids = gw
         .test_webhook(
@@ -461,10 +461,10 @@ pub async fn redeliver_failed(
     State(gw): State<Gateway>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
-    let s: Since = optional_body(&body)?;
+    let s: Since = optional_json(&gw, body).await?;
     let since = match s.since.filter(|s| !s.is_empty()) {
         None => 0,
         Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
@@ -500,16 +500,48 @@ pub async fn media(
         [
             (header::CONTENT_TYPE, blob.mime_type.clone()),
             (header::CACHE_CONTROL, "private, max-age=3600".to_owned()),
+            // The type is the one judged from the bytes at upload; a browser must not guess.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
         ],
         blob.data,
     )
         .into_response();
-    if let Some(name) = blob
+    if let Some(v) = blob
         .filename
-        .filter(|n| n.chars().all(|c| c.is_ascii_graphic() || c == ' ') && !n.contains('"'))
-        && let Ok(v) = format!("attachment; filename=\"{name}\"").parse()
+        .as_deref()
+        .and_then(|n| content_disposition(n).parse().ok())
     {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// `attachment` with the sender's file name (RFC 6266): an ASCII fallback in which anything
+/// that could end the parameter or start another is replaced, and the exact name
+/// percent-encoded in `filename*`.
+fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            ' ' | '-' | '.' | '_' | '(' | ')' | '+' | ',' | '@' | '=' => c,
+            c if c.is_ascii_alphanumeric() => c,
+            _ => '_',
+        })
+        .collect();
+    let exact = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_names_cannot_inject_parameters() {
+        let v = super::content_disposition("a\"; filename=evil.exe; x=\\.pdf");
+        assert_eq!(
+            v,
+            "attachment; filename=\"a__ filename=evil.exe_ x=_.pdf\"; \
+             filename*=UTF-8''a%22%3B%20filename%3Devil%2Eexe%3B%20x%3D%5C%2Epdf"
+        );
+        assert!(super::content_disposition("ünï.pdf").ends_with("UTF-8''%C3%BCn%C3%AF%2Epdf"));
+    }
 }

@@ -1,0 +1,2 @@
+DROP TABLE seen_signatures;
+ALTER TABLE projects DROP COLUMN refuse_replays;
