@@ -4,12 +4,18 @@ use diesel::{Connection, RunQueryDsl};
 
 /// `--name <value>` from the command line, or `default`.
 pub fn flag(name: &str, default: u64) -> u64 {
+    flag_str(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The raw value of `--name <value>`, if given.
+pub fn flag_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .cloned()
 }
 
 /// A fresh database on the server the first set variable of `vars` names; dropped with this
