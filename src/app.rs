@@ -175,6 +175,27 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
 
     let addr = listener.local_addr().map_err(Error::internal)?;
     let (stop, mut stopped) = watch::channel(false);
+    if let Some(metrics_addr) = http.metrics_listen {
+        let metrics_listener = TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot listen on {metrics_addr}: {e}")))?;
+        let router = axum::Router::new()
+            .route("/metrics", axum::routing::get(rest::metrics_endpoint))
+            .with_state(gw.clone());
+        let mut metrics_stop = stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = metrics_stop.changed().await;
+            };
+            if let Err(e) = axum::serve(metrics_listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+        tracing::info!(%metrics_addr, "metrics on their own listener");
+    }
     let incoming = limits::incoming(listener, &http);
     let mut stop_rx = stopped.clone();
     let server = tonic::transport::Server::builder()

@@ -41,6 +41,8 @@ pub struct HttpSettings {
     pub body_budget_bytes: usize,
     /// With a token, `/metrics` needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// Serve `/metrics` on this address only (e.g. a private interface), not on the API port.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Proxies whose `X-Forwarded-For` names the client (per-IP limits); others' is ignored.
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -53,6 +55,7 @@ impl Default for HttpSettings {
             body_timeout: Duration::from_secs(60),
             body_budget_bytes: 256 * 1024 * 1024,
             metrics_token: None,
+            metrics_listen: None,
             trusted_proxies: Vec::new(),
         }
     }

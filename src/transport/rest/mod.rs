@@ -24,10 +24,11 @@ use envelope::ApiError;
 pub const MAX_BODY_BYTES: usize = 11 * 1024 * 1024;
 
 /// The SAK surface, each group behind its per-IP limit.
-fn sak_routes() -> Router<Gateway> {
+fn sak_routes(gw: &Gateway) -> Router<Gateway> {
     use axum::middleware::from_fn_with_state;
     use axum::routing::delete;
-    let (general, auth, messaging) = ratelimit::IpLimiter::from_env();
+    let (general, auth, messaging) =
+        ratelimit::IpLimiter::from_env(&gw.settings().http.trusted_proxies);
     let auth_routes = Router::new()
         .route("/api/v1/auth/register", post(sak::register))
         .route("/api/v1/auth/login", post(sak::login))
@@ -96,15 +97,19 @@ fn sak_routes() -> Router<Gateway> {
 }
 
 pub fn router(gw: Gateway) -> Router {
-    Router::new()
-        .merge(sak_routes())
+    let mut router = Router::new()
+        .merge(sak_routes(&gw))
         .route("/api/v1/send", post(messaging::send))
         .route("/api/v1/status/{id}", get(messaging::status))
         .route("/api/v1/messages", get(messaging::list))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(crate::transport::metrics::render))
+        .route("/ready", get(ready));
+    // With a listener of its own, `/metrics` is not on the API port at all.
+    if gw.settings().http.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics_endpoint));
+    }
+    router
         .method_not_allowed_fallback(|| async { ApiError(Error::MethodNotAllowed) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
@@ -138,6 +143,21 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
         }
         _ => next.run(req).await,
     }
+}
+
+/// `/metrics`, behind `Authorization: Bearer <WAGATE_METRICS_TOKEN>` when a token is set.
+pub async fn metrics_endpoint(State(gw): State<Gateway>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &gw.settings().http.metrics_token {
+        let given = auth::header_str(&headers, axum::http::header::AUTHORIZATION.as_str())
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared as digests: equal-length, so the time taken says nothing of the token.
+        if crate::crypto::sha256_hex(given.as_bytes()) != crate::crypto::sha256_hex(token.as_bytes())
+        {
+            return ApiError(Error::InvalidToken).into_response();
+        }
+    }
+    crate::transport::metrics::render().await
 }
 
 /// Liveness: the process answers.

@@ -2,7 +2,9 @@
 //! per node), with the SAK
 //! document's environment variables: `RATE_LIMIT_WINDOW_MS` (default 60000) and
 //! `RATE_LIMIT_MAX_REQUESTS` (general API, default 100); auth endpoints allow 5 and API-key
-//! messaging 1000 per window.
+//! messaging 1000 per window. The client is the TCP peer; `X-Forwarded-For` is believed only
+//! from the configured trusted proxies (`WAGATE_TRUSTED_PROXIES`), or anyone could pick a new
+//! address per request.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use super::envelope::ApiError;
 use crate::error::Error;
+use crate::transport::limits::{IpNet, client_ip};
 
 /// Distinct clients remembered per window before the table is reset (bounds memory).
 const MAX_CLIENTS: usize = 100_000;
@@ -22,19 +25,22 @@ pub struct IpLimiter {
     window_ms: u64,
     max: u32,
     seen: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl IpLimiter {
-    pub fn new(window_ms: u64, max: u32) -> Arc<Self> {
+    pub fn new(window_ms: u64, max: u32, trusted_proxies: Vec<IpNet>) -> Arc<Self> {
         Arc::new(IpLimiter {
             window_ms: window_ms.max(1),
             max,
             seen: Mutex::default(),
+            trusted_proxies,
         })
     }
 
     /// The three limits, from the environment.
-    pub fn from_env() -> (Arc<Self>, Arc<Self>, Arc<Self>) {
+    pub fn from_env(trusted_proxies: &[IpNet]) -> (Arc<Self>, Arc<Self>, Arc<Self>) {
         let num = |k: &str, d: u64| {
             std::env::var(k)
                 .ok()
@@ -43,10 +49,11 @@ impl IpLimiter {
         };
         let window = num("RATE_LIMIT_WINDOW_MS", 60_000);
         let general = num("RATE_LIMIT_MAX_REQUESTS", 100) as u32;
+        let t = || trusted_proxies.to_vec();
         (
-            Self::new(window, general),
-            Self::new(window, 5),
-            Self::new(window, 1000),
+            Self::new(window, general, t()),
+            Self::new(window, 5, t()),
+            Self::new(window, 1000, t()),
         )
     }
 
@@ -73,16 +80,23 @@ impl IpLimiter {
     }
 }
 
-fn client_ip(req: &Request) -> IpAddr {
-    req.extensions()
+/// The peer, or the client a trusted proxy names in `X-Forwarded-For`.
+fn request_ip(req: &Request, trusted: &[IpNet]) -> IpAddr {
+    let peer = req
+        .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|c| c.remote_addr())
         .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    client_ip(peer, forwarded, trusted)
 }
 
 pub async fn limit(State(limiter): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
-    match limiter.check(client_ip(&req)) {
+    match limiter.check(request_ip(&req, &limiter.trusted_proxies)) {
         Ok(()) => next.run(req).await,
         Err(retry_after) => ApiError(Error::TooManyRequests { retry_after }).into_response(),
     }
