@@ -303,4 +303,66 @@ mod tests {
         assert_eq!(conns.load(Ordering::SeqCst), 1, "it connected");
         assert_eq!(bytes.load(Ordering::SeqCst), 0, "but sent nothing");
     }
+
+    /// The same over TLS: the peer address comes through rustls too (else every https
+    /// receiver would be refused as "unknown"), and the refusal comes before the request.
+    /// The certificate (127.0.0.1, valid until 2125) and its key exist for this test only.
+    #[test]
+    fn the_peer_check_sees_the_peer_of_a_tls_connection() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let cert = CertificateDer::from(&include_bytes!("testdata/loopback-cert.der")[..]);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            &include_bytes!("testdata/loopback-key.der")[..],
+        ));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone().into_owned()], key.clone_key())
+            .unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // The TLS server in a thread: the handshake, then the application bytes it gets.
+        let served = std::thread::spawn(move || {
+            let (mut tcp, _) = l.accept().unwrap();
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut tls = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stream, &mut got);
+            got.len()
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let bare = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .connector_layer(PeerGuardLayer)
+            .build()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(bare.post(format!("https://{addr}/")).body("x").send())
+            .unwrap_err();
+        let e = chain(&e);
+        assert!(
+            e.contains("the connection's peer is not a public address"),
+            "{e}"
+        );
+        drop((bare, rt));
+        assert_eq!(served.join().unwrap(), 0, "no request over the connection");
+    }
 }
