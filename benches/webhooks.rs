@@ -149,7 +149,7 @@ async fn wait_for(rx: &Rx, n: usize, timeout: Duration) -> bool {
 /// The HTTP part alone: `conns` keep-alive connections posting a stored payload one request
 /// at a time each (as the dispatcher's lanes do), for `secs`. Requests/s.
 async fn receiver_ceiling(addr: SocketAddr, conns: usize, secs: f64) -> f64 {
-    // The dispatcher's own client (keep-alive pool, guarded resolver).
+    // The dispatcher's own client (keep-alive pool, address guard).
     let client = wagate::webhooks::http::client(&wagate::webhooks::Settings {
         allow_private: true,
         per_webhook_concurrency: conns,
@@ -169,6 +169,7 @@ async fn receiver_ceiling(addr: SocketAddr, conns: usize, secs: f64) -> f64 {
             while Instant::now() < until {
                 let ok = client
                     .post(&url)
+                    .expect("private receivers are allowed here")
                     .header("content-type", "application/json")
                     .header("webhook-id", "ceiling")
                     .body(body.clone())

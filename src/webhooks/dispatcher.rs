@@ -43,7 +43,7 @@ struct Inner {
     key: MasterKey,
     settings: Settings,
     node: String,
-    client: reqwest::Client,
+    client: super::http::Client,
     total: Arc<Semaphore>,
     per_webhook: Mutex<HashMap<String, Arc<Semaphore>>>,
     lane_done: Notify,
@@ -306,19 +306,22 @@ impl Dispatcher {
         let ts = now_ms() / 1000;
         let sig = signing::sign(secrets, &job.event_id, ts, job.data.as_bytes());
         let started = Instant::now();
-        let sent = self
-            .inner
-            .client
-            .post(&hook.url)
-            .header("content-type", "application/json")
-            .header("x-webhook-event", &job.kind)
-            .header("x-webhook-signature", &sig.sak)
-            .header("webhook-id", &job.event_id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", &sig.standard)
-            .body(job.data.clone())
-            .send()
-            .await;
+        // A refusal by the address guard is a failure like any other, retried on the same
+        // schedule: the receiver's DNS or the setting may change, and nothing is sent meanwhile.
+        let sent = match self.inner.client.post(&hook.url) {
+            Ok(request) => request
+                .header("content-type", "application/json")
+                .header("x-webhook-event", &job.kind)
+                .header("x-webhook-signature", &sig.sak)
+                .header("webhook-id", &job.event_id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", &sig.standard)
+                .body(job.data.clone())
+                .send()
+                .await
+                .map_err(|e| describe(&e)),
+            Err(refused) => Err(refused.to_string()),
+        };
         let (status, error) = match sent {
             Ok(resp) => {
                 let status = resp.status();
@@ -339,7 +342,7 @@ impl Dispatcher {
                     (Some(status.as_u16()), Some(why))
                 }
             }
-            Err(e) => (None, Some(describe(&e))),
+            Err(why) => (None, Some(why)),
         };
         let latency_ms = started.elapsed().as_millis() as i64;
         let now = now_ms();

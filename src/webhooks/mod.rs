@@ -11,7 +11,7 @@ pub mod dispatcher;
 pub mod http;
 pub mod signing;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -69,8 +69,10 @@ pub fn retry_delay(base: Duration, attempts: i32) -> Duration {
 pub const MAX_URL_LEN: usize = 2048;
 
 /// Checks a receiver URL at registration: http(s), a host, no credentials, and — unless
-/// private receivers are allowed — no literal private address or `localhost`. Host names are
-/// checked again on every connection, after resolution (see [`http`]).
+/// private receivers are allowed — no literal non-public address or `localhost`, so a mistake
+/// is a clear error at once. The guard that holds is at delivery: every connection's address
+/// is checked again (see [`http`]), so a receiver stored while private ones were allowed is
+/// refused once they are not.
 pub fn validate_url(raw: &str, allow_private: bool) -> Result<String> {
     let bad = |why: &str| Error::InvalidWebhookUrl(why.to_owned());
     if raw.len() > MAX_URL_LEN {
@@ -102,35 +104,50 @@ pub fn validate_url(raw: &str, allow_private: bool) -> Result<String> {
     Ok(url.to_string())
 }
 
-/// Whether an address is on the public internet (not loopback, private, link-local, CGNAT,
-/// multicast, unspecified or reserved).
+/// Whether a receiver may be at this address when private receivers are not allowed: only
+/// addresses on the public internet. Refused IPv4: this network (0/8), private (10/8,
+/// 172.16/12, 192.168/16), CGNAT (100.64/10), loopback, link-local, IETF protocol assignments
+/// (192.0.0/24), documentation, benchmarking (198.18/15), multicast, reserved (240/4) and
+/// broadcast. IPv6 must be global unicast (2000::/3), which leaves out loopback, unspecified,
+/// unique- and link-local, site-local (fec0::/10), multicast, discard-only (100::/64), the
+/// deprecated IPv4-compatible (::a.b.c.d) and IPv4-translated (::ffff:0:a.b.c.d) forms and
+/// local-use NAT64 (64:ff9b:1::/48, it translates into the operator's own networks); inside
+/// it, IETF protocol assignments (2001::/23, Teredo among them) and documentation (2001:db8::/32,
+/// 3fff::/20) are refused too. The IPv6 forms that carry the IPv4 address the traffic ends up
+/// at — IPv4-mapped (::ffff:a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002:aabb:ccdd::/48) — are
+/// judged by that IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] >= 240)
-        }
+        IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let embedded = |hi: u16, lo: u16| {
+                is_public_v4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
+            };
+            match v6.segments() {
+                [0, 0, 0, 0, 0, 0xffff, hi, lo] => embedded(hi, lo),
+                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => embedded(hi, lo),
+                [0x2002, hi, lo, ..] => embedded(hi, lo),
+                [a, ..] if a & 0xe000 != 0x2000 => false,
+                [0x2001, b, ..] if b < 0x200 => false,
+                [0x2001, 0xdb8, ..] => false,
+                [0x3fff, b, ..] if b < 0x1000 => false,
+                _ => true,
             }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
         }
     }
+}
+
+fn is_public_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    !(o[0] == 0
+        || v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+        || v4.is_documentation()
+        || (o[0] == 198 && (o[1] & 0xfe) == 18)
+        || o[0] >= 224)
 }
 
 /// A new webhook secret: `whsec_` and 32 random bytes in base64 (the Standard Webhooks form).
@@ -192,6 +209,123 @@ mod tests {
         assert!(validate_url("ftp://example.com/", true).is_err());
         assert!(validate_url("https://user:pw@example.com/", true).is_err());
         assert!(validate_url("not a url", true).is_err());
+    }
+
+    /// Every non-public form is refused, at registration and by the delivery guard (both go
+    /// through `is_public`), unless private receivers are allowed.
+    #[test]
+    fn non_public_addresses_in_any_form_are_refused() {
+        for ip in [
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "169.254.169.254",
+            "192.0.0.1",
+            "192.0.0.170",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "feff::1",
+            "ff02::1",
+            "100::1",
+            // IPv4-mapped, judged by the IPv4 address.
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            // IPv4-compatible (deprecated): refused whatever it embeds.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            // IPv4-translated ::ffff:0:a.b.c.d: refused whatever it embeds.
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:8.8.8.8",
+            // NAT64 well-known prefix, judged by the IPv4 address.
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::a9fe:a9fe",
+            // Local-use NAT64: translates into the operator's own networks.
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff::1",
+            // 6to4, judged by the IPv4 address in bits 16..48.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            "2002:a9fe:a9fe::1",
+            // Teredo and the rest of the IETF protocol assignments.
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:1::1",
+            "2001:1ff::1",
+            // Documentation.
+            "2001:db8::1",
+            "3fff::1",
+            "3fff:fff::1",
+            // Outside global unicast 2000::/3.
+            "4000::1",
+            "5f00::1",
+            "1234::1",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert!(!is_public(addr), "{ip} passed the guard");
+            let url = match addr {
+                IpAddr::V4(_) => format!("http://{ip}:8080/hook"),
+                IpAddr::V6(_) => format!("http://[{ip}]:8080/hook"),
+            };
+            assert!(validate_url(&url, false).is_err(), "{url}");
+            assert!(validate_url(&url, true).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.0.1.1",
+            "192.169.0.1",
+            "198.17.255.255",
+            "198.20.0.1",
+            "223.255.255.254",
+            "2606:4700::1111",
+            "2a00:1450:4001:80b::200e",
+            "2001:200::1",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "64:ff9b::8.8.4.4",
+            "2002:808:808::1",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert!(is_public(addr), "{ip} was refused");
+            let url = match addr {
+                IpAddr::V4(_) => format!("https://{ip}/hook"),
+                IpAddr::V6(_) => format!("https://[{ip}]/hook"),
+            };
+            assert!(validate_url(&url, false).is_ok(), "{url}");
+        }
     }
 
     #[test]

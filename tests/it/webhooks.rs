@@ -30,6 +30,7 @@ on_both_backends!(
     restart_during_deliveries_loses_nothing,
     gone_disables_then_replay_delivers,
     event_stream_resumes_from_a_cursor,
+    stored_loopback_receiver_is_refused_once_private_is_off,
 );
 
 // --- a real receiver ---
@@ -53,6 +54,8 @@ struct Receiver {
     hits: Arc<Mutex<Vec<Hit>>>,
     answer: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    /// TCP connections accepted, requests or not.
+    connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,6 +93,11 @@ impl Receiver {
         );
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = connections.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -98,6 +106,7 @@ impl Receiver {
             hits,
             answer,
             delay_ms,
+            connections,
             task,
         }
     }
@@ -881,6 +890,50 @@ async fn next_event(s: &mut tonic::Streaming<StreamEventsResponse>) -> StreamEve
         .expect("an event in time")
         .expect("stream open")
         .expect("event")
+}
+
+/// A receiver registered on loopback while private receivers were allowed is not reached once
+/// the gateway restarts without the setting: every attempt is refused before connecting, the
+/// delivery log says why (without the URL's token), and the delivery stays up for retry.
+async fn stored_loopback_receiver_is_refused_once_private_is_off(db: TestDb) {
+    let t = TestServer::start_with(db, MasterKey::generate(), webhook_settings("n1")).await;
+    let rx = Receiver::start().await;
+    let (p, session) = project_and_session(&t).await;
+    let mut c = hooks(&t).await;
+    let (hook, _) = create_hook(&mut c, &p, rx.url("/h?token=s3cret"), &["*"]).await;
+    drop(c);
+    let (db, key) = t.stop().await;
+
+    let mut strict = webhook_settings("n1");
+    strict.webhooks.allow_private = false;
+    let t = TestServer::start_with(db, key, strict).await;
+    let c = hooks(&t).await;
+    assert_eq!(fire(&mut c.clone(), &p, &session, "x").await.len(), 1);
+    let refused = eventually(
+        10,
+        "two attempts (or a success) in the delivery log",
+        || {
+            let (mut c, p, hook) = (c.clone(), &p, &hook);
+            async move {
+                let log = deliveries(&mut c, p, hook).await;
+                let d = log.into_iter().next()?;
+                (d.attempts.len() >= 2 || d.state == "succeeded").then_some(d)
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.state, "failed", "kept for retry: {refused:?}");
+    for a in &refused.attempts {
+        assert_eq!(a.status_code, 0, "{a:?}");
+        assert!(
+            a.error.contains("127.0.0.1 is not a public address")
+                && a.error.contains("WAGATE_WEBHOOK_ALLOW_PRIVATE"),
+            "{a:?}"
+        );
+        assert!(!a.error.contains("s3cret"), "no token in the log: {a:?}");
+    }
+    assert!(rx.hits().is_empty(), "the receiver got {:?}", rx.hits());
+    assert_eq!(rx.connections.load(Ordering::SeqCst), 0, "no connection");
 }
 
 /// Without WAGATE_WEBHOOK_ALLOW_PRIVATE, loopback and private receivers are refused.
