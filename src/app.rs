@@ -270,6 +270,7 @@ async fn run_janitor(gw: &Gateway) {
             Ok((
                 queue::expire_and_exhaust(c, now)?,
                 messages::purge_expired(c, now)?
+                    + crate::storage::projects::purge_signatures(c, now)?
                     + crate::storage::events::purge(c, now - retention)?
                     + media,
             ))

@@ -103,6 +103,31 @@ pub struct ServeArgs {
     /// still waiting to be sent keeps its file.
     #[arg(long, env = "WAGATE_MEDIA_RETENTION_HOURS", default_value_t = 720)]
     pub media_retention_hours: u64,
+    /// Connections open at once (REST, gRPC, grpc-web); more wait in the listen backlog.
+    #[arg(long, env = "WAGATE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a new connection may stay silent before it is closed.
+    #[arg(long, env = "WAGATE_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 10)]
+    pub first_byte_timeout_secs: u64,
+    /// Seconds a request body may take to arrive whole (then 408 REQUEST_TIMEOUT).
+    #[arg(long, env = "WAGATE_BODY_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_timeout_secs: u64,
+    /// MiB of large request bodies (over 64 KiB) in transit at once, all requests together.
+    #[arg(long, env = "WAGATE_BODY_BUDGET_MIB", default_value_t = 256)]
+    pub body_budget_mib: usize,
+    /// Password hashes (register, login) computed at once; default the number of cores.
+    #[arg(long, env = "WAGATE_PASSWORD_HASH_CONCURRENCY")]
+    pub password_hash_concurrency: Option<usize>,
+    /// Require `Authorization: Bearer <token>` on /metrics.
+    #[arg(long, env = "WAGATE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Serve /metrics only on this address (e.g. 127.0.0.1:9090), not on --listen.
+    #[arg(long, env = "WAGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For names the
+    /// client for the per-IP limits; without it the TCP peer is the client.
+    #[arg(long, env = "WAGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::transport::limits::IpNet>,
 }
 
 impl ServeArgs {
@@ -152,6 +177,23 @@ impl ServeArgs {
             },
             media_retention: (self.media_retention_hours > 0)
                 .then(|| Duration::from_secs(self.media_retention_hours * 3600)),
+            hashing: {
+                let mut h = crate::domain::accounts::HashingSettings::default();
+                if let Some(n) = self.password_hash_concurrency.filter(|n| *n > 0) {
+                    h.concurrency = n;
+                    h.queue = 4 * n;
+                }
+                h
+            },
+            http: crate::transport::limits::HttpSettings {
+                max_connections: self.max_connections.max(1),
+                first_byte_timeout: Duration::from_secs(self.first_byte_timeout_secs.max(1)),
+                body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+                body_budget_bytes: self.body_budget_mib.max(16) * 1024 * 1024,
+                metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
+                metrics_listen: self.metrics_listen,
+                trusted_proxies: self.trusted_proxies.clone(),
+            },
             ..Settings::default()
         }
     }

@@ -153,6 +153,7 @@ pub fn incoming(
                 Ok(GuardedIo {
                     inner: stream,
                     silence: Some(Box::pin(tokio::time::sleep(first_byte))),
+                    rewrite: None,
                     _permit: permit,
                 })
             }
@@ -172,7 +173,47 @@ pub fn incoming(
 pub struct GuardedIo {
     inner: TcpStream,
     silence: Option<Pin<Box<Sleep>>>,
+    /// hyper's bodiless answer to an unparsable request, replaced by ours: (bytes, written,
+    /// length of hyper's buffer to report once ours is out).
+    rewrite: Option<(Vec<u8>, usize, usize)>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// hyper answers a request it cannot parse (head too large, URI too long, malformed) itself,
+/// with an empty body, before any handler runs. Such a head is recognised as it is written
+/// and replaced by the same status with the REST error envelope; hyper closes the connection
+/// right after, so nothing else is affected. Our own answers always carry a content type.
+fn envelope_for_protocol_error(head: &[u8]) -> Option<Vec<u8>> {
+    let (status, code, message) = if head.starts_with(b"HTTP/1.1 431 ") {
+        (
+            "431 Request Header Fields Too Large",
+            "HEADERS_TOO_LARGE",
+            "the request head is too large (at most 100 headers, about 400 KiB)",
+        )
+    } else if head.starts_with(b"HTTP/1.1 414 ") {
+        (
+            "414 URI Too Long",
+            "URI_TOO_LONG",
+            "the request URI is too long",
+        )
+    } else if head.starts_with(b"HTTP/1.1 400 ") {
+        ("400 Bad Request", "MALFORMED_REQUEST", "malformed HTTP request")
+    } else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if !text.contains("\r\ncontent-length: 0\r\n") || text.contains("\r\ncontent-type:") {
+        return None;
+    }
+    let body = serde_json::json!({"success": false, "message": message, "code": code}).to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl tonic::transport::server::Connected for GuardedIo {
@@ -216,7 +257,25 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.rewrite.is_none()
+            && let Some(ours) = envelope_for_protocol_error(buf)
+        {
+            this.rewrite = Some((ours, 0, buf.len()));
+        }
+        if let Some((ours, written, reported)) = &mut this.rewrite
+            && *written < ours.len()
+        {
+            while *written < ours.len() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &ours[*written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
+            }
+            return Poll::Ready(Ok(*reported));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -224,16 +283,7 @@ impl AsyncWrite for GuardedIo {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+    // Not vectored: every head passes through `poll_write`, where it can be recognised.
 }
 
 /// Why a request body could not be read in full; found by [`BodyLimitError::find`] in the
@@ -430,6 +480,22 @@ impl HttpBody for GuardedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hypers_bodiless_protocol_errors_get_the_envelope() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let ours = String::from_utf8(envelope_for_protocol_error(hyper).unwrap()).unwrap();
+        assert!(ours.starts_with("HTTP/1.1 431 "), "{ours}");
+        let (head, body) = ours.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-type: application/json"), "{ours}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{ours}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!((v["success"].as_bool(), v["code"].as_str()), (Some(false), Some("HEADERS_TOO_LARGE")));
+        // Our own answers (with a content type) pass untouched.
+        let app = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+        assert!(envelope_for_protocol_error(app).is_none());
+        assert!(envelope_for_protocol_error(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+    }
 
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {
