@@ -31,22 +31,46 @@ pub fn grpc_signature(
     ))
 }
 
-/// The Mekari/Qontak `Authorization` value for `date` and `request-line`.
+/// The Mekari/Qontak `Authorization` value over `date`, `request-line` and, for a request
+/// with a body, `digest`.
 pub fn qontak_authorization(
     api_key: &str,
     api_secret: &str,
     date: &str,
     method: &str,
     path_and_query: &str,
-) -> String {
-    let signing = format!("date: {date}\n{method} {path_and_query} HTTP/1.1");
+    body: &[u8],
+) -> QontakSigned {
+    let mut signing = format!("date: {date}\n{method} {path_and_query} HTTP/1.1");
+    let mut headers = "date request-line";
+    let digest = (!body.is_empty()).then(|| {
+        use sha2::Digest;
+        format!(
+            "SHA-256={}",
+            crypto::base64_encode(&sha2::Sha256::digest(body))
+        )
+    });
+    if let Some(d) = &digest {
+        signing.push_str(&format!("\ndigest: {d}"));
+        headers = "date request-line digest";
+    }
     let sig = crypto::base64_encode(&crypto::hmac_sha256(
         api_secret.as_bytes(),
         &[signing.as_bytes()],
     ));
-    format!(
-        r#"hmac username="{api_key}", algorithm="hmac-sha256", headers="date request-line", signature="{sig}""#
-    )
+    QontakSigned {
+        authorization: format!(
+            r#"hmac username="{api_key}", algorithm="hmac-sha256", headers="{headers}", signature="{sig}""#
+        ),
+        digest,
+    }
+}
+
+/// The headers of a Mekari/Qontak-signed request: `Authorization`, and `Digest` when the
+/// request has a body (a body must be bound by its digest).
+pub struct QontakSigned {
+    pub authorization: String,
+    pub digest: Option<String>,
 }
 
 /// An RFC 7231 `Date` header value for now.

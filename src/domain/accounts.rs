@@ -276,11 +276,7 @@ impl Gateway {
             .to_owned();
         // Hashed before anything is created: a refusal (SERVER_BUSY) leaves nothing behind.
         let pw = password.to_owned();
-        let password_hash = self
-            .inner
-            .hashing
-            .run(move || hash_password(&pw))
-            .await??;
+        let password_hash = self.inner.hashing.run(move || hash_password(&pw)).await??;
         let project = self
             .admin()
             .create_project(NewProject {

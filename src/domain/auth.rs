@@ -246,7 +246,9 @@ impl Gateway {
             .filter(|k| !k.is_empty())
             .ok_or(Error::MissingApiKey)?;
         let (Some(ts), Some(sig)) = (h.timestamp, h.signature) else {
-            return Err(Error::MissingSignatureHeaders("X-TIMESTAMP and X-SIGNATURE"));
+            return Err(Error::MissingSignatureHeaders(
+                "X-TIMESTAMP and X-SIGNATURE",
+            ));
         };
         let window = self.settings().signature_window;
         let issued = check_timestamp(ts, window, chrono::Utc::now().timestamp())?;

@@ -100,11 +100,15 @@ impl IpNet {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -197,7 +201,11 @@ fn envelope_for_protocol_error(head: &[u8]) -> Option<Vec<u8>> {
             "the request URI is too long",
         )
     } else if head.starts_with(b"HTTP/1.1 400 ") {
-        ("400 Bad Request", "MALFORMED_REQUEST", "malformed HTTP request")
+        (
+            "400 Bad Request",
+            "MALFORMED_REQUEST",
+            "malformed HTTP request",
+        )
     } else {
         return None;
     };
@@ -483,18 +491,27 @@ mod tests {
 
     #[test]
     fn hypers_bodiless_protocol_errors_get_the_envelope() {
-        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let hyper =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let ours = String::from_utf8(envelope_for_protocol_error(hyper).unwrap()).unwrap();
         assert!(ours.starts_with("HTTP/1.1 431 "), "{ours}");
         let (head, body) = ours.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("content-type: application/json"), "{ours}");
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{ours}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{ours}"
+        );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!((v["success"].as_bool(), v["code"].as_str()), (Some(false), Some("HEADERS_TOO_LARGE")));
+        assert_eq!(
+            (v["success"].as_bool(), v["code"].as_str()),
+            (Some(false), Some("HEADERS_TOO_LARGE"))
+        );
         // Our own answers (with a content type) pass untouched.
         let app = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
         assert!(envelope_for_protocol_error(app).is_none());
-        assert!(envelope_for_protocol_error(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(
+            envelope_for_protocol_error(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none()
+        );
     }
 
     #[test]
@@ -509,7 +526,11 @@ mod tests {
         // A trusted proxy names the client; proxies in the chain are skipped, a spoofed
         // left-most entry is not believed.
         assert_eq!(
-            client_ip(ip("10.1.1.1"), Some("6.6.6.6, 198.51.100.7, 10.2.2.2"), &trusted),
+            client_ip(
+                ip("10.1.1.1"),
+                Some("6.6.6.6, 198.51.100.7, 10.2.2.2"),
+                &trusted
+            ),
             ip("198.51.100.7")
         );
         assert_eq!(client_ip(ip("::1"), None, &trusted), ip("::1"));

@@ -128,7 +128,12 @@ mod tests {
 
     #[test]
     fn only_existing_grpc_methods_are_labels() {
-        let req = |p: &str| Request::builder().uri(p).body(axum::body::Body::empty()).unwrap();
+        let req = |p: &str| {
+            Request::builder()
+                .uri(p)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
         assert_eq!(
             route_label(&req("/wagate.v1.MessagingService/SendMessage")),
             "/wagate.v1.MessagingService/SendMessage"

@@ -3,6 +3,7 @@ mod support;
 
 mod device_store;
 mod grpc;
+mod hardening;
 mod openapi;
 mod queue;
 mod rk_api;

@@ -268,36 +268,36 @@ async fn qontak_hmac_scheme(db: TestDb) {
     let p = t.project().await;
     let body =
         json!({"recipient": "6281234567890", "type": "text", "message": "via qontak"}).to_string();
-    let post = |auth: String, date: String| {
-        t.http
+    let post = |signed: client::QontakSigned, date: String| {
+        let mut r = t
+            .http
             .post(t.url("/api/v1/send?source=crm"))
-            .header("Authorization", auth)
+            .header("Authorization", signed.authorization)
             .header("Date", date)
             .header("X-DEVICE-CODE", &p.device_code)
             .header("Content-Type", "application/json")
-            .body(body.clone())
+            .body(body.clone());
+        if let Some(d) = signed.digest {
+            r = r.header("Digest", d);
+        }
+        r
+    };
+    let sign = |key: &str, secret: &str, date: &str, path: &str| {
+        client::qontak_authorization(key, secret, date, "POST", path, body.as_bytes())
     };
     let date = client::http_date_now();
-    let auth = client::qontak_authorization(
-        &p.api_key,
-        &p.api_secret,
-        &date,
-        "POST",
-        "/api/v1/send?source=crm",
-    );
+    let auth = sign(&p.api_key, &p.api_secret, &date, "/api/v1/send?source=crm");
     let (code, b) = read(post(auth, date.clone()).send().await.unwrap()).await;
     assert_eq!(code, 201, "{b}");
 
     // Signed for another path (the request line is covered).
-    let wrong_path =
-        client::qontak_authorization(&p.api_key, &p.api_secret, &date, "POST", "/api/v1/send");
+    let wrong_path = sign(&p.api_key, &p.api_secret, &date, "/api/v1/send");
     assert_error(
         &read(post(wrong_path, date.clone()).send().await.unwrap()).await,
         401,
         "INVALID_SIGNATURE",
     );
-    let wrong_secret =
-        client::qontak_authorization(&p.api_key, "nope", &date, "POST", "/api/v1/send?source=crm");
+    let wrong_secret = sign(&p.api_key, "nope", &date, "/api/v1/send?source=crm");
     assert_error(
         &read(post(wrong_secret, date.clone()).send().await.unwrap()).await,
         401,
@@ -306,23 +306,16 @@ async fn qontak_hmac_scheme(db: TestDb) {
     let stale = (chrono::Utc::now() - chrono::Duration::seconds(600))
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string();
-    let stale_auth = client::qontak_authorization(
-        &p.api_key,
-        &p.api_secret,
-        &stale,
-        "POST",
-        "/api/v1/send?source=crm",
-    );
+    let stale_auth = sign(&p.api_key, &p.api_secret, &stale, "/api/v1/send?source=crm");
     assert_error(
         &read(post(stale_auth, stale).send().await.unwrap()).await,
         401,
         "TIMESTAMP_EXPIRED",
     );
-    let unknown = client::qontak_authorization(
+    let unknown = sign(
         "wgk_nobody",
         &p.api_secret,
         &date,
-        "POST",
         "/api/v1/send?source=crm",
     );
     assert_error(
@@ -330,11 +323,105 @@ async fn qontak_hmac_scheme(db: TestDb) {
         401,
         "INVALID_API_KEY",
     );
+    let garbage = client::QontakSigned {
+        authorization: "hmac garbage".into(),
+        digest: None,
+    };
     assert_error(
-        &read(post("hmac garbage".into(), date).send().await.unwrap()).await,
+        &read(post(garbage, date.clone()).send().await.unwrap()).await,
         401,
         "INVALID_AUTHORIZATION_HEADER",
     );
+
+    // A signature that binds only the date (explicitly, or by leaving `headers` out) opens
+    // nothing: the request line must be signed.
+    let date_only = |headers: &str| {
+        let sig = wagate::crypto::base64_encode(&wagate::crypto::hmac_sha256(
+            p.api_secret.as_bytes(),
+            &[format!("date: {date}").as_bytes()],
+        ));
+        client::QontakSigned {
+            authorization: format!(
+                r#"hmac username="{}", algorithm="hmac-sha256",{headers} signature="{sig}""#,
+                p.api_key
+            ),
+            digest: None,
+        }
+    };
+    for headers in [r#" headers="date","#, ""] {
+        assert_error(
+            &read(post(date_only(headers), date.clone()).send().await.unwrap()).await,
+            401,
+            "INVALID_AUTHORIZATION_HEADER",
+        );
+    }
+    // A body must be bound by its digest: without it, or with another body's digest, no.
+    let mut undigested = sign(&p.api_key, &p.api_secret, &date, "/api/v1/send?source=crm");
+    let sig = wagate::crypto::base64_encode(&wagate::crypto::hmac_sha256(
+        p.api_secret.as_bytes(),
+        &[format!("date: {date}\nPOST /api/v1/send?source=crm HTTP/1.1").as_bytes()],
+    ));
+    undigested.authorization = format!(
+        r#"hmac username="{}", algorithm="hmac-sha256", headers="date request-line", signature="{sig}""#,
+        p.api_key
+    );
+    undigested.digest = None;
+    assert_error(
+        &read(post(undigested, date.clone()).send().await.unwrap()).await,
+        401,
+        "INVALID_AUTHORIZATION_HEADER",
+    );
+    let other = client::qontak_authorization(
+        &p.api_key,
+        &p.api_secret,
+        &date,
+        "POST",
+        "/api/v1/send?source=crm",
+        b"{\"recipient\":\"6281234567890\",\"message\":\"other\"}",
+    );
+    assert_error(
+        &read(post(other, date.clone()).send().await.unwrap()).await,
+        401,
+        "INVALID_SIGNATURE",
+    );
+    // A missing Date names the Date header, not RK's X-TIMESTAMP.
+    let no_date = t
+        .http
+        .get(t.url("/api/v1/messages"))
+        .header(
+            "Authorization",
+            sign(&p.api_key, &p.api_secret, &date, "/api/v1/messages").authorization,
+        )
+        .send()
+        .await
+        .unwrap();
+    let got = read(no_date).await;
+    assert_error(&got, 401, "MISSING_SIGNATURE_HEADERS");
+    let msg = got.1["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Date") && !msg.contains("X-TIMESTAMP"),
+        "{msg}"
+    );
+    // A bodiless GET signs date and request line only.
+    let list = client::qontak_authorization(
+        &p.api_key,
+        &p.api_secret,
+        &date,
+        "GET",
+        "/api/v1/messages",
+        b"",
+    );
+    let (code, _) = read(
+        t.http
+            .get(t.url("/api/v1/messages"))
+            .header("Authorization", list.authorization)
+            .header("Date", &date)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
     assert_eq!(t.message_ids(&p).await.len(), 1);
 }
 

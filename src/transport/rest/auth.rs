@@ -3,10 +3,10 @@
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Uri, header};
 
-use crate::transport::limits::read_body;
 use crate::domain::Gateway;
 use crate::domain::auth::{Caller, QontakHead, RkHeaders};
 use crate::error::{Error, Result};
+use crate::transport::limits::read_body;
 
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

@@ -146,13 +146,17 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
 }
 
 /// `/metrics`, behind `Authorization: Bearer <WAGATE_METRICS_TOKEN>` when a token is set.
-pub async fn metrics_endpoint(State(gw): State<Gateway>, headers: axum::http::HeaderMap) -> Response {
+pub async fn metrics_endpoint(
+    State(gw): State<Gateway>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if let Some(token) = &gw.settings().http.metrics_token {
         let given = auth::header_str(&headers, axum::http::header::AUTHORIZATION.as_str())
             .and_then(|a| a.strip_prefix("Bearer "))
             .unwrap_or("");
         // Compared as digests: equal-length, so the time taken says nothing of the token.
-        if crate::crypto::sha256_hex(given.as_bytes()) != crate::crypto::sha256_hex(token.as_bytes())
+        if crate::crypto::sha256_hex(given.as_bytes())
+            != crate::crypto::sha256_hex(token.as_bytes())
         {
             return ApiError(Error::InvalidToken).into_response();
         }

@@ -12,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::header_str;
 use super::envelope::{ApiResult, ErrorBody, Success, success};
 use super::extract::{Path, Query, json, optional_json};
-use crate::transport::limits::read_body;
 use super::webhooks::EventName;
 use crate::domain::Gateway;
 use crate::domain::accounts::{SakKey, User};
@@ -21,6 +20,7 @@ use crate::domain::messaging::{MediaUpload, SendCommand, rfc3339};
 use crate::domain::sessions::SessionView;
 use crate::error::Error;
 use crate::sessions::SessionState;
+use crate::transport::limits::read_body;
 
 pub(super) async fn bearer_user(gw: &Gateway, headers: &HeaderMap) -> Result<User, Error> {
     let auth = header_str(headers, header::AUTHORIZATION.as_str()).ok_or(Error::NoToken)?;
@@ -680,11 +680,7 @@ async fn send_as_session(
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
     )
 )]
-pub async fn send_text(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
+pub async fn send_text(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> ApiResult {
     let key = messaging_key(&gw, &headers).await?;
     let req: Result<SendText, Error> = json(&gw, body).await;
     let session_hint = req.as_ref().ok().and_then(|r| r.session_id.clone());
@@ -701,12 +697,7 @@ pub async fn send_text(
 
 /// `send-image`, `send-document`, `send-video`, `send-audio`: multipart with `to`,
 /// optional `caption`, and the file in the field named like the type.
-async fn send_media(
-    gw: Gateway,
-    headers: HeaderMap,
-    body: Body,
-    kind: &'static str,
-) -> ApiResult {
+async fn send_media(gw: Gateway, headers: HeaderMap, body: Body, kind: &'static str) -> ApiResult {
     let key = messaging_key(&gw, &headers).await?;
     let (caller, session) = messenger(&gw, &headers, key, None).await?;
     let content_type = header_str(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");

@@ -137,11 +137,7 @@ pub struct NewWebhook {
         (status = 401, body = ErrorBody), (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
     )
 )]
-pub async fn create(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
+pub async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> ApiResult {
     let caller = manager(&gw, &headers).await?;
     let req: NewWebhook = json(&gw, body).await?;
     let (w, secret) = gw
@@ -340,11 +336,7 @@ pub struct TestQueued {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     )
 )]
-pub async fn test(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
+pub async fn test(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> ApiResult {
     let key = messaging_key(&gw, &headers).await?;
     let req: Result<TestEvent, Error> = optional_json(&gw, body).await;
     let hint = req.as_ref().ok().and_then(|r| r.session_id.clone());
