@@ -117,7 +117,10 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         .run(move |c| crate::storage::device_store::seal_legacy_rows(c, &key))
         .await?;
     if sealed > 0 {
-        tracing::info!(sealed, "sealed plain WhatsApp key records with the master key");
+        tracing::info!(
+            sealed,
+            "sealed plain WhatsApp key records with the master key"
+        );
     }
     let writer_cfg = cfg
         .writer

@@ -264,7 +264,11 @@ mod tests {
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(key.open(b"row-1", &tampered).is_err());
-        assert_ne!(key.seal(b"row-1", b"private key"), sealed, "nonce must be fresh");
+        assert_ne!(
+            key.seal(b"row-1", b"private key"),
+            sealed,
+            "nonce must be fresh"
+        );
         // Plain records from before sealing are told apart: JSON, protobuf, raw 32 bytes.
         assert!(!SealKey::is_sealed(br#"{"noise_key":[1,2]}"#));
         assert!(!SealKey::is_sealed(&[0x0a; 200]));

@@ -76,7 +76,13 @@ const K_PENDING_INBOUND: &str = "pending_inbound";
 const K_DEVICE: &str = "device";
 
 /// The `wa_store` kinds whose values hold private key material, sealed at rest.
-const SEALED_KINDS: [&str; 5] = [K_DEVICE, K_SESSION, K_SIGNED_PREKEY, K_SENDER_KEY, K_SYNC_KEY];
+const SEALED_KINDS: [&str; 5] = [
+    K_DEVICE,
+    K_SESSION,
+    K_SIGNED_PREKEY,
+    K_SENDER_KEY,
+    K_SYNC_KEY,
+];
 
 /// Derivation label of the device store's sealing key (a format change takes a new label).
 const SEAL_LABEL: &str = "wagate device store v1";
@@ -186,8 +192,7 @@ impl DbDeviceStore {
     /// `value` as stored: sealed when its kind holds private key material.
     fn seal_kv(&self, kind: &str, key: &str, value: Vec<u8>) -> Vec<u8> {
         if is_sealed_kind(kind) {
-            self.seal
-                .seal(&kv_aad(&self.device_id, kind, key), &value)
+            self.seal.seal(&kv_aad(&self.device_id, kind, key), &value)
         } else {
             value
         }
@@ -302,11 +307,7 @@ pub fn load_device(
     match kv_get(conn, device_id, K_DEVICE, "")? {
         None => Ok(None),
         Some(stored) => {
-            let bytes = unseal(
-                &seal_key(master),
-                &kv_aad(device_id, K_DEVICE, ""),
-                stored,
-            )?;
+            let bytes = unseal(&seal_key(master), &kv_aad(device_id, K_DEVICE, ""), stored)?;
             parse_device(device_id, &bytes).map(Some)
         }
     }

@@ -268,9 +268,17 @@ fn restrict_sqlite_files(path: &str) -> Result<()> {
     {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error::Unavailable(format!("cannot create database {path}: {e}"))),
+        Err(e) => {
+            return Err(Error::Unavailable(format!(
+                "cannot create database {path}: {e}"
+            )));
+        }
     }
-    for file in [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")] {
+    for file in [
+        path.to_owned(),
+        format!("{path}-wal"),
+        format!("{path}-shm"),
+    ] {
         let mode = match std::fs::metadata(&file) {
             Ok(m) => m.permissions().mode(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -283,7 +291,9 @@ fn restrict_sqlite_files(path: &str) -> Result<()> {
             // Not fatal (e.g. a file owned by another user): the service still runs, loudly.
             match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700)) {
                 Ok(()) => tracing::info!(file = %file, "restricted database file to owner-only"),
-                Err(e) => tracing::warn!(file = %file, error = %e, "cannot restrict database file to owner-only"),
+                Err(e) => {
+                    tracing::warn!(file = %file, error = %e, "cannot restrict database file to owner-only")
+                }
             }
         }
     }

@@ -107,7 +107,12 @@ fn device_secrets(d: &Device) -> Vec<Vec<u8>> {
         out.push(json.trim_end_matches(']').as_bytes().to_vec());
         out.push(k);
     }
-    for field in ["noise_key", "identity_key", "signed_pre_key", "adv_secret_key"] {
+    for field in [
+        "noise_key",
+        "identity_key",
+        "signed_pre_key",
+        "adv_secret_key",
+    ] {
         out.push(field.as_bytes().to_vec());
     }
     out
@@ -190,14 +195,24 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
 
     let mut secrets = device_secrets(&created);
     secrets.extend(device_secrets(&paired));
-    for marker in ["session-7", "prekey-7", "spk-7", "sk-7", "sync-7", "batch-prekey"] {
+    for marker in [
+        "session-7",
+        "prekey-7",
+        "spk-7",
+        "sk-7",
+        "sync-7",
+        "batch-prekey",
+    ] {
         secrets.push(marker.as_bytes().to_vec());
     }
     secrets.push(b"key_data".to_vec());
     secrets.push(secret.to_vec());
     let rows = raw_rows(&f.db).await;
     for kind in SECRET_KINDS {
-        assert!(rows.iter().any(|r| r.kind == kind), "a {kind} row was written");
+        assert!(
+            rows.iter().any(|r| r.kind == kind),
+            "a {kind} row was written"
+        );
     }
     assert_sealed(&rows, &secrets);
 
@@ -210,7 +225,10 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
     let snap = snapshot(&a).await;
     assert_eq!(snap["session"], serde_json::json!(b"session-7".to_vec()));
     assert_eq!(snap["prekey"], serde_json::json!(b"prekey-7".to_vec()));
-    assert_eq!(snap["sync"]["key_data"], serde_json::json!(b"sync-7".to_vec()));
+    assert_eq!(
+        snap["sync"]["key_data"],
+        serde_json::json!(b"sync-7".to_vec())
+    );
     assert_eq!(
         a.get_msg_secret("c", "s", "M2").await.unwrap(),
         Some(secret.to_vec())
@@ -223,7 +241,12 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
     // Another master key does not open them: an error, not garbage.
     let stranger = DbDeviceStore::new(f.db.clone(), &MasterKey::generate(), f.a.clone());
     assert!(stranger.load().await.is_err());
-    assert!(stranger.get_session("15550001@s.whatsapp.net").await.is_err());
+    assert!(
+        stranger
+            .get_session("15550001@s.whatsapp.net")
+            .await
+            .is_err()
+    );
     // A sealed record copied into another session's row does not open there.
     let (from, to) = (f.a.clone(), f.b.clone());
     f.db.run(move |c| {
@@ -248,11 +271,10 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
     assert!(b.load().await.is_err(), "a moved record must not open");
     // Nothing left to seal.
     let key = f.key.clone();
-    let n = f
-        .db
-        .run(move |c| device_store::seal_legacy_rows(c, &key))
-        .await
-        .unwrap();
+    let n =
+        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+            .await
+            .unwrap();
     assert_eq!(n, 0);
 }
 
@@ -270,7 +292,11 @@ async fn insert_plain_rows(db: &Db, dev: &str, device: &Device) {
     db.run(move |c| {
         let kv: Vec<(&str, String, Vec<u8>)> = vec![
             ("device", String::new(), device_json),
-            ("session", "15550001@s.whatsapp.net".into(), b"session-old".to_vec()),
+            (
+                "session",
+                "15550001@s.whatsapp.net".into(),
+                b"session-old".to_vec(),
+            ),
             ("identity", "15550001@s.whatsapp.net".into(), vec![9; 32]),
             ("signed_prekey", "1".into(), b"spk-old".to_vec()),
             ("sender_key", "g::me".into(), b"sk-old".to_vec()),
@@ -339,19 +365,31 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     let s = DbDeviceStore::new(f.db.clone(), &f.key, f.a.clone());
     let before = plain_state(&s).await;
     assert_eq!(before["device"], serde_json::to_value(&device).unwrap());
-    assert_eq!(before["session"], serde_json::json!(b"session-old".to_vec()));
+    assert_eq!(
+        before["session"],
+        serde_json::json!(b"session-old".to_vec())
+    );
     assert_eq!(before["secret"], serde_json::json!([vec![0x5A; 32], 7]));
     assert!(s.is_paired().await.unwrap());
 
     let key = f.key.clone();
-    let sealed = f
-        .db
-        .run(move |c| device_store::seal_legacy_rows(c, &key))
-        .await
-        .unwrap();
-    assert_eq!(sealed, 7, "device, session, spk, sender key, sync key, prekey, secret");
+    let sealed =
+        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+            .await
+            .unwrap();
+    assert_eq!(
+        sealed, 7,
+        "device, session, spk, sender key, sync key, prekey, secret"
+    );
     let mut secrets = device_secrets(&device);
-    for m in ["session-old", "spk-old", "sk-old", "sync-old", "prekey-old", "key_data"] {
+    for m in [
+        "session-old",
+        "spk-old",
+        "sk-old",
+        "sync-old",
+        "prekey-old",
+        "key_data",
+    ] {
         secrets.push(m.as_bytes().to_vec());
     }
     secrets.push(vec![0x5A; 32]);
@@ -364,23 +402,21 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     // The same keys load after sealing, through the store and the session manager's helper.
     assert_eq!(plain_state(&s).await, before);
     let (dev, key) = (f.a.clone(), f.key.clone());
-    let loaded = f
-        .db
-        .run(move |c| device_store::load_device(c, &key, &dev))
-        .await
-        .unwrap()
-        .unwrap();
+    let loaded =
+        f.db.run(move |c| device_store::load_device(c, &key, &dev))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(
         loaded.noise_key.private_key.serialize(),
         device.noise_key.private_key.serialize()
     );
     // Idempotent: a second start seals nothing and changes nothing.
     let key = f.key.clone();
-    let again = f
-        .db
-        .run(move |c| device_store::seal_legacy_rows(c, &key))
-        .await
-        .unwrap();
+    let again =
+        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+            .await
+            .unwrap();
     assert_eq!(again, 0);
     let after: Vec<Vec<u8>> = raw_rows(&f.db).await.into_iter().map(|r| r.bytes).collect();
     assert_eq!(after, rows.into_iter().map(|r| r.bytes).collect::<Vec<_>>());
@@ -421,10 +457,7 @@ async fn unseal_to_plain(db: &Db, key: &MasterKey, dev: &str) -> usize {
                     )
                     .unwrap(),
                 };
-                let kind = SECRET_KINDS
-                    .into_iter()
-                    .find(|x| *x == r.kind)
-                    .unwrap();
+                let kind = SECRET_KINDS.into_iter().find(|x| *x == r.kind).unwrap();
                 plain.push((kind, k, v));
             }
             _ => {
@@ -469,7 +502,10 @@ async fn linked_session_survives_the_sealing_migration(db: TestDb) {
 
     let db = Db::open(&dbh.url, 2).unwrap();
     let rewritten = unseal_to_plain(&db, &key, &s.session_id).await;
-    assert!(rewritten >= 3, "device, signed prekey, prekeys: {rewritten}");
+    assert!(
+        rewritten >= 3,
+        "device, signed prekey, prekeys: {rewritten}"
+    );
     let rows = raw_rows(&db).await;
     let device = rows.iter().find(|r| r.kind == "device").unwrap();
     assert!(contains(&device.bytes, b"noise_key"), "plain like before");
