@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// 32 bytes that seal API and webhook secrets (AES-256-GCM). Never logged: `Debug` is redacted.
+/// 32 bytes that seal API and webhook secrets and, through a derived [`SealKey`], the WhatsApp
+/// device keys (AES-256-GCM). Never logged: `Debug` is redacted.
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
 

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Integer, Text};
 use diesel::upsert::excluded;
@@ -331,6 +331,26 @@ pub fn is_paired(conn: &mut DbConn, master: &MasterKey, device_id: &str) -> Resu
 /// nodes: a row is replaced only while it still holds the plain value that was read. Run at
 /// start, after the migrations.
 pub fn seal_legacy_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
+    let DbConn::Sqlite(c) = conn else {
+        return seal_plain_rows(conn, master);
+    };
+    // On SQLite the replaced plaintext must not linger in the file's free space or in old
+    // page versions in the WAL: zero what the pass frees, then fold the WAL in and empty it.
+    c.batch_execute("PRAGMA secure_delete = ON")?;
+    let sealed = seal_plain_rows(conn, master);
+    let DbConn::Sqlite(c) = conn else {
+        unreachable!("matched above")
+    };
+    let wiped = match sealed {
+        Ok(n) if n > 0 => c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)"),
+        _ => Ok(()),
+    };
+    c.batch_execute("PRAGMA secure_delete = OFF")?;
+    wiped?;
+    sealed
+}
+
+fn seal_plain_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
     let key = seal_key(master);
     let magic = SealKey::MAGIC.to_vec();
     let overhead = i32::try_from(SealKey::OVERHEAD).expect("small");

@@ -215,6 +215,7 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
         );
     }
     assert_sealed(&rows, &secrets);
+    assert_files_clean(&t, &secrets);
 
     // Everything reads back as written.
     let loaded = a.load().await.unwrap().unwrap();
@@ -420,6 +421,27 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     assert_eq!(again, 0);
     let after: Vec<Vec<u8>> = raw_rows(&f.db).await.into_iter().map(|r| r.bytes).collect();
     assert_eq!(after, rows.into_iter().map(|r| r.bytes).collect::<Vec<_>>());
+
+    // A copy of the SQLite files holds no leftover of the plain records either (freed cells
+    // and old page versions in the WAL).
+    assert_files_clean(&t, &secrets);
+}
+
+/// On SQLite: neither the database file nor its WAL contains any of `secrets`.
+fn assert_files_clean(t: &TestDb, secrets: &[Vec<u8>]) {
+    if t.url.starts_with("postgres") {
+        return;
+    }
+    for suffix in ["", "-wal"] {
+        let file = std::fs::read(format!("{}{suffix}", t.url)).unwrap_or_default();
+        for s in secrets {
+            assert!(
+                !contains(&file, s),
+                "wagate.db{suffix} still holds {:?}",
+                String::from_utf8_lossy(s)
+            );
+        }
+    }
 }
 
 /// Rewrites every sealed record of session `dev` in the plain format of before sealing,
