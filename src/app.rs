@@ -129,6 +129,17 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     if applied > 0 {
         tracing::info!(applied, "database migrations applied");
     }
+    // Before any session starts: key records written before sealing get sealed.
+    let key = cfg.master_key.clone();
+    let sealed = db
+        .run(move |c| crate::storage::device_store::seal_legacy_rows(c, &key))
+        .await?;
+    if sealed > 0 {
+        tracing::info!(
+            sealed,
+            "sealed plain WhatsApp key records with the master key"
+        );
+    }
     let writer_cfg = cfg
         .writer
         .unwrap_or_else(|| WriterConfig::for_backend(db.backend()));
@@ -137,7 +148,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         db.clone(),
         cfg.settings.node_id.clone(),
         cfg.connector.unwrap_or_else(Connector::whatsapp),
-        Arc::new(DbStores::new(db.clone())),
+        Arc::new(DbStores::new(db.clone(), cfg.master_key.clone())),
     );
     let dispatcher = crate::webhooks::dispatcher::Dispatcher::new(
         db.clone(),

@@ -1,19 +1,21 @@
 //! Key material: the master key that encrypts secrets at rest, API key generation and
 //! hashing, and the HMAC primitives both signing schemes use.
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// 32 bytes that seal API and webhook secrets (AES-256-GCM). Never logged: `Debug` is redacted.
+/// 32 bytes that seal API and webhook secrets and, through a derived [`SealKey`], the WhatsApp
+/// device keys (AES-256-GCM). Never logged: `Debug` is redacted.
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
 
@@ -72,6 +74,12 @@ impl MasterKey {
         hmac_sha256(&self.0, &[label.as_bytes()])
     }
 
+    /// A [`SealKey`] for one purpose, derived from the master key (`label` names the purpose
+    /// and its format version, so a new format gets a new key).
+    pub fn seal_key(&self, label: &str) -> SealKey {
+        SealKey(Arc::new(Aes256Gcm::new(&self.derive(label).into())))
+    }
+
     /// `base64(nonce ‖ ciphertext)`; a fresh random nonce each call.
     pub fn seal(&self, plaintext: &[u8]) -> String {
         let cipher = Aes256Gcm::new(&self.0.into());
@@ -98,6 +106,63 @@ impl MasterKey {
             .decrypt(&Nonce::from(nonce), ct)
             .map_err(|_| {
                 Error::Internal("cannot decrypt a stored secret: wrong WAGATE_MASTER_KEY?".into())
+            })
+    }
+}
+
+/// AES-256-GCM for binary records stored in database columns: `MAGIC ‖ nonce ‖ ciphertext`,
+/// authenticated together with the caller's `aad` (where the record lives), so a sealed value
+/// copied into another row or another session does not open. Cheap to clone.
+#[derive(Clone)]
+pub struct SealKey(Arc<Aes256Gcm>);
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(<redacted>)")
+    }
+}
+
+impl SealKey {
+    /// Leads every sealed record. A zero first byte never starts the plain records it
+    /// replaces (JSON, protobuf); raw random ones are shorter than [`Self::OVERHEAD`].
+    pub const MAGIC: &'static [u8; 8] = b"\0wgseal1";
+    /// Bytes a sealed record adds to its plaintext (magic, nonce, tag).
+    pub const OVERHEAD: usize = 8 + 12 + 16;
+
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let nonce_bytes: [u8; 12] = random_bytes();
+        let ct = self
+            .0
+            .encrypt(
+                &Nonce::from(nonce_bytes),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for in-memory buffers");
+        let mut out = Vec::with_capacity(Self::OVERHEAD + plaintext.len());
+        out.extend_from_slice(Self::MAGIC);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Whether `stored` is in the sealed format (and not a plain record from before sealing).
+    pub fn is_sealed(stored: &[u8]) -> bool {
+        stored.len() >= Self::OVERHEAD && stored.starts_with(Self::MAGIC)
+    }
+
+    pub fn open(&self, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
+        if !Self::is_sealed(stored) {
+            return Err(Error::Internal("record is not sealed".into()));
+        }
+        let (nonce, ct) = stored[Self::MAGIC.len()..].split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().expect("split at 12");
+        self.0
+            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
+            .map_err(|_| {
+                Error::Internal("cannot decrypt a stored record: wrong WAGATE_MASTER_KEY?".into())
             })
     }
 }
@@ -178,6 +243,40 @@ mod tests {
         assert_ne!(key.seal(b"api-secret"), sealed, "nonce must be fresh");
         let other = MasterKey::generate();
         assert!(other.open(&sealed).is_err());
+    }
+
+    #[test]
+    fn seal_key_binds_records_to_their_place() {
+        let master = MasterKey::generate();
+        let key = master.seal_key("test v1");
+        let sealed = key.seal(b"row-1", b"private key");
+        assert!(SealKey::is_sealed(&sealed));
+        assert_eq!(sealed.len(), SealKey::OVERHEAD + b"private key".len());
+        assert!(!sealed.windows(11).any(|w| w == b"private key"));
+        assert_eq!(key.open(b"row-1", &sealed).unwrap(), b"private key");
+        assert!(key.open(b"row-2", &sealed).is_err(), "moved to another row");
+        assert!(master.seal_key("other v1").open(b"row-1", &sealed).is_err());
+        assert!(
+            MasterKey::generate()
+                .seal_key("test v1")
+                .open(b"row-1", &sealed)
+                .is_err()
+        );
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(key.open(b"row-1", &tampered).is_err());
+        assert_ne!(
+            key.seal(b"row-1", b"private key"),
+            sealed,
+            "nonce must be fresh"
+        );
+        // Plain records from before sealing are told apart: JSON, protobuf, raw 32 bytes.
+        assert!(!SealKey::is_sealed(br#"{"noise_key":[1,2]}"#));
+        assert!(!SealKey::is_sealed(&[0x0a; 200]));
+        let mut raw = [0u8; 32];
+        raw[..8].copy_from_slice(SealKey::MAGIC);
+        assert!(!SealKey::is_sealed(&raw));
+        assert!(key.open(b"row-1", b"{}").is_err());
     }
 
     #[test]

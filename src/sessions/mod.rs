@@ -404,14 +404,16 @@ impl HttpClient for SharedHttp {
     }
 }
 
-/// Device stores in wagate's own database (see `storage::device_store`).
+/// Device stores in wagate's own database (see `storage::device_store`), their private key
+/// material sealed with the master key.
 pub struct DbStores {
     db: Db,
+    key: crate::crypto::MasterKey,
 }
 
 impl DbStores {
-    pub fn new(db: Db) -> Self {
-        DbStores { db }
+    pub fn new(db: Db, key: crate::crypto::MasterKey) -> Self {
+        DbStores { db, key }
     }
 }
 
@@ -420,6 +422,7 @@ impl DeviceStores for DbStores {
     fn open(&self, device_id: &str) -> Arc<dyn Backend> {
         Arc::new(crate::storage::device_store::DbDeviceStore::new(
             self.db.clone(),
+            &self.key,
             device_id.to_owned(),
         ))
     }

@@ -12,6 +12,13 @@
 //!   pending-inbound payloads); serde records are serde_json (`Device`, `HashState`,
 //!   `AppStateSyncKey`, `DeviceListRecord`) — the only serde format in the dependency tree.
 //!   Keys made of several strings are length-prefixed so they are unambiguous.
+//! - sealed at rest: every record that holds private key material — the `Device` (noise,
+//!   identity and signed-prekey private keys, ADV secret), Signal sessions, one-time and signed
+//!   prekeys, sender keys, app-state sync keys and message secrets — is AES-256-GCM sealed
+//!   with a key derived from the master key and bound to its row (see [`SealKey`]), so
+//!   the database or a backup alone cannot clone a linked account or decrypt its traffic.
+//!   Public keys (identities, base keys) and metadata stay plain. Plain records written before
+//!   sealing still load; [`seal_legacy_rows`] seals them at start.
 //! - dedicated tables where a key-value row cannot answer efficiently: `wa_prekeys` (max id,
 //!   uploaded flag, batch loads), `wa_app_state_macs` (per-collection clear, batch lookups),
 //!   `wa_sender_key_devices` (per group and per device JID), `wa_lid_mappings` (reverse
@@ -29,9 +36,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Binary, Text};
+use diesel::sql_types::{BigInt, Binary, Integer, Text};
 use diesel::upsert::excluded;
 use whatsapp_rust::wacore::appstate::hash::HashState;
 use whatsapp_rust::wacore::appstate::processor::AppStateMutationMAC;
@@ -49,6 +56,7 @@ use super::schema::{
     wa_store, wa_tc_tokens,
 };
 use super::{Db, DbConn, now_ms};
+use crate::crypto::{MasterKey, SealKey};
 use crate::error::{Error, Result};
 use crate::on_conn;
 
@@ -67,12 +75,60 @@ const K_SENT_MESSAGE: &str = "sent_message";
 const K_PENDING_INBOUND: &str = "pending_inbound";
 const K_DEVICE: &str = "device";
 
+/// The `wa_store` kinds whose values hold private key material, sealed at rest.
+const SEALED_KINDS: [&str; 5] = [
+    K_DEVICE,
+    K_SESSION,
+    K_SIGNED_PREKEY,
+    K_SENDER_KEY,
+    K_SYNC_KEY,
+];
+
+/// Derivation label of the device store's sealing key (a format change takes a new label).
+const SEAL_LABEL: &str = "wagate device store v1";
+
+fn is_sealed_kind(kind: &str) -> bool {
+    SEALED_KINDS.contains(&kind)
+}
+
+fn seal_key(master: &MasterKey) -> SealKey {
+    master.seal_key(SEAL_LABEL)
+}
+
+/// What a sealed `wa_store` value is bound to: its table, session, kind and key.
+fn kv_aad(dev: &str, kind: &str, key: &str) -> Vec<u8> {
+    composite_key(&["wa_store", dev, kind, key]).into_bytes()
+}
+
+fn prekey_aad(dev: &str, id: i64) -> Vec<u8> {
+    composite_key(&["wa_prekeys", dev, &id.to_string()]).into_bytes()
+}
+
+fn secret_aad(dev: &str, chat: &str, sender: &str, msg_id: &str) -> Vec<u8> {
+    composite_key(&["wa_msg_secrets", dev, chat, sender, msg_id]).into_bytes()
+}
+
+/// The plaintext of a stored secret record: sealed ones are opened, a plain one is a record
+/// written before sealing (kept readable until [`seal_legacy_rows`] seals it).
+fn unseal(key: &SealKey, aad: &[u8], stored: Vec<u8>) -> Result<Vec<u8>> {
+    if SealKey::is_sealed(&stored) {
+        key.open(aad, &stored)
+    } else {
+        Ok(stored)
+    }
+}
+
 /// Bound on the bind parameters of one `IN (...)` list (both backends allow far more).
 const IN_CHUNK: usize = 500;
 
 diesel::define_sql_function! {
     /// Byte length of a BLOB / BYTEA.
     fn length(x: Binary) -> Integer;
+}
+
+diesel::define_sql_function! {
+    /// `len` bytes of a BLOB / BYTEA from the 1-based `start` (the same on both backends).
+    fn substr(x: Binary, start: Integer, len: Integer) -> Binary;
 }
 
 /// The `Backend` of one WhatsApp session (one `devices.id`) on wagate's database.
@@ -84,14 +140,17 @@ diesel::define_sql_function! {
 pub struct DbDeviceStore {
     db: Db,
     device_id: Arc<str>,
+    seal: SealKey,
 }
 
 impl DbDeviceStore {
-    /// The store of the session `device_id` (`devices.id`).
-    pub fn new(db: Db, device_id: String) -> DbDeviceStore {
+    /// The store of the session `device_id` (`devices.id`); its private key material is
+    /// sealed with a key derived from `master`.
+    pub fn new(db: Db, master: &MasterKey, device_id: String) -> DbDeviceStore {
         DbDeviceStore {
             db,
             device_id: Arc::from(device_id),
+            seal: seal_key(master),
         }
     }
 
@@ -102,14 +161,16 @@ impl DbDeviceStore {
 
     /// Whether the session holds a paired WhatsApp identity; see [`is_paired`].
     pub async fn is_paired(&self) -> Result<bool> {
-        let dev = self.device_id.clone();
-        self.db.run(move |c| is_paired(c, &dev)).await
+        Ok(self.load_device().await?.is_some_and(|d| d.pn.is_some()))
     }
 
     /// The persisted `Device` record, if any; see [`load_device`].
     pub async fn load_device(&self) -> Result<Option<Device>> {
-        let dev = self.device_id.clone();
-        self.db.run(move |c| load_device(c, &dev)).await
+        let bytes = self.kv_get_async(K_DEVICE, String::new()).await;
+        match bytes.map_err(|e| Error::Internal(e.to_string()))? {
+            None => Ok(None),
+            Some(b) => parse_device(&self.device_id, &b).map(Some),
+        }
     }
 
     /// Deletes everything whatsapp-rust stored for this session, atomically; see [`wipe`].
@@ -128,8 +189,29 @@ impl DbDeviceStore {
         self.db.run(move |c| f(c, &dev)).await.map_err(store_err)
     }
 
+    /// `value` as stored: sealed when its kind holds private key material.
+    fn seal_kv(&self, kind: &str, key: &str, value: Vec<u8>) -> Vec<u8> {
+        if is_sealed_kind(kind) {
+            self.seal.seal(&kv_aad(&self.device_id, kind, key), &value)
+        } else {
+            value
+        }
+    }
+
+    fn open_kv(&self, kind: &str, key: &str, stored: Vec<u8>) -> StoreResult<Vec<u8>> {
+        if is_sealed_kind(kind) {
+            unseal(&self.seal, &kv_aad(&self.device_id, kind, key), stored).map_err(store_err)
+        } else {
+            Ok(stored)
+        }
+    }
+
     async fn kv_get_async(&self, kind: &'static str, key: String) -> StoreResult<Option<Vec<u8>>> {
-        self.run(move |c, dev| kv_get(c, dev, kind, &key)).await
+        let k = key.clone();
+        self.run(move |c, dev| kv_get(c, dev, kind, &k))
+            .await?
+            .map(|v| self.open_kv(kind, &key, v))
+            .transpose()
     }
 
     async fn kv_put_async(
@@ -138,8 +220,18 @@ impl DbDeviceStore {
         key: String,
         value: Vec<u8>,
     ) -> StoreResult<()> {
+        let value = self.seal_kv(kind, &key, value);
         self.run(move |c, dev| kv_put(c, dev, kind, &key, &value))
             .await
+    }
+
+    fn seal_prekey(&self, id: u32, record: &[u8]) -> Vec<u8> {
+        self.seal
+            .seal(&prekey_aad(&self.device_id, i64::from(id)), record)
+    }
+
+    fn open_prekey(&self, id: i64, stored: Vec<u8>) -> StoreResult<Vec<u8>> {
+        unseal(&self.seal, &prekey_aad(&self.device_id, id), stored).map_err(store_err)
     }
 
     async fn kv_delete_async(&self, kind: &'static str, key: String) -> StoreResult<()> {
@@ -155,6 +247,13 @@ impl DbDeviceStore {
         if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<(String, Vec<u8>)> = rows
+            .into_iter()
+            .map(|(k, v)| {
+                let v = self.seal_kv(kind, &k, v);
+                (k, v)
+            })
+            .collect();
         self.run(move |c, dev| {
             c.transaction(|c| {
                 for (key, value) in &rows {
@@ -200,21 +299,124 @@ fn wipe_rows(conn: &mut DbConn, device_id: &str) -> Result<usize> {
 
 /// The persisted whatsapp-rust `Device` of the session (identity and noise keys, `pn`/`lid`
 /// once paired, push name, …), or `None` if the session has never been started.
-pub fn load_device(conn: &mut DbConn, device_id: &str) -> Result<Option<Device>> {
+pub fn load_device(
+    conn: &mut DbConn,
+    master: &MasterKey,
+    device_id: &str,
+) -> Result<Option<Device>> {
     match kv_get(conn, device_id, K_DEVICE, "")? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Internal(format!("corrupt device record of {device_id}: {e}"))),
+        Some(stored) => {
+            let bytes = unseal(&seal_key(master), &kv_aad(device_id, K_DEVICE, ""), stored)?;
+            parse_device(device_id, &bytes).map(Some)
+        }
     }
+}
+
+fn parse_device(device_id: &str, bytes: &[u8]) -> Result<Device> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Internal(format!("corrupt device record of {device_id}: {e}")))
 }
 
 /// Whether the session is paired: its `Device` record exists and carries the account's
 /// phone-number JID (`pn`), which is exactly when whatsapp-rust logs in instead of showing a
 /// QR code. A fresh session (never started, or started but not yet scanned) is `false`, and
 /// so is a wiped one.
-pub fn is_paired(conn: &mut DbConn, device_id: &str) -> Result<bool> {
-    Ok(load_device(conn, device_id)?.is_some_and(|d| d.pn.is_some()))
+pub fn is_paired(conn: &mut DbConn, master: &MasterKey, device_id: &str) -> Result<bool> {
+    Ok(load_device(conn, master, device_id)?.is_some_and(|d| d.pn.is_some()))
+}
+
+/// Seals the plain private-key records written before the device store was sealed (all
+/// sessions), in one transaction; returns how many. Idempotent, and safe beside running
+/// nodes: a row is replaced only while it still holds the plain value that was read. Run at
+/// start, after the migrations.
+pub fn seal_legacy_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
+    let DbConn::Sqlite(c) = conn else {
+        return seal_plain_rows(conn, master);
+    };
+    // On SQLite the replaced plaintext must not linger in the file's free space or in old
+    // page versions in the WAL: zero what the pass frees, then fold the WAL in and empty it.
+    c.batch_execute("PRAGMA secure_delete = ON")?;
+    let sealed = seal_plain_rows(conn, master);
+    let DbConn::Sqlite(c) = conn else {
+        unreachable!("matched above")
+    };
+    let wiped = match sealed {
+        Ok(n) if n > 0 => c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)"),
+        _ => Ok(()),
+    };
+    c.batch_execute("PRAGMA secure_delete = OFF")?;
+    wiped?;
+    sealed
+}
+
+fn seal_plain_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
+    let key = seal_key(master);
+    let magic = SealKey::MAGIC.to_vec();
+    let overhead = i32::try_from(SealKey::OVERHEAD).expect("small");
+    conn.transaction(|c| {
+        let mut n = 0;
+        {
+            use wa_store::dsl as s;
+            let plain = length(s::value)
+                .lt(overhead)
+                .or(substr(s::value, 1, 8).ne(magic.clone()));
+            let rows: Vec<(String, String, String, Vec<u8>)> = on_conn!(c, c => s::wa_store
+                .filter(s::kind.eq_any(SEALED_KINDS))
+                .filter(plain)
+                .select((s::device_id, s::kind, s::key, s::value))
+                .load(c))?;
+            for (dev, kind, k, value) in rows {
+                let sealed = key.seal(&kv_aad(&dev, &kind, &k), &value);
+                n += on_conn!(c, c => diesel::update(
+                    s::wa_store
+                        .find((&dev, &kind, &k))
+                        .filter(s::value.eq(&value)),
+                )
+                .set(s::value.eq(&sealed))
+                .execute(c))?;
+            }
+        }
+        {
+            use wa_prekeys::dsl as p;
+            let plain = length(p::record)
+                .lt(overhead)
+                .or(substr(p::record, 1, 8).ne(magic.clone()));
+            let rows: Vec<(String, i64, Vec<u8>)> = on_conn!(c, c => p::wa_prekeys
+                .filter(plain)
+                .select((p::device_id, p::id, p::record))
+                .load(c))?;
+            for (dev, id, record) in rows {
+                let sealed = key.seal(&prekey_aad(&dev, id), &record);
+                n += on_conn!(c, c => diesel::update(
+                    p::wa_prekeys.find((&dev, id)).filter(p::record.eq(&record)),
+                )
+                .set(p::record.eq(&sealed))
+                .execute(c))?;
+            }
+        }
+        {
+            use wa_msg_secrets::dsl as m;
+            let plain = length(m::secret)
+                .lt(overhead)
+                .or(substr(m::secret, 1, 8).ne(magic.clone()));
+            let rows: Vec<(String, String, String, String, Vec<u8>)> = on_conn!(c, c => m::wa_msg_secrets
+                .filter(plain)
+                .select((m::device_id, m::chat, m::sender, m::msg_id, m::secret))
+                .load(c))?;
+            for (dev, chat, sender, msg_id, secret) in rows {
+                let sealed = key.seal(&secret_aad(&dev, &chat, &sender, &msg_id), &secret);
+                n += on_conn!(c, c => diesel::update(
+                    m::wa_msg_secrets
+                        .find((&dev, &chat, &sender, &msg_id))
+                        .filter(m::secret.eq(&secret)),
+                )
+                .set(m::secret.eq(&sealed))
+                .execute(c))?;
+            }
+        }
+        Ok(n)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,7 +726,7 @@ impl SignalStore for DbDeviceStore {
     }
 
     async fn store_prekey(&self, id: u32, record: &[u8], uploaded: bool) -> StoreResult<()> {
-        let record = record.to_vec();
+        let record = self.seal_prekey(id, record);
         self.run(move |c, dev| upsert_prekey(c, dev, id, &record, uploaded))
             .await
     }
@@ -533,7 +735,10 @@ impl SignalStore for DbDeviceStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let keys = keys.to_vec();
+        let keys: Vec<(u32, Vec<u8>)> = keys
+            .iter()
+            .map(|(id, r)| (*id, self.seal_prekey(*id, r)))
+            .collect();
         self.run(move |c, dev| {
             c.transaction(|c| {
                 for (id, record) in &keys {
@@ -554,8 +759,9 @@ impl SignalStore for DbDeviceStore {
                 .first::<Vec<u8>>(c)
                 .optional())?)
         })
-        .await
-        .map(|r| r.map(Bytes::from))
+        .await?
+        .map(|r| self.open_prekey(i64::from(id), r).map(Bytes::from))
+        .transpose()
     }
 
     async fn load_prekeys_batch(&self, ids: &[u32]) -> StoreResult<Vec<(u32, Bytes)>> {
@@ -579,8 +785,8 @@ impl SignalStore for DbDeviceStore {
             .await?;
         let by_id: HashMap<i64, Bytes> = rows
             .into_iter()
-            .map(|(id, r)| (id, Bytes::from(r)))
-            .collect();
+            .map(|(id, r)| self.open_prekey(id, r).map(|r| (id, Bytes::from(r))))
+            .collect::<StoreResult<_>>()?;
         // The caller's order; a repeated id is answered each time, like the default method.
         Ok(ids
             .iter()
@@ -644,9 +850,10 @@ impl SignalStore for DbDeviceStore {
         let mut out = rows
             .into_iter()
             .map(|(k, v)| {
-                k.parse::<u32>()
-                    .map(|id| (id, v))
-                    .map_err(|_| StoreError::Validation(format!("bad signed prekey id {k:?}")))
+                let id = k
+                    .parse::<u32>()
+                    .map_err(|_| StoreError::Validation(format!("bad signed prekey id {k:?}")))?;
+                Ok((id, self.open_kv(K_SIGNED_PREKEY, &k, v)?))
             })
             .collect::<StoreResult<Vec<_>>>()?;
         out.sort_by_key(|(id, _)| *id);
@@ -693,8 +900,8 @@ impl AppSyncStore for DbDeviceStore {
     }
 
     async fn set_sync_key(&self, key_id: &[u8], key: AppStateSyncKey) -> StoreResult<()> {
-        let value = to_json(&key)?;
         let id = key_id.to_vec();
+        let value = self.seal_kv(K_SYNC_KEY, &hex::encode(&id), to_json(&key)?);
         self.run(move |c, dev| {
             c.transaction(|c| {
                 kv_put(c, dev, K_SYNC_KEY, &hex::encode(&id), &value)?;
@@ -1338,17 +1545,24 @@ impl MsgSecretStore for DbDeviceStore {
         if entries.is_empty() {
             return Ok(0);
         }
+        let sealed: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| {
+                let aad = secret_aad(&self.device_id, &e.chat, &e.sender, &e.msg_id);
+                self.seal.seal(&aad, &e.secret)
+            })
+            .collect();
         self.run(move |c, dev| {
             c.transaction(|c| {
                 let sql = portable_sql(c, UPSERT_MSG_SECRET).into_owned();
                 // One statement per row: a repeated key within the batch merges like any other.
-                for e in &entries {
+                for (e, secret) in entries.iter().zip(&sealed) {
                     on_conn!(c, c => diesel::sql_query(&sql)
                         .bind::<Text, _>(dev)
                         .bind::<Text, _>(&*e.chat)
                         .bind::<Text, _>(&*e.sender)
                         .bind::<Text, _>(&*e.msg_id)
-                        .bind::<Binary, _>(&e.secret[..])
+                        .bind::<Binary, _>(&secret[..])
                         .bind::<BigInt, _>(e.expires_at)
                         .bind::<BigInt, _>(e.message_ts)
                         .execute(c))?;
@@ -1378,6 +1592,7 @@ impl MsgSecretStore for DbDeviceStore {
         sender: &str,
         msg_id: &str,
     ) -> StoreResult<Option<(Vec<u8>, i64)>> {
+        let aad = secret_aad(&self.device_id, chat, sender, msg_id);
         let (chat, sender, msg_id) = (chat.to_owned(), sender.to_owned(), msg_id.to_owned());
         self.run(move |c, dev| {
             use wa_msg_secrets::dsl as m;
@@ -1387,7 +1602,13 @@ impl MsgSecretStore for DbDeviceStore {
                 .first::<(Vec<u8>, i64)>(c)
                 .optional())?)
         })
-        .await
+        .await?
+        .map(|(secret, ts)| {
+            unseal(&self.seal, &aad, secret)
+                .map(|s| (s, ts))
+                .map_err(store_err)
+        })
+        .transpose()
     }
 
     async fn delete_expired_msg_secrets(&self, cutoff_timestamp: i64) -> StoreResult<u32> {
@@ -1433,7 +1654,7 @@ impl DeviceStore for DbDeviceStore {
     /// shown in the first QR code are the keys a restart finds. The store has one device per
     /// session, so the "generated id" is always 1.
     async fn create(&self) -> StoreResult<i32> {
-        let fresh = to_json(&Device::new())?;
+        let fresh = self.seal_kv(K_DEVICE, "", to_json(&Device::new())?);
         self.run(move |c, dev| {
             use wa_store::dsl as s;
             on_conn!(c, c => diesel::insert_into(s::wa_store)

@@ -172,6 +172,9 @@ pub fn parse_url(url: &str) -> (Backend, String) {
 impl Db {
     pub fn open(url: &str, pool_size: u32) -> Result<Db> {
         let (backend, url) = parse_url(url);
+        if backend == Backend::Sqlite {
+            restrict_sqlite_files(&url)?;
+        }
         let manager = Manager { backend, url };
         // A first connection up front so a bad URL fails fast with a clear message.
         manager
@@ -244,6 +247,62 @@ impl Db {
     pub fn event_signal(&self) -> watch::Receiver<u64> {
         self.events.subscribe()
     }
+}
+
+/// Makes the SQLite database owner-only (0600): it holds the sealed secrets and everything
+/// else of the service. A missing file is created 0600 before SQLite opens it, and SQLite gives
+/// the `-wal` and `-shm` files it creates later the mode of the main file; existing files
+/// with broader modes (from older versions) are tightened. URI filenames (`file:…`) and
+/// in-memory databases are left to SQLite.
+#[cfg(unix)]
+fn restrict_sqlite_files(path: &str) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::Unavailable(format!(
+                "cannot create database {path}: {e}"
+            )));
+        }
+    }
+    for file in [
+        path.to_owned(),
+        format!("{path}-wal"),
+        format!("{path}-shm"),
+    ] {
+        let mode = match std::fs::metadata(&file) {
+            Ok(m) => m.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(file = %file, error = %e, "cannot check database file mode");
+                continue;
+            }
+        };
+        if mode & 0o077 != 0 {
+            // Not fatal (e.g. a file owned by another user): the service still runs, loudly.
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700)) {
+                Ok(()) => tracing::info!(file = %file, "restricted database file to owner-only"),
+                Err(e) => {
+                    tracing::warn!(file = %file, error = %e, "cannot restrict database file to owner-only")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_sqlite_files(_path: &str) -> Result<()> {
+    Ok(())
 }
 
 pub fn now_ms() -> i64 {

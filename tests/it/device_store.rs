@@ -36,17 +36,20 @@ on_both_backends!(
     device_record_isolation_reopen_and_wipe
 );
 
-struct Fixture {
-    db: Db,
+pub(crate) struct Fixture {
+    pub db: Db,
+    /// The master key the stores seal with.
+    pub key: MasterKey,
     /// Two sessions of one project.
-    a: String,
-    b: String,
+    pub a: String,
+    pub b: String,
 }
 
-async fn fixture(t: &TestDb) -> Fixture {
+pub(crate) async fn fixture(t: &TestDb) -> Fixture {
     let db = Db::open(&t.url, 4).unwrap();
     db.migrate().unwrap();
-    let admin = Admin::new(db.clone(), MasterKey::generate());
+    let key = MasterKey::generate();
+    let admin = Admin::new(db.clone(), key.clone());
     let p = admin
         .create_project(NewProject {
             name: "store".into(),
@@ -66,7 +69,7 @@ async fn fixture(t: &TestDb) -> Fixture {
         .await
         .unwrap()
         .device_id;
-    Fixture { db, a, b }
+    Fixture { db, key, a, b }
 }
 
 /// The store under test next to the reference.
@@ -78,7 +81,7 @@ struct Pair {
 impl Pair {
     fn new(f: &Fixture) -> Pair {
         Pair {
-            db: DbDeviceStore::new(f.db.clone(), f.a.clone()),
+            db: DbDeviceStore::new(f.db.clone(), &f.key, f.a.clone()),
             mem: InMemoryBackend::new(),
         }
     }
@@ -711,7 +714,7 @@ async fn msg_secrets_sent_and_pending_match_in_memory(t: TestDb) {
 }
 
 /// Writes one record of every kind into `s`, each value derived from `tag`.
-async fn fill(s: &DbDeviceStore, tag: u8) {
+pub(crate) async fn fill(s: &DbDeviceStore, tag: u8) {
     let t = |x: &str| format!("{x}-{tag}").into_bytes();
     s.put_identity("15550001@s.whatsapp.net", [tag; 32])
         .await
@@ -788,7 +791,7 @@ async fn fill(s: &DbDeviceStore, tag: u8) {
 }
 
 /// Everything `fill` wrote, as one comparable value (`null` where absent).
-async fn snapshot(s: &DbDeviceStore) -> serde_json::Value {
+pub(crate) async fn snapshot(s: &DbDeviceStore) -> serde_json::Value {
     serde_json::json!({
         "identity": s.load_identity("15550001@s.whatsapp.net").await.unwrap(),
         "session": s.get_session("15550001@s.whatsapp.net").await.unwrap().map(|b| b.to_vec()),
@@ -813,8 +816,8 @@ async fn snapshot(s: &DbDeviceStore) -> serde_json::Value {
 
 async fn device_record_isolation_reopen_and_wipe(t: TestDb) {
     let f = fixture(&t).await;
-    let a = DbDeviceStore::new(f.db.clone(), f.a.clone());
-    let b = DbDeviceStore::new(f.db.clone(), f.b.clone());
+    let a = DbDeviceStore::new(f.db.clone(), &f.key, f.a.clone());
+    let b = DbDeviceStore::new(f.db.clone(), &f.key, f.b.clone());
     let mem = InMemoryBackend::new();
     assert_eq!(a.device_id(), f.a);
 
@@ -905,21 +908,22 @@ async fn device_record_isolation_reopen_and_wipe(t: TestDb) {
     drop(f.db);
     let db2 = Db::open(&t.url, 2).unwrap();
     assert_eq!(db2.migrate().unwrap(), 0);
-    let a = DbDeviceStore::new(db2.clone(), f.a.clone());
-    let b = DbDeviceStore::new(db2.clone(), f.b.clone());
+    let a = DbDeviceStore::new(db2.clone(), &f.key, f.a.clone());
+    let b = DbDeviceStore::new(db2.clone(), &f.key, f.b.clone());
     assert_eq!(snapshot(&a).await, a_state);
     assert_eq!(snapshot(&b).await, b_state);
     assert_eq!(json(a.load().await.unwrap().unwrap()), json(&paired));
     assert!(a.is_paired().await.unwrap());
     let (dev_a, paired_a) = (f.a.clone(), {
-        let id = f.a.clone();
-        db2.run(move |c| device_store::is_paired(c, &id))
+        let (id, key) = (f.a.clone(), f.key.clone());
+        db2.run(move |c| device_store::is_paired(c, &key, &id))
             .await
             .unwrap()
     });
     assert!(paired_a);
+    let key = f.key.clone();
     let loaded = db2
-        .run(move |c| device_store::load_device(c, &dev_a))
+        .run(move |c| device_store::load_device(c, &key, &dev_a))
         .await
         .unwrap()
         .unwrap();

@@ -1,6 +1,7 @@
 //! The one integration-test binary: every module below shares `support`.
 mod support;
 
+mod at_rest;
 mod device_store;
 mod grpc;
 mod hardening;

@@ -25,9 +25,9 @@ on_both_backends!(
 
 const SVC: &str = "/wagate.v1.SessionsService/";
 
-type Client = SessionsServiceClient<tonic::transport::Channel>;
+pub(crate) type Client = SessionsServiceClient<tonic::transport::Channel>;
 
-async fn client(t: &TestServer) -> Client {
+pub(crate) async fn client(t: &TestServer) -> Client {
     SessionsServiceClient::connect(t.base.clone())
         .await
         .expect("gRPC connect")
@@ -49,7 +49,7 @@ async fn get(c: &mut Client, p: &TestProject, id: &str) -> Session {
         .expect("session")
 }
 
-async fn wait_state(
+pub(crate) async fn wait_state(
     c: &mut Client,
     p: &TestProject,
     id: &str,
@@ -68,7 +68,7 @@ async fn wait_state(
 }
 
 /// Creates a session over gRPC and links it by scanning its QR at wasim's simulated phone.
-async fn linked(
+pub(crate) async fn linked(
     c: &mut Client,
     p: &TestProject,
     admin: &wasim::client::Admin,
@@ -321,7 +321,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     sim.shutdown().await;
 }
 
-async fn start_sim() -> (wasim::ServerHandle, wasim::client::Admin) {
+pub(crate) async fn start_sim() -> (wasim::ServerHandle, wasim::client::Admin) {
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .expect("wasim");
