@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::Gateway;
 use super::admin::NewProject;
 use super::auth::Caller;
+use super::text::{no_nul, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self as store, UserKeyRow, UserRow};
@@ -128,6 +129,9 @@ impl Gateway {
         password: &str,
         name: Option<&str>,
     ) -> Result<(User, String)> {
+        no_nul("email", email)?;
+        no_nul("password", password)?;
+        no_nul_opt("name", name)?;
         let email = email.trim().to_ascii_lowercase();
         if email.len() > 254
             || !email.contains('@')
@@ -186,6 +190,8 @@ impl Gateway {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<(User, String)> {
+        no_nul("email", email)?;
+        no_nul("password", password)?;
         let email = email.trim().to_ascii_lowercase();
         let row = self
             .db()
@@ -219,6 +225,7 @@ impl Gateway {
         user: &User,
         name: Option<&str>,
     ) -> Result<(UserKeyRow, String)> {
+        no_nul_opt("name", name)?;
         let raw = crypto::random_token("sak_");
         let row = UserKeyRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -247,6 +254,7 @@ impl Gateway {
     /// Resolves `x-api-key` (and `x-session-id`) of a SAK request: a session key names its
     /// session; a user key names the user's project and, with a session id, that session.
     pub async fn sak_api_key(&self, key: &str, session_id: Option<&str>) -> Result<SakCaller> {
+        no_nul_opt("session id", session_id)?;
         let hash = crypto::hash_api_key(key);
         let h = hash.clone();
         if let Some(session) = self
