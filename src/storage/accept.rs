@@ -109,13 +109,20 @@ struct Failure {
 }
 
 impl Failure {
-    fn of(conn: &mut DbConn, e: &DbError) -> Failure {
-        let broken = on_conn!(conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+    fn of(e: &DbError) -> Failure {
         Failure {
-            transient: broken || is_transient(e),
+            transient: is_transient(e),
             validation: is_validation(e),
             detail: format!("database: {e}"),
         }
+    }
+
+    /// A failed transaction, judged once it is over: a connection left broken is transient
+    /// whatever the error said.
+    fn of_batch(conn: &mut DbConn, e: &DbError) -> Failure {
+        let mut f = Failure::of(e);
+        f.transient |= on_conn!(conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+        f
     }
 
     fn error(&self) -> Error {
@@ -243,7 +250,7 @@ fn run(
     isolated: bool,
 ) -> std::result::Result<Vec<Result<Accepted>>, Failure> {
     in_transaction(conn, |c| accept_in_tx(c, items, now, isolated))
-        .map_err(|e| Failure::of(conn, &e))
+        .map_err(|e| Failure::of_batch(conn, &e))
 }
 
 fn accept_in_tx(
@@ -388,7 +395,7 @@ fn accept_in_tx(
                 Ok(())
             })?;
             if let Err(e) = written {
-                let failure = Failure::of(conn, &e);
+                let failure = Failure::of(&e);
                 tracing::warn!(error = %e, project = pid, "the database refused a message");
                 outcomes.push(Err(failure.error()));
                 continue;

@@ -4,6 +4,7 @@ mod support;
 mod device_store;
 mod grpc;
 mod openapi;
+mod poison;
 mod queue;
 mod rk_api;
 mod sak_api;
