@@ -684,3 +684,31 @@ impl Writer {
         Err(last.expect("at least one attempt"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+
+    /// How real database refusals are judged: a check is the client's (400), a trigger's
+    /// refusal is ours for good (500), neither is worth a retry.
+    #[test]
+    fn refusals_are_judged_by_kind() {
+        let mut c = diesel::SqliteConnection::establish(":memory:").unwrap();
+        c.batch_execute(
+            "CREATE TABLE t (x INTEGER CHECK (x > 0)); \
+             CREATE TRIGGER refuse BEFORE INSERT ON t WHEN NEW.x = 7 \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .unwrap();
+        let check = c.batch_execute("INSERT INTO t VALUES (-1)").unwrap_err();
+        let f = Failure::of(&check);
+        assert!(!f.transient && f.validation, "{check}");
+        assert_eq!(f.error().code(), "VALIDATION_ERROR");
+        let trigger = c.batch_execute("INSERT INTO t VALUES (7)").unwrap_err();
+        let f = Failure::of(&trigger);
+        assert!(!f.transient && !f.validation, "{trigger}");
+        assert_eq!(f.error().code(), "INTERNAL_ERROR");
+        assert!(is_transient(&DbError::BrokenTransactionManager));
+    }
+}

@@ -15,7 +15,10 @@ use crate::support::{
     TestDb, TestProject, TestServer, assert_error, eventually, exec_sql, files, grpc_signed, read,
 };
 
-on_both_backends!(nul_is_refused_on_every_surface, a_refused_item_is_isolated_at_once);
+on_both_backends!(
+    nul_is_refused_on_every_surface,
+    a_refused_item_is_isolated_at_once
+);
 
 async fn send_form(t: &TestServer, p: &TestProject, form: Multipart) -> (u16, serde_json::Value) {
     let (ct, body) = form.finish();
@@ -46,7 +49,10 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
     // RK JSON: the text, the recipient, the payload's strings and keys at any depth.
     let cases = [
         (json!({"recipient": to, "message": "a\u{0}b"}), "message"),
-        (json!({"recipient": "62812\u{0}34567890", "message": "x"}), "recipient"),
+        (
+            json!({"recipient": "62812\u{0}34567890", "message": "x"}),
+            "recipient",
+        ),
         (
             json!({"recipient": to, "message": "x", "payload": {"a": [1, {"b": "c\u{0}"}]}}),
             "payload",
@@ -79,7 +85,9 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
     }
 
     // gRPC SendMessage: INVALID_ARGUMENT with the same code.
-    let mut c = MessagingServiceClient::connect(t.base.clone()).await.unwrap();
+    let mut c = MessagingServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
     let send = "/wagate.v1.MessagingService/SendMessage";
     let mut payload = prost_types::Struct::default();
     payload.fields.insert(
@@ -223,8 +231,7 @@ impl WriterPlug {
             }
             .expect("take the lock");
             let _ = held_tx.send(());
-            // Bounded: SQLite writers wait 10 s for the lock (busy_timeout).
-            let _ = released.recv_timeout(Duration::from_secs(8));
+            let _ = released.recv_timeout(Duration::from_secs(30));
             wagate::on_conn!(&mut conn, c => c.batch_execute("COMMIT")).expect("release");
         });
         held.await.expect("lock held");
@@ -262,31 +269,46 @@ async fn a_refused_item_is_isolated_at_once(db: TestDb) {
 
     let plug = WriterPlug::hold(&t.db.url).await;
     let t = &t;
-    let requests = (0..55).map(|i| {
-        let (p, to) = if i % 11 == 5 {
-            (a.clone(), refused.to_owned())
-        } else {
-            (b.clone(), format!("62812{:08}", i))
-        };
-        async move {
-            let r = t
-                .send_json(&p, json!({"recipient": to, "message": format!("m{i}")}))
-                .await;
-            (to == refused, r)
-        }
-    });
-    let sent = futures::future::join_all(requests);
-    tokio::pin!(sent);
-    // Let the requests queue behind the plug (a state, not a delay), then let them in.
-    let queued = tokio::select! {
-        _ = eventually(6, "requests queued behind the plug", || async {
-            (gw.accept_backlog() >= 45).then_some(())
-        }) => true,
-        _ = &mut sent => false,
+    let send = |p: TestProject, to: String, i: usize| async move {
+        let r = t
+            .send_json(&p, json!({"recipient": to, "message": format!("m{i}")}))
+            .await;
+        (to == refused, r)
     };
-    assert!(queued, "requests finished while the writers were plugged");
+    // Bounded below SQLite's busy_timeout (10 s), past which a plugged writer would fail.
+    let wait = if t.db.url.starts_with("postgres") {
+        25
+    } else {
+        8
+    };
+    let backlog = || gw.accept_backlog();
+    // B's 50 first: the writers take what comes first and block on the plug; the rest
+    // queue. Once the backlog holds still, every writer is busy.
+    let goods =
+        futures::future::join_all((0..50).map(|i| send(b.clone(), format!("62812{i:08}"), i)));
+    tokio::pin!(goods);
+    let last = std::cell::Cell::new(0);
+    tokio::select! {
+        _ = eventually(wait, "B's requests queued behind the plug", || async {
+            let (now, before) = (backlog(), last.replace(backlog()));
+            (now >= 5 && now == before).then_some(())
+        }) => {}
+        _ = &mut goods => panic!("requests finished while the writers were plugged"),
+    }
+    // Then A's 5 refused ones, which can only queue: in the batch the queue becomes.
+    let queued = backlog();
+    let bads = futures::future::join_all((0..5).map(|i| send(a.clone(), refused.into(), i)));
+    tokio::pin!(bads);
+    tokio::select! {
+        _ = eventually(wait, "A's requests queued", || async {
+            (backlog() >= queued + 5).then_some(())
+        }) => {}
+        _ = &mut goods => panic!("requests finished while the writers were plugged"),
+        _ = &mut bads => panic!("requests finished while the writers were plugged"),
+    }
     plug.release();
-    let results = sent.await;
+    let (goods, bads) = tokio::join!(goods, bads);
+    let results: Vec<_> = goods.into_iter().chain(bads).collect();
 
     let mut good = 0;
     for (bad, (code, body)) in &results {
@@ -298,7 +320,11 @@ async fn a_refused_item_is_isolated_at_once(db: TestDb) {
         }
     }
     assert_eq!(good, 50);
-    assert_eq!(t.message_ids(&b).await.len(), 50, "every good one is stored");
+    assert_eq!(
+        t.message_ids(&b).await.len(),
+        50,
+        "every good one is stored"
+    );
     assert!(t.message_ids(&a).await.is_empty(), "no refused one is");
     let after = gw.accept_stats();
     assert_eq!(
