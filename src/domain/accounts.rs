@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::Gateway;
 use super::admin::NewProject;
 use super::auth::Caller;
+use super::text::{no_nul, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self as store, UserKeyRow, UserRow};
@@ -89,6 +90,7 @@ impl SakKey {
         match self {
             SakKey::Session { caller, session } => Ok((caller, session)),
             SakKey::User { caller } => {
+                no_nul_opt("session id", session_id)?;
                 let id = session_id
                     .filter(|s| !s.is_empty())
                     .ok_or(Error::SessionIdRequired)?
@@ -247,6 +249,9 @@ impl Gateway {
         password: &str,
         name: Option<&str>,
     ) -> Result<(User, String)> {
+        no_nul("email", email)?;
+        no_nul("password", password)?;
+        no_nul_opt("name", name)?;
         let email = email.trim().to_ascii_lowercase();
         if email.len() > 254
             || !email.contains('@')
@@ -304,6 +309,8 @@ impl Gateway {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<(User, String)> {
+        no_nul("email", email)?;
+        no_nul("password", password)?;
         let email = email.trim().to_ascii_lowercase();
         let row = self
             .db()
@@ -339,6 +346,7 @@ impl Gateway {
         user: &User,
         name: Option<&str>,
     ) -> Result<(UserKeyRow, String)> {
+        no_nul_opt("name", name)?;
         let raw = crypto::random_token("sak_");
         let row = UserKeyRow {
             id: uuid::Uuid::now_v7().to_string(),

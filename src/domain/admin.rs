@@ -89,6 +89,7 @@ impl Admin {
     }
 
     pub async fn create_project(&self, p: NewProject) -> Result<CreatedProject> {
+        super::text::no_nul("project name", &p.name)?;
         if p.name.trim().is_empty() || p.name.len() > 200 {
             return Err(Error::InvalidRequest(
                 "project name must be 1 to 200 characters".into(),
@@ -162,6 +163,8 @@ impl Admin {
         code: Option<String>,
         name: Option<String>,
     ) -> Result<DeviceSummary> {
+        super::text::no_nul("project id", project_id)?;
+        super::text::no_nul_opt("name", name.as_deref())?;
         let pid = project_id.to_owned();
         let exists = self
             .db
@@ -204,6 +207,7 @@ impl Admin {
     }
 
     pub async fn list_devices(&self, project_id: &str) -> Result<Vec<DeviceSummary>> {
+        super::text::no_nul("project id", project_id)?;
         let pid = project_id.to_owned();
         let rows = self
             .db

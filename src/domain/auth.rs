@@ -220,6 +220,7 @@ impl Gateway {
     /// The project as a caller, for credentials that are not the project's own API key
     /// (a SAK session or user key, a user's token).
     pub async fn caller_for_project(&self, project_id: &str) -> Result<Caller> {
+        super::text::no_nul("project id", project_id)?;
         let pid = project_id.to_owned();
         let row = self
             .db()
@@ -336,6 +337,7 @@ impl Gateway {
 
     /// The caller's device by its code; another project's device is not found.
     pub async fn device_for(&self, caller: &Caller, code: &str) -> Result<Arc<DeviceRow>> {
+        super::text::no_nul("device code", code)?;
         let key = (caller.project.row.id.clone(), code.to_owned());
         let cache = &self.inner.auth;
         if let Some(d) = cache.get(&cache.devices, &key) {

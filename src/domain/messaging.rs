@@ -5,6 +5,7 @@ use serde_json::Value;
 use super::Gateway;
 use super::auth::Caller;
 use super::media::{self, MessageKind};
+use super::text::{no_nul, no_nul_json, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accept::{AcceptItem, Accepted, IdempotencyKey, Limits};
@@ -133,6 +134,7 @@ pub fn normalize_recipient(raw: &str) -> Result<String> {
 /// SAK phone numbers: non-digits stripped; a 10-digit number without the default country
 /// code gets it; 8 to 15 digits remain.
 pub fn normalize_phone(raw: &str, default_country_code: &str) -> Result<String> {
+    no_nul("phone number", raw)?;
     let mut digits: String = raw.chars().filter(char::is_ascii_digit).collect();
     if digits.len() == 10 && !digits.starts_with(default_country_code) {
         digits = format!("{default_country_code}{digits}");
@@ -159,6 +161,18 @@ impl Gateway {
     /// Validates and durably queues a message. Returns only after the commit.
     pub async fn send(&self, caller: &Caller, cmd: SendCommand) -> Result<SendReceipt> {
         let s = self.settings();
+        no_nul_opt("X-DEVICE-CODE", cmd.device_code.as_deref())?;
+        no_nul_opt("X-REQUEST-ID", cmd.request_id.as_deref())?;
+        no_nul("recipient", &cmd.recipient)?;
+        no_nul_opt("type", cmd.kind.as_deref())?;
+        no_nul_opt("message", cmd.text.as_deref())?;
+        if let Some(p) = &cmd.payload {
+            no_nul_json("payload", p)?;
+        }
+        no_nul_opt(
+            "media file name",
+            cmd.media.as_ref().and_then(|m| m.filename.as_deref()),
+        )?;
         let device_code = cmd
             .device_code
             .as_deref()
@@ -312,6 +326,7 @@ impl Gateway {
     }
 
     pub async fn list_messages(&self, caller: &Caller, q: ListQuery) -> Result<MessagePage> {
+        no_nul_opt("device_code", q.device_code.as_deref())?;
         let limit = q.page_size.unwrap_or(50);
         if !(1..=500).contains(&limit) {
             return Err(Error::InvalidRequest(

@@ -8,6 +8,7 @@ pub mod media;
 pub mod messaging;
 pub mod qr;
 pub mod sessions;
+pub mod text;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -128,5 +129,10 @@ impl Gateway {
     /// Requests waiting for a message writer (a saturation signal for metrics).
     pub fn accept_backlog(&self) -> usize {
         self.inner.writer.backlog()
+    }
+
+    /// What the message writers did (whole-batch retries, isolated batches).
+    pub fn accept_stats(&self) -> crate::storage::accept::WriterStats {
+        self.inner.writer.stats()
     }
 }

@@ -4,6 +4,7 @@ use tokio::sync::watch;
 
 use super::Gateway;
 use super::auth::Caller;
+use super::text::{no_nul, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::sessions::{SessionState, Snapshot};
 use crate::storage::sessions::{self as store, SessionRow};
@@ -60,6 +61,7 @@ impl Gateway {
         caller: &Caller,
         session_id: &str,
     ) -> Result<SessionRow> {
+        no_nul("session id", session_id)?;
         let id = session_id.to_owned();
         let row = self.db().run(move |c| store::get(c, &id)).await?;
         match row {
@@ -74,6 +76,8 @@ impl Gateway {
         name: Option<String>,
         device_code: Option<String>,
     ) -> Result<SessionView> {
+        no_nul_opt("name", name.as_deref())?;
+        no_nul_opt("device code", device_code.as_deref())?;
         let d = self
             .admin()
             .create_device(&caller.project.row.id, device_code, name)
@@ -118,6 +122,7 @@ impl Gateway {
         session_id: &str,
         phone: &str,
     ) -> Result<(String, i64)> {
+        no_nul("phone number", phone)?;
         let row = self.own_session(caller, session_id).await?;
         let phone =
             super::messaging::normalize_recipient(phone).map_err(|_| Error::InvalidPhoneNumber)?;

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::Gateway;
 use super::auth::Caller;
 use super::sessions::SessionView;
+use super::text::{no_nul, no_nul_each, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::events::{self as ev, NewEvent};
 use crate::storage::events::{self as log, Fanout};
@@ -102,6 +103,7 @@ const STREAM_POLL: Duration = Duration::from_secs(1);
 
 impl Gateway {
     async fn own_webhook(&self, caller: &Caller, id: &str) -> Result<WebhookRow> {
+        no_nul("webhook id", id)?;
         let (p, id) = (caller.project.row.id.clone(), id.to_owned());
         self.db()
             .run(move |c| store::get(c, &p, &id))
@@ -115,6 +117,7 @@ impl Gateway {
         caller: &Caller,
         media_id: &str,
     ) -> Result<crate::storage::sessions::MediaBlob> {
+        no_nul("media id", media_id)?;
         let (p, id) = (caller.project.row.id.clone(), media_id.to_owned());
         match self
             .db()
@@ -136,7 +139,10 @@ impl Gateway {
         name: Option<String>,
         webhook: Option<(&str, &[String])>,
     ) -> Result<(SessionView, String, Option<(WebhookView, String)>)> {
+        no_nul_opt("name", name.as_deref())?;
         if let Some((url, events)) = webhook {
+            no_nul("webhook url", url)?;
+            no_nul_each("events", events)?;
             validate_url(url, self.settings().webhooks.allow_private)?;
             parse_filter(events)?;
         }
@@ -168,6 +174,8 @@ impl Gateway {
         url: &str,
         events: &[String],
     ) -> Result<(WebhookView, String)> {
+        no_nul("url", url)?;
+        no_nul_each("events", events)?;
         let ws = &self.settings().webhooks;
         let url = validate_url(url, ws.allow_private)?;
         let filter = parse_filter(events)?;
@@ -220,6 +228,9 @@ impl Gateway {
         events: Option<&[String]>,
         enabled: Option<bool>,
     ) -> Result<WebhookView> {
+        no_nul("webhook id", id)?;
+        no_nul_opt("url", url)?;
+        no_nul_each("events", events.unwrap_or_default())?;
         let ws = &self.settings().webhooks;
         let changes = Changes {
             url: url
@@ -241,6 +252,7 @@ impl Gateway {
     }
 
     pub async fn delete_webhook(&self, caller: &Caller, id: &str) -> Result<()> {
+        no_nul("webhook id", id)?;
         let (p, id) = (caller.project.row.id.clone(), id.to_owned());
         if self.db().run(move |c| store::delete(c, &p, &id)).await? {
             Ok(())
@@ -294,6 +306,8 @@ impl Gateway {
         event: Option<&str>,
         message: Option<&str>,
     ) -> Result<Vec<String>> {
+        no_nul_opt("event", event)?;
+        no_nul_opt("message", message)?;
         let session = self.own_session(caller, session_id).await?;
         let kind = match event.filter(|e| !e.is_empty()) {
             None => ev::MESSAGE_RECEIVED,
@@ -378,6 +392,7 @@ impl Gateway {
         webhook_id: &str,
         delivery_id: &str,
     ) -> Result<DeliveryView> {
+        no_nul("delivery id", delivery_id)?;
         let hook = self.own_webhook(caller, webhook_id).await?;
         let d = delivery_id.to_owned();
         let found = self
@@ -416,6 +431,7 @@ impl Gateway {
         session_id: Option<String>,
         after_event_id: Option<String>,
     ) -> Result<impl Stream<Item = EventView> + Send + 'static> {
+        super::text::no_nul_opt("after event id", after_event_id.as_deref())?;
         let session_id = self.scope(caller, session_id).await?;
         let permit = self
             .inner

@@ -58,23 +58,32 @@ pub(super) async fn store(
     let msg = m.message.get_base_message();
     let info = &m.info;
     let (kind, media) = outbound::inbound_media(client, msg).await;
+    // A peer's text may hold U+0000, which PostgreSQL cannot store: refusing the write
+    // would have WhatsApp redeliver it forever, so it is replaced (U+FFFD) instead.
+    let scrub = |s: String| crate::domain::text::scrub(s);
     let body = msg
         .text_content()
         .or_else(|| msg.get_caption())
-        .map(str::to_owned);
+        .map(|t| scrub(t.to_owned()));
     if kind == "unknown" && body.is_none() {
         return Ok(()); // protocol messages, reactions and the like are not chat history
     }
     let sender = &info.source.sender;
     let (phone, lid) = if sender.server == whatsapp_rust::Server::Lid {
         (
-            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
-            Some(sender.user.to_string()),
+            info.source
+                .sender_alt
+                .as_ref()
+                .map(|j| scrub(j.user.to_string())),
+            Some(scrub(sender.user.to_string())),
         )
     } else {
         (
-            Some(sender.user.to_string()),
-            info.source.sender_alt.as_ref().map(|j| j.user.to_string()),
+            Some(scrub(sender.user.to_string())),
+            info.source
+                .sender_alt
+                .as_ref()
+                .map(|j| scrub(j.user.to_string())),
         )
     };
     let now = now_ms();
@@ -82,8 +91,8 @@ pub(super) async fn store(
         id: uuid::Uuid::now_v7().to_string(),
         project_id: slot.project_id.clone(),
         sha256: crate::crypto::sha256_hex(&blob.data),
-        mime_type: blob.mime_type,
-        filename: blob.filename,
+        mime_type: scrub(blob.mime_type),
+        filename: blob.filename.map(scrub),
         size_bytes: blob.data.len() as i64,
         data: blob.data,
         created_at: now,
@@ -92,12 +101,12 @@ pub(super) async fn store(
         id: uuid::Uuid::now_v7().to_string(),
         project_id: slot.project_id.clone(),
         device_id: slot.device_id.clone(),
-        wa_message_id: info.id.to_string(),
-        chat_jid: info.source.chat.to_string(),
-        sender_jid: sender.to_string(),
+        wa_message_id: scrub(info.id.to_string()),
+        chat_jid: scrub(info.source.chat.to_string()),
+        sender_jid: scrub(sender.to_string()),
         sender_phone: phone,
         sender_lid: lid,
-        push_name: Some(info.push_name.clone()).filter(|p| !p.is_empty()),
+        push_name: Some(scrub(info.push_name.clone())).filter(|p| !p.is_empty()),
         kind: kind.to_owned(),
         body,
         media_id: media_row.as_ref().map(|m| m.id.clone()),

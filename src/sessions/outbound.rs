@@ -16,7 +16,7 @@ use crate::storage::{now_ms, queue, sessions};
 
 /// Messages claimed per round.
 const BATCH: i64 = 16;
-/// A claim's lease: longer than the slowest send (a 10 MB upload) by a margin.
+/// A claim's lease: longer than the slowest send (a 10 MiB upload) by a margin.
 const LEASE_MS: i64 = 180_000;
 /// How long one send may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(120);

@@ -6,9 +6,20 @@
 //! limit) and commit it in one transaction. On PostgreSQL each batch first locks the
 //! counter rows of its projects in a fixed order, which serialises batches of one project
 //! across nodes without deadlocks (idempotency keys are per project, so they are covered).
+//!
+//! A batch that fails is judged by its error. A transient one (serialization failure,
+//! deadlock, lost connection, busy database) is tried again whole. Any other means the
+//! database refuses something, most likely one item, and would refuse it again: the batch is
+//! run once more at once with a savepoint per item, so only the refused item gets an error
+//! and its neighbours (of any tenant) commit in that same round. Savepoints, not a
+//! transaction per item: one commit (one WAL flush) per chunk instead of one per item, and
+//! the bulk path, which has none, stays as fast as before.
 
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DbError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -79,6 +90,148 @@ struct Counter {
 
 const MINUTE_MS: i64 = 60_000;
 const INSERT_CHUNK: usize = 200;
+/// Items per transaction when a batch is run a savepoint per item. PostgreSQL caches 64
+/// subtransaction ids per transaction; past that every other session's snapshots get slower.
+const ISOLATED_CHUNK: usize = 64;
+/// Tries of a batch (or an isolated chunk) that fails transiently.
+const ATTEMPTS: u32 = 3;
+/// What a client is told when the database refuses a value (the detail stays in the log).
+const REFUSED_VALUE: &str = "the database refused a value of this message";
+
+/// Why a batch did not commit; decides what happens next and what the clients are told.
+#[derive(Debug)]
+struct Failure {
+    /// Worth trying again as it is.
+    transient: bool,
+    /// The database refused a value (a check, a not-null, a data exception): a 400.
+    validation: bool,
+    detail: String,
+}
+
+impl Failure {
+    fn of(e: &DbError) -> Failure {
+        Failure {
+            transient: is_transient(e),
+            validation: is_validation(e),
+            detail: format!("database: {e}"),
+        }
+    }
+
+    /// A failed transaction, judged once it is over: a connection left broken is transient
+    /// whatever the error said.
+    fn of_batch(conn: &mut DbConn, e: &DbError) -> Failure {
+        let mut f = Failure::of(e);
+        f.transient |= on_conn!(conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+        f
+    }
+
+    fn error(&self) -> Error {
+        if self.transient {
+            Error::Unavailable(self.detail.clone())
+        } else if self.validation {
+            Error::InvalidRequest(REFUSED_VALUE.into())
+        } else {
+            Error::Internal(self.detail.clone())
+        }
+    }
+}
+
+/// Errors that say nothing about the data: trying the same again may well succeed. diesel
+/// names only some kinds; the others are known by their (English) messages.
+fn is_transient(e: &DbError) -> bool {
+    const MARKERS: [&str; 10] = [
+        "deadlock detected",
+        "could not serialize",
+        "database is locked",
+        "database table is locked",
+        "could not obtain lock",
+        "canceling statement due to",
+        "terminating connection",
+        "server closed the connection",
+        "no connection to the server",
+        "the database system is",
+    ];
+    match e {
+        DbError::DatabaseError(
+            DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        )
+        | DbError::BrokenTransactionManager => true,
+        DbError::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            MARKERS.iter().any(|t| m.contains(t))
+        }
+        _ => false,
+    }
+}
+
+/// The database refused a value of the item: the client's to fix, not ours.
+fn is_validation(e: &DbError) -> bool {
+    const MARKERS: [&str; 5] = [
+        "invalid byte sequence",
+        "unsupported unicode escape sequence",
+        "untranslatable character",
+        "value too long",
+        "invalid input syntax",
+    ];
+    match e {
+        DbError::DatabaseError(
+            DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation,
+            _,
+        ) => true,
+        DbError::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            MARKERS.iter().any(|t| m.contains(t))
+        }
+        _ => false,
+    }
+}
+
+/// One transaction (`BEGIN IMMEDIATE` on SQLite, as [`DbConn::transaction`]), keeping
+/// diesel's error so the failure can be judged.
+fn in_transaction<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> QueryResult<T>,
+) -> QueryResult<T> {
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
+    }
+    match f(conn) {
+        Ok(v) => {
+            on_conn!(conn, c => AnsiTransactionManager::commit_transaction(c))?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(r) = on_conn!(conn, c => AnsiTransactionManager::rollback_transaction(c)) {
+                tracing::warn!(error = %r, "rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Runs one item's writes in a savepoint. An error the data caused is rolled back alone and
+/// handed back as the item's (`Ok(Err)`); a transient error or a failed rollback ends the
+/// whole transaction (`Err`).
+fn in_savepoint(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> QueryResult<()>,
+) -> QueryResult<std::result::Result<(), DbError>> {
+    on_conn!(&mut *conn, c => AnsiTransactionManager::begin_transaction(c))?;
+    match f(conn) {
+        Ok(()) => {
+            on_conn!(&mut *conn, c => AnsiTransactionManager::commit_transaction(c))?;
+            Ok(Ok(()))
+        }
+        Err(e) => {
+            on_conn!(&mut *conn, c => AnsiTransactionManager::rollback_transaction(c))?;
+            if is_transient(&e) { Err(e) } else { Ok(Err(e)) }
+        }
+    }
+}
 
 /// Accepts a batch in one transaction; one outcome per item, in order.
 pub fn accept_batch(
@@ -86,14 +239,26 @@ pub fn accept_batch(
     items: &[AcceptItem],
     now: i64,
 ) -> Result<Vec<Result<Accepted>>> {
-    conn.transaction(|conn| accept_in_tx(conn, items, now))
+    run(conn, items, now, false).map_err(|f| f.error())
+}
+
+/// One attempt at a batch: bulk, or (`isolated`) with a savepoint per item.
+fn run(
+    conn: &mut DbConn,
+    items: &[AcceptItem],
+    now: i64,
+    isolated: bool,
+) -> std::result::Result<Vec<Result<Accepted>>, Failure> {
+    in_transaction(conn, |c| accept_in_tx(c, items, now, isolated))
+        .map_err(|e| Failure::of_batch(conn, &e))
 }
 
 fn accept_in_tx(
     conn: &mut DbConn,
     items: &[AcceptItem],
     now: i64,
-) -> Result<Vec<Result<Accepted>>> {
+    isolated: bool,
+) -> QueryResult<Vec<Result<Accepted>>> {
     let minute_bucket = format!("m{}", now / MINUTE_MS);
     let month_bucket = month_bucket(now);
     let mut project_ids: Vec<&str> = items.iter().map(|i| i.limits.project_id.as_str()).collect();
@@ -150,6 +315,7 @@ fn accept_in_tx(
 
     for item in items {
         let pid = item.limits.project_id.as_str();
+        let mut expired = false;
         if let Some(k) = &item.idempotency {
             if let Some((fp, first)) = seen.get(&(pid, k.key.as_str())) {
                 outcomes.push(if *fp == k.fingerprint {
@@ -187,7 +353,7 @@ fn accept_in_tx(
                     });
                     continue;
                 }
-                expired_keys.push((pid, k.key.as_str()));
+                expired = true;
             }
         }
 
@@ -206,26 +372,52 @@ fn accept_in_tx(
             }));
             continue;
         }
+
+        let key_row = item.idempotency.as_ref().map(|k| IdempotencyRow {
+            project_id: pid.to_owned(),
+            key: k.key.clone(),
+            fingerprint: k.fingerprint.clone(),
+            message_id: item.message.id.clone(),
+            expires_at: now + k.ttl_ms,
+        });
+        if isolated {
+            let written = in_savepoint(conn, |conn| {
+                if let (true, Some(k)) = (expired, &item.idempotency) {
+                    on_conn!(conn, c => diesel::delete(idempotency_keys::table.find((pid, k.key.as_str()))).execute(c))?;
+                }
+                if let Some(m) = &item.media {
+                    on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+                }
+                on_conn!(conn, c => diesel::insert_into(messages::table).values(&item.message).execute(c))?;
+                if let Some(k) = &key_row {
+                    on_conn!(conn, c => diesel::insert_into(idempotency_keys::table).values(k).execute(c))?;
+                }
+                Ok(())
+            })?;
+            if let Err(e) = written {
+                let failure = Failure::of(&e);
+                tracing::warn!(error = %e, project = pid, "the database refused a message");
+                outcomes.push(Err(failure.error()));
+                continue;
+            }
+        } else {
+            if let Some(m) = &item.media {
+                on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+            }
+            if let (true, Some(k)) = (expired, &item.idempotency) {
+                expired_keys.push((pid, k.key.as_str()));
+            }
+            new_messages.push(&item.message);
+            new_keys.extend(key_row);
+        }
         ctr.minute += 1;
         ctr.month += 1;
         ctr.dirty = true;
-
-        if let Some(m) = &item.media {
-            on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
-        }
-        new_messages.push(&item.message);
         let created = Accepted::Created {
             id: item.message.id.clone(),
             device_code: item.message.device_code.clone(),
         };
         if let Some(k) = &item.idempotency {
-            new_keys.push(IdempotencyRow {
-                project_id: pid.to_owned(),
-                key: k.key.clone(),
-                fingerprint: k.fingerprint.clone(),
-                message_id: item.message.id.clone(),
-                expires_at: now + k.ttl_ms,
-            });
             seen.insert(
                 (pid, k.key.as_str()),
                 (k.fingerprint.as_str(), created.clone()),
@@ -290,11 +482,27 @@ struct Job {
     reply: oneshot::Sender<Result<Accepted>>,
 }
 
+/// What the writers did since start (also exported as metrics).
+#[derive(Debug, Default)]
+struct Stats {
+    retries: AtomicU64,
+    isolated: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Batches (or isolated chunks) tried again whole after a transient failure.
+    pub batch_retries: u64,
+    /// Batches run again with a savepoint per item after a failure that was not transient.
+    pub isolated_batches: u64,
+}
+
 /// The group-commit front of [`accept_batch`]: bounded, with a fixed set of writer threads.
 #[derive(Clone)]
 pub struct AcceptWriter {
     tx: mpsc::Sender<Job>,
     enqueue_timeout: Duration,
+    stats: Arc<Stats>,
 }
 
 #[derive(Debug, Clone)]
@@ -327,25 +535,38 @@ impl AcceptWriter {
     pub fn start(db: &Db, cfg: &WriterConfig) -> Result<AcceptWriter> {
         let (tx, rx) = mpsc::channel::<Job>(cfg.capacity);
         let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(Stats::default());
         for n in 0..cfg.writers.max(1) {
             let conn = db.connect()?;
-            let db = db.clone();
+            let w = Writer {
+                db: db.clone(),
+                conn,
+                stats: stats.clone(),
+            };
             let rx = rx.clone();
             let max_batch = cfg.max_batch.max(1);
             std::thread::Builder::new()
                 .name(format!("wagate-accept-{n}"))
-                .spawn(move || writer_loop(db, conn, rx, max_batch))
+                .spawn(move || writer_loop(w, rx, max_batch))
                 .map_err(Error::internal)?;
         }
         Ok(AcceptWriter {
             tx,
             enqueue_timeout: cfg.enqueue_timeout,
+            stats,
         })
     }
 
     /// Number of requests waiting for a writer.
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            batch_retries: self.stats.retries.load(Ordering::Relaxed),
+            isolated_batches: self.stats.isolated.load(Ordering::Relaxed),
+        }
     }
 
     pub async fn submit(&self, item: AcceptItem) -> Result<Accepted> {
@@ -364,7 +585,14 @@ impl AcceptWriter {
     }
 }
 
-fn writer_loop(db: Db, mut conn: DbConn, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+/// One writer thread's state.
+struct Writer {
+    db: Db,
+    conn: DbConn,
+    stats: Arc<Stats>,
+}
+
+fn writer_loop(mut w: Writer, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
     loop {
         let batch = {
             let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -386,47 +614,101 @@ fn writer_loop(db: Db, mut conn: DbConn, rx: Arc<Mutex<mpsc::Receiver<Job>>>, ma
         };
         metrics::histogram!("wagate_accept_batch_size").record(batch.len() as f64);
         let items: Vec<AcceptItem> = batch.iter().map(|j| j.item.clone()).collect();
-        let outcomes = commit_with_retry(&db, &mut conn, &items);
+        let outcomes = w.commit(&items);
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             let _ = job.reply.send(outcome);
         }
     }
 }
 
-/// Commits a batch; transient failures are retried, and a batch that still fails is split
-/// so one bad item cannot fail its neighbours.
-fn commit_with_retry(db: &Db, conn: &mut DbConn, items: &[AcceptItem]) -> Vec<Result<Accepted>> {
-    let mut last_err = None;
-    for attempt in 0..3 {
-        if on_conn!(&mut *conn, c => diesel::r2d2::R2D2Connection::is_broken(c))
-            || (attempt > 0 && last_err.is_some())
-        {
-            match db.connect() {
-                Ok(fresh) => *conn = fresh,
-                Err(e) => {
-                    last_err = Some(e);
-                    std::thread::sleep(Duration::from_millis(100 << attempt));
-                    continue;
+impl Writer {
+    /// Commits a batch: whole, and when that fails, a savepoint per item (in chunks), so one
+    /// bad item costs its neighbours one extra round, never a string of whole-batch retries.
+    fn commit(&mut self, items: &[AcceptItem]) -> Vec<Result<Accepted>> {
+        let failure = match self.attempt(items, false) {
+            Ok(outcomes) => return outcomes,
+            Err(f) => f,
+        };
+        if items.len() == 1 {
+            return vec![Err(failure.error())];
+        }
+        self.stats.isolated.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("wagate_accept_batch_isolations_total").increment(1);
+        items
+            .chunks(ISOLATED_CHUNK)
+            .flat_map(|chunk| match self.attempt(chunk, true) {
+                Ok(outcomes) => outcomes,
+                Err(f) => chunk.iter().map(|_| Err(f.error())).collect(),
+            })
+            .collect()
+    }
+
+    /// Runs a batch, trying again (on a fresh connection) only what failed transiently.
+    fn attempt(
+        &mut self,
+        items: &[AcceptItem],
+        isolated: bool,
+    ) -> std::result::Result<Vec<Result<Accepted>>, Failure> {
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let broken = on_conn!(&mut self.conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+            if attempt > 0 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("wagate_accept_batch_retries_total").increment(1);
+            }
+            if broken || attempt > 0 {
+                match self.db.connect() {
+                    Ok(fresh) => self.conn = fresh,
+                    Err(e) => {
+                        last = Some(Failure {
+                            transient: true,
+                            validation: false,
+                            detail: e.to_string(),
+                        });
+                        std::thread::sleep(Duration::from_millis(100 << attempt));
+                        continue;
+                    }
+                }
+            }
+            match run(&mut self.conn, items, now_ms(), isolated) {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(f) => {
+                    tracing::warn!(error = %f.detail, batch = items.len(), attempt, isolated, transient = f.transient, "accept batch failed");
+                    if !f.transient {
+                        return Err(f);
+                    }
+                    last = Some(f);
                 }
             }
         }
-        match accept_batch(conn, items, now_ms()) {
-            Ok(outcomes) => return outcomes,
-            Err(e) => {
-                tracing::warn!(error = %e, batch = items.len(), attempt, "accept batch failed");
-                last_err = Some(e);
-            }
-        }
+        Err(last.expect("at least one attempt"))
     }
-    if items.len() > 1 {
-        return items
-            .iter()
-            .flat_map(|item| commit_with_retry(db, conn, std::slice::from_ref(item)))
-            .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+
+    /// How real database refusals are judged: a check is the client's (400), a trigger's
+    /// refusal is ours for good (500), neither is worth a retry.
+    #[test]
+    fn refusals_are_judged_by_kind() {
+        let mut c = diesel::SqliteConnection::establish(":memory:").unwrap();
+        c.batch_execute(
+            "CREATE TABLE t (x INTEGER CHECK (x > 0)); \
+             CREATE TRIGGER refuse BEFORE INSERT ON t WHEN NEW.x = 7 \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .unwrap();
+        let check = c.batch_execute("INSERT INTO t VALUES (-1)").unwrap_err();
+        let f = Failure::of(&check);
+        assert!(!f.transient && f.validation, "{check}");
+        assert_eq!(f.error().code(), "VALIDATION_ERROR");
+        let trigger = c.batch_execute("INSERT INTO t VALUES (7)").unwrap_err();
+        let f = Failure::of(&trigger);
+        assert!(!f.transient && !f.validation, "{trigger}");
+        assert_eq!(f.error().code(), "INTERNAL_ERROR");
+        assert!(is_transient(&DbError::BrokenTransactionManager));
     }
-    let e = last_err.unwrap_or_else(|| Error::Internal("accept failed".into()));
-    vec![Err(match e {
-        Error::Internal(detail) => Error::Unavailable(detail),
-        other => other,
-    })]
 }

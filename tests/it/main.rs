@@ -6,6 +6,7 @@ mod device_store;
 mod grpc;
 mod hardening;
 mod openapi;
+mod poison;
 mod queue;
 mod rk_api;
 mod sak_api;

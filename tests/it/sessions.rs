@@ -13,7 +13,9 @@ use wagate::proto::v1::{
 use wagate::storage::{Db, sessions as store};
 
 use crate::on_both_backends;
-use crate::support::{TestDb, TestProject, TestServer, eventually, files, grpc_signed, read};
+use crate::support::{
+    TestDb, TestProject, TestServer, eventually, exec_sql, files, grpc_signed, read,
+};
 
 on_both_backends!(
     sessions_link_send_receive_restart,
@@ -478,20 +480,6 @@ async fn outdated_client_fails_for_good(db: TestDb) {
     assert_eq!(state, "failed");
     assert!(reason.unwrap_or_default().starts_with("client outdated"));
     sim.shutdown().await;
-}
-
-/// Runs one statement on the test database, in the backend's own dialect.
-async fn exec_sql(db: &Db, sqlite: &'static str, postgres: &'static str) {
-    db.run(move |c| {
-        use diesel::connection::SimpleConnection;
-        match c {
-            wagate::storage::DbConn::Sqlite(c) => c.batch_execute(sqlite),
-            wagate::storage::DbConn::Postgres(c) => c.batch_execute(postgres),
-        }
-        .map_err(wagate::error::Error::from)
-    })
-    .await
-    .expect("test SQL");
 }
 
 /// A message is acknowledged to WhatsApp only once it is stored: while the database refuses

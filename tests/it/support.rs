@@ -455,6 +455,20 @@ where
     }
 }
 
+/// Runs statements on the test database, in the backend's own dialect.
+pub async fn exec_sql(db: &Db, sqlite: &'static str, postgres: &'static str) {
+    db.run(move |c| {
+        use diesel::connection::SimpleConnection;
+        match c {
+            wagate::storage::DbConn::Sqlite(c) => c.batch_execute(sqlite),
+            wagate::storage::DbConn::Postgres(c) => c.batch_execute(postgres),
+        }
+        .map_err(wagate::error::Error::from)
+    })
+    .await
+    .expect("test SQL");
+}
+
 pub async fn read(resp: reqwest::Response) -> (u16, serde_json::Value) {
     let code = resp.status().as_u16();
     let text = resp.text().await.expect("body");

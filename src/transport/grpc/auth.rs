@@ -17,7 +17,7 @@ use crate::domain::auth::{Caller, RkHeaders};
 use crate::error::Error;
 use crate::transport::limits::read_body;
 
-/// Largest unary request accepted (a 10 MB media file plus the rest of the message).
+/// Largest unary request accepted (a 10 MiB media file plus the rest of the message).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 11 * 1024 * 1024;
 
 fn status_response(status: Status) -> Response {

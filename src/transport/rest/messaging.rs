@@ -42,7 +42,7 @@ pub struct SendForm {
     message: Option<String>,
     /// JSON object as text.
     payload: Option<String>,
-    /// The file: jpeg, png, webp, pdf, doc, docx, mp4, mp3 or ogg; at most 10 MB.
+    /// The file: jpeg, png, webp, pdf, doc, docx, mp4, mp3 or ogg; at most 10 MiB.
     #[schema(value_type = String, format = Binary)]
     media: Vec<u8>,
 }

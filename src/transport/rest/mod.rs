@@ -20,7 +20,7 @@ use crate::domain::Gateway;
 use crate::error::Error;
 use envelope::ApiError;
 
-/// Largest accepted request body: a 10 MB file plus multipart overhead and form fields.
+/// Largest accepted request body: a 10 MiB file plus multipart overhead and form fields.
 pub const MAX_BODY_BYTES: usize = 11 * 1024 * 1024;
 
 /// The SAK surface, each group behind its per-IP limit.

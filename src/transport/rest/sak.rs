@@ -739,7 +739,7 @@ macro_rules! media_endpoint {
             /// Phone number.
             to: String,
             caption: Option<String>,
-            /// The file, ≤ 10 MB (the fields `file` and `media` are accepted too).
+            /// The file, ≤ 10 MiB (the fields `file` and `media` are accepted too).
             #[schema(value_type = String, format = Binary)]
             $kind: Vec<u8>,
         }
