@@ -54,8 +54,13 @@ impl From<UserRow> for User {
 /// A SAK API key: a session's key acts for that session only (send, history, its own status
 /// and QR, its webhooks test); a user's key manages the whole account, like the JWT.
 pub enum SakKey {
-    Session { caller: Caller, session: SessionRow },
-    User { caller: Caller },
+    Session {
+        caller: Caller,
+        session: Box<SessionRow>,
+    },
+    User {
+        caller: Caller,
+    },
 }
 
 /// What a session key may not do.
@@ -88,7 +93,7 @@ impl SakKey {
         session_id: Option<&str>,
     ) -> Result<(Caller, SessionRow)> {
         match self {
-            SakKey::Session { caller, session } => Ok((caller, session)),
+            SakKey::Session { caller, session } => Ok((caller, *session)),
             SakKey::User { caller } => {
                 no_nul_opt("session id", session_id)?;
                 let id = session_id
@@ -383,7 +388,10 @@ impl Gateway {
             .await?
         {
             let caller = self.caller_for_project(&session.project_id).await?;
-            return Ok(SakKey::Session { caller, session });
+            return Ok(SakKey::Session {
+                caller,
+                session: Box::new(session),
+            });
         }
         let user = self
             .db()

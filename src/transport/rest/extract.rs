@@ -2,9 +2,8 @@
 //! that a malformed URL is a `400 VALIDATION_ERROR` rather than axum's plain-text rejection,
 //! and JSON bodies that must be objects.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::FromRequestParts;
-use axum::extract::rejection::BytesRejection;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -75,22 +74,4 @@ pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         return Err(Error::InvalidJson("the body must be a JSON object".into()));
     }
     serde_json::from_slice(body).map_err(|e| Error::InvalidJson(e.to_string()))
-}
-
-/// A JSON object body; a body over the size limit is `PAYLOAD_TOO_LARGE`.
-pub fn json_body<T: DeserializeOwned>(body: &Result<Bytes, BytesRejection>) -> Result<T, Error> {
-    match body {
-        Ok(b) => json_object(b),
-        Err(_) => Err(Error::PayloadTooLarge),
-    }
-}
-
-/// As [`json_body`], where an empty body means every field's default.
-pub fn optional_body<T: DeserializeOwned + Default>(
-    body: &Result<Bytes, BytesRejection>,
-) -> Result<T, Error> {
-    match body {
-        Ok(b) if b.is_empty() => Ok(T::default()),
-        _ => json_body(body),
-    }
 }
