@@ -257,55 +257,7 @@ fn tail(log: &Path) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP/1.1 and HTTP/2 clients (hyper over tokio, without hyper-util)
-
-struct TokioIo(TcpStream);
-
-impl hyper::rt::Read for TokioIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        // SAFETY: tokio only writes initialised bytes into the cursor's spare capacity and
-        // reports how many; exactly those are advanced.
-        let n = unsafe {
-            let mut tbuf = tokio::io::ReadBuf::uninit(buf.as_mut());
-            match tokio::io::AsyncRead::poll_read(
-                std::pin::Pin::new(&mut self.get_mut().0),
-                cx,
-                &mut tbuf,
-            ) {
-                std::task::Poll::Ready(Ok(())) => tbuf.filled().len(),
-                other => return other,
-            }
-        };
-        unsafe { buf.advance(n) };
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl hyper::rt::Write for TokioIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.get_mut().0), cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.get_mut().0), cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.get_mut().0), cx)
-    }
-}
+// HTTP/1.1 and HTTP/2 clients (hyper over tokio)
 
 /// hyper's HTTP/2 client spawns its connection tasks here.
 #[derive(Clone, Copy)]
@@ -337,7 +289,7 @@ async fn tcp(addr: SocketAddr, from: Option<Ipv4Addr>) -> std::io::Result<TcpStr
 
 async fn h1(addr: SocketAddr, from: Option<Ipv4Addr>) -> Result<H1, String> {
     let s = tcp(addr, from).await.map_err(|e| format!("connect: {e}"))?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo(s))
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
@@ -801,13 +753,14 @@ async fn hold_grpc(
             return h.lock().unwrap().clone();
         }
     };
-    let (mut send, conn) = match hyper::client::conn::http2::handshake(Exec, TokioIo(s)).await {
-        Ok(x) => x,
-        Err(e) => {
-            h.lock().unwrap().send_error = Some(format!("handshake: {e}"));
-            return h.lock().unwrap().clone();
-        }
-    };
+    let (mut send, conn) =
+        match hyper::client::conn::http2::handshake(Exec, hyper_util::rt::TokioIo::new(s)).await {
+            Ok(x) => x,
+            Err(e) => {
+                h.lock().unwrap().send_error = Some(format!("handshake: {e}"));
+                return h.lock().unwrap().clone();
+            }
+        };
     {
         let h = h.clone();
         tokio::spawn(async move {

@@ -130,55 +130,9 @@ async fn http_load(
     s
 }
 
-/// tokio TcpStream → hyper's IO traits, without pulling in hyper-util.
-fn hyper_util_io(stream: TcpStream) -> TokioIo {
-    TokioIo(stream)
-}
-
-struct TokioIo(TcpStream);
-
-impl hyper::rt::Read for TokioIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let n = unsafe {
-            let mut tbuf = tokio::io::ReadBuf::uninit(buf.as_mut());
-            match tokio::io::AsyncRead::poll_read(
-                std::pin::Pin::new(&mut self.get_mut().0),
-                cx,
-                &mut tbuf,
-            ) {
-                std::task::Poll::Ready(Ok(())) => tbuf.filled().len(),
-                other => return other,
-            }
-        };
-        unsafe { buf.advance(n) };
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl hyper::rt::Write for TokioIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.get_mut().0), cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.get_mut().0), cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.get_mut().0), cx)
-    }
+/// tokio TcpStream → hyper's IO traits.
+fn hyper_util_io(stream: TcpStream) -> hyper_util::rt::TokioIo<TcpStream> {
+    hyper_util::rt::TokioIo::new(stream)
 }
 
 const BODY: &str = r#"{"recipient":"6281234567890","type":"text","message":"Hello from RK Connect","payload":{"order_id":42}}"#;

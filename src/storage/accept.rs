@@ -189,30 +189,6 @@ fn is_validation(e: &DbError) -> bool {
     }
 }
 
-/// One transaction (`BEGIN IMMEDIATE` on SQLite, as [`DbConn::transaction`]), keeping
-/// diesel's error so the failure can be judged.
-fn in_transaction<T>(
-    conn: &mut DbConn,
-    f: impl FnOnce(&mut DbConn) -> QueryResult<T>,
-) -> QueryResult<T> {
-    match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
-    }
-    match f(conn) {
-        Ok(v) => {
-            on_conn!(conn, c => AnsiTransactionManager::commit_transaction(c))?;
-            Ok(v)
-        }
-        Err(e) => {
-            if let Err(r) = on_conn!(conn, c => AnsiTransactionManager::rollback_transaction(c)) {
-                tracing::warn!(error = %r, "rollback failed");
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Runs one item's writes in a savepoint. An error the data caused is rolled back alone and
 /// handed back as the item's (`Ok(Err)`); a transient error or a failed rollback ends the
 /// whole transaction (`Err`).
@@ -249,7 +225,7 @@ fn run(
     now: i64,
     isolated: bool,
 ) -> std::result::Result<Vec<Result<Accepted>>, Failure> {
-    in_transaction(conn, |c| accept_in_tx(c, items, now, isolated))
+    conn.transaction_with(|c| accept_in_tx(c, items, now, isolated))
         .map_err(|e| Failure::of_batch(conn, &e))
 }
 

@@ -64,6 +64,15 @@ impl DbConn {
     /// A read-write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write lock is taken
     /// up front and concurrent writers queue on `busy_timeout` instead of failing mid-way.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
+        self.transaction_with(f)
+    }
+
+    /// [`Self::transaction`] with an error of the caller's, e.g. diesel's own to judge the
+    /// failure by.
+    pub fn transaction_with<T, E: From<diesel::result::Error>>(
+        &mut self,
+        f: impl FnOnce(&mut DbConn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         match self {
             DbConn::Sqlite(c) => {
                 AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?

@@ -282,6 +282,8 @@ mod tests {
     /// is refused before a request byte is written to it.
     #[tokio::test]
     async fn the_peer_check_refuses_a_connection_to_a_private_peer() {
+        // Unit tests run in any order: the process-wide provider may not be set yet.
+        install_crypto_provider();
         let (addr, conns, bytes) = server().await;
         let bare = reqwest::Client::builder()
             .no_proxy()

@@ -44,6 +44,11 @@ fn addr(t: &TestServer) -> std::net::SocketAddr {
     t.server.addr
 }
 
+async fn metrics_text(t: &TestServer) -> String {
+    let r = t.http.get(t.url("/metrics")).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
 /// Unknown paths under the gRPC prefixes, and unknown methods, add no metric series.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_labels_are_bounded() {
@@ -66,15 +71,7 @@ async fn metric_labels_are_bounded() {
             .await
             .unwrap();
     }
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&t).await;
     assert!(!metrics.contains("Probe"), "a probe path became a label");
     assert!(!metrics.contains("probe"), "a probe path became a label");
     assert!(!metrics.contains("PROBE"), "a probe method became a label");
@@ -86,15 +83,7 @@ async fn metric_labels_are_bounded() {
 async fn metrics_upkeep_runs_without_scrapes() {
     let t = TestServer::start(TestDb::sqlite()).await;
     tokio::time::sleep(wagate::transport::metrics::UPKEEP_INTERVAL + Duration::from_secs(1)).await;
-    let metrics = t
-        .http
-        .get(t.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&t).await;
     assert!(
         metrics.contains("wagate_metrics_upkeep_runs_total"),
         "no upkeep ran: {metrics}"
