@@ -339,6 +339,27 @@ async fn protocol_errors_carry_the_envelope() {
     );
 
     let p = t.project().await;
+    // grpc-web-text that is not base64: said so, not "message too large".
+    let r = t
+        .http
+        .post(t.url("/wagate.v1.MessagingService/SendMessage"))
+        .header("content-type", "application/grpc-web-text")
+        .header("x-api-key", &p.api_key)
+        .header("x-timestamp", client::unix_now())
+        .header("x-signature", "0".repeat(64))
+        .body("!!! not base64 !!!")
+        .send()
+        .await
+        .unwrap();
+    let grpc = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (status, message) = (grpc("grpc-status"), grpc("grpc-message"));
+    assert_eq!(status, "3", "{message}");
+    assert!(!message.contains("too large"), "{message}");
     let body = json!({"recipient": "6281234567890", "message": "m"}).to_string();
     let mut req = t
         .signed(reqwest::Method::POST, "/api/v1/send", &p, body.into_bytes())

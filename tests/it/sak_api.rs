@@ -476,6 +476,7 @@ async fn media_is_served_then_expires(db: TestDb) {
     let resp = download().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     assert_eq!(resp.bytes().await.unwrap(), files::JPEG, "byte-identical");
     assert_error(
         &s.get("/api/v1/media/no-such-media", jwt).await,
