@@ -129,9 +129,13 @@ fn verify_password(password: &str, hash: &str) -> bool {
 /// Bounds password hashing: each Argon2 run takes ~19 MiB and a core for tens of
 /// milliseconds, so at most `concurrency` run at once, a few more wait briefly, and the
 /// rest are refused at once with `503 SERVER_BUSY` (`Retry-After`) instead of piling up
-/// memory. The per-IP limit cannot do this: an attacker has many addresses.
+/// memory. The per-IP limit cannot do this: an attacker has many addresses. The hashes run
+/// on `concurrency` threads of their own: the allocator keeps a freed 19 MiB block for the
+/// thread that used it, so on the shared blocking pool (hundreds of threads) the memory
+/// kept would grow with every thread that ever hashed.
 pub struct PasswordHasherPool {
     permits: tokio::sync::Semaphore,
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
     /// Callers allowed to wait for a permit (beyond those running).
     queue: usize,
     waiting: std::sync::atomic::AtomicUsize,
@@ -162,8 +166,30 @@ impl Default for HashingSettings {
 
 impl PasswordHasherPool {
     pub fn new(s: &HashingSettings) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..s.concurrency.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only to take a job; the pool ends with its sender.
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            // A panic fails its caller (the result is dropped), not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("spawn a password hashing thread");
+        }
         PasswordHasherPool {
             permits: tokio::sync::Semaphore::new(s.concurrency.max(1)),
+            jobs,
             queue: s.queue,
             waiting: Default::default(),
             wait: s.wait,
@@ -188,9 +214,16 @@ impl PasswordHasherPool {
                 }
             }
         };
-        let out = tokio::task::spawn_blocking(f)
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let _ = done.send(f());
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Internal("password hashing threads are gone".into()))?;
+        let out = result
             .await
-            .map_err(Error::internal);
+            .map_err(|_| Error::Internal("a password hash panicked".into()));
         drop(permit);
         out
     }
