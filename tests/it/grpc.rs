@@ -97,7 +97,7 @@ async fn grpc_send_and_status(db: TestDb) {
         .connect()
         .await
         .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let h = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "wagate.v1.MessagingService".into(),
@@ -109,6 +109,42 @@ async fn grpc_send_and_status(db: TestDb) {
         h.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+
+    // Reflection lists our services in both versions (v1alpha is what grpcio-reflection,
+    // Postman and Evans ask).
+    macro_rules! list_services {
+        ($pb:path) => {{
+            use $pb as r;
+            let mut client =
+                r::server_reflection_client::ServerReflectionClient::new(channel.clone());
+            let req = r::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(r::server_reflection_request::MessageRequest::ListServices(
+                    String::new(),
+                )),
+            };
+            let mut answers = client
+                .server_reflection_info(futures::stream::iter([req]))
+                .await
+                .unwrap()
+                .into_inner();
+            match answers.message().await.unwrap().unwrap().message_response {
+                Some(r::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                    l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            }
+        }};
+    }
+    for names in [
+        list_services!(tonic_reflection::pb::v1),
+        list_services!(tonic_reflection::pb::v1alpha),
+    ] {
+        assert!(
+            names.iter().any(|n| n == "wagate.v1.MessagingService"),
+            "{names:?}"
+        );
+    }
 }
 
 fn error_code(s: &tonic::Status) -> &str {

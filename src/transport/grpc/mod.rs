@@ -21,9 +21,17 @@ pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate
     health
         .set_serving::<MessagingServiceServer<messaging::MessagingApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, but Python's grpcio-reflection, Postman
+    // and Evans speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(crate::error::Error::internal)?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(crate::error::Error::internal)?;
     let messaging = MessagingServiceServer::new(messaging::MessagingApi::new(gw.clone()))
         .max_decoding_message_size(auth::MAX_GRPC_MESSAGE_BYTES);
@@ -39,7 +47,8 @@ pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate
         .add_service(sessions)
         .add_service(webhooks)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .prepare()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(gw, auth::authenticate))
