@@ -2,7 +2,6 @@
 //! endpoints and gRPC serve), logs in for a JWT, creates user API keys to manage sessions,
 //! and each session has its own API key for messaging.
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -112,18 +111,64 @@ impl SakKey {
     }
 }
 
-fn hash_password(password: &str) -> Result<String> {
+/// A PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) for `password`, computed in
+/// `memory` (a hashing thread's own block, reused from one hash to the next).
+fn hash_password(password: &str, memory: &mut [argon2::Block]) -> Result<String> {
+    use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+    let fail = |e: &dyn std::fmt::Display| Error::Internal(format!("password hashing: {e}"));
+    let argon = argon2::Argon2::default();
     let salt = crypto::random_bytes::<16>();
-    argon2::Argon2::default()
-        .hash_password_with_salt(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| Error::Internal(format!("password hashing: {e}")))
+    let mut out = [0u8; 32];
+    let blocks = argon.params().block_count();
+    argon
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, &mut memory[..blocks])
+        .map_err(|e| fail(&e))?;
+    let phc = PasswordHash {
+        algorithm: argon2::Algorithm::Argon2id.ident(),
+        version: Some(argon2::Version::V0x13.into()),
+        params: ParamsString::try_from(argon.params()).map_err(|e| fail(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| fail(&e))?),
+        hash: Some(Output::new(&out).map_err(|e| fail(&e))?),
+    };
+    Ok(phc.to_string())
 }
 
-fn verify_password(password: &str, hash: &str) -> bool {
-    argon2::Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
+/// Whether `password` matches the PHC string `hash`, computed in `memory` when its
+/// parameters fit there (always for hashes this gateway made).
+fn verify_password(password: &str, hash: &str, memory: &mut [argon2::Block]) -> bool {
+    use argon2::password_hash::phc::PasswordHash;
+    let Ok(phc) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        argon2::Params::try_from(&phc),
+        argon2::Algorithm::try_from(phc.algorithm.as_str()),
+    ) else {
+        return false;
+    };
+    let version = match phc.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = argon2::Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.as_bytes().len()];
+    let done = if blocks <= memory.len() {
+        argon.hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            &mut out,
+            &mut memory[..blocks],
+        )
+    } else {
+        argon.hash_password_into(password.as_bytes(), salt.as_ref(), &mut out)
+    };
+    use subtle::ConstantTimeEq;
+    done.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
 }
 
 /// Bounds password hashing: each Argon2 run takes ~19 MiB and a core for tens of
@@ -135,12 +180,15 @@ fn verify_password(password: &str, hash: &str) -> bool {
 /// kept would grow with every thread that ever hashed.
 pub struct PasswordHasherPool {
     permits: tokio::sync::Semaphore,
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    jobs: std::sync::mpsc::Sender<HashJob>,
     /// Callers allowed to wait for a permit (beyond those running).
     queue: usize,
     waiting: std::sync::atomic::AtomicUsize,
     wait: std::time::Duration,
 }
+
+/// Work for a hashing thread, given that thread's Argon2 memory.
+type HashJob = Box<dyn FnOnce(&mut [argon2::Block]) + Send>;
 
 /// Tunables of [`PasswordHasherPool`].
 #[derive(Debug, Clone)]
@@ -166,20 +214,25 @@ impl Default for HashingSettings {
 
 impl PasswordHasherPool {
     pub fn new(s: &HashingSettings) -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
         for i in 0..s.concurrency.max(1) {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
+                    // Allocated once: a fresh 19 MiB block per hash fragments the heap, and
+                    // the allocator then keeps several of them per thread.
+                    let mut memory =
+                        vec![argon2::Block::default(); argon2::Params::default().block_count()];
                     loop {
                         // The lock is held only to take a job; the pool ends with its sender.
                         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match job {
                             // A panic fails its caller (the result is dropped), not the thread.
                             Ok(job) => {
-                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                                let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
+                                let _ = std::panic::catch_unwind(run);
                             }
                             Err(_) => return,
                         }
@@ -197,7 +250,10 @@ impl PasswordHasherPool {
     }
 
     /// Runs `f` (a hash or a verification) on the blocking pool once a slot is free.
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut [argon2::Block]) -> T + Send + 'static,
+    ) -> Result<T> {
         use std::sync::atomic::Ordering;
         let permit = match self.permits.try_acquire() {
             Ok(p) => p,
@@ -215,8 +271,8 @@ impl PasswordHasherPool {
             }
         };
         let (done, result) = tokio::sync::oneshot::channel();
-        let job = Box::new(move || {
-            let _ = done.send(f());
+        let job: HashJob = Box::new(move |memory| {
+            let _ = done.send(f(memory));
         });
         self.jobs
             .send(job)
@@ -319,7 +375,11 @@ impl Gateway {
             .to_owned();
         // Hashed before anything is created: a refusal (SERVER_BUSY) leaves nothing behind.
         let pw = password.to_owned();
-        let password_hash = self.inner.hashing.run(move || hash_password(&pw)).await??;
+        let password_hash = self
+            .inner
+            .hashing
+            .run(move |m| hash_password(&pw, m))
+            .await??;
         let project = self
             .admin()
             .create_project(NewProject {
@@ -360,10 +420,10 @@ impl Gateway {
         let ok = self
             .inner
             .hashing
-            .run(move || match hash {
-                Some(h) => verify_password(&pw, &h),
+            .run(move |m| match hash {
+                Some(h) => verify_password(&pw, &h, m),
                 None => {
-                    let _ = hash_password(&pw);
+                    let _ = hash_password(&pw, m);
                     false
                 }
             })
@@ -483,5 +543,34 @@ impl Gateway {
             caller.project.row.api_key_prefix.clone(),
             secret.into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+    /// Hashes made in a thread's reused memory are ordinary PHC strings: argon2's own
+    /// verifier accepts them, and hashes made the crate's way (every account registered
+    /// before) verify in reused memory.
+    #[test]
+    fn reused_memory_hashes_are_standard_argon2id() {
+        let mut memory = vec![argon2::Block::default(); argon2::Params::default().block_count()];
+        let ours = hash_password("correct horse", &mut memory).unwrap();
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        let argon = argon2::Argon2::default();
+        assert!(argon.verify_password(b"correct horse", ours.as_str()).is_ok());
+        assert!(argon.verify_password(b"wrong horse", ours.as_str()).is_err());
+        let theirs = argon
+            .hash_password_with_salt(b"battery staple", &crypto::random_bytes::<16>())
+            .unwrap()
+            .to_string();
+        assert!(verify_password("battery staple", &theirs, &mut memory));
+        assert!(!verify_password("battery stable", &theirs, &mut memory));
+        assert!(!verify_password("x", "not a phc string", &mut memory));
     }
 }
