@@ -221,16 +221,19 @@ impl PasswordHasherPool {
             std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
-                    // Allocated once: a fresh 19 MiB block per hash fragments the heap, and
-                    // the allocator then keeps several of them per thread.
-                    let mut memory =
-                        vec![argon2::Block::default(); argon2::Params::default().block_count()];
+                    // Allocated at the first hash and kept: a fresh 19 MiB block per hash
+                    // fragments the heap, and the allocator then keeps several per thread.
+                    let mut memory: Vec<argon2::Block> = Vec::new();
                     loop {
                         // The lock is held only to take a job; the pool ends with its sender.
                         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match job {
                             // A panic fails its caller (the result is dropped), not the thread.
                             Ok(job) => {
+                                if memory.is_empty() {
+                                    let blocks = argon2::Params::default().block_count();
+                                    memory = vec![argon2::Block::default(); blocks];
+                                }
                                 let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
                                 let _ = std::panic::catch_unwind(run);
                             }
@@ -563,8 +566,16 @@ mod tests {
             "{ours}"
         );
         let argon = argon2::Argon2::default();
-        assert!(argon.verify_password(b"correct horse", ours.as_str()).is_ok());
-        assert!(argon.verify_password(b"wrong horse", ours.as_str()).is_err());
+        assert!(
+            argon
+                .verify_password(b"correct horse", ours.as_str())
+                .is_ok()
+        );
+        assert!(
+            argon
+                .verify_password(b"wrong horse", ours.as_str())
+                .is_err()
+        );
         let theirs = argon
             .hash_password_with_salt(b"battery staple", &crypto::random_bytes::<16>())
             .unwrap()
