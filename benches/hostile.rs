@@ -31,6 +31,9 @@
 //! of the benchmark itself).
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
+use process::{GATEWAY, spawn_gateway, tail};
 
 use common::{ScratchPg, flag, flag_str};
 use futures::SinkExt;
@@ -49,7 +52,6 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use wagate::client;
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_wagate");
 /// Just under the 11 MiB body limit, so the size check does not refuse it.
 const BIG_BODY: usize = 11_000_000;
 const BODY: &str =
@@ -143,25 +145,7 @@ struct Gateway {
 
 impl Gateway {
     async fn start(db_url: &str, key: &str, log: &Path) -> Gateway {
-        let addr = free_port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("gateway log");
-        let child = Command::new(GATEWAY)
-            .args(["serve", "--listen", &addr.to_string()])
-            .args(["--database-url", db_url, "--master-key", key])
-            .args(["--node-id", "hostile"])
-            .env(
-                "RUST_LOG",
-                std::env::var("WAGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("start the gateway");
+        let (child, addr) = spawn_gateway(db_url, key, &["--node-id", "hostile"], log);
         let mut gw = Gateway {
             child: Some(child),
             addr,
@@ -243,17 +227,6 @@ impl Drop for Gateway {
 
 fn new_key() -> String {
     hex::encode(wagate::crypto::random_bytes::<32>())
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback port");
-    l.local_addr().unwrap()
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@
 //! the benchmark ends, fails or panics.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
+use process::{GATEWAY, spawn_gateway, tail};
 
 use common::{ScratchPg, flag};
 use futures::StreamExt;
@@ -40,7 +43,6 @@ use wagate::proto::v1::{
 };
 
 const SVC: &str = "/wagate.v1.SessionsService/";
-const GATEWAY: &str = env!("CARGO_BIN_EXE_wagate");
 
 struct Opts {
     sessions: usize,
@@ -67,26 +69,13 @@ struct Gateway {
 
 impl Gateway {
     fn spawn(db_url: &str, key: &str, ws_url: &str, log: &Path) -> Gateway {
-        let addr = free_port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("gateway log");
         let started = Instant::now();
-        let child = Command::new(GATEWAY)
-            .args(["serve", "--listen", &addr.to_string()])
-            .args(["--database-url", db_url, "--master-key", key])
-            .args(["--whatsapp-url", ws_url, "--node-id", "bench"])
-            .env(
-                "RUST_LOG",
-                std::env::var("WAGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("start the gateway (built with --features simulator?)");
+        let (child, addr) = spawn_gateway(
+            db_url,
+            key,
+            &["--whatsapp-url", ws_url, "--node-id", "bench"],
+            log,
+        );
         Gateway {
             child: Some(child),
             addr,
@@ -163,17 +152,6 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback port");
-    l.local_addr().unwrap()
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// (VmRSS, RssAnon) of a process, in KiB.

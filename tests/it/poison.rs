@@ -12,25 +12,13 @@ use wagate::storage::{Db, DbConn};
 use crate::on_both_backends;
 use crate::sak_api::Sak;
 use crate::support::{
-    TestDb, TestProject, TestServer, assert_error, eventually, exec_sql, files, grpc_signed, read,
+    TestDb, TestProject, TestServer, assert_error, eventually, exec_sql, files, grpc_signed,
 };
 
 on_both_backends!(
     nul_is_refused_on_every_surface,
     a_refused_item_is_isolated_at_once
 );
-
-async fn send_form(t: &TestServer, p: &TestProject, form: Multipart) -> (u16, serde_json::Value) {
-    let (ct, body) = form.finish();
-    read(
-        t.signed(reqwest::Method::POST, "/api/v1/send", p, body)
-            .header("Content-Type", ct)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
 
 fn assert_nul_refused(got: &(u16, serde_json::Value), field: &str) {
     assert_error(got, 400, "VALIDATION_ERROR");
@@ -81,7 +69,7 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
         (form("x", r#"{"a":"\u0000"}"#), "payload"),
     ];
     for (f, field) in cases {
-        assert_nul_refused(&send_form(&t, &p, f).await, field);
+        assert_nul_refused(&t.send_form(&p, f).await, field);
     }
 
     // gRPC SendMessage: INVALID_ARGUMENT with the same code.

@@ -68,22 +68,6 @@ async fn rk_text_example_and_status(db: TestDb) {
     assert_eq!(st["meta"]["server_id"], "node-test");
 }
 
-async fn send_form(
-    t: &TestServer,
-    p: &crate::support::TestProject,
-    form: Multipart,
-) -> (u16, serde_json::Value) {
-    let (ct, body) = form.finish();
-    read(
-        t.signed(reqwest::Method::POST, "/api/v1/send", p, body)
-            .header("Content-Type", ct)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
 async fn rk_media_examples(db: TestDb) {
     let t = TestServer::start(db).await;
     let p = t.project().await;
@@ -102,7 +86,7 @@ async fn rk_media_examples(db: TestDb) {
             .text("message", "Promo today")
             .text("payload", r#"{"campaign":"nov"}"#)
             .file("media", name, mime, data);
-        let (code, body) = send_form(&t, &p, form).await;
+        let (code, body) = t.send_form(&p, form).await;
         assert_eq!(code, 201, "{kind} {name}: {body}");
         let (_, st) = t.status(&p, body["data"]["id"].as_str().unwrap()).await;
         assert_eq!(st["data"]["type"], kind);
@@ -121,13 +105,15 @@ async fn media_is_judged_by_bytes(db: TestDb) {
     };
     // An executable that claims to be a JPEG.
     assert_error(
-        &send_form(&t, &p, form("image", "cat.jpg", "image/jpeg", files::EXE)).await,
+        &t.send_form(&p, form("image", "cat.jpg", "image/jpeg", files::EXE))
+            .await,
         415,
         "UNSUPPORTED_MEDIA_TYPE",
     );
     // A real PDF sent as an image.
     assert_error(
-        &send_form(&t, &p, form("image", "x.jpg", "image/jpeg", files::PDF)).await,
+        &t.send_form(&p, form("image", "x.jpg", "image/jpeg", files::PDF))
+            .await,
         415,
         "UNSUPPORTED_MEDIA_TYPE",
     );
@@ -135,7 +121,8 @@ async fn media_is_judged_by_bytes(db: TestDb) {
     let mut big = files::JPEG.to_vec();
     big.resize(10 * 1024 * 1024 + 1, 0);
     assert_error(
-        &send_form(&t, &p, form("image", "big.jpg", "image/jpeg", &big)).await,
+        &t.send_form(&p, form("image", "big.jpg", "image/jpeg", &big))
+            .await,
         413,
         "MEDIA_TOO_LARGE",
     );
@@ -143,11 +130,12 @@ async fn media_is_judged_by_bytes(db: TestDb) {
     let no_file = Multipart::new()
         .text("recipient", "6281234567890")
         .text("type", "image");
-    assert_error(&send_form(&t, &p, no_file).await, 400, "MEDIA_REQUIRED");
+    assert_error(&t.send_form(&p, no_file).await, 400, "MEDIA_REQUIRED");
     // Far over the request limit: rejected before it is read whole.
     let huge = vec![0u8; 12 * 1024 * 1024];
     assert_error(
-        &send_form(&t, &p, form("image", "huge.jpg", "image/jpeg", &huge)).await,
+        &t.send_form(&p, form("image", "huge.jpg", "image/jpeg", &huge))
+            .await,
         413,
         "PAYLOAD_TOO_LARGE",
     );

@@ -273,6 +273,22 @@ impl TestServer {
             .body(body)
     }
 
+    /// A signed multipart `POST /api/v1/send`.
+    pub async fn send_form(
+        &self,
+        p: &TestProject,
+        form: client::Multipart,
+    ) -> (u16, serde_json::Value) {
+        let (ct, body) = form.finish();
+        let resp = self
+            .signed(reqwest::Method::POST, "/api/v1/send", p, body)
+            .header("Content-Type", ct)
+            .send()
+            .await
+            .expect("request");
+        read(resp).await
+    }
+
     pub async fn send_json(
         &self,
         p: &TestProject,
