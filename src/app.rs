@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::sessions::{Connector, DbStores, SessionManager};
 use crate::storage::accept::{AcceptWriter, WriterConfig};
 use crate::storage::{Db, messages, now_ms, queue, sessions};
+use crate::transport::error::Refusal;
 use crate::transport::rest::envelope::ApiError;
 use crate::transport::{grpc, limits, metrics, rest};
 use std::sync::Arc;
@@ -168,12 +169,12 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
                     Some(GrpcKind::Web) | Some(GrpcKind::Native) => {
                         grpc_router.oneshot(req).await.into_response()
                     }
-                    Some(GrpcKind::NativeOverHttp1) => ApiError(Error::InvalidRequest(
+                    Some(GrpcKind::NativeOverHttp1) => ApiError::from(Refusal::InvalidParameter(
                         "gRPC needs HTTP/2; over HTTP/1.1 use grpc-web (application/grpc-web)"
                             .into(),
                     ))
                     .into_response(),
-                    None => ApiError(Error::RouteNotFound).into_response(),
+                    None => ApiError::from(Refusal::RouteNotFound).into_response(),
                 }
             }
         })

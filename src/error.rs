@@ -1,9 +1,120 @@
-//! The one error type of the service layer. Each variant has a stable code (the `code`
-//! field of the REST envelope and the `x-error-code` gRPC metadata); the mappings to HTTP
-//! and gRPC live in `transport::rest::envelope` and `transport::grpc::status`, each one
-//! exhaustive match.
+//! The one error type of the service layer.
+//!
+//! Policy:
+//! - Each variant has a stable code (the `code` field of the REST envelopes, the
+//!   `x-error-code` gRPC metadata), listed in the README and never renamed.
+//! - Each variant has a [`Kind`]; the HTTP status and the gRPC code are derived from the kind
+//!   alone ([`Kind::http_status`], [`Kind::grpc_code`]), so both transports always agree.
+//! - Whether and when to retry is decided once, in [`Failure::retry_after`]: REST answers it
+//!   as `Retry-After`, gRPC as `retry-after` metadata and a `google.rpc.RetryInfo` detail.
+//! - Failures of the transport itself (no route, a body that is not JSON, a wrong content
+//!   type, a body too large or too slow) are not domain errors: they live in
+//!   `transport::error` and implement the same [`Failure`] contract.
+//! - Internal details (database messages, I/O errors) go to the log, never to a client.
 
 use std::time::Duration;
+
+/// What kind of failure it is. The transports derive their statuses from this alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is malformed or a value is out of range: 400 / `INVALID_ARGUMENT`.
+    InvalidArgument,
+    /// No valid credential: 401 / `UNAUTHENTICATED`.
+    Unauthenticated,
+    /// A valid credential that may not do this: 403 / `PERMISSION_DENIED`.
+    Forbidden,
+    /// 404 / `NOT_FOUND`.
+    NotFound,
+    /// Existed, and is gone for good (media past its retention): 410 / `NOT_FOUND`.
+    Gone,
+    /// Clashes with what exists (an email, a device code, an idempotency key reused for
+    /// another request): 409 / `ALREADY_EXISTS`.
+    Conflict,
+    /// A body or file over its limit: 413 / `INVALID_ARGUMENT`.
+    TooLarge,
+    /// A content or media type that is not accepted: 415 / `INVALID_ARGUMENT`.
+    UnsupportedType,
+    /// The request did not arrive in time: 408 / `DEADLINE_EXCEEDED`.
+    Timeout,
+    /// An allowance is used up until an operator or the calendar changes it (the session cap,
+    /// the monthly quota): 403 / `RESOURCE_EXHAUSTED`; retrying soon does not help.
+    LimitReached,
+    /// Too many requests in a window: 429 / `RESOURCE_EXHAUSTED`, with a time to retry.
+    RateLimited,
+    /// The server cannot do it now (busy, database unreachable, WhatsApp not reachable):
+    /// 503 / `UNAVAILABLE`.
+    Unavailable,
+    /// A route or method this server does not have: 405 / `UNIMPLEMENTED`.
+    Unimplemented,
+    /// A bug or an unexpected failure: 500 / `INTERNAL`.
+    Internal,
+}
+
+impl Kind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            Kind::InvalidArgument => 400,
+            Kind::Unauthenticated => 401,
+            Kind::Forbidden | Kind::LimitReached => 403,
+            Kind::NotFound => 404,
+            Kind::Unimplemented => 405,
+            Kind::Timeout => 408,
+            Kind::Conflict => 409,
+            Kind::Gone => 410,
+            Kind::TooLarge => 413,
+            Kind::UnsupportedType => 415,
+            Kind::RateLimited => 429,
+            Kind::Internal => 500,
+            Kind::Unavailable => 503,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Kind::InvalidArgument | Kind::TooLarge | Kind::UnsupportedType => Code::InvalidArgument,
+            Kind::Unauthenticated => Code::Unauthenticated,
+            Kind::Forbidden => Code::PermissionDenied,
+            Kind::NotFound | Kind::Gone => Code::NotFound,
+            Kind::Conflict => Code::AlreadyExists,
+            Kind::Timeout => Code::DeadlineExceeded,
+            Kind::LimitReached | Kind::RateLimited => Code::ResourceExhausted,
+            Kind::Unavailable => Code::Unavailable,
+            Kind::Unimplemented => Code::Unimplemented,
+            Kind::Internal => Code::Internal,
+        }
+    }
+
+    /// A failure on our side (logged with its details when answered).
+    pub fn is_server_side(self) -> bool {
+        matches!(self, Kind::Internal | Kind::Unavailable)
+    }
+}
+
+/// What a transport needs to answer a failure: implemented by [`Error`] and by the transports'
+/// own refusals, so one renderer per transport serves both.
+pub trait Failure: std::fmt::Display {
+    /// The stable machine-readable code.
+    fn code(&self) -> &'static str;
+    fn kind(&self) -> Kind;
+    /// The message a client sees; internal details stay in the log.
+    fn public_message(&self) -> String {
+        self.to_string()
+    }
+    /// When a client should try again, if it should: the one decision behind REST's
+    /// `Retry-After` and gRPC's retry info.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A retry delay as whole seconds, at least one (what `Retry-After` can carry).
+pub fn retry_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// How long a client waits before retrying when the server is busy or unavailable.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,18 +148,12 @@ pub enum Error {
     EmailTaken,
     #[error("invalid email or password")]
     InvalidCredentials,
-    #[error("too many requests, retry later")]
-    TooManyRequests { retry_after: Duration },
     #[error("malformed Authorization header: {0}")]
     InvalidAuthorizationHeader(&'static str),
 
     // -- request shape (400 / 413 / 415)
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("malformed JSON body: {0}")]
-    InvalidJson(String),
-    #[error("unsupported content type; use application/json or multipart/form-data")]
-    UnsupportedContentType,
     #[error("X-DEVICE-CODE header is required")]
     MissingDeviceCode,
     #[error("invalid recipient: use digits with country code, 8 to 15 digits (e.g. 6281234567890)")]
@@ -67,10 +172,6 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("payload must be a JSON object of at most {0} bytes")]
     InvalidPayload(usize),
-    #[error("request body too large")]
-    PayloadTooLarge,
-    #[error("the request body did not arrive within {0} seconds")]
-    RequestTimeout(u64),
     #[error("X-REQUEST-ID was already used for a different request")]
     IdempotencyConflict,
 
@@ -97,10 +198,6 @@ pub enum Error {
     MessageNotFound,
     #[error("project not found")]
     ProjectNotFound,
-    #[error("route not found")]
-    RouteNotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
     #[error("device code is already in use")]
     DeviceCodeTaken,
 
@@ -133,7 +230,6 @@ impl Error {
             Error::MissingSignatureHeaders(_) => "MISSING_SIGNATURE_HEADERS",
             Error::SignatureReplayed => "SIGNATURE_REPLAYED",
             Error::Forbidden(_) => "FORBIDDEN",
-            Error::RequestTimeout(_) => "REQUEST_TIMEOUT",
             Error::InvalidApiKey => "INVALID_API_KEY",
             Error::InvalidSignature => "INVALID_SIGNATURE",
             Error::TimestampExpired(_) => "TIMESTAMP_EXPIRED",
@@ -145,10 +241,7 @@ impl Error {
             Error::SessionLimitReached => "SESSION_LIMIT_REACHED",
             Error::EmailTaken => "EMAIL_TAKEN",
             Error::InvalidCredentials => "INVALID_CREDENTIALS",
-            Error::TooManyRequests { .. } => "TOO_MANY_REQUESTS",
             Error::InvalidRequest(_) => "VALIDATION_ERROR",
-            Error::InvalidJson(_) => "INVALID_JSON",
-            Error::UnsupportedContentType => "UNSUPPORTED_CONTENT_TYPE",
             Error::MissingDeviceCode => "MISSING_DEVICE_CODE",
             Error::InvalidRecipient => "INVALID_RECIPIENT",
             Error::InvalidMessageType => "INVALID_MESSAGE_TYPE",
@@ -158,7 +251,6 @@ impl Error {
             Error::MediaTooLarge(_) => "MEDIA_TOO_LARGE",
             Error::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Error::InvalidPayload(_) => "INVALID_PAYLOAD",
-            Error::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Error::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             Error::DeviceNotFound => "DEVICE_NOT_FOUND",
             Error::SessionNotFound => "SESSION_NOT_FOUND",
@@ -171,8 +263,6 @@ impl Error {
             Error::EventNotFound => "EVENT_NOT_FOUND",
             Error::MessageNotFound => "MESSAGE_NOT_FOUND",
             Error::ProjectNotFound => "PROJECT_NOT_FOUND",
-            Error::RouteNotFound => "NOT_FOUND",
-            Error::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Error::DeviceCodeTaken => "DEVICE_CODE_TAKEN",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::QuotaExceeded => "QUOTA_EXCEEDED",
@@ -180,6 +270,55 @@ impl Error {
             Error::Unavailable(_) => "SERVICE_UNAVAILABLE",
             Error::WhatsAppUnavailable(_) => "WHATSAPP_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// What kind of failure this is; the statuses of both transports follow from it.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::MissingApiKey
+            | Error::MissingSignatureHeaders(_)
+            | Error::SignatureReplayed
+            | Error::InvalidApiKey
+            | Error::InvalidSignature
+            | Error::TimestampExpired(_)
+            | Error::InvalidAuthorizationHeader(_)
+            | Error::NoToken
+            | Error::InvalidToken
+            | Error::NoApiKey
+            | Error::InvalidCredentials => Kind::Unauthenticated,
+            Error::Forbidden(_) => Kind::Forbidden,
+            Error::SessionIdRequired
+            | Error::InvalidRequest(_)
+            | Error::MissingDeviceCode
+            | Error::InvalidRecipient
+            | Error::InvalidMessageType
+            | Error::MessageRequired
+            | Error::MessageTooLong(_)
+            | Error::MediaRequired
+            | Error::InvalidPayload(_)
+            | Error::InvalidPhoneNumber
+            | Error::InvalidWebhookUrl(_) => Kind::InvalidArgument,
+            Error::MediaTooLarge(_) => Kind::TooLarge,
+            Error::UnsupportedMediaType(_) => Kind::UnsupportedType,
+            Error::EmailTaken | Error::IdempotencyConflict | Error::DeviceCodeTaken => {
+                Kind::Conflict
+            }
+            Error::DeviceNotFound
+            | Error::SessionNotFound
+            | Error::MessageNotFound
+            | Error::WebhookNotFound
+            | Error::DeliveryNotFound
+            | Error::MediaNotFound
+            | Error::EventNotFound
+            | Error::ProjectNotFound => Kind::NotFound,
+            Error::MediaExpired => Kind::Gone,
+            Error::SessionLimitReached | Error::QuotaExceeded => Kind::LimitReached,
+            Error::RateLimited { .. } => Kind::RateLimited,
+            Error::Overloaded | Error::Unavailable(_) | Error::WhatsAppUnavailable(_) => {
+                Kind::Unavailable
+            }
+            Error::Internal(_) => Kind::Internal,
         }
     }
 
@@ -197,9 +336,46 @@ impl Error {
     }
 }
 
+impl Failure for Error {
+    fn code(&self) -> &'static str {
+        Error::code(self)
+    }
+
+    fn kind(&self) -> Kind {
+        Error::kind(self)
+    }
+
+    fn public_message(&self) -> String {
+        Error::public_message(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            // Busy, or the database is unreachable: a moment later usually works.
+            Error::Overloaded | Error::Unavailable(_) => Some(BUSY_RETRY),
+            _ => None,
+        }
+    }
+}
+
 impl From<diesel::result::Error> for Error {
+    /// A lost connection or a transaction that lost a serialization race is the database
+    /// being unavailable for this request (retry), not a bug.
     fn from(e: diesel::result::Error) -> Self {
-        Error::Internal(format!("database: {e}"))
+        use diesel::result::{DatabaseErrorKind as K, Error as D};
+        match &e {
+            D::DatabaseError(
+                K::ClosedConnection | K::UnableToSendCommand | K::SerializationFailure,
+                _,
+            )
+            | D::BrokenTransactionManager => Error::Unavailable(format!("database: {e}")),
+            // SQLite's busy timeout ran out.
+            D::DatabaseError(_, info) if info.message().contains("database is locked") => {
+                Error::Unavailable(format!("database: {e}"))
+            }
+            _ => Error::Internal(format!("database: {e}")),
+        }
     }
 }
 

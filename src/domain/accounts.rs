@@ -10,11 +10,11 @@ use std::sync::Arc;
 use super::Gateway;
 use super::admin::NewProject;
 use super::auth::Caller;
+use super::principal::Principal;
 use super::text::{no_nul, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self as store, UserKeyRow, UserRow};
-use crate::storage::sessions::SessionRow;
 use crate::storage::{now_ms, projects};
 
 /// Session tokens (JWT, HS256) live this long.
@@ -46,67 +46,6 @@ impl From<UserRow> for User {
             name: u.name,
             project_id: u.project_id,
             created_at: u.created_at,
-        }
-    }
-}
-
-/// A SAK API key: a session's key acts for that session only (send, history, its own status
-/// and QR, its webhooks test); a user's key manages the whole account, like the JWT.
-pub enum SakKey {
-    Session {
-        caller: Caller,
-        session: Box<SessionRow>,
-    },
-    User {
-        caller: Caller,
-    },
-}
-
-/// What a session key may not do.
-const SESSION_KEY_SCOPE: &str =
-    "a session API key acts only for its own session; use the account's JWT or a user API key";
-
-impl SakKey {
-    /// The account, for managing it: a session key is refused.
-    pub fn manager(self) -> Result<Caller> {
-        match self {
-            SakKey::User { caller } => Ok(caller),
-            SakKey::Session { .. } => Err(Error::Forbidden(SESSION_KEY_SCOPE)),
-        }
-    }
-
-    /// The account, for reading one session (`id`): a session key only for its own.
-    pub fn for_session(self, id: &str) -> Result<Caller> {
-        match self {
-            SakKey::User { caller } => Ok(caller),
-            SakKey::Session { caller, session } if session.id == id => Ok(caller),
-            SakKey::Session { .. } => Err(Error::Forbidden(SESSION_KEY_SCOPE)),
-        }
-    }
-
-    /// The session that acts: the key's own, or — with a user key — the one named (header
-    /// first, then body), which must be in the user's project.
-    pub async fn acting_session(
-        self,
-        gw: &Gateway,
-        session_id: Option<&str>,
-    ) -> Result<(Caller, SessionRow)> {
-        match self {
-            SakKey::Session { caller, session } => Ok((caller, *session)),
-            SakKey::User { caller } => {
-                no_nul_opt("session id", session_id)?;
-                let id = session_id
-                    .filter(|s| !s.is_empty())
-                    .ok_or(Error::SessionIdRequired)?
-                    .to_owned();
-                let row = gw
-                    .db()
-                    .run(move |c| crate::storage::sessions::get(c, &id))
-                    .await?
-                    .filter(|r| r.project_id == caller.project.row.id)
-                    .ok_or(Error::SessionNotFound)?;
-                Ok((caller, row))
-            }
         }
     }
 }
@@ -475,7 +414,7 @@ impl Gateway {
 
     /// Resolves the `x-api-key` of a SAK request: a session's key, or a user's. Done from the
     /// headers alone, before any body is read, so an unknown key costs nothing.
-    pub async fn sak_key(&self, key: &str) -> Result<SakKey> {
+    pub async fn sak_key(&self, key: &str) -> Result<Principal> {
         let hash = crypto::hash_api_key(key);
         let h = hash.clone();
         if let Some(session) = self
@@ -484,9 +423,9 @@ impl Gateway {
             .await?
         {
             let caller = self.caller_for_project(&session.project_id).await?;
-            return Ok(SakKey::Session {
+            return Ok(Principal::Session {
                 caller,
-                session: Box::new(session),
+                session: Arc::new(session),
             });
         }
         let user = self
@@ -495,13 +434,14 @@ impl Gateway {
             .await?
             .ok_or(Error::InvalidApiKey)?;
         let caller = self.caller_for_project(&user.project_id).await?;
-        Ok(SakKey::User { caller })
+        Ok(Principal::UserKey(caller))
     }
     /// Creates a session with its own API key (returned only here), within the project's cap.
     pub async fn create_session_with_key(
         &self,
         caller: &Caller,
         name: Option<String>,
+        device_code: Option<String>,
     ) -> Result<(super::sessions::SessionView, String)> {
         let pid = caller.project.row.id.clone();
         let count = self
@@ -511,7 +451,7 @@ impl Gateway {
         if count >= caller.project.row.max_sessions {
             return Err(Error::SessionLimitReached);
         }
-        let view = self.create_session(caller, name, None).await?;
+        let view = self.create_session(caller, name, device_code).await?;
         let raw = crypto::random_token("sess_");
         let (id, hash) = (view.session_id.clone(), crypto::hash_api_key(&raw));
         self.db()

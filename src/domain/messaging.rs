@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use super::Gateway;
 use super::auth::Caller;
+use super::principal::Principal;
 use super::media::{self, MessageKind};
 use super::text::{no_nul, no_nul_json, no_nul_opt};
 use crate::crypto;
@@ -42,6 +43,10 @@ pub struct SendReceipt {
     pub id: String,
     pub status: String,
     pub device_code: String,
+    /// The recipient as stored (normalized).
+    pub recipient: String,
+    /// The session (device) that sends it.
+    pub session_id: String,
     /// True when an earlier request with the same idempotency key created the message.
     pub replayed: bool,
 }
@@ -249,6 +254,7 @@ impl Gateway {
             key,
             ttl_ms: s.idempotency_ttl.as_millis() as i64,
         });
+        let stored_recipient = recipient.clone();
         let item = AcceptItem {
             limits: Limits {
                 project_id: project.id.clone(),
@@ -298,6 +304,8 @@ impl Gateway {
                 id,
                 status: queue::QUEUED.into(),
                 device_code,
+                recipient: stored_recipient,
+                session_id: device.id.clone(),
                 replayed: false,
             },
             Accepted::Replayed {
@@ -308,6 +316,9 @@ impl Gateway {
                 id,
                 status,
                 device_code,
+                // A replay carries the same recipient and device, else it is a conflict.
+                recipient: stored_recipient,
+                session_id: device.id.clone(),
                 replayed: true,
             },
         })
@@ -408,5 +419,28 @@ mod tests {
         );
         assert!(normalize_phone("1234567", "91").is_err());
         assert!(normalize_phone("1234567890123456", "91").is_err());
+    }
+}
+
+impl Gateway {
+    /// Sends as `principal`: a signed (RK) call addresses its device by code and gives RK's
+    /// strict digits; a SAK credential sends through its acting session (its own, or the one
+    /// `session_id` names) and its numbers follow the SAK rules ([`normalize_phone`]).
+    pub async fn send_as(
+        &self,
+        principal: &Principal,
+        session_id: Option<&str>,
+        mut cmd: SendCommand,
+    ) -> Result<SendReceipt> {
+        if principal.uses_sak_numbers() {
+            let session = principal.acting_session(self, session_id).await?;
+            cmd.recipient = normalize_phone(&cmd.recipient, &self.settings().default_country_code)?;
+            cmd.device_code = Some(session.code.clone());
+        } else if cmd.device_code.is_none()
+            && let Some(id) = session_id.filter(|s| !s.is_empty())
+        {
+            cmd.device_code = Some(self.own_session(principal.caller(), id).await?.code);
+        }
+        self.send(principal.caller(), cmd).await
     }
 }

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod media;
+pub mod principal;
 pub mod messaging;
 pub mod qr;
 pub mod sessions;
@@ -134,5 +135,15 @@ impl Gateway {
     /// What the message writers did (whole-batch retries, isolated batches).
     pub fn accept_stats(&self) -> crate::storage::accept::WriterStats {
         self.inner.writer.stats()
+    }
+}
+
+impl Gateway {
+    /// Ready to serve: the database answers a query.
+    pub async fn ready(&self) -> crate::error::Result<()> {
+        self.inner
+            .db
+            .run(|c| crate::storage::messages::queued_count(c).map(|_| ()))
+            .await
     }
 }

@@ -137,6 +137,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         name: Option<String>,
+        device_code: Option<String>,
         webhook: Option<(&str, &[String])>,
     ) -> Result<(SessionView, String, Option<(WebhookView, String)>)> {
         no_nul_opt("name", name.as_deref())?;
@@ -146,7 +147,7 @@ impl Gateway {
             validate_url(url, self.settings().webhooks.allow_private)?;
             parse_filter(events)?;
         }
-        let (session, key) = self.create_session_with_key(caller, name).await?;
+        let (session, key) = self.create_session_with_key(caller, name, device_code).await?;
         let hook = match webhook {
             None => None,
             Some((url, events)) => Some(

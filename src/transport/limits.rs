@@ -21,7 +21,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use crate::domain::Gateway;
-use crate::error::Error;
+use crate::transport::error::Refusal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -322,14 +322,14 @@ impl BodyLimitError {
 /// middleware call it only once the caller is known, so an unknown key is refused before a
 /// byte of its body is held; [`guard_body`] bounds how long it may take and how much is in
 /// transit at once.
-pub async fn read_body(gw: &Gateway, body: Body, limit: usize) -> Result<Bytes, Error> {
+pub async fn read_body(gw: &Gateway, body: Body, limit: usize) -> Result<Bytes, Refusal> {
     use futures::StreamExt;
     let mut stream = body.into_data_stream();
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| body_read_error(gw, &e))?;
         if buf.len() + chunk.len() > limit {
-            return Err(Error::PayloadTooLarge);
+            return Err(Refusal::PayloadTooLarge);
         }
         buf.extend_from_slice(&chunk);
     }
@@ -337,13 +337,13 @@ pub async fn read_body(gw: &Gateway, body: Body, limit: usize) -> Result<Bytes, 
 }
 
 /// What a failed body read means for the client.
-pub fn body_read_error(gw: &Gateway, e: &(dyn std::error::Error + 'static)) -> Error {
+pub fn body_read_error(gw: &Gateway, e: &(dyn std::error::Error + 'static)) -> Refusal {
     match BodyLimitError::find(e) {
         Some(BodyLimitError::Timeout) => {
-            Error::RequestTimeout(gw.settings().http.body_timeout.as_secs())
+            Refusal::RequestTimeout(gw.settings().http.body_timeout.as_secs())
         }
-        Some(BodyLimitError::Busy) => Error::Overloaded,
-        None => Error::InvalidRequest(format!("cannot read request body: {e}")),
+        Some(BodyLimitError::Busy) => Refusal::Busy,
+        None => Refusal::InvalidParameter(format!("cannot read request body: {e}")),
     }
 }
 

@@ -12,5 +12,6 @@ mod rk_api;
 mod sak_api;
 mod server;
 mod sessions;
+mod transcoding;
 mod wasim;
 mod webhooks;

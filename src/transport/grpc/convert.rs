@@ -86,14 +86,29 @@ pub fn status_to_proto(s: &str) -> MessageStatus {
     }
 }
 
-pub fn status_from_proto(s: i32) -> Option<&'static str> {
-    match MessageStatus::try_from(s).ok()? {
-        MessageStatus::Unspecified => None,
-        MessageStatus::Queued => Some("queued"),
-        MessageStatus::Sent => Some("sent"),
-        MessageStatus::Delivered => Some("delivered"),
-        MessageStatus::Read => Some("read"),
-        MessageStatus::Failed => Some("failed"),
+/// The status a proto value names: `None` when unspecified, `"unknown"` for a number the
+/// enum does not have (the service layer refuses it with its own message).
+pub fn status_name(s: i32) -> Option<&'static str> {
+    Some(match MessageStatus::try_from(s) {
+        Ok(MessageStatus::Unspecified) => return None,
+        Ok(MessageStatus::Queued) => "queued",
+        Ok(MessageStatus::Sent) => "sent",
+        Ok(MessageStatus::Delivered) => "delivered",
+        Ok(MessageStatus::Read) => "read",
+        Ok(MessageStatus::Failed) => "failed",
+        Err(_) => "unknown",
+    })
+}
+
+/// The inverse of [`status_name`] for a REST filter: unset is unspecified, a name the enum
+/// lacks an out-of-range number, so the service layer answers it as it answers gRPC.
+pub fn status_from_name(s: Option<&str>) -> i32 {
+    match s.filter(|s| !s.is_empty()) {
+        None => MessageStatus::Unspecified as i32,
+        Some(name) => match status_to_proto(name) {
+            MessageStatus::Unspecified => -1,
+            known => known as i32,
+        },
     }
 }
 
@@ -108,18 +123,31 @@ pub fn kind_to_proto(s: &str) -> MessageType {
     }
 }
 
+/// The type a proto value names; unspecified is text, an unknown number `"unknown"`.
+pub fn kind_name(t: i32) -> &'static str {
+    match MessageType::try_from(t) {
+        Ok(MessageType::Unspecified | MessageType::Text) => "text",
+        Ok(MessageType::Image) => "image",
+        Ok(MessageType::Document) => "document",
+        Ok(MessageType::Video) => "video",
+        Ok(MessageType::Audio) => "audio",
+        Err(_) => "unknown",
+    }
+}
+
 /// `None` for unspecified (text); an unknown number is passed on to be rejected.
 pub fn kind_from_proto(t: i32) -> Option<String> {
-    Some(
-        match MessageType::try_from(t) {
-            Ok(MessageType::Unspecified) => return None,
-            Ok(MessageType::Text) => "text",
-            Ok(MessageType::Image) => "image",
-            Ok(MessageType::Document) => "document",
-            Ok(MessageType::Video) => "video",
-            Ok(MessageType::Audio) => "audio",
-            Err(_) => "unknown",
-        }
-        .to_owned(),
-    )
+    (t != MessageType::Unspecified as i32).then(|| kind_name(t).to_owned())
+}
+
+/// A REST `type` as the proto enum: the names the service layer accepts (in any case), an
+/// out-of-range number for any other so the service layer refuses it where it would.
+pub fn kind_from_name(s: Option<&str>) -> i32 {
+    match s {
+        None => MessageType::Unspecified as i32,
+        Some(name) => match crate::domain::media::MessageKind::parse(name) {
+            Ok(k) => kind_to_proto(k.as_str()) as i32,
+            Err(_) => -1,
+        },
+    }
 }

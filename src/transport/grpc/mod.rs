@@ -1,5 +1,6 @@
 //! gRPC services (and grpc-web through tonic-web), health and reflection.
 
+pub mod accounts;
 pub mod auth;
 pub mod convert;
 pub mod messaging;
@@ -11,6 +12,7 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use crate::domain::Gateway;
+use crate::proto::v1::accounts_service_server::AccountsServiceServer;
 use crate::proto::v1::messaging_service_server::MessagingServiceServer;
 use crate::proto::v1::sessions_service_server::SessionsServiceServer;
 use crate::proto::v1::webhooks_service_server::WebhooksServiceServer;
@@ -43,8 +45,13 @@ pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate
         .set_serving::<WebhooksServiceServer<webhooks::WebhooksApi>>()
         .await;
     let webhooks = WebhooksServiceServer::new(webhooks::WebhooksApi::new(gw.clone()));
+    health
+        .set_serving::<AccountsServiceServer<accounts::AccountsApi>>()
+        .await;
+    let accounts = AccountsServiceServer::new(accounts::AccountsApi::new(gw.clone()));
     let router = Routes::new(messaging)
         .add_service(sessions)
+        .add_service(accounts)
         .add_service(webhooks)
         .add_service(health_service)
         .add_service(reflection_v1)

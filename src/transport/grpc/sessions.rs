@@ -5,8 +5,9 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::principal;
 use super::convert::{non_empty, timestamp};
+use super::webhooks::webhook;
 use crate::domain::Gateway;
 use crate::domain::sessions::SessionView;
 use crate::proto::v1::sessions_service_server::SessionsService;
@@ -58,15 +59,27 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         let m = req.into_inner();
-        let s = self
+        let hook = m.webhook.as_ref().map(|w| (w.url.as_str(), w.events.as_slice()));
+        let (s, api_key, hook) = self
             .gw
-            .create_session(&c, non_empty(m.name), non_empty(m.device_code))
+            .create_session_with_webhook(
+                p.manager()?,
+                non_empty(m.name),
+                non_empty(m.device_code),
+                hook,
+            )
             .await?;
+        let (hook, webhook_secret) = match hook {
+            Some((view, secret)) => (Some(webhook(view)), secret),
+            None => (None, String::new()),
+        };
         Ok(Response::new(CreateSessionResponse {
             session: Some(to_proto(s)),
-            api_key: String::new(),
+            api_key,
+            webhook: hook,
+            webhook_secret,
         }))
     }
 
@@ -74,10 +87,10 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         let sessions = self
             .gw
-            .list_sessions(&c)
+            .list_sessions(p.manager()?)
             .await?
             .into_iter()
             .map(to_proto)
@@ -92,8 +105,9 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<GetSessionRequest>,
     ) -> Result<Response<GetSessionResponse>, Status> {
-        let c = caller(&req)?;
-        let s = self.gw.get_session(&c, &req.get_ref().session_id).await?;
+        let p = principal(&req)?;
+        let id = &req.get_ref().session_id;
+        let s = self.gw.get_session(p.reader_of(id)?, id).await?;
         Ok(Response::new(GetSessionResponse {
             session: Some(to_proto(s)),
         }))
@@ -103,12 +117,22 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<GetQrCodeRequest>,
     ) -> Result<Response<GetQrCodeResponse>, Status> {
-        let c = caller(&req)?;
-        let q = self.gw.session_qr(&c, &req.get_ref().session_id).await?;
-        let (png, svg) = match &q.code {
-            Some(code) => (crate::domain::qr::png(code)?, crate::domain::qr::svg(code)?),
-            None => (Vec::new(), String::new()),
-        };
+        let p = principal(&req)?;
+        let m = req.get_ref();
+        let q = self
+            .gw
+            .session_qr(p.reader_of(&m.session_id)?, &m.session_id)
+            .await?;
+        let image = QrImage::try_from(m.image).unwrap_or_default();
+        let (mut png, mut svg) = (Vec::new(), String::new());
+        if let Some(code) = &q.code {
+            if matches!(image, QrImage::Unspecified | QrImage::Png) {
+                png = crate::domain::qr::png(code)?;
+            }
+            if matches!(image, QrImage::Unspecified | QrImage::Svg) {
+                svg = crate::domain::qr::svg(code)?;
+            }
+        }
         Ok(Response::new(GetQrCodeResponse {
             qr_code: q.code.unwrap_or_default(),
             png,
@@ -122,11 +146,11 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<RequestPairingCodeRequest>,
     ) -> Result<Response<RequestPairingCodeResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         let m = req.into_inner();
         let (code, expires) = self
             .gw
-            .request_pairing_code(&c, &m.session_id, &m.phone_number)
+            .request_pairing_code(p.manager()?, &m.session_id, &m.phone_number)
             .await?;
         Ok(Response::new(RequestPairingCodeResponse {
             code,
@@ -138,10 +162,10 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<LogoutSessionRequest>,
     ) -> Result<Response<LogoutSessionResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         let s = self
             .gw
-            .logout_session(&c, &req.get_ref().session_id)
+            .logout_session(p.manager()?, &req.get_ref().session_id)
             .await?;
         Ok(Response::new(LogoutSessionResponse {
             session: Some(to_proto(s)),
@@ -152,9 +176,9 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         self.gw
-            .delete_session(&c, &req.get_ref().session_id)
+            .delete_session(p.manager()?, &req.get_ref().session_id)
             .await?;
         Ok(Response::new(DeleteSessionResponse {}))
     }
@@ -163,10 +187,10 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<RestartSessionRequest>,
     ) -> Result<Response<RestartSessionResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         let s = self
             .gw
-            .restart_session(&c, &req.get_ref().session_id)
+            .restart_session(p.manager()?, &req.get_ref().session_id)
             .await?;
         Ok(Response::new(RestartSessionResponse {
             session: Some(to_proto(s)),
@@ -179,8 +203,9 @@ impl SessionsService for SessionsApi {
         &self,
         req: Request<WatchSessionRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let c = caller(&req)?;
-        let (row, rx) = self.gw.watch_session(&c, &req.get_ref().session_id).await?;
+        let p = principal(&req)?;
+        let id = &req.get_ref().session_id;
+        let (row, rx) = self.gw.watch_session(p.reader_of(id)?, id).await?;
         let base = SessionView {
             session_id: row.id,
             device_code: row.code,

@@ -1,76 +1,60 @@
-//! The one mapping of [`Error`] to a gRPC status. The stable code travels in the
-//! `x-error-code` metadata, so gRPC clients branch on the same codes as REST clients.
+//! The one mapping of a failure to a gRPC status: the code from the failure's kind, the stable
+//! code in the `x-error-code` metadata (gRPC clients branch on the same codes as REST
+//! clients), and when to retry as both `retry-after` metadata and a `google.rpc.RetryInfo`
+//! detail. A domain [`Error`] also travels as the status's source, so the REST shim that
+//! calls a method in process answers the very same error in its own envelope.
 
-use tonic::{Code, Status};
+use std::sync::Arc;
 
-use crate::error::Error;
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt};
 
-pub fn grpc_code(e: &Error) -> Code {
-    match e {
-        Error::MissingApiKey
-        | Error::MissingSignatureHeaders(_)
-        | Error::SignatureReplayed
-        | Error::InvalidApiKey
-        | Error::InvalidSignature
-        | Error::TimestampExpired(_)
-        | Error::InvalidAuthorizationHeader(_)
-        | Error::NoToken
-        | Error::InvalidToken
-        | Error::NoApiKey
-        | Error::InvalidCredentials => Code::Unauthenticated,
-        Error::SessionIdRequired => Code::InvalidArgument,
-        Error::Forbidden(_) => Code::PermissionDenied,
-        Error::RequestTimeout(_) => Code::DeadlineExceeded,
-        Error::SessionLimitReached | Error::TooManyRequests { .. } => Code::ResourceExhausted,
-        Error::EmailTaken => Code::AlreadyExists,
-        Error::InvalidRequest(_)
-        | Error::InvalidJson(_)
-        | Error::UnsupportedContentType
-        | Error::MissingDeviceCode
-        | Error::InvalidRecipient
-        | Error::InvalidMessageType
-        | Error::MessageRequired
-        | Error::MessageTooLong(_)
-        | Error::MediaRequired
-        | Error::MediaTooLarge(_)
-        | Error::UnsupportedMediaType(_)
-        | Error::InvalidPayload(_)
-        | Error::InvalidPhoneNumber
-        | Error::InvalidWebhookUrl(_)
-        | Error::PayloadTooLarge => Code::InvalidArgument,
-        Error::IdempotencyConflict | Error::DeviceCodeTaken => Code::AlreadyExists,
-        Error::DeviceNotFound
-        | Error::SessionNotFound
-        | Error::MessageNotFound
-        | Error::WebhookNotFound
-        | Error::DeliveryNotFound
-        | Error::MediaNotFound
-        | Error::MediaExpired
-        | Error::EventNotFound
-        | Error::ProjectNotFound
-        | Error::RouteNotFound => Code::NotFound,
-        Error::MethodNotAllowed => Code::Unimplemented,
-        Error::RateLimited { .. } | Error::QuotaExceeded => Code::ResourceExhausted,
-        Error::Overloaded | Error::Unavailable(_) | Error::WhatsAppUnavailable(_) => {
-            Code::Unavailable
-        }
-        Error::Internal(_) => Code::Internal,
+use crate::error::{Error, Failure, retry_secs};
+use crate::transport::error::Failed;
+
+/// The status answering `f`.
+pub fn status(f: &dyn Failure) -> Status {
+    let code = f.kind().grpc_code();
+    if f.kind().is_server_side() {
+        tracing::error!(code = f.code(), error = %f, "grpc call failed");
     }
+    let mut status = match f.retry_after() {
+        Some(after) => Status::with_error_details(
+            code,
+            f.public_message(),
+            ErrorDetails::with_retry_info(Some(after)),
+        ),
+        None => Status::new(code, f.public_message()),
+    };
+    let md = status.metadata_mut();
+    md.insert("x-error-code", f.code().parse().expect("codes are ASCII"));
+    if let Some(after) = f.retry_after() {
+        md.insert(
+            "retry-after",
+            retry_secs(after).to_string().parse().expect("digits"),
+        );
+    }
+    status
 }
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let code = grpc_code(&e);
-        if code == Code::Internal || code == Code::Unavailable {
-            tracing::error!(code = e.code(), error = %e, "grpc call failed");
-        }
-        let mut status = Status::new(code, e.public_message());
-        let md = status.metadata_mut();
-        md.insert("x-error-code", e.code().parse().expect("codes are ASCII"));
-        if let Error::RateLimited { retry_after, .. } = &e {
-            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            md.insert("retry-after", secs.to_string().parse().expect("digits"));
-        }
-        status
+        let mut s = status(&e);
+        s.set_source(Arc::new(e));
+        s
     }
+}
+
+impl From<Failed> for Status {
+    fn from(f: Failed) -> Self {
+        match f {
+            Failed::Domain(e) => e.into(),
+            Failed::Transport(r) => status(&r),
+        }
+    }
+}
+
+/// The domain error a status carries, when it came from one.
+pub fn domain_error(status: &Status) -> Option<&Error> {
+    std::error::Error::source(status).and_then(|e| e.downcast_ref::<Error>())
 }

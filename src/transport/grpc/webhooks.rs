@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::principal;
 use super::convert::{json_to_struct, millis, non_empty, timestamp};
 use crate::domain::Gateway;
 use crate::domain::webhooks::{DeliveryView, EventView, WebhookView};
@@ -23,7 +23,7 @@ impl WebhooksApi {
     }
 }
 
-fn webhook(v: WebhookView) -> Webhook {
+pub(crate) fn webhook(v: WebhookView) -> Webhook {
     Webhook {
         webhook_id: v.id,
         session_id: v.session_id.unwrap_or_default(),
@@ -35,7 +35,7 @@ fn webhook(v: WebhookView) -> Webhook {
     }
 }
 
-fn delivery(d: DeliveryView) -> Delivery {
+pub(crate) fn delivery(d: DeliveryView) -> Delivery {
     Delivery {
         delivery_id: d.id,
         event_id: d.event_id,
@@ -77,11 +77,12 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<CreateWebhookRequest>,
     ) -> Result<Response<CreateWebhookResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
         let (w, secret) = self
             .gw
-            .create_webhook(&c, non_empty(m.session_id), &m.url, &m.events)
+            .create_webhook(c, non_empty(m.session_id), &m.url, &m.events)
             .await?;
         Ok(Response::new(CreateWebhookResponse {
             webhook: Some(webhook(w)),
@@ -93,9 +94,10 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<ListWebhooksRequest>,
     ) -> Result<Response<ListWebhooksResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
-        let hooks = self.gw.list_webhooks(&c, non_empty(m.session_id)).await?;
+        let hooks = self.gw.list_webhooks(c, non_empty(m.session_id)).await?;
         Ok(Response::new(ListWebhooksResponse {
             webhooks: hooks.into_iter().map(webhook).collect(),
         }))
@@ -105,8 +107,9 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<GetWebhookRequest>,
     ) -> Result<Response<GetWebhookResponse>, Status> {
-        let c = caller(&req)?;
-        let w = self.gw.get_webhook(&c, &req.get_ref().webhook_id).await?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let w = self.gw.get_webhook(c, &req.get_ref().webhook_id).await?;
         Ok(Response::new(GetWebhookResponse {
             webhook: Some(webhook(w)),
         }))
@@ -116,16 +119,22 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<UpdateWebhookRequest>,
     ) -> Result<Response<UpdateWebhookResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
+        let masked = |field: &str| {
+            m.update_mask
+                .as_ref()
+                .is_none_or(|mask| mask.paths.iter().any(|p| p == field))
+        };
         let w = self
             .gw
             .update_webhook(
-                &c,
+                c,
                 &m.webhook_id,
-                Some(m.url.as_str()),
-                Some(m.events.as_slice()),
-                m.enabled,
+                masked("url").then_some(m.url.as_str()),
+                masked("events").then_some(m.events.as_slice()),
+                m.enabled.filter(|_| masked("enabled")),
             )
             .await?;
         Ok(Response::new(UpdateWebhookResponse {
@@ -137,9 +146,10 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<DeleteWebhookRequest>,
     ) -> Result<Response<DeleteWebhookResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         self.gw
-            .delete_webhook(&c, &req.get_ref().webhook_id)
+            .delete_webhook(c, &req.get_ref().webhook_id)
             .await?;
         Ok(Response::new(DeleteWebhookResponse {}))
     }
@@ -148,14 +158,15 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<RotateWebhookSecretRequest>,
     ) -> Result<Response<RotateWebhookSecretResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
         let overlap = m
             .overlap_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64));
         let (secret, expires) = self
             .gw
-            .rotate_webhook_secret(&c, &m.webhook_id, overlap)
+            .rotate_webhook_secret(c, &m.webhook_id, overlap)
             .await?;
         Ok(Response::new(RotateWebhookSecretResponse {
             secret,
@@ -167,30 +178,36 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<TestWebhookRequest>,
     ) -> Result<Response<TestWebhookResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
         let m = req.into_inner();
+        let session = non_empty(m.session_id);
+        let session = p.acting_session(&self.gw, session.as_deref()).await?;
         let delivery_ids = self
             .gw
             .test_webhook(
-                &c,
-                &m.session_id,
-                Some(&m.event),
+                p.caller(),
+                &session.id,
+                non_empty(m.event).as_deref(),
                 non_empty(m.message).as_deref(),
             )
             .await?;
-        Ok(Response::new(TestWebhookResponse { delivery_ids }))
+        Ok(Response::new(TestWebhookResponse {
+            delivery_ids,
+            session_id: session.id.clone(),
+        }))
     }
 
     async fn list_deliveries(
         &self,
         req: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
         let (list, next) = self
             .gw
             .list_deliveries(
-                &c,
+                c,
                 &m.webhook_id,
                 i64::from(m.page_size),
                 Some(&m.page_token),
@@ -206,9 +223,10 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<RedeliverDeliveryRequest>,
     ) -> Result<Response<RedeliverDeliveryResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
-        let d = self.gw.redeliver(&c, &m.webhook_id, &m.delivery_id).await?;
+        let d = self.gw.redeliver(c, &m.webhook_id, &m.delivery_id).await?;
         Ok(Response::new(RedeliverDeliveryResponse {
             delivery: Some(delivery(d)),
         }))
@@ -218,10 +236,11 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<RedeliverFailedRequest>,
     ) -> Result<Response<RedeliverFailedResponse>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
         let since = m.since.as_ref().map(millis).unwrap_or(0);
-        let count = self.gw.redeliver_failed(&c, &m.webhook_id, since).await?;
+        let count = self.gw.redeliver_failed(c, &m.webhook_id, since).await?;
         Ok(Response::new(RedeliverFailedResponse {
             count: count as i64,
         }))
@@ -233,11 +252,12 @@ impl WebhooksService for WebhooksApi {
         &self,
         req: Request<StreamEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let c = caller(&req)?;
+        let p = principal(&req)?;
+        let c = p.manager()?;
         let m = req.into_inner();
         let s = self
             .gw
-            .event_stream(&c, non_empty(m.session_id), non_empty(m.after_event_id))
+            .event_stream(c, non_empty(m.session_id), non_empty(m.after_event_id))
             .await?;
         Ok(Response::new(Box::pin(s.map(|e| Ok(event(e))))))
     }

@@ -1,13 +1,18 @@
-//! The RK response envelope: `{"success":true,"data":…,"meta":{"server_id":…}}` and
-//! `{"success":false,"message":…,"code":…}`, and the one mapping of [`Error`] to HTTP.
+//! The RK Connect / SAK response envelope, shared by both surfaces:
+//! `{"success":true,"data":…,"meta":{"server_id":…}}` and
+//! `{"success":false,"message":…,"code":…}`. A surface with another documented envelope
+//! (the coming Qontak one) writes its own body from the same [`Failure`] and [`answer`].
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::Error;
+use crate::error::{Error, Failure, Kind, retry_secs};
+use crate::transport::error::{Failed, Refusal};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Meta {
@@ -42,102 +47,120 @@ pub fn success<T: Serialize>(status: StatusCode, server_id: &str, data: T) -> Re
     (status, Json(body)).into_response()
 }
 
-/// The HTTP status of every error; exhaustive so a new variant cannot go unmapped.
-pub fn http_status(e: &Error) -> StatusCode {
-    match e {
-        Error::MissingApiKey
-        | Error::MissingSignatureHeaders(_)
-        | Error::SignatureReplayed
-        | Error::InvalidApiKey
-        | Error::InvalidSignature
-        | Error::TimestampExpired(_)
-        | Error::InvalidAuthorizationHeader(_)
-        | Error::NoToken
-        | Error::InvalidToken
-        | Error::NoApiKey
-        | Error::InvalidCredentials => StatusCode::UNAUTHORIZED,
-        Error::SessionIdRequired => StatusCode::BAD_REQUEST,
-        Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-        Error::SessionLimitReached => StatusCode::FORBIDDEN,
-        Error::EmailTaken => StatusCode::CONFLICT,
-        Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::InvalidRequest(_)
-        | Error::InvalidJson(_)
-        | Error::MissingDeviceCode
-        | Error::InvalidRecipient
-        | Error::InvalidMessageType
-        | Error::MessageRequired
-        | Error::MessageTooLong(_)
-        | Error::MediaRequired
-        | Error::InvalidPayload(_)
-        | Error::InvalidPhoneNumber
-        | Error::InvalidWebhookUrl(_) => StatusCode::BAD_REQUEST,
-        Error::UnsupportedContentType | Error::UnsupportedMediaType(_) => {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE
+/// A failure as every REST surface answers it, whatever its envelope: the status from its
+/// kind, and the headers that go with it.
+pub fn answer(f: &dyn Failure) -> (StatusCode, HeaderMap) {
+    let kind = f.kind();
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    if let Some(after) = f.retry_after() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(after)));
+    }
+    // A body too large (or too slow) is answered before it was read, so the connection
+    // cannot carry another request: say so, or a keep-alive client reuses it and sees it cut.
+    if matches!(kind, Kind::TooLarge | Kind::Timeout) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    (status, headers)
+}
+
+/// A failure answered in the RK/SAK envelope. Built from the failure itself (logged when it is
+/// ours), or from the status of a gRPC method called in process, whose domain error it
+/// carries.
+#[derive(Debug)]
+pub struct ApiError {
+    kind: Kind,
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn of(f: &dyn Failure) -> Self {
+        ApiError {
+            kind: f.kind(),
+            code: f.code(),
+            message: f.public_message(),
+            retry_after: f.retry_after(),
         }
-        Error::MediaTooLarge(_) | Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::IdempotencyConflict | Error::DeviceCodeTaken => StatusCode::CONFLICT,
-        Error::DeviceNotFound
-        | Error::SessionNotFound
-        | Error::MessageNotFound
-        | Error::WebhookNotFound
-        | Error::DeliveryNotFound
-        | Error::MediaNotFound
-        | Error::EventNotFound
-        | Error::ProjectNotFound
-        | Error::RouteNotFound => StatusCode::NOT_FOUND,
-        Error::MediaExpired => StatusCode::GONE,
-        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::QuotaExceeded => StatusCode::FORBIDDEN,
-        Error::Overloaded | Error::Unavailable(_) | Error::WhatsAppUnavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    fn logged(f: &dyn Failure) -> Self {
+        if f.kind().is_server_side() {
+            tracing::error!(code = f.code(), error = %f, "request failed");
         }
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::of(f)
+    }
+
+    /// The stable code (for tests and logs).
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 }
 
-/// An [`Error`] answered over REST.
-pub struct ApiError(pub Error);
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Failure for ApiError {
+    fn code(&self) -> &'static str {
+        self.code
+    }
+
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn public_message(&self) -> String {
+        self.message.clone()
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        ApiError(e)
+        ApiError::logged(&e)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::logged(&r)
+    }
+}
+
+impl From<Failed> for ApiError {
+    fn from(f: Failed) -> Self {
+        ApiError::logged(&f)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    /// The method already logged a failure of ours when it made the status.
+    fn from(s: tonic::Status) -> Self {
+        match crate::transport::grpc::status::domain_error(&s) {
+            Some(e) => ApiError::of(e),
+            // Every failure a method answers carries its domain error; anything else is a bug.
+            None => ApiError::logged(&Error::Internal(format!("in-process call: {s}"))),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let e = self.0;
-        let status = http_status(&e);
-        if status.is_server_error() {
-            tracing::error!(code = e.code(), error = %e, "request failed");
-        }
+        let (status, headers) = answer(&self);
         let body = ErrorBody {
             success: false,
-            message: e.public_message(),
-            code: e.code().to_owned(),
+            message: self.message,
+            code: self.code.to_owned(),
         };
-        let mut resp = (status, Json(body)).into_response();
-        if let Error::RateLimited { retry_after, .. } | Error::TooManyRequests { retry_after } = &e
-        {
-            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if matches!(e, Error::Overloaded) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-        }
-        // A body too large (or too slow) is answered before it was read, so the connection
-        // cannot carry another request: say so, or a keep-alive client reuses it and sees it
-        // cut.
-        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
+        (status, headers, Json(body)).into_response()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 
-use crate::error::Error;
+use crate::transport::error::Refusal;
 
 pub struct Part {
     pub name: String,
@@ -11,8 +11,8 @@ pub struct Part {
     pub data: Bytes,
 }
 
-pub async fn parse(content_type: &str, body: Bytes) -> Result<Vec<Part>, Error> {
-    let bad = |e: multer::Error| Error::InvalidRequest(format!("malformed multipart body: {e}"));
+pub async fn parse(content_type: &str, body: Bytes) -> Result<Vec<Part>, Refusal> {
+    let bad = |e: multer::Error| Refusal::InvalidParameter(format!("malformed multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut form = multer::Multipart::new(stream, boundary);
@@ -31,8 +31,8 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Vec<Part>, Error> 
 }
 
 impl Part {
-    pub fn text(&self) -> Result<String, Error> {
+    pub fn text(&self) -> Result<String, Refusal> {
         String::from_utf8(self.data.to_vec())
-            .map_err(|_| Error::InvalidRequest(format!("field {} is not UTF-8 text", self.name)))
+            .map_err(|_| Refusal::InvalidParameter(format!("field {} is not UTF-8 text", self.name)))
     }
 }

@@ -1,4 +1,8 @@
-//! The OpenAPI 3 document of the REST surface, generated from the handlers' annotations.
+//! The OpenAPI 3 document of the REST surfaces: what is common to all of them (info, shared
+//! schemas, security schemes, tags) is here; each operation is registered by its surface's
+//! `routes()` together with its handler.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::response::IntoResponse;
@@ -6,8 +10,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::envelope::{ErrorBody, Meta};
-use super::messaging::{MessageList, SendData, SendForm, SendJson, StatusData};
-use super::{messaging, sak, webhooks};
+use super::rk::{MessageList, SendData, SendForm, SendJson, StatusData};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,19 +25,8 @@ use super::{messaging, sak, webhooks};
             `/api/v1/webhooks`): a JWT (`Authorization: Bearer`) or a user API key \
             (`x-api-key`) manages; messaging takes a session API key, or a user API key plus \
             `x-session-id`.\n\n\
-            Errors are {\"success\":false,\"message\",\"code\"} with a stable `code`."
-    ),
-    paths(
-        messaging::send, messaging::status, messaging::list,
-        sak::register, sak::login, sak::create_api_key, sak::list_api_keys,
-        sak::rk_credentials, sak::rotate_rk_credentials,
-        sak::create_session, sak::list_sessions, sak::session_status, sak::session_qr,
-        sak::delete_session, sak::pairing_code, sak::logout_session, sak::restart_session,
-        sak::send_text, sak::send_image, sak::send_document, sak::send_video, sak::send_audio,
-        sak::history,
-        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::remove,
-        webhooks::rotate_secret, webhooks::test, webhooks::deliveries, webhooks::redeliver,
-        webhooks::redeliver_failed, webhooks::media,
+            Errors are {\"success\":false,\"message\",\"code\"} with a stable `code`.\n\n\
+            Every operation is the transcoding of a gRPC method, named by its `x-grpc-method`."
     ),
     components(schemas(SendJson, SendForm, SendData, StatusData, MessageList, ErrorBody, Meta)),
     modifiers(&SecuritySchemes),
@@ -73,6 +65,7 @@ impl Modify for SecuritySchemes {
     }
 }
 
-pub async fn serve() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+/// The document, made once when the router is built.
+pub async fn serve(doc: Arc<utoipa::openapi::OpenApi>) -> impl IntoResponse {
+    Json(doc)
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::envelope::ApiError;
-use crate::error::Error;
+use crate::transport::error::Refusal;
 use crate::transport::limits::{IpNet, client_ip};
 
 /// Distinct clients remembered per window before the table is reset (bounds memory).
@@ -98,6 +98,6 @@ fn request_ip(req: &Request, trusted: &[IpNet]) -> IpAddr {
 pub async fn limit(State(limiter): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
     match limiter.check(request_ip(&req, &limiter.trusted_proxies)) {
         Ok(()) => next.run(req).await,
-        Err(retry_after) => ApiError(Error::TooManyRequests { retry_after }).into_response(),
+        Err(retry_after) => ApiError::from(Refusal::TooManyRequests { retry_after }).into_response(),
     }
 }

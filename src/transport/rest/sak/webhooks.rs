@@ -1,22 +1,49 @@
-//! Webhook management, the delivery log and replay, and inbound media downloads, in the SAK
-//! style (`{success, data}`, camelCase). `POST /webhooks` and `POST /webhooks/test` are the
-//! SAK document's forms; the rest transcode `WebhooksService`.
+//! Webhook management, the delivery log and replay, in the SAK style (`{success, data}`,
+//! camelCase); transcoded onto `wagate.v1.WebhooksService`. `POST /webhooks` and
+//! `POST /webhooks/test` are the SAK document's forms.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::envelope::{ApiResult, ErrorBody, Success, success};
-use super::extract::{Path, Query};
-use super::extract::{json, optional_json};
-use super::sak::{manager, messaging_key, messenger};
+use super::rfc3339_of;
 use crate::domain::Gateway;
-use crate::domain::messaging::rfc3339;
-use crate::domain::webhooks::{DeliveryView, WebhookView};
 use crate::error::Error;
+use crate::proto::v1::webhooks_service_server::WebhooksService;
+use crate::proto::v1::{
+    CreateWebhookRequest, DeleteWebhookRequest, Delivery, GetWebhookRequest,
+    ListDeliveriesRequest, ListWebhooksRequest, RedeliverDeliveryRequest, RedeliverFailedRequest,
+    RotateWebhookSecretRequest, TestWebhookRequest, UpdateWebhookRequest, Webhook,
+};
+use crate::transport::grpc::convert::{non_empty, timestamp};
+use crate::transport::grpc::webhooks::WebhooksApi;
+use crate::transport::rest::auth::{Messenger, NamesSession, SakManager, secured};
+use crate::transport::rest::call;
+use crate::transport::rest::envelope::{ApiResult, ErrorBody, Success, success};
+use crate::transport::rest::extract::{Json, OptionalJson, Path, Query};
+
+/// Management routes (JWT or user key).
+pub fn routes() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(secured::<SakManager, _>(routes!(create, list)))
+        .routes(secured::<SakManager, _>(routes!(get, update, remove)))
+        .routes(secured::<SakManager, _>(routes!(rotate_secret)))
+        .routes(secured::<SakManager, _>(routes!(deliveries)))
+        .routes(secured::<SakManager, _>(routes!(redeliver)))
+        .routes(secured::<SakManager, _>(routes!(redeliver_failed)))
+}
+
+/// The test route, a messaging call (session key), behind the messaging limit.
+pub fn test_routes() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new().routes(secured::<Messenger<OptionalJson<TestEvent>>, _>(routes!(test)))
+}
+
+fn api(gw: &Gateway) -> WebhooksApi {
+    WebhooksApi::new(gw.clone())
+}
 
 /// A webhook registration (its secret only in the answer that created or rotated it).
 #[derive(Serialize, ToSchema)]
@@ -36,19 +63,23 @@ pub struct WebhookData {
     secret: Option<String>,
 }
 
-impl From<WebhookView> for WebhookData {
-    fn from(w: WebhookView) -> Self {
+impl From<Webhook> for WebhookData {
+    fn from(w: Webhook) -> Self {
         WebhookData {
-            webhook_id: w.id,
-            session_id: w.session_id,
+            webhook_id: w.webhook_id,
+            session_id: non_empty(w.session_id),
             url: w.url,
             events: w.events,
             enabled: w.enabled,
-            disabled_reason: w.disabled_reason,
-            created_at: rfc3339(w.created_at),
+            disabled_reason: non_empty(w.disabled_reason),
+            created_at: rfc3339_of(w.created_at),
             secret: None,
         }
     }
+}
+
+fn webhook_data(w: Option<Webhook>) -> WebhookData {
+    w.unwrap_or_default().into()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -74,22 +105,22 @@ pub struct DeliveryData {
     attempts: Vec<AttemptData>,
 }
 
-impl From<DeliveryView> for DeliveryData {
-    fn from(d: DeliveryView) -> Self {
+impl From<Delivery> for DeliveryData {
+    fn from(d: Delivery) -> Self {
         DeliveryData {
-            delivery_id: d.id,
+            delivery_id: d.delivery_id,
             event_id: d.event_id,
             event: d.event_type,
             state: d.state,
-            created_at: rfc3339(d.created_at),
+            created_at: rfc3339_of(d.created_at),
             attempts: d
                 .attempts
                 .into_iter()
                 .map(|a| AttemptData {
-                    status_code: a.status_code,
+                    status_code: (a.status_code != 0).then_some(a.status_code),
                     latency_ms: a.latency_ms,
-                    error: a.error,
-                    at: rfc3339(a.at),
+                    error: non_empty(a.error),
+                    at: rfc3339_of(a.time),
                 })
                 .collect(),
         }
@@ -129,7 +160,8 @@ pub struct NewWebhook {
 
 /// Register a webhook (per session or project-wide); the secret is in this answer only.
 #[utoipa::path(
-    post, path = "/api/v1/webhooks", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    post, path = "/api/v1/webhooks", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/CreateWebhook"))),
     request_body = NewWebhook,
     responses(
         (status = 201, body = inline(Success<WebhookData>)),
@@ -137,15 +169,20 @@ pub struct NewWebhook {
         (status = 401, body = ErrorBody), (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
     )
 )]
-pub async fn create(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let req: NewWebhook = json(&gw, body).await?;
-    let (w, secret) = gw
-        .create_webhook(&caller, req.session_id, &req.url, &req.events)
-        .await?;
+pub async fn create(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Json(req): Json<NewWebhook>,
+) -> ApiResult {
+    let msg = CreateWebhookRequest {
+        session_id: req.session_id.unwrap_or_default(),
+        url: req.url,
+        events: req.events,
+    };
+    let r = call::answer(api(&gw).create_webhook(call::request(Some(p), msg)).await)?;
     let data = WebhookData {
-        secret: Some(secret),
-        ..w.into()
+        secret: Some(r.secret),
+        ..webhook_data(r.webhook)
     };
     Ok(success(StatusCode::CREATED, gw.node_id(), data))
 }
@@ -159,24 +196,28 @@ pub struct ListParams {
 
 /// The project's webhooks.
 #[utoipa::path(
-    get, path = "/api/v1/webhooks", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    get, path = "/api/v1/webhooks", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/ListWebhooks"))),
     params(ListParams),
     responses((status = 200, body = inline(Success<Vec<WebhookData>>)), (status = 401, body = ErrorBody))
 )]
 pub async fn list(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Query(q): Query<ListParams>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let hooks = gw.list_webhooks(&caller, q.session_id).await?;
-    let data: Vec<WebhookData> = hooks.into_iter().map(Into::into).collect();
+    let msg = ListWebhooksRequest {
+        session_id: q.session_id.unwrap_or_default(),
+    };
+    let r = call::answer(api(&gw).list_webhooks(call::request(Some(p), msg)).await)?;
+    let data: Vec<WebhookData> = r.webhooks.into_iter().map(Into::into).collect();
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }
 
 /// One webhook.
 #[utoipa::path(
-    get, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    get, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/GetWebhook"))),
     params(("id" = String, Path, description = "webhook id")),
     responses(
         (status = 200, body = inline(Success<WebhookData>)),
@@ -185,12 +226,12 @@ pub async fn list(
 )]
 pub async fn get(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let w = gw.get_webhook(&caller, &id).await?;
-    Ok(success(StatusCode::OK, gw.node_id(), WebhookData::from(w)))
+    let msg = GetWebhookRequest { webhook_id: id };
+    let r = call::answer(api(&gw).get_webhook(call::request(Some(p), msg)).await)?;
+    Ok(success(StatusCode::OK, gw.node_id(), webhook_data(r.webhook)))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -205,7 +246,8 @@ pub struct WebhookChanges {
 
 /// Change a webhook; the next delivery uses the change (no session restart).
 #[utoipa::path(
-    patch, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    patch, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/UpdateWebhook"))),
     params(("id" = String, Path, description = "webhook id")),
     request_body(content = Option<WebhookChanges>, description = "only the fields to change"),
     responses(
@@ -215,22 +257,28 @@ pub struct WebhookChanges {
 )]
 pub async fn update(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path(id): Path<String>,
-    body: Body,
+    OptionalJson(ch): OptionalJson<WebhookChanges>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let ch: WebhookChanges = optional_json(&gw, body).await?;
-    let w = gw
-        .update_webhook(
-            &caller,
-            &id,
-            ch.url.as_deref(),
-            ch.events.as_deref(),
-            ch.enabled,
-        )
-        .await?;
-    Ok(success(StatusCode::OK, gw.node_id(), WebhookData::from(w)))
+    // Only the fields the body has change: the mask says which.
+    let paths = [
+        ("url", ch.url.is_some()),
+        ("events", ch.events.is_some()),
+        ("enabled", ch.enabled.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then(|| name.to_owned()))
+    .collect();
+    let msg = UpdateWebhookRequest {
+        webhook_id: id,
+        url: ch.url.unwrap_or_default(),
+        events: ch.events.unwrap_or_default(),
+        enabled: ch.enabled,
+        update_mask: Some(prost_types::FieldMask { paths }),
+    };
+    let r = call::answer(api(&gw).update_webhook(call::request(Some(p), msg)).await)?;
+    Ok(success(StatusCode::OK, gw.node_id(), webhook_data(r.webhook)))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -242,7 +290,8 @@ pub struct WebhookDeleted {
 
 /// Delete a webhook and its pending deliveries.
 #[utoipa::path(
-    delete, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/DeleteWebhook"))),
     params(("id" = String, Path, description = "webhook id")),
     responses(
         (status = 200, body = inline(Success<WebhookDeleted>)),
@@ -251,11 +300,13 @@ pub struct WebhookDeleted {
 )]
 pub async fn remove(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    gw.delete_webhook(&caller, &id).await?;
+    let msg = DeleteWebhookRequest {
+        webhook_id: id.clone(),
+    };
+    call::answer(api(&gw).delete_webhook(call::request(Some(p), msg)).await)?;
     let data = WebhookDeleted {
         webhook_id: id,
         deleted: true,
@@ -282,7 +333,8 @@ pub struct SecretRotated {
 
 /// New signing secret; the old one stays valid for the overlap.
 #[utoipa::path(
-    post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/RotateWebhookSecret"))),
     params(("id" = String, Path, description = "webhook id")),
     request_body(content = Option<Rotation>, description = "optional; an empty body takes the defaults"),
     responses(
@@ -292,18 +344,23 @@ pub struct SecretRotated {
 )]
 pub async fn rotate_secret(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path(id): Path<String>,
-    body: Body,
+    OptionalJson(r): OptionalJson<Rotation>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let r: Rotation = optional_json(&gw, body).await?;
-    let overlap = r.overlap_seconds.map(std::time::Duration::from_secs);
-    let (secret, expires) = gw.rotate_webhook_secret(&caller, &id, overlap).await?;
+    let msg = RotateWebhookSecretRequest {
+        webhook_id: id.clone(),
+        overlap_seconds: r.overlap_seconds.map(|s| s.min(i64::MAX as u64) as i64),
+    };
+    let r = call::answer(
+        api(&gw)
+            .rotate_webhook_secret(call::request(Some(p), msg))
+            .await,
+    )?;
     let data = SecretRotated {
         webhook_id: id,
-        secret,
-        previous_secret_expires_at: expires.map(rfc3339),
+        secret: r.secret,
+        previous_secret_expires_at: r.previous_secret_expires_at.map(|t| rfc3339_of(Some(t))),
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }
@@ -318,6 +375,12 @@ pub struct TestEvent {
     session_id: Option<String>,
 }
 
+impl NamesSession for TestEvent {
+    fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestQueued {
@@ -328,7 +391,8 @@ pub struct TestQueued {
 
 /// Send a test event to the session's webhooks (SAK: session API key).
 #[utoipa::path(
-    post, path = "/api/v1/webhooks/test", tag = "webhooks", security(("apiKey" = [])),
+    post, path = "/api/v1/webhooks/test", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/TestWebhook"))),
     params(("x-session-id" = Option<String>, Header, description = "with a user API key: the session")),
     request_body(content = Option<TestEvent>, description = "optional; an empty body takes the defaults"),
     responses(
@@ -336,24 +400,25 @@ pub struct TestQueued {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     )
 )]
-pub async fn test(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> ApiResult {
-    let key = messaging_key(&gw, &headers).await?;
-    let req: Result<TestEvent, Error> = optional_json(&gw, body).await;
-    let hint = req.as_ref().ok().and_then(|r| r.session_id.clone());
-    let (caller, session) = messenger(&gw, &headers, key, hint.as_deref()).await?;
-    let req = req?;
-    let delivery_ids = gw
-        .test_webhook(
-            &caller,
-            &session.id,
-            req.event.as_deref(),
-            req.message.as_deref(),
-        )
-        .await?;
+pub async fn test(
+    State(gw): State<Gateway>,
+    m: Messenger<OptionalJson<TestEvent>>,
+) -> ApiResult {
+    let OptionalJson(req) = m.body;
+    let msg = TestWebhookRequest {
+        event: req.event.unwrap_or_default(),
+        message: req.message.unwrap_or_default(),
+        session_id: String::new(),
+    };
+    let r = call::answer(
+        api(&gw)
+            .test_webhook(call::request(Some(m.principal), msg))
+            .await,
+    )?;
     let data = TestQueued {
-        session_id: session.id,
-        queued: delivery_ids.len(),
-        delivery_ids,
+        session_id: r.session_id,
+        queued: r.delivery_ids.len(),
+        delivery_ids: r.delivery_ids,
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }
@@ -376,7 +441,8 @@ pub struct DeliveryPage {
 
 /// The webhook's deliveries, newest first, each with its attempts.
 #[utoipa::path(
-    get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
+    get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/ListDeliveries"))),
     params(("id" = String, Path, description = "webhook id"), Page),
     responses(
         (status = 200, body = inline(Success<DeliveryPage>)),
@@ -385,22 +451,22 @@ pub struct DeliveryPage {
 )]
 pub async fn deliveries(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path(id): Path<String>,
-    Query(p): Query<Page>,
+    Query(q): Query<Page>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let (list, next) = gw
-        .list_deliveries(
-            &caller,
-            &id,
-            p.page_size.unwrap_or(0),
-            p.page_token.as_deref(),
-        )
-        .await?;
+    let msg = ListDeliveriesRequest {
+        webhook_id: id,
+        page_size: q
+            .page_size
+            .unwrap_or(0)
+            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let r = call::answer(api(&gw).list_deliveries(call::request(Some(p), msg)).await)?;
     let data = DeliveryPage {
-        deliveries: list.into_iter().map(Into::into).collect(),
-        next_page_token: next,
+        deliveries: r.deliveries.into_iter().map(Into::into).collect(),
+        next_page_token: non_empty(r.next_page_token),
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }
@@ -408,7 +474,7 @@ pub async fn deliveries(
 /// Deliver one delivery again (same `webhook-id`).
 #[utoipa::path(
     post, path = "/api/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver", tag = "webhooks",
-    security(("bearer" = []), ("apiKey" = [])),
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/RedeliverDelivery"))),
     params(("id" = String, Path, description = "webhook id"), ("deliveryId" = String, Path)),
     responses(
         (status = 200, body = inline(Success<DeliveryData>)),
@@ -417,11 +483,19 @@ pub async fn deliveries(
 )]
 pub async fn redeliver(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let d = gw.redeliver(&caller, &id, &delivery_id).await?;
+    let msg = RedeliverDeliveryRequest {
+        webhook_id: id,
+        delivery_id,
+    };
+    let r = call::answer(
+        api(&gw)
+            .redeliver_delivery(call::request(Some(p), msg))
+            .await,
+    )?;
+    let d = r.delivery.unwrap_or_default();
     Ok(success(StatusCode::OK, gw.node_id(), DeliveryData::from(d)))
 }
 
@@ -441,7 +515,7 @@ pub struct Requeued {
 /// Requeue every failed or dead delivery since a time, in their original order.
 #[utoipa::path(
     post, path = "/api/v1/webhooks/{id}/redeliver-failed", tag = "webhooks",
-    security(("bearer" = []), ("apiKey" = [])),
+    extensions(("x-grpc-method" = json!("wagate.v1.WebhooksService/RedeliverFailed"))),
     params(("id" = String, Path, description = "webhook id")),
     request_body(content = Option<Since>, description = "optional; an empty body takes the defaults"),
     responses(
@@ -451,89 +525,26 @@ pub struct Requeued {
 )]
 pub async fn redeliver_failed(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
+    SakManager(p): SakManager,
     Path(id): Path<String>,
-    body: Body,
+    OptionalJson(s): OptionalJson<Since>,
 ) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let s: Since = optional_json(&gw, body).await?;
     let since = match s.since.filter(|s| !s.is_empty()) {
-        None => 0,
-        Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
-            .map_err(|_| Error::InvalidRequest("since must be an RFC 3339 time".into()))?
-            .timestamp_millis(),
+        None => None,
+        Some(t) => Some(timestamp(
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .map_err(|_| Error::InvalidRequest("since must be an RFC 3339 time".into()))?
+                .timestamp_millis(),
+        )),
     };
-    let requeued = gw.redeliver_failed(&caller, &id, since).await?;
+    let msg = RedeliverFailedRequest {
+        webhook_id: id.clone(),
+        since,
+    };
+    let r = call::answer(api(&gw).redeliver_failed(call::request(Some(p), msg)).await)?;
     let data = Requeued {
         webhook_id: id,
-        requeued,
+        requeued: r.count as usize,
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
-}
-
-/// Inbound media, as referenced by `message.received` (`media.url`).
-#[utoipa::path(
-    get, path = "/api/v1/media/{id}", tag = "webhooks", security(("bearer" = []), ("apiKey" = [])),
-    params(("id" = String, Path, description = "media id from the event")),
-    responses(
-        (status = 200, description = "the file, with its content type", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 401, body = ErrorBody), (status = 404, description = "MEDIA_NOT_FOUND", body = ErrorBody),
-        (status = 410, description = "MEDIA_EXPIRED: past WAGATE_MEDIA_RETENTION_HOURS", body = ErrorBody),
-    )
-)]
-pub async fn media(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let caller = manager(&gw, &headers).await?;
-    let blob = gw.media(&caller, &id).await?;
-    let mut resp = (
-        [
-            (header::CONTENT_TYPE, blob.mime_type.clone()),
-            (header::CACHE_CONTROL, "private, max-age=3600".to_owned()),
-            // The type is the one judged from the bytes at upload; a browser must not guess.
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-        ],
-        blob.data,
-    )
-        .into_response();
-    if let Some(v) = blob
-        .filename
-        .as_deref()
-        .and_then(|n| content_disposition(n).parse().ok())
-    {
-        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
-}
-
-/// `attachment` with the sender's file name (RFC 6266): an ASCII fallback in which anything
-/// that could end the parameter or start another is replaced, and the exact name
-/// percent-encoded in `filename*`.
-fn content_disposition(name: &str) -> String {
-    let fallback: String = name
-        .chars()
-        .map(|c| match c {
-            ' ' | '-' | '.' | '_' | '(' | ')' | '+' | ',' | '@' | '=' => c,
-            c if c.is_ascii_alphanumeric() => c,
-            _ => '_',
-        })
-        .collect();
-    let exact = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
-    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn file_names_cannot_inject_parameters() {
-        let v = super::content_disposition("a\"; filename=evil.exe; x=\\.pdf");
-        assert_eq!(
-            v,
-            "attachment; filename=\"a__ filename=evil.exe_ x=_.pdf\"; \
-             filename*=UTF-8''a%22%3B%20filename%3Devil%2Eexe%3B%20x%3D%5C%2Epdf"
-        );
-        assert!(super::content_disposition("ünï.pdf").ends_with("UTF-8''%C3%BCn%C3%AF%2Epdf"));
-    }
 }

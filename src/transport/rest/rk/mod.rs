@@ -1,18 +1,46 @@
-//! `POST /api/v1/send`, `GET /api/v1/status/{id}`, `GET /api/v1/messages` (RK Connect).
+//! The RK Connect surface: `POST /api/v1/send`, `GET /api/v1/status/{id}`,
+//! `GET /api/v1/messages`, every request signed ([`Signed`]), transcoded onto
+//! `wagate.v1.MessagingService`.
 
-use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::auth::{header_str, header_text, signed};
-use super::envelope::{ApiResult, ErrorBody, success};
+use super::auth::{Signed, header_str, header_text, secured};
+use super::call;
+use super::envelope::{ApiResult, ErrorBody, Success, success};
 use super::extract::{Path, Query};
 use crate::domain::Gateway;
-use crate::domain::messaging::{ListQuery, MediaUpload, MessageView, SendCommand, rfc3339};
+use crate::domain::messaging::{MAX_PAYLOAD_BYTES, rfc3339};
 use crate::error::Error;
+use crate::proto::v1::messaging_service_server::MessagingService;
+use crate::proto::v1::{
+    GetMessageStatusRequest, ListMessagesRequest, Media, Message, SendMessageRequest,
+};
+use crate::transport::error::Refusal;
+use crate::transport::grpc::convert::{
+    json_to_struct, kind_from_name, kind_name, millis, non_empty, status_from_name, status_name,
+    struct_to_json,
+};
+use crate::transport::grpc::messaging::MessagingApi;
+
+/// A GET is signed over its (normally empty) body; it has no use for a large one.
+const MAX_GET_BODY_BYTES: usize = 64 * 1024;
+
+type SignedSend = Signed<{ super::MAX_BODY_BYTES }>;
+type SignedGet = Signed<MAX_GET_BODY_BYTES>;
+
+/// The RK Connect routes with their OpenAPI operations.
+pub fn routes() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(secured::<SignedSend, _>(routes!(send)))
+        .routes(secured::<SignedGet, _>(routes!(status)))
+        .routes(secured::<SignedGet, _>(routes!(list)))
+}
 
 /// JSON form of a send request (type `text`).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -33,7 +61,7 @@ pub struct SendJson {
 
 /// multipart/form-data form of a send request (media types).
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+#[allow(dead_code)] // documents the form; the handler reads its parts one by one
 pub struct SendForm {
     recipient: String,
     #[schema(rename = "type")]
@@ -78,22 +106,23 @@ pub struct StatusData {
     pub payload: Option<Value>,
 }
 
-impl From<MessageView> for StatusData {
-    fn from(m: MessageView) -> Self {
+impl From<Message> for StatusData {
+    fn from(m: Message) -> Self {
+        let time = |t: Option<prost_types::Timestamp>| t.as_ref().map(|t| rfc3339(millis(t)));
         StatusData {
             id: m.id,
-            status: m.status,
+            status: status_name(m.status).unwrap_or_default().to_owned(),
             recipient: m.recipient,
             device_code: m.device_code,
-            kind: m.kind,
-            created_at: rfc3339(m.created_at),
-            sent_at: m.sent_at.map(rfc3339),
-            delivered_at: m.delivered_at.map(rfc3339),
-            read_at: m.read_at.map(rfc3339),
-            failed_at: m.failed_at.map(rfc3339),
-            error_code: m.error_code,
-            error_message: m.error_message,
-            payload: m.payload,
+            kind: kind_name(m.r#type).to_owned(),
+            created_at: time(m.created_at).unwrap_or_default(),
+            sent_at: time(m.sent_at),
+            delivered_at: time(m.delivered_at),
+            read_at: time(m.read_at),
+            failed_at: time(m.failed_at),
+            error_code: non_empty(m.error_code),
+            error_message: non_empty(m.error_message),
+            payload: m.payload.map(struct_to_json),
         }
     }
 }
@@ -113,9 +142,6 @@ pub struct ListParams {
     pub status: Option<String>,
 }
 
-/// A GET is signed over its (normally empty) body; it has no use for a large one.
-const MAX_GET_BODY_BYTES: usize = 64 * 1024;
-
 fn recipient_text(v: Option<Value>) -> Result<String, Error> {
     match v {
         None | Some(Value::Null) => Ok(String::new()),
@@ -125,7 +151,19 @@ fn recipient_text(v: Option<Value>) -> Result<String, Error> {
     }
 }
 
-async fn decode_send(headers: &HeaderMap, body: Bytes) -> Result<SendCommand, Error> {
+/// Your metadata as the proto `Struct` it travels in: an object, or nothing.
+fn payload_struct(v: Option<Value>) -> Result<Option<prost_types::Struct>, Error> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(json_to_struct(m))),
+        Some(_) => Err(Error::InvalidPayload(MAX_PAYLOAD_BYTES)),
+    }
+}
+
+async fn decode_send(
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<SendMessageRequest, super::envelope::ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
     let mime = content_type
         .split(';')
@@ -135,46 +173,49 @@ async fn decode_send(headers: &HeaderMap, body: Bytes) -> Result<SendCommand, Er
         .to_ascii_lowercase();
     if mime == "application/json" || mime.ends_with("+json") {
         let j: SendJson = super::extract::json_object(&body)?;
-        return Ok(SendCommand {
+        return Ok(SendMessageRequest {
             recipient: recipient_text(j.recipient)?,
-            kind: j.kind,
-            text: j.message,
-            payload: j.payload,
+            r#type: kind_from_name(j.kind.as_deref()),
+            message: j.message.unwrap_or_default(),
+            payload: payload_struct(j.payload)?,
             ..Default::default()
         });
     }
     if mime == "multipart/form-data" {
         return decode_multipart(content_type, body).await;
     }
-    Err(Error::UnsupportedContentType)
+    Err(Refusal::UnsupportedContentType.into())
 }
 
-async fn decode_multipart(content_type: &str, body: Bytes) -> Result<SendCommand, Error> {
-    let mut cmd = SendCommand::default();
+async fn decode_multipart(
+    content_type: &str,
+    body: axum::body::Bytes,
+) -> Result<SendMessageRequest, super::envelope::ApiError> {
+    let mut m = SendMessageRequest::default();
     for part in super::form::parse(content_type, body).await? {
         match part.name.as_str() {
             "media" => {
-                cmd.media = Some(MediaUpload {
+                m.media = Some(Media {
                     data: part.data.to_vec(),
-                    filename: part.filename,
+                    filename: part.filename.unwrap_or_default(),
+                    mime_type: String::new(),
                 })
             }
-            "recipient" => cmd.recipient = part.text()?,
-            "type" => cmd.kind = Some(part.text()?),
-            "message" => cmd.text = Some(part.text()?),
+            "recipient" => m.recipient = part.text()?,
+            "type" => m.r#type = kind_from_name(Some(&part.text()?)),
+            "message" => m.message = part.text()?,
             "payload" => {
                 let text = part.text()?;
                 if !text.trim().is_empty() {
-                    let v: Value = serde_json::from_str(&text).map_err(|_| {
-                        Error::InvalidPayload(crate::domain::messaging::MAX_PAYLOAD_BYTES)
-                    })?;
-                    cmd.payload = Some(v);
+                    let v: Value = serde_json::from_str(&text)
+                        .map_err(|_| Error::InvalidPayload(MAX_PAYLOAD_BYTES))?;
+                    m.payload = payload_struct(Some(v))?;
                 }
             }
             _ => {} // unknown fields are ignored, as JSON's are
         }
     }
-    Ok(cmd)
+    Ok(m)
 }
 
 /// Send a message. It is durably queued before the 201 is answered.
@@ -182,47 +223,43 @@ async fn decode_multipart(content_type: &str, body: Bytes) -> Result<SendCommand
     post,
     path = "/api/v1/send",
     tag = "messages",
+    extensions(("x-grpc-method" = json!("wagate.v1.MessagingService/SendMessage"))),
     request_body(content(
         (SendJson = "application/json"),
         (SendForm = "multipart/form-data"),
     )),
     params(
-        ("X-API-KEY" = String, Header, description = "project API key"),
-        ("X-TIMESTAMP" = String, Header, description = "Unix seconds"),
-        ("X-SIGNATURE" = String, Header, description = "hex HMAC-SHA256(api_secret, api_key + timestamp + raw_body)"),
         ("X-DEVICE-CODE" = String, Header, description = "device that sends, e.g. RK-XXXX"),
         ("X-REQUEST-ID" = Option<String>, Header, description = "idempotency key (24 h)"),
     ),
     responses(
-        (status = 201, description = "queued", body = inline(super::envelope::Success<SendData>)),
+        (status = 201, description = "queued", body = inline(Success<SendData>)),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     )
 )]
-pub async fn send(
-    State(gw): State<Gateway>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let (caller, body) = signed(&gw, &method, &uri, &headers, body, super::MAX_BODY_BYTES).await?;
-    let mut cmd = decode_send(&headers, body).await?;
-    cmd.device_code = header_text(&headers, "x-device-code")?.map(str::to_owned);
-    cmd.request_id = header_text(&headers, "x-request-id")?.map(str::to_owned);
-    let r = gw.send(&caller, cmd).await?;
-    let replayed = r.replayed;
+pub async fn send(State(gw): State<Gateway>, headers: HeaderMap, signed: SignedSend) -> ApiResult {
+    let mut msg = decode_send(&headers, signed.body).await?;
+    msg.device_code = header_text(&headers, "x-device-code")?
+        .unwrap_or_default()
+        .to_owned();
+    let req = call::request_with(
+        signed.principal,
+        msg,
+        &[("x-request-id", header_text(&headers, "x-request-id")?)],
+    )?;
+    let r = call::answer(MessagingApi::new(gw.clone()).send_message(req).await)?;
     let mut resp = success(
         StatusCode::CREATED,
         gw.node_id(),
         SendData {
             id: r.id,
-            status: r.status,
-            device: r.device_code,
+            status: status_name(r.status).unwrap_or_default().to_owned(),
+            device: r.device,
         },
     );
-    if replayed {
+    if r.replayed {
         // Same answer as the first time; the header tells a curious client it was a replay.
         resp.headers_mut().insert(
             "idempotent-replayed",
@@ -237,22 +274,21 @@ pub async fn send(
     get,
     path = "/api/v1/status/{id}",
     tag = "messages",
+    extensions(("x-grpc-method" = json!("wagate.v1.MessagingService/GetMessageStatus"))),
     params(("id" = String, Path, description = "message id from /send")),
     responses(
-        (status = 200, body = inline(super::envelope::Success<StatusData>)),
+        (status = 200, body = inline(Success<StatusData>)),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
     )
 )]
 pub async fn status(
     State(gw): State<Gateway>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Body,
+    signed: SignedGet,
 ) -> ApiResult {
-    let (caller, _) = signed(&gw, &method, &uri, &headers, body, MAX_GET_BODY_BYTES).await?;
-    let m = gw.message_status(&caller, &id).await?;
+    let req = call::request(Some(signed.principal), GetMessageStatusRequest { id });
+    let r = call::answer(MessagingApi::new(gw.clone()).get_message_status(req).await)?;
+    let m = r.message.unwrap_or_default();
     Ok(success(StatusCode::OK, gw.node_id(), StatusData::from(m)))
 }
 
@@ -261,32 +297,26 @@ pub async fn status(
     get,
     path = "/api/v1/messages",
     tag = "messages",
+    extensions(("x-grpc-method" = json!("wagate.v1.MessagingService/ListMessages"))),
     params(ListParams),
-    responses((status = 200, body = inline(super::envelope::Success<MessageList>)), (status = 401, body = ErrorBody))
+    responses((status = 200, body = inline(Success<MessageList>)), (status = 401, body = ErrorBody))
 )]
 pub async fn list(
     State(gw): State<Gateway>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     Query(p): Query<ListParams>,
-    body: Body,
+    signed: SignedGet,
 ) -> ApiResult {
-    let (caller, _) = signed(&gw, &method, &uri, &headers, body, MAX_GET_BODY_BYTES).await?;
-    let page = gw
-        .list_messages(
-            &caller,
-            ListQuery {
-                page_size: p.page_size,
-                page_token: p.page_token,
-                device_code: p.device_code,
-                status: p.status,
-            },
-        )
-        .await?;
+    let msg = ListMessagesRequest {
+        page_size: p.page_size.map(|n| n.clamp(-1, i64::from(i32::MAX)) as i32),
+        page_token: p.page_token.unwrap_or_default(),
+        device_code: p.device_code.unwrap_or_default(),
+        status: status_from_name(p.status.as_deref()),
+    };
+    let req = call::request(Some(signed.principal), msg);
+    let page = call::answer(MessagingApi::new(gw.clone()).list_messages(req).await)?;
     let data = MessageList {
         messages: page.messages.into_iter().map(Into::into).collect(),
-        next_page_token: page.next_page_token,
+        next_page_token: non_empty(page.next_page_token),
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }
