@@ -229,7 +229,7 @@ async fn link(
             "CreateSession",
             CreateSessionRequest {
                 name: format!("bench-{i}"),
-                device_code: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -246,6 +246,7 @@ async fn link(
                 "GetQrCode",
                 GetQrCodeRequest {
                     session_id: id.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -269,6 +270,7 @@ async fn link(
                 "GetSession",
                 GetSessionRequest {
                     session_id: id.clone(),
+                    ..Default::default()
                 },
             ))
             .await

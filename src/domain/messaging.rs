@@ -4,8 +4,8 @@ use serde_json::Value;
 
 use super::Gateway;
 use super::auth::Caller;
-use super::principal::Principal;
 use super::media::{self, MessageKind};
+use super::principal::Principal;
 use super::text::{no_nul, no_nul_json, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
@@ -386,6 +386,29 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Sends as `principal`: a signed (RK) call addresses its device by code and gives RK's
+    /// strict digits; a SAK credential sends through its acting session (its own, or the one
+    /// `session_id` names) and its numbers follow the SAK rules ([`normalize_phone`]).
+    pub async fn send_as(
+        &self,
+        principal: &Principal,
+        session_id: Option<&str>,
+        mut cmd: SendCommand,
+    ) -> Result<SendReceipt> {
+        if principal.uses_sak_numbers() {
+            let session = principal.acting_session(self, session_id).await?;
+            cmd.recipient = normalize_phone(&cmd.recipient, &self.settings().default_country_code)?;
+            cmd.device_code = Some(session.code.clone());
+        } else if cmd.device_code.is_none()
+            && let Some(id) = session_id.filter(|s| !s.is_empty())
+        {
+            cmd.device_code = Some(self.own_session(principal.caller(), id).await?.code);
+        }
+        self.send(principal.caller(), cmd).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,28 +442,5 @@ mod tests {
         );
         assert!(normalize_phone("1234567", "91").is_err());
         assert!(normalize_phone("1234567890123456", "91").is_err());
-    }
-}
-
-impl Gateway {
-    /// Sends as `principal`: a signed (RK) call addresses its device by code and gives RK's
-    /// strict digits; a SAK credential sends through its acting session (its own, or the one
-    /// `session_id` names) and its numbers follow the SAK rules ([`normalize_phone`]).
-    pub async fn send_as(
-        &self,
-        principal: &Principal,
-        session_id: Option<&str>,
-        mut cmd: SendCommand,
-    ) -> Result<SendReceipt> {
-        if principal.uses_sak_numbers() {
-            let session = principal.acting_session(self, session_id).await?;
-            cmd.recipient = normalize_phone(&cmd.recipient, &self.settings().default_country_code)?;
-            cmd.device_code = Some(session.code.clone());
-        } else if cmd.device_code.is_none()
-            && let Some(id) = session_id.filter(|s| !s.is_empty())
-        {
-            cmd.device_code = Some(self.own_session(principal.caller(), id).await?.code);
-        }
-        self.send(principal.caller(), cmd).await
     }
 }

@@ -147,7 +147,9 @@ impl Gateway {
             validate_url(url, self.settings().webhooks.allow_private)?;
             parse_filter(events)?;
         }
-        let (session, key) = self.create_session_with_key(caller, name, device_code).await?;
+        let (session, key) = self
+            .create_session_with_key(caller, name, device_code)
+            .await?;
         let hook = match webhook {
             None => None,
             Some((url, events)) => Some(

@@ -271,7 +271,7 @@ async fn grpc_web_watch_session(db: TestDb) {
             &create,
             CreateSessionRequest {
                 name: "web".into(),
-                device_code: String::new(),
+                ..Default::default()
             },
         ))
         .await

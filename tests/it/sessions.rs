@@ -82,7 +82,7 @@ pub(crate) async fn linked(
         &format!("{SVC}CreateSession"),
         CreateSessionRequest {
             name: name.into(),
-            device_code: String::new(),
+            ..Default::default()
         },
     );
     let s = c
@@ -99,7 +99,10 @@ pub(crate) async fn linked(
             let req = grpc_signed(
                 p,
                 &format!("{SVC}GetQrCode"),
-                GetQrCodeRequest { session_id: id },
+                GetQrCodeRequest {
+                    session_id: id,
+                    ..Default::default()
+                },
             );
             let q = c.get_qr_code(req).await.expect("qr").into_inner();
             (!q.qr_code.is_empty()).then_some(q)

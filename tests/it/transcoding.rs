@@ -168,7 +168,9 @@ async fn accounts_and_session_keys_work_over_grpc() {
         s
     })
     .await;
-    let mut accounts = AccountsServiceClient::connect(t.base.clone()).await.unwrap();
+    let mut accounts = AccountsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
     let reg = accounts
         .register(RegisterRequest {
             email: "grpc@example.com".into(),
@@ -187,11 +189,17 @@ async fn accounts_and_session_keys_work_over_grpc() {
         .await
         .expect_err("a wrong password");
     assert_eq!(login.code(), tonic::Code::Unauthenticated);
-    assert_eq!(login.metadata().get("x-error-code").unwrap(), "INVALID_CREDENTIALS");
+    assert_eq!(
+        login.metadata().get("x-error-code").unwrap(),
+        "INVALID_CREDENTIALS"
+    );
 
     // The JWT from gRPC works over REST, and a user key made over gRPC too.
     let key = accounts
-        .create_api_key(bearer(&reg.token, CreateApiKeyRequest { name: "ci".into() }))
+        .create_api_key(bearer(
+            &reg.token,
+            CreateApiKeyRequest { name: "ci".into() },
+        ))
         .await
         .expect("create a user key with the JWT")
         .into_inner();
@@ -215,7 +223,9 @@ async fn accounts_and_session_keys_work_over_grpc() {
 
     // A session made with the user key over gRPC carries its own key, which sends over gRPC
     // with the SAK number rules and reads its history.
-    let mut sessions = SessionsServiceClient::connect(t.base.clone()).await.unwrap();
+    let mut sessions = SessionsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
     let created = sessions
         .create_session(keyed(&key.key, CreateSessionRequest::default()))
         .await
@@ -223,12 +233,14 @@ async fn accounts_and_session_keys_work_over_grpc() {
         .into_inner();
     assert!(created.api_key.starts_with("sess_"), "{}", created.api_key);
     let session = created.session.unwrap();
-    let mut messaging = MessagingServiceClient::connect(t.base.clone()).await.unwrap();
+    let mut messaging = MessagingServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
     let sent = messaging
         .send_message(keyed(
             &created.api_key,
             SendMessageRequest {
-                recipient: "0812-3456-7890".into(),
+                recipient: "(812) 345-6789".into(),
                 r#type: MessageType::Text as i32,
                 message: "over grpc with a session key".into(),
                 ..Default::default()
@@ -239,7 +251,7 @@ async fn accounts_and_session_keys_work_over_grpc() {
         .into_inner();
     assert_eq!(sent.status, MessageStatus::Queued as i32);
     assert_eq!(sent.session_id, session.session_id);
-    assert_eq!(sent.recipient, "6281234567890");
+    assert_eq!(sent.recipient, "628123456789");
     let history = messaging
         .list_history(keyed(&created.api_key, ListHistoryRequest::default()))
         .await
@@ -259,7 +271,7 @@ async fn accounts_and_session_keys_work_over_grpc() {
     .await;
     assert_eq!(code, 200);
     assert_eq!(rest["data"]["messages"][0]["id"], sent.id.as_str());
-    assert_eq!(rest["data"]["messages"][0]["to"], "6281234567890");
+    assert_eq!(rest["data"]["messages"][0]["to"], "628123456789");
 
     // A session key acts only for its session: managing is refused over gRPC as over REST.
     let denied = sessions

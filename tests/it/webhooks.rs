@@ -680,6 +680,7 @@ async fn gone_disables_then_replay_delivers(db: TestDb) {
             url: String::new(),
             events: vec![],
             enabled: Some(true),
+            update_mask: None,
         },
     ))
     .await

@@ -73,11 +73,7 @@ fn history_item(h: HistoryView) -> HistoryItem {
         to: h.to.unwrap_or_default(),
         r#type: h.kind,
         text: h.text.unwrap_or_default(),
-        status: h
-            .status
-            .as_deref()
-            .map(status_to_proto)
-            .unwrap_or_default() as i32,
+        status: h.status.as_deref().map(status_to_proto).unwrap_or_default() as i32,
         push_name: h.push_name.unwrap_or_default(),
         time: Some(timestamp(h.at)),
     }
@@ -169,12 +165,7 @@ impl MessagingService for MessagingApi {
         let (limit, offset) = (m.limit.unwrap_or(50), m.offset.unwrap_or(0));
         let items = self
             .gw
-            .session_history(
-                p.caller(),
-                &session.id,
-                i64::from(limit),
-                i64::from(offset),
-            )
+            .session_history(p.caller(), &session.id, i64::from(limit), i64::from(offset))
             .await?;
         Ok(Response::new(ListHistoryResponse {
             messages: items.into_iter().map(history_item).collect(),
@@ -190,10 +181,7 @@ impl MessagingService for MessagingApi {
         req: Request<DownloadMediaRequest>,
     ) -> Result<Response<MediaStream>, Status> {
         let p = principal(&req)?;
-        let blob = self
-            .gw
-            .media(p.manager()?, &req.get_ref().media_id)
-            .await?;
+        let blob = self.gw.media(p.manager()?, &req.get_ref().media_id).await?;
         let size = blob.data.len() as i64;
         let mut first = Some(DownloadMediaResponse {
             mime_type: blob.mime_type,

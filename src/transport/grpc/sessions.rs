@@ -61,7 +61,10 @@ impl SessionsService for SessionsApi {
     ) -> Result<Response<CreateSessionResponse>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let hook = m.webhook.as_ref().map(|w| (w.url.as_str(), w.events.as_slice()));
+        let hook = m
+            .webhook
+            .as_ref()
+            .map(|w| (w.url.as_str(), w.events.as_slice()));
         let (s, api_key, hook) = self
             .gw
             .create_session_with_webhook(

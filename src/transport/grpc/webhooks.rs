@@ -148,9 +148,7 @@ impl WebhooksService for WebhooksApi {
     ) -> Result<Response<DeleteWebhookResponse>, Status> {
         let p = principal(&req)?;
         let c = p.manager()?;
-        self.gw
-            .delete_webhook(c, &req.get_ref().webhook_id)
-            .await?;
+        self.gw.delete_webhook(c, &req.get_ref().webhook_id).await?;
         Ok(Response::new(DeleteWebhookResponse {}))
     }
 

@@ -124,7 +124,11 @@ impl<const LIMIT: usize> FromRequest<Gateway> for Signed<LIMIT> {
                     date: header_str(headers, header::DATE.as_str()),
                     digest: header_str(headers, "digest"),
                     method: parts.method.as_str(),
-                    path_and_query: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                    path_and_query: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/"),
                 })
                 .await?
             }

@@ -72,7 +72,9 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
 /// of its fields in order, which no client means.
 pub fn json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     if body.trim_ascii_start().first() == Some(&b'[') {
-        return Err(Refusal::InvalidJson("the body must be a JSON object".into()));
+        return Err(Refusal::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
     }
     serde_json::from_slice(body).map_err(|e| Refusal::InvalidJson(e.to_string()))
 }

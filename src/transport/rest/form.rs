@@ -12,7 +12,8 @@ pub struct Part {
 }
 
 pub async fn parse(content_type: &str, body: Bytes) -> Result<Vec<Part>, Refusal> {
-    let bad = |e: multer::Error| Refusal::InvalidParameter(format!("malformed multipart body: {e}"));
+    let bad =
+        |e: multer::Error| Refusal::InvalidParameter(format!("malformed multipart body: {e}"));
     let boundary = multer::parse_boundary(content_type).map_err(bad)?;
     let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
     let mut form = multer::Multipart::new(stream, boundary);
@@ -32,7 +33,8 @@ pub async fn parse(content_type: &str, body: Bytes) -> Result<Vec<Part>, Refusal
 
 impl Part {
     pub fn text(&self) -> Result<String, Refusal> {
-        String::from_utf8(self.data.to_vec())
-            .map_err(|_| Refusal::InvalidParameter(format!("field {} is not UTF-8 text", self.name)))
+        String::from_utf8(self.data.to_vec()).map_err(|_| {
+            Refusal::InvalidParameter(format!("field {} is not UTF-8 text", self.name))
+        })
     }
 }

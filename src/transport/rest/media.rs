@@ -14,8 +14,8 @@ use super::call;
 use super::envelope::{ApiResult, ErrorBody};
 use super::extract::Path;
 use crate::domain::Gateway;
-use crate::proto::v1::{DownloadMediaRequest, DownloadMediaResponse};
 use crate::proto::v1::messaging_service_server::MessagingService;
+use crate::proto::v1::{DownloadMediaRequest, DownloadMediaResponse};
 use crate::transport::grpc::messaging::MessagingApi;
 
 pub fn routes() -> OpenApiRouter<Gateway> {

@@ -29,7 +29,9 @@ pub fn routes() -> OpenApiRouter<Gateway> {
     OpenApiRouter::new()
         .routes(secured::<Messenger<Json<SendText>>, _>(routes!(send_text)))
         .routes(secured::<Messenger<MultipartBody>, _>(routes!(send_image)))
-        .routes(secured::<Messenger<MultipartBody>, _>(routes!(send_document)))
+        .routes(secured::<Messenger<MultipartBody>, _>(routes!(
+            send_document
+        )))
         .routes(secured::<Messenger<MultipartBody>, _>(routes!(send_video)))
         .routes(secured::<Messenger<MultipartBody>, _>(routes!(send_audio)))
         .routes(secured::<Messenger<NoBody>, _>(routes!(history)))

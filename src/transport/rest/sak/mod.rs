@@ -28,8 +28,7 @@ pub struct Limits {
 
 impl Limits {
     pub fn from_env(gw: &Gateway) -> Self {
-        let (general, auth, messaging) =
-            IpLimiter::from_env(&gw.settings().http.trusted_proxies);
+        let (general, auth, messaging) = IpLimiter::from_env(&gw.settings().http.trusted_proxies);
         Limits {
             general,
             auth,

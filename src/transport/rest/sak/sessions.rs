@@ -28,7 +28,10 @@ use crate::transport::rest::extract::{Json, OptionalJson, Path, Query};
 
 pub fn routes() -> OpenApiRouter<Gateway> {
     OpenApiRouter::new()
-        .routes(secured::<SakManager, _>(routes!(create_session, list_sessions)))
+        .routes(secured::<SakManager, _>(routes!(
+            create_session,
+            list_sessions
+        )))
         .routes(secured::<SakManager, _>(routes!(delete_session)))
         .routes(secured::<SakReader, _>(routes!(session_status)))
         .routes(secured::<SakReader, _>(routes!(session_qr)))
@@ -218,7 +221,11 @@ pub async fn session_status(
             .get_session(call::request(Some(p), msg))
             .await,
     )?;
-    Ok(success(StatusCode::OK, gw.node_id(), session_data(r.session)))
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        session_data(r.session),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -408,7 +415,11 @@ pub async fn logout_session(
             .logout_session(call::request(Some(p), msg))
             .await,
     )?;
-    Ok(success(StatusCode::OK, gw.node_id(), session_data(r.session)))
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        session_data(r.session),
+    ))
 }
 
 /// Restart the session's connection (e.g. after `banned` or `failed`).
@@ -432,5 +443,9 @@ pub async fn restart_session(
             .restart_session(call::request(Some(p), msg))
             .await,
     )?;
-    Ok(success(StatusCode::OK, gw.node_id(), session_data(r.session)))
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        session_data(r.session),
+    ))
 }

@@ -14,8 +14,8 @@ use crate::domain::Gateway;
 use crate::error::Error;
 use crate::proto::v1::webhooks_service_server::WebhooksService;
 use crate::proto::v1::{
-    CreateWebhookRequest, DeleteWebhookRequest, Delivery, GetWebhookRequest,
-    ListDeliveriesRequest, ListWebhooksRequest, RedeliverDeliveryRequest, RedeliverFailedRequest,
+    CreateWebhookRequest, DeleteWebhookRequest, Delivery, GetWebhookRequest, ListDeliveriesRequest,
+    ListWebhooksRequest, RedeliverDeliveryRequest, RedeliverFailedRequest,
     RotateWebhookSecretRequest, TestWebhookRequest, UpdateWebhookRequest, Webhook,
 };
 use crate::transport::grpc::convert::{non_empty, timestamp};
@@ -38,7 +38,9 @@ pub fn routes() -> OpenApiRouter<Gateway> {
 
 /// The test route, a messaging call (session key), behind the messaging limit.
 pub fn test_routes() -> OpenApiRouter<Gateway> {
-    OpenApiRouter::new().routes(secured::<Messenger<OptionalJson<TestEvent>>, _>(routes!(test)))
+    OpenApiRouter::new().routes(secured::<Messenger<OptionalJson<TestEvent>>, _>(routes!(
+        test
+    )))
 }
 
 fn api(gw: &Gateway) -> WebhooksApi {
@@ -231,7 +233,11 @@ pub async fn get(
 ) -> ApiResult {
     let msg = GetWebhookRequest { webhook_id: id };
     let r = call::answer(api(&gw).get_webhook(call::request(Some(p), msg)).await)?;
-    Ok(success(StatusCode::OK, gw.node_id(), webhook_data(r.webhook)))
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        webhook_data(r.webhook),
+    ))
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -268,7 +274,8 @@ pub async fn update(
         ("enabled", ch.enabled.is_some()),
     ]
     .into_iter()
-    .filter_map(|(name, given)| given.then(|| name.to_owned()))
+    .filter(|(_, given)| *given)
+    .map(|(name, _)| name.to_owned())
     .collect();
     let msg = UpdateWebhookRequest {
         webhook_id: id,
@@ -278,7 +285,11 @@ pub async fn update(
         update_mask: Some(prost_types::FieldMask { paths }),
     };
     let r = call::answer(api(&gw).update_webhook(call::request(Some(p), msg)).await)?;
-    Ok(success(StatusCode::OK, gw.node_id(), webhook_data(r.webhook)))
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        webhook_data(r.webhook),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -400,10 +411,7 @@ pub struct TestQueued {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     )
 )]
-pub async fn test(
-    State(gw): State<Gateway>,
-    m: Messenger<OptionalJson<TestEvent>>,
-) -> ApiResult {
+pub async fn test(State(gw): State<Gateway>, m: Messenger<OptionalJson<TestEvent>>) -> ApiResult {
     let OptionalJson(req) = m.body;
     let msg = TestWebhookRequest {
         event: req.event.unwrap_or_default(),
