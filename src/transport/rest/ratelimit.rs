@@ -121,7 +121,9 @@ fn request_ip(req: &Request, trusted: &[IpNet]) -> IpAddr {
 pub async fn limit(State(limiter): State<Arc<IpLimiter>>, req: Request, next: Next) -> Response {
     match limiter.check(request_ip(&req, &limiter.trusted_proxies)) {
         Ok(()) => next.run(req).await,
-        Err(retry_after) => ApiError::from(Refusal::TooManyRequests { retry_after }).into_response(),
+        Err(retry_after) => {
+            ApiError::from(Refusal::TooManyRequests { retry_after }).into_response()
+        }
     }
 }
 
