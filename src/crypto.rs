@@ -1,5 +1,5 @@
 //! Key material: the master key that encrypts secrets at rest, API key generation and
-//! hashing, and the HMAC primitives both signing schemes use.
+//! hashing, the HMAC primitives both signing schemes use, and jsonwebtoken's HS256 backend.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -69,7 +69,12 @@ impl MasterKey {
         }
     }
 
-    /// A purpose-bound key derived from the master key (e.g. for signing session tokens).
+    /// A purpose-bound key derived from the master key (e.g. for signing session tokens):
+    /// HMAC-SHA256 keyed by the master key over the label. The master key is already 32
+    /// uniform bytes, so HMAC as a PRF is the whole derivation; it equals RFC 5869
+    /// HKDF-Extract with the master key as salt (a test pins that), but not HKDF-Expand, which
+    /// appends a counter byte. Every sealed device-store row and every issued JWT depends on
+    /// these exact bytes, so the construction stays as it is.
     pub fn derive(&self, label: &str) -> [u8; 32] {
         hmac_sha256(&self.0, &[label.as_bytes()])
     }
@@ -223,6 +228,75 @@ pub fn verify_hmac_sha256(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool 
     mac.verify_slice(expected).is_ok()
 }
 
+/// Makes jsonwebtoken sign and verify HS256 with [`hmac_sha256`] (process-wide, idempotent;
+/// call before `jsonwebtoken::encode`/`decode`). jsonwebtoken's own backends would bring
+/// aws-lc or RSA and elliptic-curve stacks that wagate never uses; this one accepts HS256 only.
+pub fn use_hs256_for_jwt() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    // A provider someone installed first stays: whichever it is, it is process-wide.
+    INSTALL.call_once(|| {
+        let _ = jwt_hs256::PROVIDER.install_default();
+    });
+}
+
+mod jwt_hs256 {
+    use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::signature::{self, Signer, Verifier};
+    use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+
+    pub(super) static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory,
+        verifier_factory,
+        key_utils: KeyUtils::new_unimplemented(),
+    };
+
+    /// An HS256 key: signs with [`super::hmac_sha256`], verifies in constant time.
+    struct Hs256(Vec<u8>);
+
+    fn signer_factory(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+        if *alg != Algorithm::HS256 || key.family() != AlgorithmFamily::Hmac {
+            return Err(ErrorKind::InvalidAlgorithm.into());
+        }
+        Ok(Box::new(Hs256(key.as_bytes().to_vec())))
+    }
+
+    fn verifier_factory(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+        if *alg != Algorithm::HS256 || key.family() != AlgorithmFamily::Hmac {
+            return Err(ErrorKind::InvalidAlgorithm.into());
+        }
+        Ok(Box::new(Hs256(key.try_get_as_bytes()?.to_vec())))
+    }
+
+    impl Signer<Vec<u8>> for Hs256 {
+        fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            Ok(super::hmac_sha256(&self.0, &[msg]).to_vec())
+        }
+    }
+
+    impl JwtSigner for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+
+    impl Verifier<Vec<u8>> for Hs256 {
+        fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> std::result::Result<(), signature::Error> {
+            if super::verify_hmac_sha256(&self.0, &[msg], sig) {
+                Ok(())
+            } else {
+                Err(signature::Error::new())
+            }
+        }
+    }
+
+    impl JwtVerifier for Hs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::HS256
+        }
+    }
+}
+
 pub fn base64_encode(data: &[u8]) -> String {
     STANDARD.encode(data)
 }
@@ -277,6 +351,46 @@ mod tests {
         raw[..8].copy_from_slice(SealKey::MAGIC);
         assert!(!SealKey::is_sealed(&raw));
         assert!(key.open(b"row-1", b"{}").is_err());
+    }
+
+    /// The master key the fixed vectors below were made with (bytes 0..32).
+    const VECTOR_MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    /// Derived keys are those the code before this one derived: JWTs already issued and
+    /// device-store rows already sealed depend on them.
+    #[test]
+    fn derived_keys_are_unchanged() {
+        let master = MasterKey::parse(VECTOR_MASTER).unwrap();
+        assert_eq!(
+            hex::encode(master.derive("wagate/jwt/v1")),
+            "77009cc847cb4f3c29edbfc8b5bf94c69b1e1174cbde7af0ce5057523d66d46a"
+        );
+        assert_eq!(
+            hex::encode(master.derive("wagate device store v1")),
+            "7b29c5d306b3edef1f70da869470118a1194d5d6c0510b4ef66d7d386cf1a51f"
+        );
+        // Sealed by the code before this one, with its random nonce.
+        let sealed = hex::decode(
+            "0077677365616c31cc1bed8fb5f7aaa2717c823cdbf370342fc840cde60a626bdddf5659ad07e5c6\
+             fb5c9ad7c483b7dd12c1b453b98169cfb897370e289201",
+        )
+        .unwrap();
+        let key = master.seal_key("wagate device store v1");
+        assert_eq!(
+            key.open(b"device-1/identity", &sealed).unwrap(),
+            b"sealed by the pre-hkdf code"
+        );
+    }
+
+    /// `derive` is standard HKDF-Extract (salt = master key, input = label), so a move to the
+    /// hkdf crate, if ever wanted, keeps every derived key.
+    #[test]
+    fn derive_is_hkdf_extract_with_the_master_key_as_salt() {
+        let master = MasterKey::parse(VECTOR_MASTER).unwrap();
+        for label in ["wagate/jwt/v1", "wagate device store v1", ""] {
+            let (prk, _) = hkdf::Hkdf::<Sha256>::extract(Some(&master.0), label.as_bytes());
+            assert_eq!(prk.as_slice(), master.derive(label), "{label}");
+        }
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! endpoints and gRPC serve), logs in for a JWT, creates user API keys to manage sessions,
 //! and each session has its own API key for messaging.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -227,6 +226,26 @@ impl PasswordHasherPool {
     }
 }
 
+/// Signs session claims as a JWT (HS256, header `alg: HS256, typ: JWT`).
+fn sign_token(key: &[u8; 32], claims: &Claims) -> String {
+    crypto::use_hs256_for_jwt();
+    let key = EncodingKey::from_secret(key).expect("a 32-byte HMAC key is accepted");
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
+        .expect("HS256 over serializable claims cannot fail")
+}
+
+/// The claims of a token signed with `key`, if its signature holds and it has not expired.
+fn verify_token(key: &[u8; 32], token: &str) -> Result<Claims> {
+    crypto::use_hs256_for_jwt();
+    let key = DecodingKey::from_secret(key).expect("a 32-byte HMAC key is accepted");
+    let mut validation = Validation::new(Algorithm::HS256);
+    // Expired at `exp`, no grace period (as tokens have always been checked).
+    validation.leeway = 0;
+    jsonwebtoken::decode::<Claims>(token.trim(), &key, &validation)
+        .map(|data| data.claims)
+        .map_err(|_| Error::InvalidToken)
+}
+
 impl Gateway {
     fn jwt_key(&self) -> [u8; 32] {
         self.inner.key.derive("wagate/jwt/v1")
@@ -240,36 +259,12 @@ impl Gateway {
             iat: now,
             exp: now + TOKEN_TTL_SECS,
         };
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload =
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
-        let signing = format!("{header}.{payload}");
-        let sig =
-            URL_SAFE_NO_PAD.encode(crypto::hmac_sha256(&self.jwt_key(), &[signing.as_bytes()]));
-        format!("{signing}.{sig}")
+        sign_token(&self.jwt_key(), &claims)
     }
 
     /// The user a bearer token names, if the token is ours and unexpired.
     pub async fn user_from_token(&self, token: &str) -> Result<User> {
-        let mut parts = token.trim().split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Error::InvalidToken);
-        };
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| Error::InvalidToken)?;
-        let signing = format!("{h}.{p}");
-        if !crypto::verify_hmac_sha256(&self.jwt_key(), &[signing.as_bytes()], &sig) {
-            return Err(Error::InvalidToken);
-        }
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(Error::InvalidToken)?;
-        if claims.exp < chrono::Utc::now().timestamp() {
-            return Err(Error::InvalidToken);
-        }
+        let claims = verify_token(&self.jwt_key(), token)?;
         let user = self
             .db()
             .run(move |c| store::user_by_id(c, &claims.sub))
@@ -492,6 +487,84 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    /// Tokens signed by the hand-written HS256 code this module had before jsonwebtoken, with
+    /// master key bytes 0..32: one valid until 2100, one expired in 2023.
+    const OLD_VALID: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+        eyJzdWIiOiIwMTkwYzJhNC03YTRiLTdjYzAtOWEzZS01ZjFkMmMzYjRhNTkiLCJwaWQiOiIwMTkwYzJhNC03YTRi\
+        LTdjYzAtOWEzZS01ZjFkMmMzYjRhNjAiLCJpYXQiOjQxMDIzNTg0MDAsImV4cCI6NDEwMjQ0NDgwMH0.\
+        rfutNoAne-XgqTLHSWKmoN7LtSR2OExWPoY3wpBe48E";
+    const OLD_EXPIRED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+        eyJzdWIiOiIwMTkwYzJhNC03YTRiLTdjYzAtOWEzZS01ZjFkMmMzYjRhNTkiLCJwaWQiOiIwMTkwYzJhNC03YTRi\
+        LTdjYzAtOWEzZS01ZjFkMmMzYjRhNjAiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDA4NjQwMH0.\
+        ny7DvvhSgew0mJuhUMGH4xd5MU0wxIFBagR4FDZERJo";
+
+    fn vector_key() -> [u8; 32] {
+        crypto::MasterKey::parse(&hex::encode((0u8..32).collect::<Vec<_>>()))
+            .unwrap()
+            .derive("wagate/jwt/v1")
+    }
+
+    #[test]
+    fn tokens_issued_before_jsonwebtoken_stay_valid() {
+        let claims = verify_token(&vector_key(), OLD_VALID).unwrap();
+        assert_eq!(claims.sub, "0190c2a4-7a4b-7cc0-9a3e-5f1d2c3b4a59");
+        assert_eq!(claims.pid, "0190c2a4-7a4b-7cc0-9a3e-5f1d2c3b4a60");
+        assert_eq!((claims.iat, claims.exp), (4_102_358_400, 4_102_444_800));
+        // Surrounding whitespace was always forgiven.
+        assert!(verify_token(&vector_key(), &format!(" {OLD_VALID}\n")).is_ok());
+    }
+
+    #[test]
+    fn expired_tampered_and_foreign_tokens_are_refused() {
+        let key = vector_key();
+        assert!(matches!(
+            verify_token(&key, OLD_EXPIRED),
+            Err(Error::InvalidToken)
+        ));
+        // Another user's id in the payload, the signature left as it was.
+        let (head, rest) = OLD_VALID.split_once('.').unwrap();
+        let (payload, sig) = rest.split_once('.').unwrap();
+        let forged = URL_SAFE_NO_PAD.encode(
+            String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap())
+                .unwrap()
+                .replace("4a59", "4a5a"),
+        );
+        assert!(verify_token(&key, &format!("{head}.{forged}.{sig}")).is_err());
+        // Signed with another master key.
+        let other = crypto::MasterKey::generate().derive("wagate/jwt/v1");
+        assert!(verify_token(&other, OLD_VALID).is_err());
+        // alg "none" with the signature stripped, and a malformed token.
+        let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        assert!(verify_token(&key, &format!("{none}.{payload}.")).is_err());
+        assert!(verify_token(&key, "nope.nope.nope").is_err());
+    }
+
+    #[test]
+    fn new_tokens_verify_and_keep_the_header() {
+        let key = vector_key();
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: "u".into(),
+            pid: "p".into(),
+            iat: now,
+            exp: now + TOKEN_TTL_SECS,
+        };
+        let token = sign_token(&key, &claims);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::HS256);
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        let back = verify_token(&key, &token).unwrap();
+        assert_eq!((back.sub.as_str(), back.exp), ("u", now + TOKEN_TTL_SECS));
+        // Expiry is exact: one second past `exp` is refused.
+        let stale = Claims {
+            exp: now - 1,
+            ..claims
+        };
+        assert!(verify_token(&key, &sign_token(&key, &stale)).is_err());
+    }
     use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
     /// Hashes made in a thread's reused memory are ordinary PHC strings: argon2's own

@@ -1,5 +1,5 @@
-//! QR code renderings of a pairing code: SVG, and a 1-bit PNG written by hand (stored
-//! deflate blocks), so no image library enters the build.
+//! QR code renderings of a pairing code: SVG (the `qrcode` crate's renderer) and a 1-bit PNG
+//! (the modules drawn here, encoded by the `png` crate; `qrcode`'s own PNG path needs `image`).
 
 use qrcode::QrCode;
 use qrcode::render::svg;
@@ -22,105 +22,57 @@ pub fn svg(data: &str) -> Result<String> {
 const SCALE: usize = 8;
 const QUIET: usize = 4;
 
+/// A 1-bit grayscale PNG, dark modules black, with a 4-module white quiet zone.
 pub fn png(data: &str) -> Result<Vec<u8>> {
     let qr = code(data)?;
     let width = qr.width();
     let colors = qr.to_colors();
     let side = (width + 2 * QUIET) * SCALE;
     let row_bytes = side.div_ceil(8);
-    let mut raw = Vec::with_capacity((row_bytes + 1) * side);
+    let mut pixels = vec![0xFFu8; row_bytes * side]; // 1 = white
     for y in 0..side {
-        raw.push(0); // filter: none
-        let my = (y / SCALE).checked_sub(QUIET);
-        let mut row = vec![0xFFu8; row_bytes]; // 1 = white
+        let Some(my) = (y / SCALE).checked_sub(QUIET).filter(|my| *my < width) else {
+            continue;
+        };
         for x in 0..side {
-            let dark = match (my, (x / SCALE).checked_sub(QUIET)) {
-                (Some(my), Some(mx)) if my < width && mx < width => {
-                    colors[my * width + mx] == qrcode::Color::Dark
-                }
-                _ => false,
-            };
+            let dark = (x / SCALE)
+                .checked_sub(QUIET)
+                .is_some_and(|mx| mx < width && colors[my * width + mx] == qrcode::Color::Dark);
             if dark {
-                row[x / 8] &= !(0x80 >> (x % 8));
+                pixels[y * row_bytes + x / 8] &= !(0x80 >> (x % 8));
             }
         }
-        raw.extend_from_slice(&row);
     }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&(side as u32).to_be_bytes());
-    ihdr.extend_from_slice(&(side as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[1, 0, 0, 0, 0]); // 1-bit grayscale, deflate, no interlace
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &zlib_stored(&raw));
-    chunk(&mut out, b"IEND", &[]);
+    encode_png(side as u32, &pixels)
+        .map_err(|e| Error::Internal(format!("QR PNG encoding failed: {e}")))
+}
+
+fn encode_png(side: u32, pixels: &[u8]) -> std::result::Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, side, side);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::One);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(pixels)?;
+    writer.finish()?;
     Ok(out)
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let mut crc = Crc32::default();
-    crc.update(kind);
-    crc.update(data);
-    out.extend_from_slice(&crc.finish().to_be_bytes());
-}
-
-/// zlib stream of uncompressed deflate blocks (at most 65535 bytes each).
-fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(65_535).collect()
-    };
-    for (i, block) in blocks.iter().enumerate() {
-        out.push(u8::from(i + 1 == blocks.len()));
-        let len = block.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &byte in data {
-        a = (a + u32::from(byte)) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
-    out
-}
-
-struct Crc32(u32);
-
-impl Default for Crc32 {
-    fn default() -> Self {
-        Crc32(0xFFFF_FFFF)
-    }
-}
-
-impl Crc32 {
-    fn update(&mut self, data: &[u8]) {
-        for &byte in data {
-            self.0 ^= u32::from(byte);
-            for _ in 0..8 {
-                self.0 = if self.0 & 1 == 1 {
-                    (self.0 >> 1) ^ 0xEDB8_8320
-                } else {
-                    self.0 >> 1
-                };
-            }
-        }
-    }
-
-    fn finish(self) -> u32 {
-        !self.0
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads a PNG back to one luminance byte per pixel.
+    fn decode_png(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        decoder.set_transformations(png::Transformations::EXPAND);
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Grayscale);
+        buf.truncate(info.buffer_size());
+        (info.width as usize, info.height as usize, buf)
+    }
 
     #[test]
     fn png_is_well_formed() {
@@ -130,9 +82,28 @@ mod tests {
             p.ends_with(&[0xAE, 0x42, 0x60, 0x82]),
             "IEND CRC is the well-known constant"
         );
-        let mut c = Crc32::default();
-        c.update(b"IEND");
-        assert_eq!(c.finish(), 0xAE42_6082);
         assert!(svg("x").unwrap().contains("<svg"));
+    }
+
+    #[test]
+    fn png_scans_back_to_the_pairing_code() {
+        let text = "2@Xk3c9bQ0vT1mZ,f8e2Hq0sYp1LwK7dA9uR3nV5cB6xJ2gE4tM8oI0kU=,aGVsbG8=,d29ybGQ=";
+        let bytes = png(text).unwrap();
+        let (w, h, luma) = decode_png(&bytes);
+        let modules = code(text).unwrap().width();
+        assert_eq!((w, h), ((modules + 2 * QUIET) * SCALE, w));
+        assert!(
+            luma.iter().all(|&v| v == 0 || v == 255),
+            "pure black and white"
+        );
+        assert!(
+            luma[..w * QUIET * SCALE].iter().all(|&v| v == 255),
+            "quiet zone"
+        );
+        let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| luma[y * w + x]);
+        let grids = img.detect_grids();
+        assert_eq!(grids.len(), 1);
+        let (_, content) = grids[0].decode().unwrap();
+        assert_eq!(content, text);
     }
 }
