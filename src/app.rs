@@ -16,9 +16,9 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::crypto::MasterKey;
 use crate::domain::{Gateway, Settings};
 use crate::error::{Error, Result};
-use crate::sessions::{Connector, DbStores, SessionManager};
+use crate::sessions::{Connector, DbStores, SessionClient, SessionManager};
 use crate::storage::accept::{AcceptWriter, WriterConfig};
-use crate::storage::{Db, messages, now_ms, queue, sessions};
+use crate::storage::{Db, messages};
 use crate::transport::error::Refusal;
 use crate::transport::rest::envelope::ApiError;
 use crate::transport::{grpc, limits, metrics, rest};
@@ -39,6 +39,8 @@ pub struct LaunchConfig {
 pub struct Server {
     pub addr: SocketAddr,
     pub gateway: Gateway,
+    /// This node's own sessions, stopped last at shutdown.
+    sessions: SessionManager,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     upkeep: JoinHandle<()>,
@@ -50,7 +52,7 @@ impl Server {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         let _ = self.upkeep.await;
-        self.gateway.sessions().shutdown().await;
+        self.sessions.shutdown().await;
     }
 
     /// Runs until `signal` resolves, then shuts down gracefully.
@@ -157,7 +159,13 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         cfg.settings.webhooks.clone(),
         cfg.settings.node_id.clone(),
     )?;
-    let gw = Gateway::new(db, cfg.master_key, cfg.settings, writer, sessions.clone());
+    let gw = Gateway::new(
+        db,
+        cfg.master_key,
+        cfg.settings,
+        writer,
+        SessionClient::new(sessions.clone()),
+    );
 
     let (grpc_router, health) = grpc::router(gw.clone()).await?;
     let http = gw.settings().http.clone();
@@ -225,21 +233,23 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     });
     let upkeep_gw = gw.clone();
     let dispatch_stop = stopped.clone();
+    let janitor_stop = stopped.clone();
     let upkeep = tokio::spawn(async move {
-        let mut gauges = tokio::time::interval(Duration::from_secs(5));
-        let mut janitor = tokio::time::interval(upkeep_gw.settings().janitor_interval);
-        loop {
-            tokio::select! {
-                _ = stopped.changed() => return,
-                _ = gauges.tick() => update_gauges(&upkeep_gw).await,
-                _ = janitor.tick() => run_janitor(&upkeep_gw).await,
+        let gauges = async {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = every.tick() => update_gauges(&upkeep_gw).await,
+                }
             }
-        }
+        };
+        tokio::join!(gauges, upkeep_gw.run_janitor(janitor_stop));
     });
     tokio::spawn(dispatcher.run(dispatch_stop));
     // Awaited (one UPDATE, then spawns): once `launch` returns, no stored state from before
     // the restart is reported as current.
-    match gw.sessions().restore_all().await {
+    match sessions.restore_all().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(sessions = n, "restoring linked sessions"),
         Err(e) => tracing::error!(error = %e, "cannot restore sessions"),
@@ -248,6 +258,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     Ok(Server {
         addr,
         gateway: gw,
+        sessions,
         stop,
         task,
         upkeep,
@@ -262,35 +273,5 @@ async fn update_gauges(gw: &Gateway) {
     ::metrics::gauge!("wagate_accept_backlog").set(gw.accept_backlog() as f64);
     if let Ok(n) = gw.db().run(crate::storage::webhooks::open_count).await {
         ::metrics::gauge!("wagate_webhook_backlog").set(n as f64);
-    }
-}
-
-/// Expires messages that can no longer be sent, forgets old idempotency keys, counters and
-/// events, and drops media past its retention (a bounded batch per run).
-async fn run_janitor(gw: &Gateway) {
-    const MEDIA_BATCH: i64 = 500;
-    let retention = gw.settings().webhooks.retention.as_millis() as i64;
-    let media_retention = gw.settings().media_retention.map(|d| d.as_millis() as i64);
-    let r = gw
-        .db()
-        .run(move |c| {
-            let now = now_ms();
-            let media = match media_retention {
-                Some(keep) => sessions::purge_media(c, now - keep, now, MEDIA_BATCH)?,
-                None => 0,
-            };
-            Ok((
-                queue::expire_and_exhaust(c, now)?,
-                messages::purge_expired(c, now)?
-                    + crate::storage::projects::purge_signatures(c, now)?
-                    + crate::storage::events::purge(c, now - retention)?
-                    + media,
-            ))
-        })
-        .await;
-    match r {
-        Ok((failed, purged)) if failed + purged > 0 => tracing::info!(failed, purged, "janitor"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "janitor failed"),
     }
 }

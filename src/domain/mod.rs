@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod janitor;
 pub mod media;
 pub mod messaging;
 pub mod principal;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::MasterKey;
-use crate::sessions::SessionManager;
+use crate::error::Result;
+use crate::sessions::SessionClient;
 use crate::storage::Db;
 use crate::storage::accept::AcceptWriter;
 
@@ -76,7 +78,7 @@ struct Inner {
     key: MasterKey,
     writer: AcceptWriter,
     auth: auth::AuthCache,
-    sessions: SessionManager,
+    sessions: SessionClient,
     /// Open event streams on this node (each holds a task and polls the database).
     streams: Arc<tokio::sync::Semaphore>,
     hashing: accounts::PasswordHasherPool,
@@ -91,7 +93,7 @@ impl Gateway {
         key: MasterKey,
         settings: Settings,
         writer: AcceptWriter,
-        sessions: SessionManager,
+        sessions: SessionClient,
     ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
@@ -119,8 +121,19 @@ impl Gateway {
         &self.inner.settings.node_id
     }
 
-    pub fn sessions(&self) -> &SessionManager {
+    /// The running sessions, wherever they run.
+    pub fn sessions(&self) -> &SessionClient {
         &self.inner.sessions
+    }
+
+    /// Ready to serve means the database answers: a pooled connection runs a query on a
+    /// migrated table (the depth of the send queue). Nothing else is asked: sessions connect
+    /// in the background, and a node with none connected still serves every call.
+    pub async fn ready(&self) -> Result<()> {
+        self.db()
+            .run(crate::storage::messages::queued_count)
+            .await
+            .map(drop)
     }
 
     pub fn admin(&self) -> admin::Admin {
@@ -135,15 +148,5 @@ impl Gateway {
     /// What the message writers did (whole-batch retries, isolated batches).
     pub fn accept_stats(&self) -> crate::storage::accept::WriterStats {
         self.inner.writer.stats()
-    }
-}
-
-impl Gateway {
-    /// Ready to serve: the database answers a query.
-    pub async fn ready(&self) -> crate::error::Result<()> {
-        self.inner
-            .db
-            .run(|c| crate::storage::messages::queued_count(c).map(|_| ()))
-            .await
     }
 }

@@ -89,18 +89,18 @@ impl Gateway {
     pub async fn list_sessions(&self, caller: &Caller) -> Result<Vec<SessionView>> {
         let pid = caller.project.row.id.clone();
         let rows = self.db().run(move |c| store::list(c, &pid)).await?;
+        let live =
+            futures::future::join_all(rows.iter().map(|r| self.sessions().snapshot(&r.id))).await;
         Ok(rows
             .into_iter()
-            .map(|r| {
-                let live = self.sessions().snapshot(&r.id);
-                SessionView::new(r, live)
-            })
+            .zip(live)
+            .map(|(r, live)| SessionView::new(r, live))
             .collect())
     }
 
     pub async fn get_session(&self, caller: &Caller, session_id: &str) -> Result<SessionView> {
         let row = self.own_session(caller, session_id).await?;
-        let live = self.sessions().snapshot(&row.id);
+        let live = self.sessions().snapshot(&row.id).await;
         Ok(SessionView::new(row, live))
     }
 
@@ -108,7 +108,7 @@ impl Gateway {
     pub async fn session_qr(&self, caller: &Caller, session_id: &str) -> Result<QrView> {
         let row = self.own_session(caller, session_id).await?;
         self.sessions().start(&row.id).await?;
-        let s = self.sessions().snapshot(&row.id).unwrap_or_default();
+        let s = self.sessions().snapshot(&row.id).await.unwrap_or_default();
         Ok(QrView {
             code: s.qr.as_ref().map(|q| q.0.clone()),
             expires_at: s.qr.map(|q| q.1),
@@ -158,6 +158,7 @@ impl Gateway {
         let rx = self
             .sessions()
             .watch(&row.id)
+            .await
             .ok_or_else(|| Error::WhatsAppUnavailable("the session is not running".into()))?;
         Ok((row, rx))
     }
