@@ -105,11 +105,10 @@ impl Principal {
     /// This principal narrowed to the session it acts for (see [`Self::acting_session`]).
     pub async fn for_session(self, gw: &Gateway, session_id: Option<&str>) -> Result<Principal> {
         let session = self.acting_session(gw, session_id).await?;
-        let caller = match self {
-            Principal::Project(c) | Principal::UserKey(c) => c,
-            Principal::Account { caller, .. } | Principal::Session { caller, .. } => caller,
-        };
-        Ok(Principal::Session { caller, session })
+        Ok(Principal::Session {
+            caller: self.caller().clone(),
+            session,
+        })
     }
 
     /// Whether the call was made with a SAK credential (JWT or SAK key), whose phone numbers

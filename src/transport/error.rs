@@ -1,11 +1,11 @@
 //! Refusals of the transport itself, before any operation runs: no such route, a body that is
 //! not what the endpoint reads, a body too large, too slow or over the server's budget, a
 //! client over its per-address limit. They are not the domain's business, so they are not
-//! [`Error`] variants; they implement the same [`Failure`] contract and keep their stable codes.
+//! `Error` variants; they implement the same [`Failure`] contract and keep their stable codes.
 
 use std::time::Duration;
 
-use crate::error::{Error, Failure, Kind};
+use crate::error::{Failure, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -65,64 +65,6 @@ impl Failure for Refusal {
             Refusal::TooManyRequests { retry_after } => Some(*retry_after),
             Refusal::Busy => Some(Duration::from_secs(1)),
             _ => None,
-        }
-    }
-}
-
-/// A failure as a transport meets it: the domain's, or the transport's own.
-#[derive(Debug)]
-pub enum Failed {
-    Domain(Error),
-    Transport(Refusal),
-}
-
-impl From<Error> for Failed {
-    fn from(e: Error) -> Self {
-        Failed::Domain(e)
-    }
-}
-
-impl From<Refusal> for Failed {
-    fn from(r: Refusal) -> Self {
-        Failed::Transport(r)
-    }
-}
-
-impl std::fmt::Display for Failed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failed::Domain(e) => e.fmt(f),
-            Failed::Transport(r) => r.fmt(f),
-        }
-    }
-}
-
-impl Failure for Failed {
-    fn code(&self) -> &'static str {
-        match self {
-            Failed::Domain(e) => Failure::code(e),
-            Failed::Transport(r) => r.code(),
-        }
-    }
-
-    fn kind(&self) -> Kind {
-        match self {
-            Failed::Domain(e) => Failure::kind(e),
-            Failed::Transport(r) => r.kind(),
-        }
-    }
-
-    fn public_message(&self) -> String {
-        match self {
-            Failed::Domain(e) => Failure::public_message(e),
-            Failed::Transport(r) => r.public_message(),
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Failed::Domain(e) => Failure::retry_after(e),
-            Failed::Transport(r) => r.retry_after(),
         }
     }
 }

@@ -4,7 +4,8 @@ use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Timestamp, Value as PbValue};
 use serde_json::{Map, Number, Value};
 
-use crate::proto::v1::{MessageStatus, MessageType};
+use crate::proto::v1::{MessageStatus, MessageType, SessionState as PbState};
+use crate::sessions::SessionState;
 
 pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp {
@@ -149,5 +150,32 @@ pub fn kind_from_name(s: Option<&str>) -> i32 {
             Ok(k) => kind_to_proto(k.as_str()) as i32,
             Err(_) => -1,
         },
+    }
+}
+
+pub fn state_to_proto(s: SessionState) -> PbState {
+    match s {
+        SessionState::Pending => PbState::Pending,
+        SessionState::Qr => PbState::Qr,
+        SessionState::Connecting => PbState::Connecting,
+        SessionState::Connected => PbState::Connected,
+        SessionState::Disconnected => PbState::Disconnected,
+        SessionState::LoggedOut => PbState::LoggedOut,
+        SessionState::Banned => PbState::Banned,
+        SessionState::Failed => PbState::Failed,
+    }
+}
+
+/// The inverse of [`state_to_proto`]; unspecified (or unknown) is pending.
+pub fn state_from_proto(s: i32) -> SessionState {
+    match PbState::try_from(s).unwrap_or_default() {
+        PbState::Unspecified | PbState::Pending => SessionState::Pending,
+        PbState::Qr => SessionState::Qr,
+        PbState::Connecting => SessionState::Connecting,
+        PbState::Connected => SessionState::Connected,
+        PbState::Disconnected => SessionState::Disconnected,
+        PbState::LoggedOut => SessionState::LoggedOut,
+        PbState::Banned => SessionState::Banned,
+        PbState::Failed => SessionState::Failed,
     }
 }

@@ -6,7 +6,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::principal;
-use super::convert::{non_empty, timestamp};
+use super::convert::{non_empty, state_to_proto, timestamp};
 use super::webhooks::webhook;
 use crate::domain::Gateway;
 use crate::domain::sessions::SessionView;
@@ -24,25 +24,12 @@ impl SessionsApi {
     }
 }
 
-fn state(s: S) -> SessionState {
-    match s {
-        S::Pending => SessionState::Pending,
-        S::Qr => SessionState::Qr,
-        S::Connecting => SessionState::Connecting,
-        S::Connected => SessionState::Connected,
-        S::Disconnected => SessionState::Disconnected,
-        S::LoggedOut => SessionState::LoggedOut,
-        S::Banned => SessionState::Banned,
-        S::Failed => SessionState::Failed,
-    }
-}
-
 fn to_proto(v: SessionView) -> Session {
     Session {
         session_id: v.session_id,
         device_code: v.device_code,
         name: v.name,
-        state: state(v.state) as i32,
+        state: state_to_proto(v.state) as i32,
         reason: v.reason.unwrap_or_default(),
         phone_number: v.phone.unwrap_or_default(),
         push_name: v.push_name.unwrap_or_default(),

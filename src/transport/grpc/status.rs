@@ -10,7 +10,6 @@ use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::{Error, Failure, retry_secs};
-use crate::transport::error::Failed;
 
 /// The status answering `f`.
 pub fn status(f: &dyn Failure) -> Status {
@@ -42,15 +41,6 @@ impl From<Error> for Status {
         let mut s = status(&e);
         s.set_source(Arc::new(e));
         s
-    }
-}
-
-impl From<Failed> for Status {
-    fn from(f: Failed) -> Self {
-        match f {
-            Failed::Domain(e) => e.into(),
-            Failed::Transport(r) => status(&r),
-        }
     }
 }
 

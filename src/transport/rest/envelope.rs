@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{Error, Failure, Kind, retry_secs};
-use crate::transport::error::{Failed, Refusal};
+use crate::transport::error::Refusal;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Meta {
@@ -132,12 +132,6 @@ impl From<Error> for ApiError {
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         ApiError::logged(&r)
-    }
-}
-
-impl From<Failed> for ApiError {
-    fn from(f: Failed) -> Self {
-        ApiError::logged(&f)
     }
 }
 

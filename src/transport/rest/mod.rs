@@ -68,11 +68,15 @@ pub fn router(gw: Gateway) -> Router {
         .with_state(gw)
 }
 
-/// A proto timestamp as the REST surfaces write times (RFC 3339 with offset); unset is empty.
-pub fn rfc3339_of(t: Option<prost_types::Timestamp>) -> String {
+/// A proto timestamp as the REST surfaces write times (RFC 3339 with offset), if set.
+pub fn rfc3339_opt(t: Option<prost_types::Timestamp>) -> Option<String> {
     t.as_ref()
         .map(|t| rfc3339(crate::transport::grpc::convert::millis(t)))
-        .unwrap_or_default()
+}
+
+/// As [`rfc3339_opt`], for a time that is always set (unset is empty).
+pub fn rfc3339_of(t: Option<prost_types::Timestamp>) -> String {
+    rfc3339_opt(t).unwrap_or_default()
 }
 
 /// Up to this declared size an oversized body is read and discarded before the `413`;

@@ -14,8 +14,9 @@ use super::auth::{Signed, header_str, header_text, secured};
 use super::call;
 use super::envelope::{ApiResult, ErrorBody, Success, success};
 use super::extract::{Path, Query};
+use super::{rfc3339_of, rfc3339_opt};
 use crate::domain::Gateway;
-use crate::domain::messaging::{MAX_PAYLOAD_BYTES, rfc3339};
+use crate::domain::messaging::MAX_PAYLOAD_BYTES;
 use crate::error::Error;
 use crate::proto::v1::messaging_service_server::MessagingService;
 use crate::proto::v1::{
@@ -23,7 +24,7 @@ use crate::proto::v1::{
 };
 use crate::transport::error::Refusal;
 use crate::transport::grpc::convert::{
-    json_to_struct, kind_from_name, kind_name, millis, non_empty, status_from_name, status_name,
+    json_to_struct, kind_from_name, kind_name, non_empty, status_from_name, status_name,
     struct_to_json,
 };
 use crate::transport::grpc::messaging::MessagingApi;
@@ -108,18 +109,17 @@ pub struct StatusData {
 
 impl From<Message> for StatusData {
     fn from(m: Message) -> Self {
-        let time = |t: Option<prost_types::Timestamp>| t.as_ref().map(|t| rfc3339(millis(t)));
         StatusData {
             id: m.id,
             status: status_name(m.status).unwrap_or_default().to_owned(),
             recipient: m.recipient,
             device_code: m.device_code,
             kind: kind_name(m.r#type).to_owned(),
-            created_at: time(m.created_at).unwrap_or_default(),
-            sent_at: time(m.sent_at),
-            delivered_at: time(m.delivered_at),
-            read_at: time(m.read_at),
-            failed_at: time(m.failed_at),
+            created_at: rfc3339_of(m.created_at),
+            sent_at: rfc3339_opt(m.sent_at),
+            delivered_at: rfc3339_opt(m.delivered_at),
+            read_at: rfc3339_opt(m.read_at),
+            failed_at: rfc3339_opt(m.failed_at),
             error_code: non_empty(m.error_code),
             error_message: non_empty(m.error_message),
             payload: m.payload.map(struct_to_json),

@@ -8,7 +8,6 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::rfc3339_of;
 use crate::domain::Gateway;
 use crate::proto::v1::accounts_service_server::AccountsService;
 use crate::proto::v1::{
@@ -20,6 +19,7 @@ use crate::transport::rest::auth::{AccountToken, Open, secured};
 use crate::transport::rest::call;
 use crate::transport::rest::envelope::{ApiResult, ErrorBody, Success, success};
 use crate::transport::rest::extract::{Json, OptionalJson};
+use crate::transport::rest::rfc3339_of;
 
 /// The open routes (register, log in): each behind the tight per-address limit.
 pub fn open_routes() -> OpenApiRouter<Gateway> {

@@ -10,7 +10,6 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::rfc3339_of;
 use crate::domain::Gateway;
 use crate::domain::principal::Principal;
 use crate::error::Error;
@@ -24,6 +23,7 @@ use crate::transport::rest::auth::{
 use crate::transport::rest::call;
 use crate::transport::rest::envelope::{ApiResult, ErrorBody, Success, success};
 use crate::transport::rest::extract::{Json, Query};
+use crate::transport::rest::rfc3339_of;
 
 pub fn routes() -> OpenApiRouter<Gateway> {
     OpenApiRouter::new()

@@ -15,8 +15,6 @@ use utoipa_axum::router::OpenApiRouter;
 use super::ratelimit::{self, IpLimiter};
 use crate::domain::Gateway;
 
-pub use super::rfc3339_of;
-
 /// The per-address limits in front of the SAK surface: account creation and login, management,
 /// messaging.
 #[derive(Clone)]

@@ -9,7 +9,6 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::rfc3339_of;
 use super::webhooks::EventName;
 use crate::domain::Gateway;
 use crate::error::Error;
@@ -17,14 +16,16 @@ use crate::proto::v1::sessions_service_server::SessionsService;
 use crate::proto::v1::{
     CreateSessionRequest, DeleteSessionRequest, GetQrCodeRequest, GetSessionRequest,
     ListSessionsRequest, LogoutSessionRequest, QrImage, RequestPairingCodeRequest,
-    RestartSessionRequest, Session, SessionState, SessionWebhook as SessionWebhookRequest,
+    RestartSessionRequest, Session, SessionWebhook as SessionWebhookRequest,
 };
-use crate::transport::grpc::convert::non_empty;
+use crate::sessions::SessionState;
+use crate::transport::grpc::convert::{non_empty, state_from_proto};
 use crate::transport::grpc::sessions::SessionsApi;
 use crate::transport::rest::auth::{SakManager, SakReader, secured};
 use crate::transport::rest::call;
 use crate::transport::rest::envelope::{ApiResult, ErrorBody, Success, success};
 use crate::transport::rest::extract::{Json, OptionalJson, Path, Query};
+use crate::transport::rest::{rfc3339_of, rfc3339_opt};
 
 pub fn routes() -> OpenApiRouter<Gateway> {
     OpenApiRouter::new()
@@ -38,20 +39,6 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .routes(secured::<SakManager, _>(routes!(pairing_code)))
         .routes(secured::<SakManager, _>(routes!(logout_session)))
         .routes(secured::<SakManager, _>(routes!(restart_session)))
-}
-
-/// The SAK name of a session state.
-fn state_name(s: i32) -> &'static str {
-    match SessionState::try_from(s).unwrap_or_default() {
-        SessionState::Unspecified | SessionState::Pending => "pending",
-        SessionState::Qr => "qr",
-        SessionState::Connecting => "connecting",
-        SessionState::Connected => "connected",
-        SessionState::Disconnected => "disconnected",
-        SessionState::LoggedOut => "logged_out",
-        SessionState::Banned => "banned",
-        SessionState::Failed => "failed",
-    }
 }
 
 /// A session as the SAK status endpoint shows it.
@@ -75,15 +62,15 @@ pub struct SessionData {
 impl From<Session> for SessionData {
     fn from(s: Session) -> Self {
         SessionData {
-            status: state_name(s.state),
-            connected: s.state == SessionState::Connected as i32,
+            status: state_from_proto(s.state).as_str(),
+            connected: state_from_proto(s.state) == SessionState::Connected,
             session_id: s.session_id,
             device_code: s.device_code,
             name: s.name,
             reason: non_empty(s.reason),
             phone_number: non_empty(s.phone_number),
             push_name: non_empty(s.push_name),
-            last_connected_at: s.last_connected_at.map(|t| rfc3339_of(Some(t))),
+            last_connected_at: rfc3339_opt(s.last_connected_at),
             created_at: rfc3339_of(s.created_at),
         }
     }
@@ -298,7 +285,7 @@ pub async fn session_qr(
             let data = QrData {
                 qr_code: non_empty(qr.qr_code),
                 connected: qr.connected,
-                expires_at: qr.expires_at.map(|t| rfc3339_of(Some(t))),
+                expires_at: rfc3339_opt(qr.expires_at),
                 message,
             };
             Ok(success(StatusCode::OK, gw.node_id(), data))

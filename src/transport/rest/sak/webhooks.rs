@@ -9,7 +9,6 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::rfc3339_of;
 use crate::domain::Gateway;
 use crate::error::Error;
 use crate::proto::v1::webhooks_service_server::WebhooksService;
@@ -24,6 +23,7 @@ use crate::transport::rest::auth::{Messenger, NamesSession, SakManager, secured}
 use crate::transport::rest::call;
 use crate::transport::rest::envelope::{ApiResult, ErrorBody, Success, success};
 use crate::transport::rest::extract::{Json, OptionalJson, Path, Query};
+use crate::transport::rest::{rfc3339_of, rfc3339_opt};
 
 /// Management routes (JWT or user key).
 pub fn routes() -> OpenApiRouter<Gateway> {
@@ -371,7 +371,7 @@ pub async fn rotate_secret(
     let data = SecretRotated {
         webhook_id: id,
         secret: r.secret,
-        previous_secret_expires_at: r.previous_secret_expires_at.map(|t| rfc3339_of(Some(t))),
+        previous_secret_expires_at: rfc3339_opt(r.previous_secret_expires_at),
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }
