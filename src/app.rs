@@ -16,7 +16,11 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::crypto::MasterKey;
 use crate::domain::{Gateway, Settings};
 use crate::error::{Error, Result};
+use crate::cluster::peers::{NodeKey, Peers};
+use crate::cluster::{ClusterSessions, Membership};
+use crate::sessions::fence::LeaseClock;
 use crate::sessions::{Connector, DbStores, SessionClient, SessionManager};
+use crate::storage::cluster::NodeRecord;
 use crate::storage::accept::{AcceptWriter, WriterConfig};
 use crate::storage::{Db, messages};
 use crate::transport::error::Refusal;
@@ -39,8 +43,10 @@ pub struct LaunchConfig {
 pub struct Server {
     pub addr: SocketAddr,
     pub gateway: Gateway,
-    /// This node's own sessions, stopped last at shutdown.
-    sessions: SessionManager,
+    /// This node in the cluster: its sessions are handed over last at shutdown.
+    member: Arc<Membership>,
+    /// SQLite: the file lock that keeps a second process off the database.
+    _single_node: Option<std::fs::File>,
     stop: watch::Sender<bool>,
     task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     upkeep: JoinHandle<()>,
@@ -52,7 +58,7 @@ impl Server {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         let _ = self.upkeep.await;
-        self.sessions.shutdown().await;
+        self.member.leave().await;
     }
 
     /// Runs until `signal` resolves, then shuts down gracefully.
@@ -127,6 +133,11 @@ fn grpc_kind(req: &Request) -> Option<GrpcKind> {
 
 pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> {
     metrics::install();
+    cfg.settings.cluster.validate()?;
+    let single_node = match crate::storage::parse_url(&cfg.database_url) {
+        (crate::storage::Backend::Sqlite, path) => crate::cluster::single_node_lock(&path)?,
+        (crate::storage::Backend::Postgres, _) => None,
+    };
     let db = Db::open(&cfg.database_url, cfg.db_pool_size)?;
     let applied = db.migrate()?;
     if applied > 0 {
@@ -147,12 +158,38 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         .writer
         .unwrap_or_else(|| WriterConfig::for_backend(db.backend()));
     let writer = AcceptWriter::start(&db, &writer_cfg)?;
+    let node_id = cfg.settings.node_id.clone();
+    let clock = Arc::new(LeaseClock::new());
     let sessions = SessionManager::new(
         db.clone(),
-        cfg.settings.node_id.clone(),
+        node_id.clone(),
         cfg.connector.unwrap_or_else(Connector::whatsapp),
         Arc::new(DbStores::new(db.clone(), cfg.master_key.clone())),
+        clock.clone(),
     );
+    let peers = Peers::new(
+        node_id.clone(),
+        NodeKey::from_master(&cfg.master_key),
+        db.clone(),
+    );
+    let member = Membership::new(
+        db.clone(),
+        sessions,
+        NodeRecord {
+            id: node_id.clone(),
+            instance: uuid::Uuid::new_v4().to_string(),
+            advertise_url: cfg
+                .settings
+                .cluster
+                .advertise_url_for(listener.local_addr().map_err(Error::internal)?),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_sessions: cfg.settings.cluster.max_sessions,
+        },
+        cfg.settings.cluster.clone(),
+        clock,
+        peers.clone(),
+    );
+    member.join().await?;
     let dispatcher = crate::webhooks::dispatcher::Dispatcher::new(
         db.clone(),
         cfg.master_key.clone(),
@@ -164,10 +201,10 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         cfg.master_key,
         cfg.settings,
         writer,
-        SessionClient::new(sessions.clone()),
+        SessionClient::new(ClusterSessions::new(member.clone())),
     );
 
-    let (grpc_router, health) = grpc::router(gw.clone()).await?;
+    let (grpc_router, health) = grpc::router(gw.clone(), member.clone()).await?;
     let http = gw.settings().http.clone();
     let app = rest::router(gw.clone())
         .fallback(move |req: Request| {
@@ -234,6 +271,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     let upkeep_gw = gw.clone();
     let dispatch_stop = stopped.clone();
     let janitor_stop = stopped.clone();
+    let (member_stop, nudge_stop) = (stopped.clone(), stopped.clone());
     let upkeep = tokio::spawn(async move {
         let gauges = async {
             let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -247,18 +285,19 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         tokio::join!(gauges, upkeep_gw.run_janitor(janitor_stop));
     });
     tokio::spawn(dispatcher.run(dispatch_stop));
-    // Awaited (one UPDATE, then spawns): once `launch` returns, no stored state from before
-    // the restart is reported as current.
-    match sessions.restore_all().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(sessions = n, "restoring linked sessions"),
-        Err(e) => tracing::error!(error = %e, "cannot restore sessions"),
+    // Awaited (claims, then spawns): once `launch` returns, no stored state from before the
+    // restart is reported as current for the sessions this node took.
+    if let Err(e) = member.balance_now().await {
+        tracing::error!(error = %e, "cannot claim sessions");
     }
+    tokio::spawn(member.clone().run(member_stop));
+    tokio::spawn(peers.run_nudges(nudge_stop));
     tracing::info!(%addr, node = gw.node_id(), backend = ?gw.db().backend(), "wagate listening (REST, gRPC, grpc-web)");
     Ok(Server {
         addr,
         gateway: gw,
-        sessions,
+        member,
+        _single_node: single_node,
         stop,
         task,
         upkeep,

@@ -25,6 +25,32 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Nodes with heartbeat age, state (live, draining, dead, stopped) and sessions owned.
+    Status {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The lease TTL the nodes run with (judges which are dead), in seconds.
+        #[arg(long, env = "WAGATE_LEASE_TTL_SECS", default_value_t = 15)]
+        lease_ttl_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand every session of a running node over to the others; it keeps serving API calls.
+    Drain {
+        #[command(flatten)]
+        db: DbArgs,
+        node: String,
+    },
+    /// Let a drained node take sessions again.
+    Resume {
+        #[command(flatten)]
+        db: DbArgs,
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway: REST, gRPC and grpc-web on one port.
     Serve(ServeArgs),
@@ -38,6 +64,9 @@ enum Command {
     Device(DeviceCommand),
     /// Print a signed curl command for the REST API.
     Sign(SignArgs),
+    /// The nodes sharing the database and the sessions each runs.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +247,57 @@ fn sign(a: SignArgs) -> Result<()> {
     Ok(())
 }
 
+async fn cluster(c: ClusterCommand) -> Result<()> {
+    use crate::storage::cluster::set_draining;
+    let (db, node, draining) = match c {
+        ClusterCommand::Status {
+            db,
+            lease_ttl_secs,
+            json,
+        } => {
+            let store = Db::open(&db.database_url, 1)?;
+            let ttl = (lease_ttl_secs * 1000) as i64;
+            let me = gethostname::gethostname().to_string_lossy().into_owned();
+            let v = store
+                .run(move |c| crate::domain::cluster::view(c, ttl, &me))
+                .await?;
+            print(json, &v, |v| {
+                let mut out = format!("{} session(s) to run\n", v.sessions_wanted);
+                for n in &v.nodes {
+                    out.push_str(&format!(
+                        "{:<20} {:<9} heartbeat {:>7} ms ago  sessions {}{}  {}  {}\n",
+                        n.node_id,
+                        n.state.as_str(),
+                        n.heartbeat_age_ms,
+                        n.sessions_owned,
+                        n.max_sessions.map(|m| format!("/{m}")).unwrap_or_default(),
+                        n.advertise_url,
+                        n.version
+                    ));
+                }
+                out.trim_end().to_owned()
+            });
+            return Ok(());
+        }
+        ClusterCommand::Drain { db, node } => (db, node, true),
+        ClusterCommand::Resume { db, node } => (db, node, false),
+    };
+    let store = Db::open(&db.database_url, 1)?;
+    let n = node.clone();
+    if !store.run(move |c| set_draining(c, &n, draining)).await? {
+        return Err(Error::NodeNotFound);
+    }
+    println!(
+        "node {node} {}",
+        if draining {
+            "drains: it hands its sessions over within a few seconds"
+        } else {
+            "takes sessions again"
+        }
+    );
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let (key, source) = args.db.resolve_master_key()?;
     match &source {
@@ -356,6 +436,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sign(a) => sign(a),
+        Command::Cluster(c) => cluster(c).await,
     }
 }
 

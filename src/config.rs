@@ -51,6 +51,25 @@ pub struct ServeArgs {
     /// This node's name, answered as `meta.server_id` (default: the host name).
     #[arg(long, env = "WAGATE_NODE_ID")]
     pub node_id: Option<String>,
+    /// Where the other nodes of a cluster reach this one (default: from --listen).
+    #[arg(long, env = "WAGATE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Sessions this node runs at most (default: unlimited).
+    #[arg(long, env = "WAGATE_MAX_SESSIONS")]
+    pub max_sessions: Option<u32>,
+    /// A session's lease, in seconds: another node takes a session over this long after its
+    /// owner stopped renewing.
+    #[arg(long, env = "WAGATE_LEASE_TTL_SECS", default_value_t = 15)]
+    pub lease_ttl_secs: u64,
+    /// How often a node renews its leases, in seconds (at most half the TTL).
+    #[arg(long, env = "WAGATE_LEASE_RENEW_SECS", default_value_t = 5)]
+    pub lease_renew_secs: u64,
+    /// Sessions a node hands over per minute to even out the spread across nodes.
+    #[arg(long, env = "WAGATE_REBALANCE_PER_MINUTE", default_value_t = 30)]
+    pub rebalance_per_minute: u32,
+    /// Operator token of the cluster endpoints (`Authorization: Bearer`); off without it.
+    #[arg(long, env = "WAGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Allowed clock difference for X-TIMESTAMP and Date, in seconds.
     #[arg(long, env = "WAGATE_SIGNATURE_WINDOW_SECS", default_value_t = 300)]
     pub signature_window_secs: u64,
@@ -194,6 +213,15 @@ impl ServeArgs {
                 metrics_listen: self.metrics_listen,
                 trusted_proxies: self.trusted_proxies.clone(),
             },
+            cluster: crate::cluster::ClusterSettings {
+                lease_ttl: Duration::from_secs(self.lease_ttl_secs.max(2)),
+                lease_renew: Duration::from_secs(self.lease_renew_secs.max(1)),
+                advertise_url: self.advertise_url.clone().filter(|u| !u.is_empty()),
+                max_sessions: self.max_sessions.map(i64::from),
+                moves_per_minute: self.rebalance_per_minute,
+                ..crate::cluster::ClusterSettings::default()
+            },
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             ..Settings::default()
         }
     }

@@ -198,6 +198,11 @@ pub enum Error {
     MessageNotFound,
     #[error("project not found")]
     ProjectNotFound,
+    #[error("node not found in this cluster")]
+    NodeNotFound,
+    /// No operator token is configured: the cluster endpoints are off.
+    #[error("the cluster endpoints are off: set WAGATE_ADMIN_TOKEN to enable them")]
+    OperatorApiDisabled,
     #[error("device code is already in use")]
     DeviceCodeTaken,
 
@@ -216,6 +221,10 @@ pub enum Error {
     /// WhatsApp did not answer); the reason is ours and safe to show.
     #[error("WhatsApp is not reachable for this session: {0}")]
     WhatsAppUnavailable(String),
+    /// The session moved to another node while this one worked on it (its lease epoch is
+    /// gone): the write is refused and this node stops running the session.
+    #[error("the session moved to another node; retry")]
+    SessionMoved,
     #[error("internal error")]
     Internal(String),
 }
@@ -263,12 +272,15 @@ impl Error {
             Error::EventNotFound => "EVENT_NOT_FOUND",
             Error::MessageNotFound => "MESSAGE_NOT_FOUND",
             Error::ProjectNotFound => "PROJECT_NOT_FOUND",
+            Error::NodeNotFound => "NODE_NOT_FOUND",
+            Error::OperatorApiDisabled => "OPERATOR_API_DISABLED",
             Error::DeviceCodeTaken => "DEVICE_CODE_TAKEN",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::QuotaExceeded => "QUOTA_EXCEEDED",
             Error::Overloaded => "SERVER_BUSY",
             Error::Unavailable(_) => "SERVICE_UNAVAILABLE",
             Error::WhatsAppUnavailable(_) => "WHATSAPP_UNAVAILABLE",
+            Error::SessionMoved => "SESSION_MOVED",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -311,13 +323,16 @@ impl Error {
             | Error::DeliveryNotFound
             | Error::MediaNotFound
             | Error::EventNotFound
-            | Error::ProjectNotFound => Kind::NotFound,
+            | Error::ProjectNotFound
+            | Error::NodeNotFound
+            | Error::OperatorApiDisabled => Kind::NotFound,
             Error::MediaExpired => Kind::Gone,
             Error::SessionLimitReached | Error::QuotaExceeded => Kind::LimitReached,
             Error::RateLimited { .. } => Kind::RateLimited,
-            Error::Overloaded | Error::Unavailable(_) | Error::WhatsAppUnavailable(_) => {
-                Kind::Unavailable
-            }
+            Error::Overloaded
+            | Error::Unavailable(_)
+            | Error::WhatsAppUnavailable(_)
+            | Error::SessionMoved => Kind::Unavailable,
             Error::Internal(_) => Kind::Internal,
         }
     }
@@ -353,7 +368,7 @@ impl Failure for Error {
         match self {
             Error::RateLimited { retry_after, .. } => Some(*retry_after),
             // Busy, or the database is unreachable: a moment later usually works.
-            Error::Overloaded | Error::Unavailable(_) => Some(BUSY_RETRY),
+            Error::Overloaded | Error::Unavailable(_) | Error::SessionMoved => Some(BUSY_RETRY),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod domain;

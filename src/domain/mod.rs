@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod janitor;
 pub mod media;
 pub mod messaging;
@@ -44,6 +45,10 @@ pub struct Settings {
     pub hashing: accounts::HashingSettings,
     /// Connection, header and body limits of the HTTP server (REST, gRPC, grpc-web).
     pub http: crate::transport::limits::HttpSettings,
+    /// Leases, balancing and where other nodes reach this one.
+    pub cluster: crate::cluster::ClusterSettings,
+    /// The operator token of the cluster endpoints; they are off without one.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Settings {
@@ -62,6 +67,8 @@ impl Default for Settings {
             janitor_interval: Duration::from_secs(60),
             hashing: accounts::HashingSettings::default(),
             http: crate::transport::limits::HttpSettings::default(),
+            cluster: crate::cluster::ClusterSettings::default(),
+            admin_token: None,
         }
     }
 }
@@ -134,6 +141,10 @@ impl Gateway {
             .run(crate::storage::messages::queued_count)
             .await
             .map(drop)
+    }
+
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.inner.key
     }
 
     pub fn admin(&self) -> admin::Admin {

@@ -20,6 +20,8 @@ pub struct SessionView {
     pub push_name: Option<String>,
     pub last_connected_at: Option<i64>,
     pub created_at: i64,
+    /// The node of the cluster that runs it now.
+    pub owner_node: Option<String>,
 }
 
 impl SessionView {
@@ -44,6 +46,7 @@ impl SessionView {
                 .and_then(|s| s.last_connected_at)
                 .or(row.last_connected_at),
             created_at: row.created_at,
+            owner_node: live.and_then(|s| s.node),
         }
     }
 }

@@ -3,13 +3,12 @@
 //! code, a watch on that state, a pairing code, logout, delete, a nudge to send).
 //!
 //! [`SessionControl`] is that contract and [`SessionClient`] the one type the domain holds.
-//! Today the only implementation is the local [`SessionManager`](super::SessionManager)
-//! (sessions running in this process); a remote one (forwarding to the node that owns a
-//! session) plugs in behind [`SessionClient`] without changing a caller, as long as it keeps
-//! the promises written on each method.
+//! The implementation is `cluster::ClusterSessions`: it runs a call on the local
+//! [`SessionManager`](super::SessionManager) when this node owns the session and forwards it
+//! to the owner otherwise, keeping the promises written on each method.
 //!
-//! How a node brings its own sessions up and down (`restore_all` at start, `shutdown` at the
-//! end) is the local implementation's lifecycle, not part of this seam.
+//! How a node brings its own sessions up and down (claiming leases, handing them over at
+//! shutdown) is the cluster membership's lifecycle, not part of this seam.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -70,6 +69,8 @@ pub struct Snapshot {
     pub phone: Option<String>,
     pub push_name: Option<String>,
     pub last_connected_at: Option<i64>,
+    /// The node of the cluster that runs the session.
+    pub node: Option<String>,
 }
 
 /// What the domain may ask of a running session. Every method takes the id of a stored
@@ -134,8 +135,7 @@ pub trait SessionControl: Send + Sync + 'static {
     fn notify_outbound(&self, device_id: &str);
 }
 
-/// The sessions as the domain holds them: a local [`SessionManager`](super::SessionManager)
-/// today, any [`SessionControl`] tomorrow. Cheap to clone.
+/// The sessions as the domain holds them, wherever they run. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionClient(Arc<dyn SessionControl>);
 

@@ -113,9 +113,7 @@ pub(super) async fn store(
         sent_at: info.timestamp.timestamp_millis(),
         created_at: now,
     };
-    inner
-        .db
-        .run(move |c| sessions::insert_inbound(c, &row, media_row.as_ref()))
+    slot.write(&inner.db, move |c| sessions::insert_inbound(c, &row, media_row.as_ref()))
         .await
         .map(|_| ())
 }

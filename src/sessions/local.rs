@@ -1,6 +1,10 @@
-//! The local implementation of [`SessionControl`]: the sessions running in this process, one
-//! slot and one supervisor task each, plus the node's own lifecycle of them (restore every
-//! linked session at start, stop them all at shutdown).
+//! The sessions running in this process, one slot and one supervisor task each.
+//!
+//! A session runs here only under a lease this node holds (`storage::cluster`): every slot
+//! carries its lease's [`Fence`], every write a session makes passes it ([`Slot::write`]), and
+//! every WhatsApp connection goes through the slot's [`Gate`] (the self-fence). Which
+//! sessions run here is decided by the cluster's membership loop; what callers ask of a
+//! session is routed here by `cluster::ClusterSessions` when this node owns it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,19 +14,27 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use whatsapp_rust::Client;
 
-use super::control::{SessionControl, SessionState, Snapshot};
+use super::control::{SessionState, Snapshot};
+use super::fence::{Gate, LeaseClock};
 use super::{Connector, DeviceStores, supervisor};
 use crate::error::{Error, Result};
-use crate::storage::{Db, now_ms, sessions};
+use crate::storage::cluster::{self, Fence, Held};
+use crate::storage::{Db, DbConn, now_ms, sessions};
 
 pub(crate) struct Slot {
     pub device_id: String,
     pub project_id: String,
+    /// The lease this session runs under.
+    pub fence: Fence,
+    /// Its connections to WhatsApp.
+    pub gate: Arc<Gate>,
     pub snapshot: watch::Sender<Snapshot>,
     pub client: Mutex<Option<Arc<Client>>>,
     /// Wakes the outbound worker when a message is accepted.
     pub wake: Notify,
     pub stop: watch::Sender<bool>,
+    /// A fenced write was refused: another node owns the session now.
+    pub lost: Notify,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -37,6 +49,28 @@ impl Slot {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Runs a write of this session in one transaction with the check of its lease: a
+    /// node that lost the lease writes nothing (`SessionMoved`), and its supervisor stops.
+    pub async fn write<T, F>(&self, db: &Db, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        let fence = self.fence.clone();
+        let r = db
+            .run(move |c| {
+                c.transaction(|c| {
+                    cluster::check_fence(c, &fence)?;
+                    f(c)
+                })
+            })
+            .await;
+        if matches!(r, Err(Error::SessionMoved)) {
+            self.lost.notify_one();
+        }
+        r
+    }
 }
 
 pub(crate) struct Inner {
@@ -44,7 +78,21 @@ pub(crate) struct Inner {
     pub node: String,
     pub connector: Connector,
     pub stores: Arc<dyn DeviceStores>,
+    pub clock: Arc<LeaseClock>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl Inner {
+    /// Drops the slot of a session that moved to another node (if it is still this one).
+    pub fn forget(&self, slot: &Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots
+            .get(&slot.device_id)
+            .is_some_and(|s| s.fence == slot.fence)
+        {
+            slots.remove(&slot.device_id);
+        }
+    }
 }
 
 /// Runs the sessions of this node.
@@ -57,16 +105,27 @@ pub struct SessionManager {
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SessionManager {
-    pub fn new(db: Db, node: String, connector: Connector, stores: Arc<dyn DeviceStores>) -> Self {
+    pub fn new(
+        db: Db,
+        node: String,
+        connector: Connector,
+        stores: Arc<dyn DeviceStores>,
+        clock: Arc<LeaseClock>,
+    ) -> Self {
         SessionManager {
             inner: Arc::new(Inner {
                 db,
                 node,
                 connector,
                 stores,
+                clock,
                 slots: Mutex::default(),
             }),
         }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.node
     }
 
     fn slot(&self, device_id: &str) -> Option<Arc<Slot>> {
@@ -78,8 +137,44 @@ impl SessionManager {
             .cloned()
     }
 
-    /// Starts the session of a stored row unless it is already running.
-    fn start_row(&self, row: sessions::SessionRow) {
+    /// The leases of the sessions running here.
+    pub fn running(&self) -> Vec<Fence> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.fence.clone())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    pub fn runs(&self, device_id: &str) -> bool {
+        self.slot(device_id).is_some()
+    }
+
+    /// Sessions running here that are connected and linked: the ones a rebalance moves
+    /// (a session showing a QR code would lose it).
+    pub fn movable(&self) -> Vec<Fence> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.snapshot.borrow().state == SessionState::Connected)
+            .map(|s| s.fence.clone())
+            .collect()
+    }
+
+    /// Starts the session of a stored row under `fence` unless it is already running.
+    fn start_row(&self, row: sessions::SessionRow, fence: Fence) {
         let device_id = row.id.as_str();
         let initial = Snapshot {
             state: if row.wa_jid.is_some() {
@@ -96,10 +191,13 @@ impl SessionManager {
         let slot = Arc::new(Slot {
             device_id: row.id.clone(),
             project_id: row.project_id.clone(),
+            fence,
+            gate: Gate::new(self.inner.clock.clone()),
             snapshot: watch::channel(initial).0,
             client: Mutex::new(None),
             wake: Notify::new(),
             stop: watch::channel(false).0,
+            lost: Notify::new(),
             task: Mutex::new(None),
         });
         {
@@ -113,58 +211,123 @@ impl SessionManager {
         *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
 
-    /// Stops a session's client gracefully; its store is kept.
-    async fn stop_slot(&self, device_id: &str) {
-        let slot = self
-            .inner
+    fn take_slot(&self, device_id: &str) -> Option<Arc<Slot>> {
+        self.inner
             .slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(device_id);
-        if let Some(slot) = slot {
+            .remove(device_id)
+    }
+
+    /// Stops a session's client gracefully; its store is kept. Answers the lease it ran
+    /// under.
+    async fn stop_slot(&self, device_id: &str) -> Option<Fence> {
+        let slot = self.take_slot(device_id)?;
+        let _ = slot.stop.send(true);
+        let task = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut task) = task
+            && tokio::time::timeout(STOP_TIMEOUT * 2, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            slot.gate.cut().await;
+        }
+        Some(slot.fence.clone())
+    }
+
+    /// Runs sessions whose leases this node just claimed: marks the linked ones
+    /// `connecting` (fenced by the claim itself, in one statement), then starts each.
+    pub async fn run_claimed(&self, held: Vec<Held>, reason: &'static str) -> Result<usize> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = held.iter().map(|h| h.device_id.clone()).collect();
+        let rows = self
+            .inner
+            .db
+            .run(move |c| sessions::begin_run(c, &ids, reason, now_ms()))
+            .await?;
+        let mut started = 0;
+        for row in rows {
+            if let Some(h) = held.iter().find(|h| h.device_id == row.id) {
+                let fence = Fence {
+                    device_id: row.id.clone(),
+                    node: self.inner.node.clone(),
+                    epoch: h.epoch,
+                };
+                self.start_row(row, fence);
+                started += 1;
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts one session under a lease this node holds (idempotent).
+    pub async fn start_held(&self, held: Held) -> Result<()> {
+        if self.runs(&held.device_id) {
+            return Ok(());
+        }
+        let id = held.device_id.clone();
+        let row = self
+            .inner
+            .db
+            .run(move |c| sessions::get(c, &id))
+            .await?
+            .ok_or(Error::DeviceNotFound)?;
+        let fence = Fence {
+            device_id: row.id.clone(),
+            node: self.inner.node.clone(),
+            epoch: held.epoch,
+        };
+        self.start_row(row, fence);
+        Ok(())
+    }
+
+    /// Cuts a session off at once: its WhatsApp connection is dropped without a flush and
+    /// its tasks aborted, and nothing of it is written (its lease is gone or going).
+    pub async fn cut(&self, device_id: &str) {
+        if let Some(slot) = self.take_slot(device_id) {
+            slot.gate.cut().await;
             let _ = slot.stop.send(true);
-            let task = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(mut task) = task
-                && tokio::time::timeout(STOP_TIMEOUT * 2, &mut task)
-                    .await
-                    .is_err()
-            {
+            if let Some(task) = slot.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 task.abort();
+            }
+            if let Some(client) = slot.client() {
+                // The connection is gone already; this ends the client's own tasks.
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(STOP_TIMEOUT, client.disconnect()).await;
+                });
             }
         }
     }
 
-    /// Brings back every linked session at start: marks them all `connecting` in one
-    /// statement, then starts each (they connect concurrently).
-    pub async fn restore_all(&self) -> Result<usize> {
-        let rows = self
-            .inner
-            .db
-            .run(|c| sessions::begin_restore(c, now_ms()))
-            .await?;
-        let n = rows.len();
-        for row in rows {
-            self.start_row(row);
-        }
-        Ok(n)
+    /// [`Self::cut`] for every session of this node (the self-fence).
+    pub async fn cut_all(&self) {
+        let ids: Vec<String> = self.running().into_iter().map(|f| f.device_id).collect();
+        futures::future::join_all(ids.iter().map(|id| self.cut(id))).await;
+    }
+
+    /// Stops a session gracefully so another node can take it over; answers the lease to
+    /// release.
+    pub async fn hand_over(&self, device_id: &str) -> Option<Fence> {
+        self.stop_slot(device_id).await
     }
 
     /// Stops every session (graceful shutdown), in parallel, and records the live ones as
     /// `disconnected` (a QR that can no longer be scanned as `pending`) so their stored state
     /// does not claim a connection nobody holds. Terminal states (banned, failed, …) stay:
-    /// the stored state decides, so one written just before the stop is kept.
-    pub async fn shutdown(&self) {
-        let live: Vec<String> = self
-            .inner
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
+    /// the stored state decides, so one written just before the stop is kept. Answers the
+    /// leases the sessions ran under, for release.
+    pub async fn shutdown(&self) -> Vec<Fence> {
+        let live: Vec<String> = self.running().into_iter().map(|f| f.device_id).collect();
+        let fences: Vec<Fence> = futures::future::join_all(live.iter().map(|id| self.stop_slot(id)))
+            .await
+            .into_iter()
+            .flatten()
             .collect();
-        futures::future::join_all(live.iter().map(|id| self.stop_slot(id))).await;
-        if live.is_empty() {
-            return;
+        if fences.is_empty() {
+            return fences;
         }
         let now = now_ms();
         let reason = Some("gateway stopped");
@@ -174,26 +337,41 @@ impl SessionManager {
             SessionState::Disconnected.as_str(),
         ];
         let pairing = [SessionState::Qr.as_str()];
+        let held = fences.clone();
         if let Err(e) = self
             .inner
             .db
             .run(move |c| {
-                sessions::set_states_from(c, &live, &running, "disconnected", reason, now)?;
-                sessions::set_states_from(c, &live, &pairing, "pending", reason, now)
+                c.transaction(|c| {
+                    // Only sessions whose lease is still ours: a moved one is another's now.
+                    let mut ours = Vec::with_capacity(held.len());
+                    for f in &held {
+                        if cluster::check_fence(c, f).is_ok() {
+                            ours.push(f.device_id.clone());
+                        }
+                    }
+                    sessions::set_states_from(c, &ours, &running, "disconnected", reason, now)?;
+                    sessions::set_states_from(c, &ours, &pairing, "pending", reason, now)
+                })
             })
             .await
         {
             tracing::warn!(error = %e, "cannot record the sessions as stopped");
         }
+        fences
     }
-}
 
-#[async_trait::async_trait]
-impl SessionControl for SessionManager {
-    async fn start(&self, device_id: &str) -> Result<()> {
-        if self.slot(device_id).is_some() {
-            return Ok(());
-        }
+    // -- what callers ask of a session running here (routed by `cluster::ClusterSessions`)
+
+    pub async fn stop(&self, device_id: &str) -> Option<Fence> {
+        self.stop_slot(device_id).await
+    }
+
+    /// Stops, then starts the session under the same lease (its back-off starts over).
+    pub async fn restart(&self, device_id: &str) -> Result<bool> {
+        let Some(fence) = self.stop_slot(device_id).await else {
+            return Ok(false);
+        };
         let id = device_id.to_owned();
         let row = self
             .inner
@@ -201,31 +379,26 @@ impl SessionControl for SessionManager {
             .run(move |c| sessions::get(c, &id))
             .await?
             .ok_or(Error::DeviceNotFound)?;
-        self.start_row(row);
-        Ok(())
+        self.start_row(row, fence);
+        Ok(true)
     }
 
-    async fn stop(&self, device_id: &str) -> Result<()> {
-        self.stop_slot(device_id).await;
-        Ok(())
+    pub fn snapshot(&self, device_id: &str) -> Option<Snapshot> {
+        self.slot(device_id).map(|s| Snapshot {
+            node: Some(self.inner.node.clone()),
+            ..s.snapshot.borrow().clone()
+        })
     }
 
-    async fn restart(&self, device_id: &str) -> Result<()> {
-        self.stop_slot(device_id).await;
-        self.start(device_id).await
-    }
-
-    async fn snapshot(&self, device_id: &str) -> Option<Snapshot> {
-        self.slot(device_id).map(|s| s.snapshot.borrow().clone())
-    }
-
-    async fn watch(&self, device_id: &str) -> Option<watch::Receiver<Snapshot>> {
+    /// The live state of a session running here (`node` is not set on these values: they
+    /// are this node's).
+    pub fn watch(&self, device_id: &str) -> Option<watch::Receiver<Snapshot>> {
         self.slot(device_id).map(|s| s.snapshot.subscribe())
     }
 
-    async fn pairing_code(&self, device_id: &str, phone: &str) -> Result<String> {
-        self.start(device_id).await?;
-        let slot = self.slot(device_id).ok_or(Error::DeviceNotFound)?;
+    /// A pairing code from the session running here.
+    pub async fn pairing_code(&self, device_id: &str, phone: &str) -> Result<String> {
+        let slot = self.slot(device_id).ok_or(Error::SessionMoved)?;
         // The client exists once the supervisor has built it.
         let mut rx = slot.snapshot.subscribe();
         let client = loop {
@@ -251,7 +424,10 @@ impl SessionControl for SessionManager {
         Ok(code)
     }
 
-    async fn logout(&self, device_id: &str) -> Result<()> {
+    /// Logs the session out: tells WhatsApp when its client runs here (bounded, best
+    /// effort), stops it, wipes its device store, stores it as `logged_out` with its
+    /// account cleared, and drops its lease (it runs nowhere). Works whether or not it runs.
+    pub async fn logout(&self, device_id: &str) -> Result<()> {
         if let Some(client) = self.slot(device_id).and_then(|s| s.client()) {
             let _ = tokio::time::timeout(STOP_TIMEOUT, client.logout()).await;
         }
@@ -261,27 +437,27 @@ impl SessionControl for SessionManager {
         self.inner
             .db
             .run(move |c| {
-                sessions::clear_account(
-                    c,
-                    &id,
-                    SessionState::LoggedOut.as_str(),
-                    Some("logged out by request"),
-                    now_ms(),
-                )
+                c.transaction(|c| {
+                    cluster::unwant(c, &id)?;
+                    sessions::clear_account(
+                        c,
+                        &id,
+                        SessionState::LoggedOut.as_str(),
+                        Some("logged out by request"),
+                        now_ms(),
+                    )
+                })
             })
             .await
     }
 
-    async fn delete(&self, device_id: &str) -> Result<()> {
-        self.logout(device_id).await?;
-        let id = device_id.to_owned();
-        self.inner.db.run(move |c| sessions::delete(c, &id)).await?;
-        Ok(())
-    }
-
-    fn notify_outbound(&self, device_id: &str) {
-        if let Some(s) = self.slot(device_id) {
-            s.wake.notify_one();
+    pub fn notify_outbound(&self, device_id: &str) -> bool {
+        match self.slot(device_id) {
+            Some(s) => {
+                s.wake.notify_one();
+                true
+            }
+            None => false,
         }
     }
 }

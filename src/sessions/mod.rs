@@ -4,8 +4,9 @@
 //! - `control`: [`SessionControl`], what the domain asks of a running session, and
 //!   [`SessionClient`], the handle the domain holds (the seam a remote implementation plugs
 //!   into).
-//! - `local`: [`SessionManager`], the sessions running in this process: it starts, stops
-//!   and restores them and answers their state.
+//! - `local`: [`SessionManager`], the sessions running in this process under leases this
+//!   node holds: it starts, stops, hands over and cuts them and answers their state.
+//! - `fence`: the self-fence, so a node whose leases may have expired sends WhatsApp nothing.
 //! - `supervisor` runs one session: builds the bot on the session's device store, turns its
 //!   events into state, inbound messages, acks and receipts, and restarts it with backoff.
 //! - `outbound` sends the session's queued messages.
@@ -13,6 +14,7 @@
 
 mod control;
 pub use control::{SessionClient, SessionControl, SessionState, Snapshot};
+pub mod fence;
 mod local;
 pub use local::SessionManager;
 use local::{Inner, Slot};
@@ -58,24 +60,7 @@ pub trait DeviceStores: Send + Sync {
     async fn wipe(&self, device_id: &str) -> Result<()>;
 }
 
-/// Adapters so shared (`Arc<dyn …>`) connectors can be handed to the bot builder.
-pub(crate) struct SharedTransport(pub Arc<dyn TransportFactory>);
-
-#[async_trait::async_trait]
-impl TransportFactory for SharedTransport {
-    async fn create_transport(
-        &self,
-    ) -> std::result::Result<
-        (
-            Arc<dyn whatsapp_rust::transport::Transport>,
-            whatsapp_rust::async_channel::Receiver<whatsapp_rust::transport::TransportEvent>,
-        ),
-        whatsapp_rust::anyhow::Error,
-    > {
-        self.0.create_transport().await
-    }
-}
-
+/// Adapter so a shared (`Arc<dyn …>`) HTTP client can be handed to the bot builder.
 pub(crate) struct SharedHttp(pub Arc<dyn HttpClient>);
 
 #[async_trait::async_trait]

@@ -10,7 +10,7 @@ use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::wacore::types::presence::ReceiptType;
 
-use super::{Inner, SessionState, SharedHttp, SharedTransport, Slot, inbound, outbound};
+use super::{Inner, SessionState, SharedHttp, Slot, inbound, outbound};
 use crate::storage::{now_ms, sessions};
 
 /// Events buffered between the client and the supervisor. The client's ordered mailbox
@@ -30,6 +30,9 @@ enum End {
     Final,
     /// The client died unexpectedly: start it again.
     Restart,
+    /// Another node owns the session now (a fenced write was refused, or WhatsApp replaced
+    /// this connection with that node's): stop without writing anything.
+    Moved,
 }
 
 pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
@@ -51,6 +54,13 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
         *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match end {
             End::Final => return,
+            End::Moved => {
+                tracing::info!(device = %slot.device_id, "the session moved to another node; stopped here");
+                ::metrics::counter!("wagate_session_handovers_total", "side" => "lost").increment(1);
+                slot.gate.cut().await;
+                inner.forget(&slot);
+                return;
+            }
             End::Restart => {
                 // A run that lasted was healthy: back-off starts over.
                 if started.elapsed() >= HEALTHY_RUN {
@@ -84,9 +94,7 @@ async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
 /// does not hold yet.
 async fn persist_state(inner: &Inner, slot: &Slot, state: SessionState, reason: Option<String>) {
     let (id, stored) = (slot.device_id.clone(), reason.clone());
-    if let Err(e) = inner
-        .db
-        .run(move |c| sessions::set_state(c, &id, state.as_str(), stored.as_deref(), now_ms()))
+    if let Err(e) = slot.write(&inner.db, move |c| sessions::set_state(c, &id, state.as_str(), stored.as_deref(), now_ms()))
         .await
     {
         tracing::warn!(device = %slot.device_id, error = %e, "cannot persist session state");
@@ -105,7 +113,7 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     let store_failed = Arc::new(Notify::new());
     let mut builder = Bot::builder()
         .with_backend_arc(inner.stores.open(&slot.device_id))
-        .with_transport_factory(SharedTransport(inner.connector.transport.clone()))
+        .with_transport_factory(slot.gate.factory(inner.connector.transport.clone()))
         .with_http_client(SharedHttp(inner.connector.http.clone()))
         .with_runtime(TokioRuntime)
         .skip_history_sync()
@@ -153,6 +161,7 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
                 None => break End::Restart,
             },
             _ = until_stopped(&mut stop) => break End::Final,
+            _ = slot.lost.notified() => break End::Moved,
             _ = store_failed.notified() => {
                 tracing::warn!(device = %slot.device_id, "an inbound message could not be stored; reconnecting for its redelivery");
                 break End::Restart;
@@ -160,6 +169,10 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
         }
     };
     worker.abort();
+    if matches!(end, End::Moved) {
+        // Not one more frame for a session another node runs.
+        slot.gate.cut().await;
+    }
     if tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
         .await
         .is_err()
@@ -181,9 +194,7 @@ async fn on_event(
         Event::PairingQrCode(q) => {
             let until = now_ms() + q.timeout.as_millis() as i64;
             let (id, code) = (device.clone(), q.code.clone());
-            if let Err(e) = inner
-                .db
-                .run(move |c| sessions::set_qr(c, &id, &code, now_ms()))
+            if let Err(e) = slot.write(&inner.db, move |c| sessions::set_qr(c, &id, &code, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist the QR state");
@@ -198,9 +209,7 @@ async fn on_event(
             let phone = p.id.user.to_string();
             let (jid, lid) = (p.id.to_string(), p.lid.to_string());
             let (id, stored) = (device.clone(), phone.clone());
-            if let Err(e) = inner
-                .db
-                .run(move |c| sessions::set_account(c, &id, &jid, Some(&lid), &stored, now_ms()))
+            if let Err(e) = slot.write(&inner.db, move |c| sessions::set_account(c, &id, &jid, Some(&lid), &stored, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist the linked account");
@@ -212,9 +221,7 @@ async fn on_event(
             let now = now_ms();
             let push_name = Some(client.push_name()).filter(|n| !n.is_empty());
             let (id, stored) = (device.clone(), push_name.clone());
-            if let Err(e) = inner
-                .db
-                .run(move |c| sessions::set_connected(c, &id, stored.as_deref(), now))
+            if let Err(e) = slot.write(&inner.db, move |c| sessions::set_connected(c, &id, stored.as_deref(), now))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist connected state");
@@ -247,9 +254,7 @@ async fn on_event(
             }
             let reason = format!("logged out: {:?}", l.reason);
             let (id, stored) = (device.clone(), reason.clone());
-            let _ = inner
-                .db
-                .run(move |c| {
+            let _ = slot.write(&inner.db, move |c| {
                     sessions::clear_account(c, &id, "logged_out", Some(&stored), now_ms())
                 })
                 .await;
@@ -260,6 +265,12 @@ async fn on_event(
             return Some(End::Final);
         }
         Event::StreamReplaced(_) => {
+            // Replaced by the node that owns the session now: a hand-over, not a failure.
+            if let Err(crate::error::Error::SessionMoved) =
+                slot.write(&inner.db, |_| Ok(())).await
+            {
+                return Some(End::Moved);
+            }
             persist_state(
                 inner,
                 slot,
@@ -305,9 +316,7 @@ async fn on_event(
         }
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
             let (id, wa) = (device.clone(), ack.id.clone());
-            if let Err(e) = inner
-                .db
-                .run(move |c| sessions::mark_acked(c, &id, &wa, now_ms()))
+            if let Err(e) = slot.write(&inner.db, move |c| sessions::mark_acked(c, &id, &wa, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot record server ack");
@@ -322,9 +331,7 @@ async fn on_event(
             };
             let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
             let id = device.clone();
-            if let Err(e) = inner
-                .db
-                .run(move |c| sessions::mark_receipt(c, &id, &ids, read, now_ms()))
+            if let Err(e) = slot.write(&inner.db, move |c| sessions::mark_receipt(c, &id, &ids, read, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot record receipt");

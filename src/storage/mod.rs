@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod accounts;
+pub mod cluster;
 pub mod device_store;
 pub mod events;
 pub mod messages;
@@ -73,10 +74,15 @@ impl DbConn {
         &mut self,
         f: impl FnOnce(&mut DbConn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
+        // Nested in a transaction (a fenced write around a storage call): a savepoint.
+        let nested = on_conn!(self, c => AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth())?
+        .is_some();
         match self {
-            DbConn::Sqlite(c) => {
+            DbConn::Sqlite(c) if !nested => {
                 AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
             }
+            DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction(c)?,
             DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,
         }
         match f(self) {

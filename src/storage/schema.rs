@@ -149,6 +149,30 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    nodes (id) {
+        id -> Text,
+        instance -> Text,
+        advertise_url -> Text,
+        version -> Text,
+        started_at -> BigInt,
+        heartbeat_at -> BigInt,
+        max_sessions -> Nullable<BigInt>,
+        draining -> Bool,
+        stopped_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    session_leases (device_id) {
+        device_id -> Text,
+        owner -> Nullable<Text>,
+        epoch -> BigInt,
+        expires_at -> BigInt,
+        acquired_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(devices -> projects (project_id));
 diesel::joinable!(user_api_keys -> users (user_id));
 diesel::joinable!(messages -> devices (device_id));
@@ -161,7 +185,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_counters,
     inbound_messages,
     users,
-    user_api_keys
+    user_api_keys,
+    nodes,
+    session_leases
 );
 
 // --- whatsapp-rust device store (src/storage/device_store.rs) ---

@@ -43,28 +43,38 @@ pub fn list(conn: &mut DbConn, project_id: &str) -> Result<Vec<SessionRow>> {
         .load(c))?)
 }
 
-/// Sessions to bring back at start (every one that was ever linked and not logged out),
-/// marked `connecting` in the same statement: the state stored before the restart would
-/// otherwise be read back as current until each session reconnects.
-pub fn begin_restore(conn: &mut DbConn, now: i64) -> Result<Vec<SessionRow>> {
-    const REASON: &str = "restoring after a gateway start";
+/// Sessions this node is about to run (it just claimed their leases): the linked ones are
+/// marked `connecting` in the same transaction (their stored state from before would
+/// otherwise be read back as current until each connects), with their events. Answers every
+/// row, oldest first.
+pub fn begin_run(
+    conn: &mut DbConn,
+    device_ids: &[String],
+    reason: &str,
+    now: i64,
+) -> Result<Vec<SessionRow>> {
     conn.transaction(|conn| {
-        let mut rows: Vec<SessionRow> = on_conn!(conn, c => diesel::update(
+        let linked: Vec<String> = on_conn!(conn, c => diesel::update(
             devices::table
+                .filter(devices::id.eq_any(device_ids))
                 .filter(devices::wa_jid.is_not_null())
                 .filter(devices::state.ne_all(["logged_out", "replaced", "deleted"])),
         )
         .set((
             devices::state.eq("connecting"),
-            devices::state_reason.eq(REASON),
+            devices::state_reason.eq(reason),
             devices::updated_at.eq(now),
         ))
-        .returning(SessionRow::as_returning())
+        .returning(devices::id)
         .get_results(c))?;
-        rows.sort_by_key(|r| r.created_at);
-        for r in &rows {
-            events::session_status(conn, &r.id, "connecting", Some(REASON), None, now)?;
+        for id in &linked {
+            events::session_status(conn, id, "connecting", Some(reason), None, now)?;
         }
+        let mut rows: Vec<SessionRow> = on_conn!(conn, c => devices::table
+            .filter(devices::id.eq_any(device_ids))
+            .select(SessionRow::as_select())
+            .load(c))?;
+        rows.sort_by_key(|r| r.created_at);
         Ok(rows)
     })
 }

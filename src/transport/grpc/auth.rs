@@ -11,7 +11,8 @@
 //! - The account's JWT as `authorization: Bearer <token>`.
 //! - A SAK API key alone in `x-api-key` (no `x-timestamp`, no `x-signature`).
 //!
-//! Health, reflection, `AccountsService/Register` and `/Login` need none.
+//! Health, reflection, `AccountsService/Register` and `/Login` need none. `ClusterService`
+//! takes the operator token only; `wagate.internal.*` (node to node) a node token only.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -79,6 +80,25 @@ pub async fn authenticate(State(gw): State<Gateway>, req: Request, next: Next) -
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
+    // Node-to-node calls: a token of a node of this cluster, bound to the method.
+    if parts.uri.path().starts_with("/wagate.internal.") {
+        let token = meta(&parts, crate::cluster::peers::AUTH_HEADER);
+        return match gw.verify_node_token(token, parts.uri.path()) {
+            Ok(()) => next.run(Request::from_parts(parts, body)).await,
+            Err(e) => status_response(e.into()),
+        };
+    }
+    // The cluster's operator: the operator token only.
+    if parts.uri.path().starts_with("/wagate.v1.ClusterService/") {
+        let token = meta(&parts, "authorization").and_then(bearer);
+        return match gw.operator(token) {
+            Ok(op) => {
+                parts.extensions.insert(op);
+                next.run(Request::from_parts(parts, body)).await
+            }
+            Err(e) => status_response(e.into()),
+        };
+    }
     match unsigned_principal(&gw, &parts).await {
         Ok(Some(principal)) => {
             parts.extensions.insert(principal);

@@ -2,8 +2,10 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod cluster;
 pub mod convert;
 pub mod messaging;
+pub mod node;
 pub mod sessions;
 pub mod status;
 pub mod webhooks;
@@ -12,13 +14,18 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use crate::domain::Gateway;
+use crate::proto::internal::node_service_server::NodeServiceServer;
 use crate::proto::v1::accounts_service_server::AccountsServiceServer;
+use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::messaging_service_server::MessagingServiceServer;
 use crate::proto::v1::sessions_service_server::SessionsServiceServer;
 use crate::proto::v1::webhooks_service_server::WebhooksServiceServer;
 
 /// The gRPC router: authenticated services, health, reflection; grpc-web translated in front.
-pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate::error::Error> {
+pub async fn router(
+    gw: Gateway,
+    member: std::sync::Arc<crate::cluster::Membership>,
+) -> Result<(axum::Router, HealthReporter), crate::error::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessagingServiceServer<messaging::MessagingApi>>()
@@ -49,8 +56,12 @@ pub async fn router(gw: Gateway) -> Result<(axum::Router, HealthReporter), crate
         .set_serving::<AccountsServiceServer<accounts::AccountsApi>>()
         .await;
     let accounts = AccountsServiceServer::new(accounts::AccountsApi::new(gw.clone()));
+    let cluster = ClusterServiceServer::new(cluster::ClusterApi::new(gw.clone()));
+    let node = NodeServiceServer::new(node::NodeApi::new(member));
     let router = Routes::new(messaging)
         .add_service(sessions)
+        .add_service(cluster)
+        .add_service(node)
         .add_service(accounts)
         .add_service(webhooks)
         .add_service(health_service)

@@ -35,6 +35,7 @@ fn to_proto(v: SessionView) -> Session {
         push_name: v.push_name.unwrap_or_default(),
         last_connected_at: v.last_connected_at.map(timestamp),
         created_at: Some(timestamp(v.created_at)),
+        owner_node: v.owner_node.unwrap_or_default(),
     }
 }
 
@@ -206,6 +207,7 @@ impl SessionsService for SessionsApi {
             push_name: None,
             last_connected_at: None,
             created_at: row.created_at,
+            owner_node: None,
         };
         // The current state first, then every change, until the client goes away.
         let stream = futures::stream::unfold((rx, true), move |(mut rx, first)| {
@@ -221,6 +223,7 @@ impl SessionsService for SessionsApi {
                     phone: snap.phone,
                     push_name: snap.push_name,
                     last_connected_at: snap.last_connected_at,
+                    owner_node: snap.node,
                     ..base
                 };
                 let msg = WatchSessionResponse {

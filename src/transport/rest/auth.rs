@@ -232,6 +232,25 @@ impl Scheme for AccountToken {
     }
 }
 
+/// The cluster's operator: `Authorization: Bearer <WAGATE_ADMIN_TOKEN>`. Without a configured
+/// token the cluster endpoints answer `404 OPERATOR_API_DISABLED`.
+pub struct OperatorToken(pub crate::domain::cluster::Operator);
+
+impl FromRequestParts<Gateway> for OperatorToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).filter(|t| !t.is_empty());
+        Ok(OperatorToken(gw.operator(token)?))
+    }
+}
+
+impl Scheme for OperatorToken {
+    fn declare(op: &mut Operation) {
+        require(op, &["operatorToken"]);
+    }
+}
+
 /// No credential: the calls that obtain one (register, log in).
 pub struct Open;
 
@@ -369,10 +388,7 @@ impl FromRequestParts<Gateway> for MetricsReader {
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, ApiError> {
         if let Some(token) = &gw.settings().http.metrics_token {
             let given = bearer(&parts.headers).unwrap_or("");
-            // Compared as digests: equal-length, so the time taken says nothing of the token.
-            if crate::crypto::sha256_hex(given.as_bytes())
-                != crate::crypto::sha256_hex(token.as_bytes())
-            {
+            if !crate::crypto::tokens_match(given, token) {
                 return Err(Error::InvalidToken.into());
             }
         }

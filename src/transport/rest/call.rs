@@ -17,6 +17,13 @@ pub fn request<T>(principal: Option<Principal>, message: T) -> tonic::Request<T>
     req
 }
 
+/// A gRPC request made by a caller other than a project's (the cluster's operator).
+pub fn request_as<X: Clone + Send + Sync + 'static, T>(caller: X, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.extensions_mut().insert(caller);
+    req
+}
+
 /// `request`, with metadata: the REST headers a method reads as metadata (`x-request-id`).
 pub fn request_with<T>(
     principal: Principal,

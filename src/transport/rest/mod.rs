@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod call;
+pub mod cluster;
 pub mod envelope;
 pub mod extract;
 pub mod form;
@@ -44,6 +45,7 @@ pub fn surfaces(gw: &Gateway) -> (Router<Gateway>, utoipa::openapi::OpenApi) {
         .merge(rk::routes())
         .merge(sak::routes(&limits))
         .merge(sak::limited(media::routes(), &limits.general))
+        .merge(sak::limited(cluster::routes(), &limits.general))
         .split_for_parts()
 }
 

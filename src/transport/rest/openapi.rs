@@ -62,6 +62,15 @@ impl Modify for SecuritySchemes {
                 "a user API key (with x-session-id where a session is meant) or a session API key",
             ))),
         );
+        components.add_security_scheme(
+            "operatorToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("the operator token, WAGATE_ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
     }
 }
 

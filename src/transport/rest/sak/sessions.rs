@@ -57,6 +57,8 @@ pub struct SessionData {
     push_name: Option<String>,
     last_connected_at: Option<String>,
     created_at: String,
+    /// The node of the cluster that runs the session now.
+    owner_node: Option<String>,
 }
 
 impl From<Session> for SessionData {
@@ -72,6 +74,7 @@ impl From<Session> for SessionData {
             push_name: non_empty(s.push_name),
             last_connected_at: rfc3339_opt(s.last_connected_at),
             created_at: rfc3339_of(s.created_at),
+            owner_node: non_empty(s.owner_node),
         }
     }
 }
