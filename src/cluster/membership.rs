@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::sessions::SessionManager;
 use crate::sessions::fence::LeaseClock;
 use crate::storage::Db;
-use crate::storage::cluster::{self, Fence, NodeRecord, NodeStatus};
+use crate::storage::cluster::{self, Fence, NodeRecord, NodeStatus, Registration};
 
 pub struct Membership {
     db: Db,
@@ -95,17 +95,40 @@ impl Membership {
         self.settings.lease_ttl.as_millis() as i64
     }
 
-    /// Registers the node and takes its first heartbeat. Leases still recorded under this
-    /// node's id belong to an earlier process of it (a second live one is refused): they are
-    /// released first, so nothing stays owned by a process that no longer runs it.
+    /// Registers the node and takes its first heartbeat. A fresh heartbeat under this id
+    /// from another process (a previous one killed a moment ago, or a second one started
+    /// by mistake) is waited out for up to two TTLs: a dead process's heartbeat ages past the
+    /// TTL, a live one's does not, and then starting is refused. Leases still recorded under
+    /// the id belong to the earlier process: they are released first, so nothing stays owned
+    /// by a process that no longer runs it.
     pub async fn join(&self) -> Result<()> {
-        let (rec, ttl) = (self.record.clone(), self.ttl_ms());
-        self.db
-            .run(move |c| {
-                cluster::register(c, &rec, ttl)?;
-                cluster::release_all(c, &rec.id)
-            })
-            .await?;
+        let give_up = Instant::now() + self.settings.lease_ttl * 2;
+        loop {
+            let (rec, ttl) = (self.record.clone(), self.ttl_ms());
+            let reg = self
+                .db
+                .run(move |c| {
+                    let r = cluster::register(c, &rec, ttl)?;
+                    if r == Registration::Registered {
+                        cluster::release_all(c, &rec.id)?;
+                    }
+                    Ok(r)
+                })
+                .await?;
+            match reg {
+                Registration::Registered => break,
+                Registration::InUse { heartbeat_age_ms } if Instant::now() < give_up => {
+                    tracing::warn!(node = %self.record.id, heartbeat_age_ms, "another process holds this node id; waiting for its heartbeat to expire");
+                    tokio::time::sleep(self.settings.lease_renew).await;
+                }
+                Registration::InUse { heartbeat_age_ms } => {
+                    return Err(Error::Unavailable(format!(
+                        "node id {:?} is in use by a running process (heartbeat {heartbeat_age_ms} ms ago); give each node its own --node-id",
+                        self.record.id
+                    )));
+                }
+            }
+        }
         self.renew().await
     }
 
@@ -182,7 +205,10 @@ impl Membership {
                     Err(Error::SessionMoved) => {
                         // Our id was taken over: register again once the other stops.
                         let (rec, ttl) = (self.record.clone(), self.ttl_ms());
-                        let _ = self.db.run(move |c| cluster::register(c, &rec, ttl)).await;
+                        let _ = self
+                            .db
+                            .run(move |c| cluster::register(c, &rec, ttl).map(drop))
+                            .await;
                         next_renew = Instant::now() + self.settings.balance_interval;
                     }
                     Err(e) => {

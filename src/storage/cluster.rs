@@ -108,10 +108,19 @@ pub fn db_now(conn: &mut DbConn) -> Result<i64> {
     }
 }
 
-/// Registers this process as node `rec.id`. Refused while another live process holds the
-/// id (a heartbeat younger than `ttl_ms` from a different instance): two processes under one
-/// name would renew each other's leases.
-pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<()> {
+/// How a registration went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Registered,
+    /// Another process holds the id: its heartbeat is this young (milliseconds).
+    InUse { heartbeat_age_ms: i64 },
+}
+
+/// Registers this process as node `rec.id`. Refused while another process may still hold
+/// the id (a heartbeat younger than `ttl_ms` from a different instance): two processes under
+/// one name would renew each other's leases. On SQLite the file lock already guarantees one
+/// process, so the check is skipped there.
+pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<Registration> {
     conn.transaction(|conn| {
         let now = db_now(conn)?;
         let existing: Option<NodeRow> = on_conn!(conn, c => nodes::table
@@ -120,15 +129,14 @@ pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<()> 
             .first(c)
             .optional())?;
         if let Some(n) = existing
+            && matches!(conn, DbConn::Postgres(_))
             && n.instance != rec.instance
             && n.stopped_at.is_none()
             && n.heartbeat_at > now - ttl_ms
         {
-            return Err(Error::Unavailable(format!(
-                "node id {:?} is in use by a running process (heartbeat {} ms ago); give each node its own --node-id",
-                rec.id,
-                now - n.heartbeat_at
-            )));
+            return Ok(Registration::InUse {
+                heartbeat_age_ms: now - n.heartbeat_at,
+            });
         }
         let row = (
             nodes::id.eq(&rec.id),
@@ -147,7 +155,7 @@ pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<()> 
             .do_update()
             .set(row)
             .execute(c))?;
-        Ok(())
+        Ok(Registration::Registered)
     })
 }
 

@@ -2,6 +2,7 @@
 mod support;
 
 mod at_rest;
+mod cluster;
 mod device_store;
 mod grpc;
 mod hardening;

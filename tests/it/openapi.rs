@@ -89,7 +89,12 @@ async fn openapi_describes_the_rest_surface() {
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let t = TestServer::start_sim(TestDb::sqlite(), MasterKey::generate(), "node-oa", &sim).await;
+    // With an operator token, so the cluster endpoints are on (and answer 401 without it).
+    let settings = wagate::domain::Settings {
+        admin_token: Some("operator-token".into()),
+        ..crate::support::settings("node-oa")
+    };
+    let t = TestServer::start_sim_with(TestDb::sqlite(), MasterKey::generate(), settings, &sim).await;
     let s = Sak { t: &t };
     let (code, doc) = read(
         t.http

@@ -15,7 +15,6 @@ on_both_backends!(
     idempotency,
     rate_limit_cannot_be_overshot,
     monthly_quota,
-    limits_hold_across_nodes,
     tenant_isolation,
     malformed_input_is_rejected_and_creates_nothing,
     accepted_messages_survive_restart,
@@ -695,6 +694,16 @@ async fn accepted_messages_survive_restart(db: TestDb) {
 
 /// Two gateway nodes on one database: concurrent requests spread over both cannot
 /// overshoot the project's limits, and idempotency holds across nodes.
+/// Several nodes share PostgreSQL (SQLite is one node: see `cluster::sqlite_is_one_node`).
+mod limits_hold_across_nodes {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(db) = crate::support::TestDb::postgres() {
+            super::limits_hold_across_nodes(db).await
+        }
+    }
+}
+
 async fn limits_hold_across_nodes(db: TestDb) {
     let second = db.shared();
     let a = TestServer::start_with(

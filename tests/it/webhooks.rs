@@ -551,6 +551,8 @@ impl Gateway {
     async fn spawn(db: &TestDb, key_hex: &str, port: u16) -> Gateway {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
             .args(["serve", "--database-url", &db.url, "--node-id", "node-k"])
+            // A restart under the same id waits out the killed process's heartbeat.
+            .args(["--lease-ttl-secs", "3", "--lease-renew-secs", "1"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("WAGATE_MASTER_KEY", key_hex)
             .env("WAGATE_WEBHOOK_ALLOW_PRIVATE", "true")
