@@ -19,7 +19,7 @@ use super::fence::{Gate, LeaseClock};
 use super::{Connector, DeviceStores, supervisor};
 use crate::error::{Error, Result};
 use crate::storage::cluster::{self, Fence, Held};
-use crate::storage::{Db, DbConn, now_ms, sessions};
+use crate::storage::{Db, DbConn, now_ms, queue, sessions};
 
 pub(crate) struct Slot {
     pub device_id: String,
@@ -243,10 +243,16 @@ impl SessionManager {
             return Ok(0);
         }
         let ids: Vec<String> = held.iter().map(|h| h.device_id.clone()).collect();
+        let node = self.inner.node.clone();
         let rows = self
             .inner
             .db
-            .run(move |c| sessions::begin_run(c, &ids, reason, now_ms()))
+            .run(move |c| {
+                c.transaction(|c| {
+                    queue::void_claims(c, &ids, &node)?;
+                    sessions::begin_run(c, &ids, reason, now_ms())
+                })
+            })
             .await?;
         let mut started = 0;
         for row in rows {

@@ -217,3 +217,20 @@ pub fn backoff_ms(attempt: i32) -> i64 {
     let r = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>()));
     exp - jitter_span + (2 * jitter_span * r) / i64::from(u16::MAX)
 }
+
+/// A node took these sessions over: the claims other nodes hold on their queued messages
+/// are void (their workers ran under the previous lease, whose writes are fenced now), so
+/// the new owner sends them at once rather than after the claims' own lease. A message the
+/// old owner had written already goes out again with the same WhatsApp id, which the
+/// recipient de-duplicates.
+pub fn void_claims(conn: &mut DbConn, device_ids: &[String], node: &str) -> Result<usize> {
+    Ok(on_conn!(conn, c => diesel::update(
+        messages::table
+            .filter(messages::device_id.eq_any(device_ids))
+            .filter(messages::status.eq(QUEUED))
+            .filter(messages::claimed_by.is_not_null())
+            .filter(messages::claimed_by.ne(node)),
+    )
+    .set(messages::claim_expires_at.eq(None::<i64>))
+    .execute(c))?)
+}

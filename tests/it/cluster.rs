@@ -8,7 +8,6 @@ use serde_json::json;
 use wagate::crypto::MasterKey;
 use wagate::domain::Settings;
 use wagate::domain::admin::NewProject;
-use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
 use wagate::proto::v1::{
     CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, LogoutSessionRequest,
     RequestPairingCodeRequest, RestartSessionRequest, Session, SessionState, WatchSessionRequest,
@@ -402,7 +401,7 @@ async fn a_graceful_stop_hands_sessions_over_at_once() {
         ids.push(s.session_id);
     }
     let b = TestServer::start_sim_with(shared, key, long("node-b"), &sim).await;
-    let mut cb = client(&b).await;
+    let cb = client(&b).await;
     a.server.shutdown().await;
     for id in &ids {
         eventually(15, "the session connected on node-b", || {
