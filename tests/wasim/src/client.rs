@@ -23,6 +23,8 @@ use whatsapp_rust::transport::TokioWebSocketTransportFactory;
 use whatsapp_rust::types::events::Event;
 use whatsapp_rust::{Client, TokioRuntime};
 
+use crate::conns::{ConnRecord, Overlap};
+
 /// Version the harness reports, so the client never fetches one over HTTP.
 pub const CLIENT_VERSION: (u32, u32, u32) = (2, 3000, 1_023_000_000);
 
@@ -398,6 +400,51 @@ impl Admin {
     pub async fn messages(&self) -> Result<serde_json::Value> {
         self.call("GET", "messages", None).await
     }
+
+    /// The connection log (`GET /admin/connections`), oldest first; `device`
+    /// (a device JID or a phone number) keeps only that device's connections.
+    pub async fn connections(&self, device: Option<&str>) -> Result<Vec<ConnRecord>> {
+        let v = self
+            .call("GET", &with_device("connections", device), None)
+            .await?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Connections of one device that were in use at the same time
+    /// (`GET /admin/connections/overlaps`, see [`crate::conns::overlaps`]).
+    pub async fn connection_overlaps(&self, device: Option<&str>) -> Result<Vec<Overlap>> {
+        let v = self
+            .call("GET", &with_device("connections/overlaps", device), None)
+            .await?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Closes connections whose client sends no frame for `timeout`; `None` turns it off.
+    pub async fn idle_timeout(&self, timeout: Option<Duration>) -> Result<serde_json::Value> {
+        let ms = timeout.map(|t| t.as_millis() as u64);
+        self.call(
+            "POST",
+            "idle-timeout",
+            Some(serde_json::json!({ "ms": ms })),
+        )
+        .await
+    }
+}
+
+/// `path?device=…`, the device percent-encoded.
+fn with_device(path: &str, device: Option<&str>) -> String {
+    let Some(d) = device else {
+        return path.to_string();
+    };
+    let mut q = String::with_capacity(d.len());
+    for b in d.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            q.push(b as char);
+        } else {
+            q.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{path}?device={q}")
 }
 
 #[cfg(test)]
@@ -419,6 +466,15 @@ mod tests {
         let c = SimHttpClient::for_ws_url("ws://127.0.0.1:8990/ws/chat").unwrap();
         assert_eq!(c.addr, "127.0.0.1:8990".parse().unwrap());
         assert!(SimHttpClient::for_ws_url("ws://localhost:1/ws/chat").is_err());
+    }
+
+    #[test]
+    fn device_queries_are_percent_encoded() {
+        assert_eq!(
+            with_device("connections", Some("1555:1@s.whatsapp.net")),
+            "connections?device=1555%3A1%40s.whatsapp.net"
+        );
+        assert_eq!(with_device("connections", None), "connections");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! One chat websocket: Noise handshake, then a loop that decrypts inbound
-//! stanzas for the dispatcher and encrypts what the server sends back.
+//! stanzas for the dispatcher and encrypts what the server sends back, stamps
+//! each inbound frame in the connection log, closes the connection when its
+//! client stays silent past the simulator's idle timeout, and records how it
+//! ended.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +12,7 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use tokio::sync::mpsc;
 use wacore_binary::Node;
 
+use crate::conns::EndReason;
 use crate::noise::{Directional, FrameReader, Reply, Responder, frame};
 use crate::sim::Sim;
 use crate::state::{CONN_CHANNEL, Outbound};
@@ -35,32 +39,48 @@ pub async fn serve(sim: Arc<Sim>, mut ws: WebSocket) {
         }
     };
     let (tx, mut rx) = mpsc::channel::<Outbound>(CONN_CHANNEL);
-    let conn_id = sim.register_conn(tx);
+    let (conn_id, activity) = sim.register_conn(tx);
     let mut read = Directional::new(established.reader);
     let mut write = Directional::new(established.writer);
     sim.on_client_payload(conn_id, &established.client_static, &established.payload);
 
     let mut shutdown = sim.shutdown_rx();
-    loop {
+    let mut idle_timeout = sim.idle_timeout_rx();
+    // The handshake's last frame counts as the client's latest.
+    let mut last_frame = tokio::time::Instant::now();
+    let end = loop {
+        let idle = *idle_timeout.borrow_and_update();
+        let deadline = idle.map(|d| last_frame + d);
+        let idle_deadline = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             incoming = ws.recv() => {
                 let data = match incoming {
                     Some(Ok(WsMessage::Binary(b))) => b,
-                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(WsMessage::Close(_))) | None => break EndReason::ClientClosed,
+                    Some(Err(_)) => break EndReason::SocketError,
                     Some(Ok(_)) => continue,
                 };
                 reader.feed(&data);
                 let mut failed = false;
                 loop {
                     match reader.next_frame() {
-                        Ok(Some(f)) => match decode(&mut read, f) {
-                            Ok(node) => sim.handle_node(conn_id, node),
-                            Err(e) => {
-                                tracing::warn!("conn {conn_id}: bad frame: {e:#}");
-                                failed = true;
-                                break;
+                        Ok(Some(f)) => {
+                            last_frame = tokio::time::Instant::now();
+                            activity.frame();
+                            match decode(&mut read, f) {
+                                Ok(node) => sim.handle_node(conn_id, node),
+                                Err(e) => {
+                                    tracing::warn!("conn {conn_id}: bad frame: {e:#}");
+                                    failed = true;
+                                    break;
+                                }
                             }
-                        },
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             tracing::warn!("conn {conn_id}: framing: {e:#}");
@@ -70,30 +90,38 @@ pub async fn serve(sim: Arc<Sim>, mut ws: WebSocket) {
                     }
                 }
                 if failed {
-                    break;
+                    break EndReason::ProtocolError;
                 }
             }
             out = rx.recv() => {
                 match out {
                     Some(Outbound::Node(node)) => {
                         if send_node(&mut ws, &mut write, &node).await.is_err() {
-                            break;
+                            break EndReason::SocketError;
                         }
                     }
-                    Some(Outbound::Close(node)) => {
+                    Some(Outbound::Close(node, reason)) => {
                         if let Some(node) = node {
                             let _ = send_node(&mut ws, &mut write, &node).await;
                         }
                         let _ = ws.send(WsMessage::Close(None)).await;
-                        break;
+                        break reason;
                     }
-                    None => break,
+                    // The simulator holds every connection's sender while it is registered.
+                    None => break EndReason::ServerShutdown,
                 }
             }
-            _ = shutdown.changed() => break,
+            _ = idle_deadline => {
+                tracing::info!("conn {conn_id}: no frame for {idle:?}; closing");
+                let _ = ws.send(WsMessage::Close(None)).await;
+                break EndReason::IdleTimeout;
+            }
+            // A new setting: wait again with it.
+            _ = idle_timeout.changed() => {}
+            _ = shutdown.changed() => break EndReason::ServerShutdown,
         }
-    }
-    sim.unregister_conn(conn_id);
+    };
+    sim.unregister_conn(conn_id, end);
 }
 
 async fn handshake(

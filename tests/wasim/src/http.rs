@@ -25,6 +25,9 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/admin/pair-code", post(pair_code))
         .route("/admin/accounts", get(accounts))
         .route("/admin/messages", get(messages))
+        .route("/admin/connections", get(connections))
+        .route("/admin/connections/overlaps", get(connection_overlaps))
+        .route("/admin/idle-timeout", post(idle_timeout))
         .route("/admin/accounts/{phone}/kick", post(kick))
         .route("/admin/accounts/{phone}/logout", post(logout))
         .route("/admin/accounts/{phone}/ban", post(ban))
@@ -142,6 +145,36 @@ async fn messages(
         .cloned()
         .collect();
     Json(list).into_response()
+}
+
+/// `?device=` (a device JID or a phone number) narrows both connection views.
+#[derive(Deserialize)]
+struct DeviceQuery {
+    device: Option<String>,
+}
+
+async fn connections(State(sim): State<Arc<Sim>>, Query(q): Query<DeviceQuery>) -> Response {
+    Json(sim.connections(q.device.as_deref())).into_response()
+}
+
+async fn connection_overlaps(
+    State(sim): State<Arc<Sim>>,
+    Query(q): Query<DeviceQuery>,
+) -> Response {
+    Json(sim.connection_overlaps(q.device.as_deref())).into_response()
+}
+
+#[derive(Deserialize)]
+struct IdleTimeoutReq {
+    /// Milliseconds without a frame from the client before the server closes
+    /// the connection; null or 0 turns the timeout off.
+    ms: Option<u64>,
+}
+
+async fn idle_timeout(State(sim): State<Arc<Sim>>, Json(req): Json<IdleTimeoutReq>) -> Response {
+    sim.set_idle_timeout(req.ms.map(std::time::Duration::from_millis));
+    let ms = sim.idle_timeout().map(|d| d.as_millis() as u64);
+    Json(json!({ "idle_timeout_ms": ms })).into_response()
 }
 
 async fn kick(State(sim): State<Arc<Sim>>, Path(phone): Path<String>) -> Response {

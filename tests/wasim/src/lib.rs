@@ -11,6 +11,7 @@
 
 pub mod client;
 mod conn;
+pub mod conns;
 mod http;
 mod noise;
 mod phone;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use conns::{ConnRecord, EndReason, Overlap, overlaps};
 pub use sim::Sim;
 
 /// The client crates, re-exported so tests that depend only on wasim build

@@ -1,5 +1,6 @@
 //! In-memory model of the simulated WhatsApp service: accounts, their devices
-//! and keys, live connections, offline queues, relayed-message log, media blobs.
+//! and keys, live connections and the connection log, offline queues,
+//! relayed-message log, media blobs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -8,6 +9,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use wacore::libsignal::protocol::KeyPair;
 use wacore_binary::Node;
+
+use crate::conns::{ConnLog, EndReason};
 
 /// Per-device offline queue bound: beyond it the oldest stanza is dropped
 /// (and counted), like a server shedding an abandoned device's backlog.
@@ -37,8 +40,9 @@ pub fn now_millis() -> u64 {
 #[derive(Debug)]
 pub enum Outbound {
     Node(Node),
-    /// Send the node (if any), then close the socket.
-    Close(Option<Node>),
+    /// Send the node (if any), then close the socket; the connection log
+    /// records the reason.
+    Close(Option<Node>, EndReason),
 }
 
 /// Device keys the client registered in its handshake payload.
@@ -164,6 +168,8 @@ pub struct Group {
 pub struct State {
     pub next_conn: u64,
     pub conns: HashMap<u64, Conn>,
+    /// Every connection accepted, open or closed (bounded).
+    pub conn_log: ConnLog,
     pub accounts: BTreeMap<String, Account>,
     pub lid_to_phone: HashMap<String, String>,
     pub next_lid: u64,

@@ -10,6 +10,7 @@ use waproto::buffa::Message as _;
 use waproto::whatsapp as wa;
 
 use super::Sim;
+use crate::conns::EndReason;
 use crate::state::{Account, State, now_secs};
 
 impl Sim {
@@ -82,7 +83,7 @@ impl Sim {
                 && c != conn
             {
                 let err = NodeBuilder::new("stream:error").attr("code", "401").build();
-                Self::close(&st, c, Some(err));
+                Self::close(&st, c, Some(err), EndReason::LoggedOut);
             }
             self.notify_devices(&mut st, &phone, t.device, "remove");
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use wacore_binary::builder::NodeBuilder;
 
 use super::Sim;
+use crate::conns::EndReason;
 use crate::state::Device;
 
 impl Sim {
@@ -17,7 +18,7 @@ impl Sim {
         let acc = st.accounts.get(phone).ok_or("no such account")?;
         let conns: Vec<u64> = acc.devices.values().filter_map(|d| d.conn).collect();
         for c in &conns {
-            Self::close(&st, *c, None);
+            Self::close(&st, *c, None, EndReason::Kicked);
         }
         Ok(conns.len())
     }
@@ -31,7 +32,7 @@ impl Sim {
         for d in &devices {
             if let Some(c) = d.conn {
                 let err = NodeBuilder::new("stream:error").attr("code", "401").build();
-                Self::close(&st, c, Some(err));
+                Self::close(&st, c, Some(err), EndReason::LoggedOut);
             }
         }
         for d in &devices {
@@ -72,7 +73,7 @@ impl Sim {
         acc.banned_until = Some(Instant::now() + Duration::from_secs(secs));
         let conns: Vec<u64> = acc.devices.values().filter_map(|d| d.conn).collect();
         for c in conns {
-            Self::close(&st, c, None);
+            Self::close(&st, c, None, EndReason::Banned);
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! registration (a new device, handed to [`super::pairing`]) and login. This
 //! file owns the version gate (`<failure reason="405">`), parking logins while
 //! the admin holds them, and the login checks against the account, the device
-//! and its Noise key that end in `<success>` or `<failure>`.
+//! and its Noise key that end in `<success>` or `<failure>`, and the
+//! replacement of a device's older connection by its newer login.
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use wacore_binary::{Jid, Node};
 use waproto::whatsapp as wa;
 
 use super::Sim;
+use crate::conns::EndReason;
 use crate::state::{Account, HeldLogin, State, now_secs};
 
 impl Sim {
@@ -58,7 +60,7 @@ impl Sim {
         }
         tracing::info!("conn {conn}: client version {version:?} is outdated");
         let node = NodeBuilder::new("failure").attr("reason", 405u32).build();
-        Self::close(st, conn, Some(node));
+        Self::close(st, conn, Some(node), EndReason::LoginRefused);
         true
     }
 
@@ -69,33 +71,44 @@ impl Sim {
         let failure = |reason: u32| NodeBuilder::new("failure").attr("reason", reason).build();
         let Some(acc) = st.accounts.get_mut(&phone) else {
             tracing::info!("login for unknown account {phone}:{dev}");
-            Self::close(&st, conn, Some(failure(401)));
+            Self::close(&st, conn, Some(failure(401)), EndReason::LoginRefused);
             return;
         };
         if let Some(banned) = ban_failure(acc) {
-            Self::close(&st, conn, Some(banned));
+            Self::close(&st, conn, Some(banned), EndReason::LoginRefused);
             return;
         }
         let lid = acc.lid.clone();
         let Some(device) = acc.devices.get_mut(&dev) else {
             tracing::info!("login for removed device {phone}:{dev}");
-            Self::close(&st, conn, Some(failure(401)));
+            Self::close(&st, conn, Some(failure(401)), EndReason::LoginRefused);
             return;
         };
         if &device.keys.noise_pub != client_static {
             tracing::warn!("login for {phone}:{dev} with a foreign noise key");
-            Self::close(&st, conn, Some(failure(401)));
+            Self::close(&st, conn, Some(failure(401)), EndReason::LoginRefused);
             return;
         }
         let old = device.conn.replace(conn);
         device.last_seen = Some(now_secs());
         if let Some(old) = old.filter(|o| *o != conn) {
-            // The newer connection wins, as on the real service.
-            Self::close(&st, old, None);
+            // The newer connection wins, as on the real service: the older one
+            // is told it was replaced (whatsapp-rust: `StreamReplaced`, and no
+            // reconnect) and closed.
+            tracing::info!("conn {conn} replaces conn {old} of {phone}:{dev}");
+            let replaced = NodeBuilder::new("stream:error")
+                .children([NodeBuilder::new("conflict")
+                    .attr("type", "replaced")
+                    .build()])
+                .build();
+            Self::close(&st, old, Some(replaced), EndReason::Replaced);
+            st.conn_log.replaced(old, conn);
         }
         if let Some(c) = st.conns.get_mut(&conn) {
             c.user = Some((phone.clone(), dev));
         }
+        st.conn_log
+            .logged_in(conn, Jid::pn_device(phone.clone(), dev).to_string());
         let success = NodeBuilder::new("success")
             .attr("t", now_secs())
             .attr("props", "1")

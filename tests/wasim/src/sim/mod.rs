@@ -41,6 +41,7 @@ use wacore::libsignal::protocol::KeyPair;
 use wacore_binary::builder::NodeBuilder;
 use wacore_binary::{Node, NodeContent};
 
+use crate::conns::{Activity, ConnRecord, EndReason, Overlap};
 use crate::state::{Conn, Device, Outbound, State};
 
 pub const SERVER: &str = "s.whatsapp.net";
@@ -50,6 +51,8 @@ pub struct Sim {
     pub cert_chain: Vec<u8>,
     pub state: Mutex<State>,
     shutdown: watch::Sender<bool>,
+    /// Close a connection whose client sent no frame for this long (off when `None`).
+    idle_timeout: watch::Sender<Option<Duration>>,
     /// `host:port` the media host names point at.
     pub media_host: Mutex<String>,
 }
@@ -64,6 +67,7 @@ impl Sim {
             .expect("X25519 public key is 32 bytes");
         let cert_chain = wacore_noise::test_util::build_cert_chain_bytes(&pub32);
         let (shutdown, _) = watch::channel(false);
+        let (idle_timeout, _) = watch::channel(None);
         Arc::new(Self {
             server_static,
             cert_chain,
@@ -72,6 +76,7 @@ impl Sim {
                 ..Default::default()
             }),
             shutdown,
+            idle_timeout,
             media_host: Mutex::new(String::new()),
         })
     }
@@ -90,10 +95,45 @@ impl Sim {
 
     // ---- connection lifecycle ----------------------------------------------
 
-    pub fn register_conn(&self, tx: mpsc::Sender<Outbound>) -> u64 {
+    /// Closes every connection whose client then sends no frame for `timeout`
+    /// (`None`, the default, never does), as WhatsApp drops a client that
+    /// misses its keepalives. Applies to open connections at once, counting
+    /// from their last frame.
+    pub fn set_idle_timeout(&self, timeout: Option<Duration>) {
+        self.idle_timeout
+            .send_replace(timeout.filter(|t| !t.is_zero()));
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        *self.idle_timeout.borrow()
+    }
+
+    pub(crate) fn idle_timeout_rx(&self) -> watch::Receiver<Option<Duration>> {
+        self.idle_timeout.subscribe()
+    }
+
+    /// The connection log, oldest first: every connection accepted after its
+    /// handshake (the newest [`crate::conns::MAX_CONN_LOG`]), open or closed.
+    /// `device` — a device JID (`PHONE:DEV@s.whatsapp.net`) or a phone
+    /// number — keeps only the connections that logged in as that device (or
+    /// as a device of that account).
+    pub fn connections(&self, device: Option<&str>) -> Vec<ConnRecord> {
+        self.lock().conn_log.snapshot(device)
+    }
+
+    /// The pairs of connections of one device that were in use at the same
+    /// time, by [`crate::conns::overlaps`] over [`Sim::connections`].
+    pub fn connection_overlaps(&self, device: Option<&str>) -> Vec<Overlap> {
+        crate::conns::overlaps(&self.connections(device))
+    }
+
+    /// A connection finished its handshake: it gets an id and a log entry,
+    /// and its task gets the activity counters it updates per frame.
+    pub fn register_conn(&self, tx: mpsc::Sender<Outbound>) -> (u64, Arc<Activity>) {
         let mut st = self.lock();
         st.next_conn += 1;
         let id = st.next_conn;
+        let activity = st.conn_log.open(id);
         st.conns.insert(
             id,
             Conn {
@@ -104,11 +144,13 @@ impl Sim {
                 passive_done: false,
             },
         );
-        id
+        (id, activity)
     }
 
-    pub fn unregister_conn(&self, conn: u64) {
+    /// The connection's socket is gone, for `reason`.
+    pub fn unregister_conn(&self, conn: u64, reason: EndReason) {
         let mut st = self.lock();
+        st.conn_log.closed(conn, reason);
         if let Some(c) = st.conns.remove(&conn)
             && let Some((phone, dev)) = c.user
         {
@@ -163,16 +205,19 @@ impl Sim {
             tracing::debug!("-> conn {conn}: {}", wacore::xml::DisplayableNode(&node));
             if c.tx.try_send(Outbound::Node(node)).is_err() {
                 tracing::warn!("conn {conn}: outbound channel full or closed; closing");
-                let _ = c.tx.try_send(Outbound::Close(None));
+                let _ = c.tx.try_send(Outbound::Close(None, EndReason::Overloaded));
             }
         }
     }
 
-    fn close(st: &State, conn: u64, node: Option<Node>) {
+    /// Sends `node` (if any) to the connection, then closes it for `reason`.
+    fn close(st: &State, conn: u64, node: Option<Node>, reason: EndReason) {
         if let Some(c) = st.conns.get(&conn) {
             let tx = c.tx.clone();
             // A full channel must not lose the close: hand it to a task.
-            if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(Outbound::Close(node)) {
+            if let Err(mpsc::error::TrySendError::Full(msg)) =
+                tx.try_send(Outbound::Close(node, reason))
+            {
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(msg)).await;
                 });

@@ -19,6 +19,7 @@ use waproto::buffa::Message as _;
 use waproto::whatsapp as wa;
 
 use super::{SERVER, Sim, be_u32};
+use crate::conns::EndReason;
 use crate::state::{Account, Device, RegKeys, SignedPreKey, State, now_secs};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -38,7 +39,7 @@ impl Sim {
             None => {
                 tracing::warn!("conn {conn}: malformed registration payload");
                 let st = self.lock();
-                Self::close(&st, conn, None);
+                Self::close(&st, conn, None, EndReason::ProtocolError);
                 return;
             }
         };
@@ -193,7 +194,7 @@ impl Sim {
                 tracing::info!("paired {phone}:{dev}; asking the client to reconnect");
                 // 515: the client reconnects at once and logs in.
                 let err = NodeBuilder::new("stream:error").attr("code", "515").build();
-                Self::close(&st, conn, Some(err));
+                Self::close(&st, conn, Some(err), EndReason::PairingDone);
             }
             None => {
                 tracing::warn!("pairing of {phone}:{dev} refused by the client");
