@@ -13,15 +13,15 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::cluster::peers::{NodeKey, Peers};
+use crate::cluster::{ClusterSessions, Membership};
 use crate::crypto::MasterKey;
 use crate::domain::{Gateway, Settings};
 use crate::error::{Error, Result};
-use crate::cluster::peers::{NodeKey, Peers};
-use crate::cluster::{ClusterSessions, Membership};
 use crate::sessions::fence::LeaseClock;
 use crate::sessions::{Connector, DbStores, SessionClient, SessionManager};
-use crate::storage::cluster::NodeRecord;
 use crate::storage::accept::{AcceptWriter, WriterConfig};
+use crate::storage::cluster::NodeRecord;
 use crate::storage::{Db, messages};
 use crate::transport::error::Refusal;
 use crate::transport::rest::envelope::ApiError;

@@ -173,7 +173,8 @@ impl Membership {
                 .any(|h| h.device_id == f.device_id && h.epoch == f.epoch);
             if !still {
                 tracing::warn!(device = %f.device_id, "lease lost to another node; cutting the session off");
-                ::metrics::counter!("wagate_session_handovers_total", "side" => "lost").increment(1);
+                ::metrics::counter!("wagate_session_handovers_total", "side" => "lost")
+                    .increment(1);
                 self.local.cut(&f.device_id).await;
             }
         }
@@ -295,7 +296,9 @@ impl Membership {
                 (n.owned, n.node.id.as_str(), n.node.max_sessions)
             }
         });
-        let most = loads.clone().max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
+        let most = loads
+            .clone()
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
         let least = loads
             .filter(|(owned, _, max)| max.is_none_or(|m| *owned < m))
             .min_by_key(|(owned, _, _)| *owned);
@@ -351,7 +354,9 @@ impl Membership {
                     tracing::info!(node = %self.record.id, sessions = n, "handed every session over");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot release leases at shutdown (they expire by themselves)"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release leases at shutdown (they expire by themselves)")
+            }
         }
         self.clock.invalidate();
         if !fences.is_empty() {

@@ -40,7 +40,16 @@ impl NodeKey {
 
     pub fn token(&self, node: &str, path: &str, at_ms: i64) -> String {
         let at = at_ms.to_string();
-        let mac = hmac_sha256(&self.0, &[node.as_bytes(), b"\n", at.as_bytes(), b"\n", path.as_bytes()]);
+        let mac = hmac_sha256(
+            &self.0,
+            &[
+                node.as_bytes(),
+                b"\n",
+                at.as_bytes(),
+                b"\n",
+                path.as_bytes(),
+            ],
+        );
         format!("{node}.{at}.{}", hex::encode(mac))
     }
 
@@ -53,15 +62,29 @@ impl NodeKey {
             return None;
         }
         let mac = hex::decode(mac).ok()?;
-        verify_hmac_sha256(&self.0, &[node.as_bytes(), b"\n", at.as_bytes(), b"\n", path.as_bytes()], &mac)
-            .then_some(node)
+        verify_hmac_sha256(
+            &self.0,
+            &[
+                node.as_bytes(),
+                b"\n",
+                at.as_bytes(),
+                b"\n",
+                path.as_bytes(),
+            ],
+            &mac,
+        )
+        .then_some(node)
     }
 }
 
 type Client = NodeServiceClient<
     tower::util::MapRequest<
         Channel,
-        Box<dyn Fn(axum::http::Request<tonic::body::Body>) -> axum::http::Request<tonic::body::Body> + Send + Sync>,
+        Box<
+            dyn Fn(axum::http::Request<tonic::body::Body>) -> axum::http::Request<tonic::body::Body>
+                + Send
+                + Sync,
+        >,
     >,
 >;
 
@@ -96,7 +119,11 @@ impl Peers {
 
     fn client(&self, url: &str) -> Result<Client> {
         let channel = {
-            let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+            let mut channels = self
+                .inner
+                .channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             match channels.get(url) {
                 Some(c) => c.clone(),
                 None => {
@@ -124,7 +151,9 @@ impl Peers {
             }
             req
         });
-        Ok(NodeServiceClient::new(tower::util::MapRequest::new(channel, sign)))
+        Ok(NodeServiceClient::new(tower::util::MapRequest::new(
+            channel, sign,
+        )))
     }
 
     pub async fn snapshot(&self, url: &str, device_id: &str) -> Result<Option<Snapshot>> {
@@ -137,7 +166,8 @@ impl Peers {
             .map_err(|_| unreachable_owner())?
             .map_err(remote_error)?
             .into_inner();
-        Ok(r.running.then(|| r.snapshot.map(from_proto).unwrap_or_default()))
+        Ok(r.running
+            .then(|| r.snapshot.map(from_proto).unwrap_or_default()))
     }
 
     /// Forwards the owner's live state into `tx` until the owner stops running the session
@@ -181,12 +211,14 @@ impl Peers {
             session_id: device_id.to_owned(),
             phone: phone.to_owned(),
         };
-        Ok(tokio::time::timeout(PAIRING_TIMEOUT, c.request_pairing_code(req))
-            .await
-            .map_err(|_| unreachable_owner())?
-            .map_err(remote_error)?
-            .into_inner()
-            .code)
+        Ok(
+            tokio::time::timeout(PAIRING_TIMEOUT, c.request_pairing_code(req))
+                .await
+                .map_err(|_| unreachable_owner())?
+                .map_err(remote_error)?
+                .into_inner()
+                .code,
+        )
     }
 
     pub async fn restart(&self, url: &str, device_id: &str) -> Result<()> {
@@ -230,7 +262,9 @@ impl Peers {
         if let Ok(mut c) = self.client(url) {
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
-                c.nudge(pb::NudgeRequest { session_ids: vec![] }),
+                c.nudge(pb::NudgeRequest {
+                    session_ids: vec![],
+                }),
             )
             .await;
         }
@@ -344,7 +378,11 @@ pub fn to_proto(s: &Snapshot) -> pb::Snapshot {
         reason: s.reason.clone().unwrap_or_default(),
         qr_code: s.qr.as_ref().map(|q| q.0.clone()).unwrap_or_default(),
         qr_expires_at_ms: s.qr.as_ref().map_or(0, |q| q.1),
-        pairing_code: s.pairing_code.as_ref().map(|q| q.0.clone()).unwrap_or_default(),
+        pairing_code: s
+            .pairing_code
+            .as_ref()
+            .map(|q| q.0.clone())
+            .unwrap_or_default(),
         pairing_code_expires_at_ms: s.pairing_code.as_ref().map_or(0, |q| q.1),
         phone: s.phone.clone().unwrap_or_default(),
         push_name: s.push_name.clone().unwrap_or_default(),
@@ -378,8 +416,15 @@ mod tests {
         let now = 1_700_000_000_000;
         let t = key.token("node-a", path, now);
         assert_eq!(key.verify(&t, path, now + 1_000), Some("node-a"));
-        assert_eq!(key.verify(&t, "/wagate.internal.v1.NodeService/LogoutSession", now), None);
-        assert_eq!(key.verify(&t, path, now + 31_000), None, "outside the window");
+        assert_eq!(
+            key.verify(&t, "/wagate.internal.v1.NodeService/LogoutSession", now),
+            None
+        );
+        assert_eq!(
+            key.verify(&t, path, now + 31_000),
+            None,
+            "outside the window"
+        );
         let other = NodeKey::from_master(&MasterKey::generate());
         assert_eq!(other.verify(&t, path, now), None, "another cluster's key");
         let forged = t.replacen("node-a", "node-b", 1);

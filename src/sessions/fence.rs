@@ -141,11 +141,7 @@ impl TransportFactory for GatedFactory {
             gate: self.gate.clone(),
             inner: transport,
         });
-        *self
-            .gate
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(gated.clone());
+        *self.gate.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(gated.clone());
         // Cut while connecting: drop it at once.
         if !self.gate.open() {
             gated.disconnect().await;
@@ -193,7 +189,10 @@ mod tests {
         assert!(!clock.valid(), "past the renewal's validity");
         // An older renewal landing late never shortens a newer one.
         clock.renewed(Instant::now(), Duration::from_secs(5));
-        clock.renewed(Instant::now() - Duration::from_secs(10), Duration::from_secs(1));
+        clock.renewed(
+            Instant::now() - Duration::from_secs(10),
+            Duration::from_secs(1),
+        );
         assert!(clock.valid());
         clock.invalidate();
         assert!(!clock.valid());

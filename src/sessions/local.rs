@@ -327,11 +327,12 @@ impl SessionManager {
     /// leases the sessions ran under, for release.
     pub async fn shutdown(&self) -> Vec<Fence> {
         let live: Vec<String> = self.running().into_iter().map(|f| f.device_id).collect();
-        let fences: Vec<Fence> = futures::future::join_all(live.iter().map(|id| self.stop_slot(id)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let fences: Vec<Fence> =
+            futures::future::join_all(live.iter().map(|id| self.stop_slot(id)))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
         if fences.is_empty() {
             return fences;
         }

@@ -51,7 +51,10 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             continue;
         }
         let (device, node) = (slot.device_id.clone(), inner.node.clone());
-        let batch = match slot.write(&inner.db, move |c| queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms()))
+        let batch = match slot
+            .write(&inner.db, move |c| {
+                queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms())
+            })
             .await
         {
             Ok(b) => b,
@@ -80,7 +83,10 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
     let node = inner.node.clone();
     // Record the id first: the server ack may arrive before `send` returns.
     let (id, n, w, token) = (m.id.clone(), node.clone(), wa_id.clone(), m.claim_token);
-    match slot.write(&inner.db, move |c| sessions::set_wa_id(c, &id, &n, token, &w))
+    match slot
+        .write(&inner.db, move |c| {
+            sessions::set_wa_id(c, &id, &n, token, &w)
+        })
         .await
     {
         Ok(true) => {}
@@ -101,19 +107,23 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
         // Written: wait for the server ack; without one in time it is resent (same id).
         Ok(()) => {
             slot.write(&inner.db, move |c| {
-                    sessions::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
-                })
-                .await
+                sessions::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
+            })
+            .await
         }
         Err(Failure::Permanent(code, msg)) => {
-            slot.write(&inner.db, move |c| queue::fail(c, &id, &n, token, code, &msg, now))
-                .await
+            slot.write(&inner.db, move |c| {
+                queue::fail(c, &id, &n, token, code, &msg, now)
+            })
+            .await
         }
         Err(Failure::Transient(msg)) => {
             tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
             let retry_at = now + queue::backoff_ms(m.attempts);
-            slot.write(&inner.db, move |c| queue::retry_later(c, &m, &n, &msg, retry_at, now))
-                .await
+            slot.write(&inner.db, move |c| {
+                queue::retry_later(c, &m, &n, &msg, retry_at, now)
+            })
+            .await
         }
     };
     if let Err(e) = outcome {

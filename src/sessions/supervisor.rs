@@ -56,7 +56,8 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>) {
             End::Final => return,
             End::Moved => {
                 tracing::info!(device = %slot.device_id, "the session moved to another node; stopped here");
-                ::metrics::counter!("wagate_session_handovers_total", "side" => "lost").increment(1);
+                ::metrics::counter!("wagate_session_handovers_total", "side" => "lost")
+                    .increment(1);
                 slot.gate.cut().await;
                 inner.forget(&slot);
                 return;
@@ -94,7 +95,10 @@ async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
 /// does not hold yet.
 async fn persist_state(inner: &Inner, slot: &Slot, state: SessionState, reason: Option<String>) {
     let (id, stored) = (slot.device_id.clone(), reason.clone());
-    if let Err(e) = slot.write(&inner.db, move |c| sessions::set_state(c, &id, state.as_str(), stored.as_deref(), now_ms()))
+    if let Err(e) = slot
+        .write(&inner.db, move |c| {
+            sessions::set_state(c, &id, state.as_str(), stored.as_deref(), now_ms())
+        })
         .await
     {
         tracing::warn!(device = %slot.device_id, error = %e, "cannot persist session state");
@@ -194,7 +198,10 @@ async fn on_event(
         Event::PairingQrCode(q) => {
             let until = now_ms() + q.timeout.as_millis() as i64;
             let (id, code) = (device.clone(), q.code.clone());
-            if let Err(e) = slot.write(&inner.db, move |c| sessions::set_qr(c, &id, &code, now_ms()))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| {
+                    sessions::set_qr(c, &id, &code, now_ms())
+                })
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist the QR state");
@@ -209,7 +216,10 @@ async fn on_event(
             let phone = p.id.user.to_string();
             let (jid, lid) = (p.id.to_string(), p.lid.to_string());
             let (id, stored) = (device.clone(), phone.clone());
-            if let Err(e) = slot.write(&inner.db, move |c| sessions::set_account(c, &id, &jid, Some(&lid), &stored, now_ms()))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| {
+                    sessions::set_account(c, &id, &jid, Some(&lid), &stored, now_ms())
+                })
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist the linked account");
@@ -221,7 +231,10 @@ async fn on_event(
             let now = now_ms();
             let push_name = Some(client.push_name()).filter(|n| !n.is_empty());
             let (id, stored) = (device.clone(), push_name.clone());
-            if let Err(e) = slot.write(&inner.db, move |c| sessions::set_connected(c, &id, stored.as_deref(), now))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| {
+                    sessions::set_connected(c, &id, stored.as_deref(), now)
+                })
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot persist connected state");
@@ -254,7 +267,8 @@ async fn on_event(
             }
             let reason = format!("logged out: {:?}", l.reason);
             let (id, stored) = (device.clone(), reason.clone());
-            let _ = slot.write(&inner.db, move |c| {
+            let _ = slot
+                .write(&inner.db, move |c| {
                     sessions::clear_account(c, &id, "logged_out", Some(&stored), now_ms())
                 })
                 .await;
@@ -266,8 +280,7 @@ async fn on_event(
         }
         Event::StreamReplaced(_) => {
             // Replaced by the node that owns the session now: a hand-over, not a failure.
-            if let Err(crate::error::Error::SessionMoved) =
-                slot.write(&inner.db, |_| Ok(())).await
+            if let Err(crate::error::Error::SessionMoved) = slot.write(&inner.db, |_| Ok(())).await
             {
                 return Some(End::Moved);
             }
@@ -316,7 +329,10 @@ async fn on_event(
         }
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
             let (id, wa) = (device.clone(), ack.id.clone());
-            if let Err(e) = slot.write(&inner.db, move |c| sessions::mark_acked(c, &id, &wa, now_ms()))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| {
+                    sessions::mark_acked(c, &id, &wa, now_ms())
+                })
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot record server ack");
@@ -331,7 +347,10 @@ async fn on_event(
             };
             let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
             let id = device.clone();
-            if let Err(e) = slot.write(&inner.db, move |c| sessions::mark_receipt(c, &id, &ids, read, now_ms()))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| {
+                    sessions::mark_receipt(c, &id, &ids, read, now_ms())
+                })
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot record receipt");

@@ -113,7 +113,9 @@ pub fn db_now(conn: &mut DbConn) -> Result<i64> {
 pub enum Registration {
     Registered,
     /// Another process holds the id: its heartbeat is this young (milliseconds).
-    InUse { heartbeat_age_ms: i64 },
+    InUse {
+        heartbeat_age_ms: i64,
+    },
 }
 
 /// Registers this process as node `rec.id`. Refused while another process may still hold

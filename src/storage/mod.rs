@@ -125,7 +125,16 @@ impl Manager {
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(DbConn::Sqlite(c))
             }
-            Backend::Postgres => Ok(DbConn::Postgres(PgConnection::establish(&self.url)?)),
+            Backend::Postgres => {
+                let mut c = PgConnection::establish(&self.url)?;
+                // Our transactions never wait on anything but their own statements. One left
+                // open by a process that stopped (SIGSTOP, a frozen VM) would hold its row
+                // locks, and a lease row it holds blocks the node taking the session over:
+                // the server ends such a session quickly instead.
+                c.batch_execute("SET idle_in_transaction_session_timeout = '2s'")
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(DbConn::Postgres(c))
+            }
         }
     }
 }

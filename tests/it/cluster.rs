@@ -125,7 +125,9 @@ async fn sqlite_is_one_node() {
         listener,
     )
     .await;
-    let err = second.err().expect("a second node on one SQLite file is refused");
+    let err = second
+        .err()
+        .expect("a second node on one SQLite file is refused");
     assert!(
         err.to_string().contains("SQLite is single-node"),
         "clear reason: {err}"
@@ -154,7 +156,10 @@ async fn a_stale_owners_write_is_refused(db: TestDb) {
         epoch: a.epoch,
     };
     let f = fence_a.clone();
-    store.run(move |c| cluster::check_fence(c, &f)).await.expect("owner writes");
+    store
+        .run(move |c| cluster::check_fence(c, &f))
+        .await
+        .expect("owner writes");
     // While node-a's lease is live nobody else gets it.
     let id = device.device_id.clone();
     let none = store
@@ -195,7 +200,10 @@ async fn a_stale_owners_write_is_refused(db: TestDb) {
         "nor can it release what is no longer its lease"
     );
     let f = fence_b.clone();
-    store.run(move |c| cluster::check_fence(c, &f)).await.expect("the new owner writes");
+    store
+        .run(move |c| cluster::check_fence(c, &f))
+        .await
+        .expect("the new owner writes");
 }
 
 crate::on_both_backends!(a_stale_owners_write_is_refused);
@@ -239,7 +247,11 @@ async fn any_node_answers_for_a_session() {
             session_id: id.clone(),
         },
     );
-    let mut watch = cb.watch_session(req).await.expect("watch on B").into_inner();
+    let mut watch = cb
+        .watch_session(req)
+        .await
+        .expect("watch on B")
+        .into_inner();
     admin.scan(&code, "15550111001").await.expect("scan");
     let connected = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(m) = watch.message().await.expect("watch stream") {
@@ -316,7 +328,10 @@ async fn any_node_answers_for_a_session() {
         .expect("pairing code via B")
         .into_inner();
     assert_eq!(pairing.code.len(), 8, "{pairing:?}");
-    assert_eq!(session(&mut cb, &p, &two.session_id).await.owner_node, "node-a");
+    assert_eq!(
+        session(&mut cb, &p, &two.session_id).await.owner_node,
+        "node-a"
+    );
     admin
         .pair_code("15550111002", &pairing.code)
         .await
@@ -397,7 +412,14 @@ async fn a_graceful_stop_hands_sessions_over_at_once() {
     let mut ca = client(&a).await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let s = crate::sessions::linked(&mut ca, &p, &admin, &format!("s{i}"), &format!("1555012200{i}")).await;
+        let s = crate::sessions::linked(
+            &mut ca,
+            &p,
+            &admin,
+            &format!("s{i}"),
+            &format!("1555012200{i}"),
+        )
+        .await;
         ids.push(s.session_id);
     }
     let b = TestServer::start_sim_with(shared, key, long("node-b"), &sim).await;

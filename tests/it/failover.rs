@@ -42,6 +42,10 @@ struct NodeConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the entry of a node process that the fault tests start"]
 async fn node_process() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let cfg: NodeConfig =
         serde_json::from_str(&std::env::var(NODE_ENV).expect("started by a fault test"))
             .expect("node configuration");
@@ -104,7 +108,12 @@ impl Node {
         )))
         .unwrap();
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "failover::node_process", "--nocapture"])
+            .args([
+                "--ignored",
+                "--exact",
+                "failover::node_process",
+                "--nocapture",
+            ])
             .env(NODE_ENV, &self.cfg)
             .env("RUST_LOG", "warn,wagate=info")
             .stdout(std::process::Stdio::null())
@@ -255,7 +264,8 @@ impl Traffic {
                 let (p, to) = &routes[i % routes.len()];
                 let body = json!({"recipient": to, "message": format!("m{i}")}).to_string();
                 let ts = wagate::client::unix_now();
-                let sig = wagate::client::rk_signature(&p.api_key, &p.api_secret, &ts, body.as_bytes());
+                let sig =
+                    wagate::client::rk_signature(&p.api_key, &p.api_secret, &ts, body.as_bytes());
                 let r = http
                     .post(format!("{base}/api/v1/send"))
                     .header("X-API-KEY", &p.api_key)
@@ -346,7 +356,7 @@ async fn all_connected_on(
 
 async fn overlaps(admin_url: &str) -> serde_json::Value {
     let (code, v) = read(
-        reqwest::get(format!("{admin_url}/admin/connections/overlaps"))
+        reqwest::get(format!("{admin_url}/connections/overlaps"))
             .await
             .unwrap(),
     )
@@ -359,6 +369,8 @@ async fn overlaps(admin_url: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     let Some(db) = TestDb::postgres() else { return };
+    // The test's own HTTP clients (the nodes install theirs in `launch`).
+    wagate::webhooks::http::install_crypto_provider();
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -416,9 +428,10 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     let mut phones = Vec::new();
     for i in 0..6 {
         let base = nodes[i % 3].base.clone();
-        let mut c = wagate::proto::v1::sessions_service_client::SessionsServiceClient::connect(base)
-            .await
-            .unwrap();
+        let mut c =
+            wagate::proto::v1::sessions_service_client::SessionsServiceClient::connect(base)
+                .await
+                .unwrap();
         let phone = format!("1555013300{i}");
         let s = crate::sessions::linked(&mut c, &p, &wa, &format!("s{i}"), &phone).await;
         ids.push(s.session_id.clone());
@@ -435,6 +448,10 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
         .enumerate()
         .map(|(i, r)| (r, phones[(i + 1) % 6].clone()))
         .collect();
+    // whatsapp-rust sometimes reconnects twice right after pairing (wasim's README): what
+    // linking left behind is the baseline, and the faults below must add nothing to it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = overlaps(&sim.admin_url()).await;
     let bases = Arc::new(std::sync::Mutex::new(
         nodes.iter().map(|n| n.base.clone()).collect::<Vec<_>>(),
     ));
@@ -451,19 +468,63 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     bases.lock().unwrap().retain(|b| *b != nodes[0].base);
     let t0 = std::time::Instant::now();
     nodes[0].kill9();
-    all_connected_on(&c2, &p, &ids, &["n2", "n3"], TTL.as_secs() + 5 + 10, "failover after kill -9 n1").await;
+    all_connected_on(
+        &c2,
+        &p,
+        &ids,
+        &["n2", "n3"],
+        TTL.as_secs() + 5 + 10,
+        "failover after kill -9 n1",
+    )
+    .await;
     eprintln!("failover after kill -9: {:?}", t0.elapsed());
 
     // 2. SIGSTOP n2 for 2 × TTL: its sessions move to n3; resumed, it runs none of them.
     let c3 = grpc(nodes[2].base.clone()).await;
     bases.lock().unwrap().retain(|b| *b != nodes[1].base);
+    let leases_of = |node: &'static str| {
+        let (store, ids) = (store.clone(), ids.clone());
+        async move {
+            let mut held = HashMap::new();
+            for id in ids {
+                let i = id.clone();
+                let l = store
+                    .run(move |c| wagate::storage::cluster::lease_of(c, &i))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if l.owner.as_deref() == Some(node) {
+                    held.insert(id, l.epoch);
+                }
+            }
+            held
+        }
+    };
+    let before_stop = leases_of("n2").await;
+    assert!(!before_stop.is_empty(), "n2 runs sessions before the pause");
     nodes[1].signal("STOP");
-    all_connected_on(&c3, &p, &ids, &["n3"], TTL.as_secs() * 2 + 10, "n3 takes n2's sessions").await;
+    all_connected_on(
+        &c3,
+        &p,
+        &ids,
+        &["n3"],
+        TTL.as_secs() * 2 + 10,
+        "n3 takes n2's sessions",
+    )
+    .await;
     tokio::time::sleep(TTL * 2).await;
     nodes[1].signal("CONT");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let o = owners(&nodes[2].base).await;
-    assert_eq!(o.get("n2").copied().unwrap_or(0), 0, "the resumed node runs nothing it lost: {o:?}");
+    // Whatever n2 runs now it claimed anew (a rebalance may hand it some), never under the
+    // leases it held before the pause.
+    for (id, epoch) in leases_of("n2").await {
+        if let Some(old) = before_stop.get(&id) {
+            assert!(
+                epoch > *old,
+                "{id}: n2 runs it under epoch {epoch}, it paused with {old}"
+            );
+        }
+    }
     bases.lock().unwrap().push(nodes[1].base.clone());
 
     // 3. A fourth node joins (through the proxy): sessions move until the spread is even.
@@ -472,7 +533,10 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     bases.lock().unwrap().push(n4.base.clone());
     eventually(60, "an even spread over n2, n3, n4", || async {
         let o = owners(&nodes[2].base).await;
-        let counts: Vec<i64> = ["n2", "n3", "n4"].iter().map(|n| o.get(*n).copied().unwrap_or(0)).collect();
+        let counts: Vec<i64> = ["n2", "n3", "n4"]
+            .iter()
+            .map(|n| o.get(*n).copied().unwrap_or(0))
+            .collect();
         let (max, min) = (*counts.iter().max().unwrap(), *counts.iter().min().unwrap());
         (counts.iter().sum::<i64>() == 6 && max - min <= 1).then_some(())
     })
@@ -484,7 +548,15 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     assert!(n4_before > 0, "n4 runs sessions before the cut");
     bases.lock().unwrap().retain(|b| *b != n4.base);
     proxy.cut();
-    all_connected_on(&c3, &p, &ids, &["n2", "n3"], TTL.as_secs() + 15, "n2 and n3 take n4's sessions").await;
+    all_connected_on(
+        &c3,
+        &p,
+        &ids,
+        &["n2", "n3"],
+        TTL.as_secs() + 15,
+        "n2 and n3 take n4's sessions",
+    )
+    .await;
     proxy.restore();
     eventually(60, "n4 back and running sessions again", || async {
         let o = owners(&nodes[2].base).await;
@@ -508,7 +580,15 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     n4.spawn();
     n4.ready().await;
     bases.lock().unwrap().push(base);
-    all_connected_on(&c3_again(&nodes[2]).await, &p, &ids, &["n2", "n3", "n4"], 30, "every session connected after the rolling restart").await;
+    all_connected_on(
+        &c3_again(&nodes[2]).await,
+        &p,
+        &ids,
+        &["n2", "n3", "n4"],
+        30,
+        "every session connected after the rolling restart",
+    )
+    .await;
 
     let accepted = traffic.finish().await;
     assert!(accepted.len() > 50, "traffic flowed: {}", accepted.len());
@@ -526,7 +606,10 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
             .filter(|m| m["delivered"].as_object().is_some_and(|d| !d.is_empty()))
             .map(|m| (m["id"].as_str().unwrap().to_owned(), m.clone()))
             .collect();
-        wa_ids.iter().all(|id| delivered.contains_key(id)).then_some(delivered)
+        wa_ids
+            .iter()
+            .all(|id| delivered.contains_key(id))
+            .then_some(delivered)
     })
     .await;
     for id in &wa_ids {
@@ -536,9 +619,17 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
         }
     }
     let o = overlaps(&sim.admin_url()).await;
+    let pair = |v: &serde_json::Value| (v["first"].to_string(), v["second"].to_string());
+    let before: HashSet<_> = baseline.as_array().unwrap().iter().map(pair).collect();
+    let new: Vec<_> = o
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !before.contains(&pair(v)))
+        .collect();
     assert!(
-        o.as_array().is_some_and(|a| a.is_empty()),
-        "no device had two connections in use at once: {o}"
+        new.is_empty(),
+        "no device had two connections in use at once: {new:?}"
     );
     drop(nodes);
     drop(n4);

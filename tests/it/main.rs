@@ -4,6 +4,7 @@ mod support;
 mod at_rest;
 mod cluster;
 mod device_store;
+mod failover;
 mod grpc;
 mod hardening;
 mod openapi;

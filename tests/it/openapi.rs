@@ -94,7 +94,8 @@ async fn openapi_describes_the_rest_surface() {
         admin_token: Some("operator-token".into()),
         ..crate::support::settings("node-oa")
     };
-    let t = TestServer::start_sim_with(TestDb::sqlite(), MasterKey::generate(), settings, &sim).await;
+    let t =
+        TestServer::start_sim_with(TestDb::sqlite(), MasterKey::generate(), settings, &sim).await;
     let s = Sak { t: &t };
     let (code, doc) = read(
         t.http

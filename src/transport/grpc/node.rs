@@ -85,7 +85,12 @@ impl NodeService for NodeApi {
         &self,
         req: Request<RestartSessionRequest>,
     ) -> Result<Response<RestartSessionResponse>, Status> {
-        if !self.member.local().restart(&req.get_ref().session_id).await? {
+        if !self
+            .member
+            .local()
+            .restart(&req.get_ref().session_id)
+            .await?
+        {
             return Err(Error::SessionMoved.into());
         }
         Ok(Response::new(RestartSessionResponse {}))

@@ -82,7 +82,10 @@ fn node_data(n: Node) -> NodeData {
         (status = 404, description = "OPERATOR_API_DISABLED: no WAGATE_ADMIN_TOKEN", body = ErrorBody),
     )
 )]
-pub async fn cluster_status(State(gw): State<Gateway>, OperatorToken(op): OperatorToken) -> ApiResult {
+pub async fn cluster_status(
+    State(gw): State<Gateway>,
+    OperatorToken(op): OperatorToken,
+) -> ApiResult {
     let r = call::answer(
         ClusterApi::new(gw.clone())
             .list_nodes(call::request_as(op, ListNodesRequest {}))
