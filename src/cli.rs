@@ -53,7 +53,7 @@ enum ClusterCommand {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway: REST, gRPC and grpc-web on one port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
     /// Manage projects (tenants with an API key and secret).
@@ -346,7 +346,7 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate(db) => {
             let store = Db::open(&db.database_url, 2)?;
             let n = store.migrate()?;

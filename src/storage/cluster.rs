@@ -152,7 +152,7 @@ pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<Regi
             nodes::stopped_at.eq(None::<i64>),
         );
         on_conn!(conn, c => diesel::insert_into(nodes::table)
-            .values(row.clone())
+            .values(row)
             .on_conflict(nodes::id)
             .do_update()
             .set(row)

@@ -214,7 +214,11 @@ impl WriterPlug {
             match &mut conn {
                 DbConn::Sqlite(c) => c.batch_execute("BEGIN IMMEDIATE"),
                 DbConn::Postgres(c) => {
-                    c.batch_execute("BEGIN; LOCK TABLE usage_counters IN EXCLUSIVE MODE")
+                    // Idle in its transaction on purpose: exempt from the server's timeout.
+                    c.batch_execute(
+                        "SET idle_in_transaction_session_timeout = 0; \
+                         BEGIN; LOCK TABLE usage_counters IN EXCLUSIVE MODE",
+                    )
                 }
             }
             .expect("take the lock");
