@@ -262,16 +262,21 @@ async fn on_event(
             .await;
         }
         Event::LoggedOut(l) => {
-            if let Err(e) = inner.stores.wipe(&device).await {
-                tracing::error!(device, error = %e, "cannot wipe the device store after logout");
-            }
+            // Stored first, fenced: a node that no longer owns the session wipes nothing.
+            // It runs nowhere any more (its lease goes), as after a logout by request.
             let reason = format!("logged out: {:?}", l.reason);
             let (id, stored) = (device.clone(), reason.clone());
-            let _ = slot
+            let recorded = slot
                 .write(&inner.db, move |c| {
+                    crate::storage::cluster::unwant(c, &id)?;
                     sessions::clear_account(c, &id, "logged_out", Some(&stored), now_ms())
                 })
                 .await;
+            if recorded.is_ok()
+                && let Err(e) = inner.stores.wipe(&device).await
+            {
+                tracing::error!(device, error = %e, "cannot wipe the device store after logout");
+            }
             slot.update(|s| {
                 s.state = SessionState::LoggedOut;
                 s.reason = Some(reason);
@@ -325,6 +330,11 @@ async fn on_event(
                 Some("QR codes expired unscanned; restart the session for new ones".into()),
             )
             .await;
+            // Not run again until asked (a restart, a new QR request).
+            let id = device.clone();
+            let _ = slot
+                .write(&inner.db, move |c| crate::storage::cluster::unwant(c, &id))
+                .await;
             return Some(End::Final);
         }
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
