@@ -438,3 +438,82 @@ async fn a_graceful_stop_hands_sessions_over_at_once() {
     }
     b.server.shutdown().await;
 }
+
+/// Draining a node (the operator endpoint) moves its sessions to the others while it keeps
+/// answering; resumed, it takes sessions again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_sessions_over_and_keeps_serving() {
+    let Some(db) = TestDb::postgres() else { return };
+    let shared = db.shared();
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = wasim::client::Admin::new(sim.addr());
+    let key = MasterKey::generate();
+    let a = TestServer::start_sim_with(db, key.clone(), node_settings("node-a", 0), &sim).await;
+    let p = project(&a).await;
+    let mut ca = client(&a).await;
+    let s = crate::sessions::linked(&mut ca, &p, &admin, "d", "15550144001").await;
+    let b = TestServer::start_sim_with(shared, key, node_settings("node-b", 0), &sim).await;
+    let operator = |t: &TestServer, path: &str| {
+        t.http
+            .post(t.url(path))
+            .header("Authorization", "Bearer operator-secret")
+            .send()
+    };
+    let (code, body) = read(
+        operator(&b, "/api/v1/cluster/nodes/node-a/drain")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    eventually(15, "the session moved to node-b", || {
+        let (mut ca, p, id) = (ca.clone(), &p, s.session_id.clone());
+        async move {
+            // Asked on the draining node, which still answers.
+            let s = session(&mut ca, p, &id).await;
+            (s.state == SessionState::Connected as i32 && s.owner_node == "node-b").then_some(())
+        }
+    })
+    .await;
+    let (_, view) = read(
+        a.http
+            .get(a.url("/api/v1/cluster"))
+            .header("Authorization", "Bearer operator-secret")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let state_of = |n: &str| {
+        view["data"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["nodeId"] == n)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state_of("node-a"), "draining", "{view}");
+    let (code, body) = read(
+        operator(&a, "/api/v1/cluster/nodes/nope/drain")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (404, Some("NODE_NOT_FOUND")),
+        "{body}"
+    );
+    let (code, _) = read(
+        operator(&a, "/api/v1/cluster/nodes/node-a/resume")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    b.server.shutdown().await;
+    a.server.shutdown().await;
+}
