@@ -295,7 +295,7 @@ struct Count {
 /// Deliveries whose outcome is not yet written as succeeded.
 async fn open_deliveries(db: &Db) -> i64 {
     db.run(|c| {
-        Ok(wagate::on_conn!(c, c => diesel::sql_query(
+        Ok(wagate::db_run!(c, |c| diesel::sql_query(
             "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE state <> 'succeeded'"
         )
         .get_result::<Count>(c))?

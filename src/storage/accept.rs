@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::models::{IdempotencyRow, NewMedia, NewMessage};
 use super::schema::{idempotency_keys, media, messages, usage_counters};
 use super::{Backend, Db, DbConn, now_ms};
+use crate::db_run;
 use crate::error::{Error, Result};
-use crate::on_conn;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -121,7 +121,7 @@ impl Failure {
     /// whatever the error said.
     fn of_batch(conn: &mut DbConn, e: &DbError) -> Failure {
         let mut f = Failure::of(e);
-        f.transient |= on_conn!(conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+        f.transient |= db_run!(conn, |c| diesel::r2d2::R2D2Connection::is_broken(c));
         f
     }
 
@@ -196,14 +196,19 @@ fn in_savepoint(
     conn: &mut DbConn,
     f: impl FnOnce(&mut DbConn) -> QueryResult<()>,
 ) -> QueryResult<std::result::Result<(), DbError>> {
-    on_conn!(&mut *conn, c => AnsiTransactionManager::begin_transaction(c))?;
+    db_run!(&mut *conn, |c| AnsiTransactionManager::begin_transaction(c))?;
     match f(conn) {
         Ok(()) => {
-            on_conn!(&mut *conn, c => AnsiTransactionManager::commit_transaction(c))?;
+            db_run!(&mut *conn, |c| AnsiTransactionManager::commit_transaction(
+                c
+            ))?;
             Ok(Ok(()))
         }
         Err(e) => {
-            on_conn!(&mut *conn, c => AnsiTransactionManager::rollback_transaction(c))?;
+            db_run!(
+                &mut *conn,
+                |c| AnsiTransactionManager::rollback_transaction(c)
+            )?;
             if is_transient(&e) { Err(e) } else { Ok(Err(e)) }
         }
     }
@@ -248,7 +253,7 @@ fn accept_in_tx(
             (pid, month_bucket.as_str(), now + 62 * 24 * 3600 * 1000),
         ];
         for (p, b, exp) in seed {
-            on_conn!(conn, c => diesel::insert_into(usage_counters::table)
+            db_run!(conn, |c| diesel::insert_into(usage_counters::table)
                 .values((
                     usage_counters::project_id.eq(p),
                     usage_counters::bucket.eq(b),
@@ -301,7 +306,7 @@ fn accept_in_tx(
                 });
                 continue;
             }
-            let existing: Option<IdempotencyRow> = on_conn!(conn, c => idempotency_keys::table
+            let existing: Option<IdempotencyRow> = db_run!(conn, |c| idempotency_keys::table
                 .find((pid, k.key.as_str()))
                 .select(IdempotencyRow::as_select())
                 .first(c)
@@ -312,7 +317,7 @@ fn accept_in_tx(
                         outcomes.push(Err(Error::IdempotencyConflict));
                         continue;
                     }
-                    let found: Option<(String, String)> = on_conn!(conn, c => messages::table
+                    let found: Option<(String, String)> = db_run!(conn, |c| messages::table
                         .filter(messages::id.eq(&row.message_id))
                         .select((messages::device_code, messages::status))
                         .first(c)
@@ -359,14 +364,23 @@ fn accept_in_tx(
         if isolated {
             let written = in_savepoint(conn, |conn| {
                 if let (true, Some(k)) = (expired, &item.idempotency) {
-                    on_conn!(conn, c => diesel::delete(idempotency_keys::table.find((pid, k.key.as_str()))).execute(c))?;
+                    db_run!(conn, |c| diesel::delete(
+                        idempotency_keys::table.find((pid, k.key.as_str()))
+                    )
+                    .execute(c))?;
                 }
                 if let Some(m) = &item.media {
-                    on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+                    db_run!(conn, |c| diesel::insert_into(media::table)
+                        .values(m)
+                        .execute(c))?;
                 }
-                on_conn!(conn, c => diesel::insert_into(messages::table).values(&item.message).execute(c))?;
+                db_run!(conn, |c| diesel::insert_into(messages::table)
+                    .values(&item.message)
+                    .execute(c))?;
                 if let Some(k) = &key_row {
-                    on_conn!(conn, c => diesel::insert_into(idempotency_keys::table).values(k).execute(c))?;
+                    db_run!(conn, |c| diesel::insert_into(idempotency_keys::table)
+                        .values(k)
+                        .execute(c))?;
                 }
                 Ok(())
             })?;
@@ -378,7 +392,9 @@ fn accept_in_tx(
             }
         } else {
             if let Some(m) = &item.media {
-                on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+                db_run!(conn, |c| diesel::insert_into(media::table)
+                    .values(m)
+                    .execute(c))?;
             }
             if let (true, Some(k)) = (expired, &item.idempotency) {
                 expired_keys.push((pid, k.key.as_str()));
@@ -404,19 +420,28 @@ fn accept_in_tx(
 
     for chunk in new_messages.chunks(INSERT_CHUNK) {
         let rows: Vec<&NewMessage> = chunk.to_vec();
-        on_conn!(conn, c => diesel::insert_into(messages::table).values(rows).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(messages::table)
+            .values(rows)
+            .execute(c))?;
     }
     for (pid, key) in expired_keys {
-        on_conn!(conn, c => diesel::delete(idempotency_keys::table.find((pid, key))).execute(c))?;
+        db_run!(conn, |c| diesel::delete(
+            idempotency_keys::table.find((pid, key))
+        )
+        .execute(c))?;
     }
     for chunk in new_keys.chunks(INSERT_CHUNK) {
-        on_conn!(conn, c => diesel::insert_into(idempotency_keys::table).values(chunk).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(idempotency_keys::table)
+            .values(chunk)
+            .execute(c))?;
     }
     for (pid, ctr) in counters.iter().filter(|(_, c)| c.dirty) {
         for (bucket, value) in [(&minute_bucket, ctr.minute), (&month_bucket, ctr.month)] {
-            on_conn!(conn, c => diesel::update(usage_counters::table.find((pid.as_str(), bucket.as_str())))
-                .set(usage_counters::count.eq(value))
-                .execute(c))?;
+            db_run!(conn, |c| diesel::update(
+                usage_counters::table.find((pid.as_str(), bucket.as_str()))
+            )
+            .set(usage_counters::count.eq(value))
+            .execute(c))?;
         }
     }
     Ok(outcomes)
@@ -439,7 +464,7 @@ fn as_replay(first: &Accepted) -> Accepted {
 pub fn usage(conn: &mut DbConn, project_id: &str, now: i64) -> Result<(i64, i64)> {
     let minute_bucket = format!("m{}", now / MINUTE_MS);
     let month_bucket = month_bucket(now);
-    let rows: Vec<(String, i64)> = on_conn!(conn, c => usage_counters::table
+    let rows: Vec<(String, i64)> = db_run!(conn, |c| usage_counters::table
         .filter(usage_counters::project_id.eq(project_id))
         .filter(usage_counters::bucket.eq_any([&minute_bucket, &month_bucket]))
         .select((usage_counters::bucket, usage_counters::count))
@@ -627,7 +652,9 @@ impl Writer {
     ) -> std::result::Result<Vec<Result<Accepted>>, Failure> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            let broken = on_conn!(&mut self.conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+            let broken = db_run!(&mut self.conn, |c| diesel::r2d2::R2D2Connection::is_broken(
+                c
+            ));
             if attempt > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("wagate_accept_batch_retries_total").increment(1);

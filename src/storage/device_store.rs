@@ -57,8 +57,8 @@ use super::schema::{
 };
 use super::{Db, DbConn, now_ms};
 use crate::crypto::{MasterKey, SealKey};
+use crate::db_run;
 use crate::error::{Error, Result};
-use crate::on_conn;
 
 // Kinds of `wa_store` rows.
 const K_IDENTITY: &str = "identity";
@@ -276,8 +276,9 @@ impl DbDeviceStore {
 /// if `conn` is already inside [`DbConn::transaction`]. Stop the session's client first: a
 /// running client would write its in-memory state (device record, Signal cache) back.
 pub fn wipe(conn: &mut DbConn, device_id: &str) -> Result<usize> {
-    let depth = on_conn!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
-        .transaction_depth())?;
+    let depth = db_run!(conn, |c| {
+        AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()
+    })?;
     if depth.is_some() {
         wipe_rows(conn, device_id)
     } else {
@@ -287,13 +288,34 @@ pub fn wipe(conn: &mut DbConn, device_id: &str) -> Result<usize> {
 
 fn wipe_rows(conn: &mut DbConn, device_id: &str) -> Result<usize> {
     let mut n = 0;
-    n += on_conn!(conn, c => diesel::delete(wa_store::table.filter(wa_store::device_id.eq(device_id))).execute(c))?;
-    n += on_conn!(conn, c => diesel::delete(wa_prekeys::table.filter(wa_prekeys::device_id.eq(device_id))).execute(c))?;
-    n += on_conn!(conn, c => diesel::delete(wa_app_state_macs::table.filter(wa_app_state_macs::device_id.eq(device_id))).execute(c))?;
-    n += on_conn!(conn, c => diesel::delete(wa_sender_key_devices::table.filter(wa_sender_key_devices::device_id.eq(device_id))).execute(c))?;
-    n += on_conn!(conn, c => diesel::delete(wa_lid_mappings::table.filter(wa_lid_mappings::device_id.eq(device_id))).execute(c))?;
-    n += on_conn!(conn, c => diesel::delete(wa_tc_tokens::table.filter(wa_tc_tokens::device_id.eq(device_id))).execute(c))?;
-    n += on_conn!(conn, c => diesel::delete(wa_msg_secrets::table.filter(wa_msg_secrets::device_id.eq(device_id))).execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_store::table.filter(wa_store::device_id.eq(device_id))
+    )
+    .execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_prekeys::table.filter(wa_prekeys::device_id.eq(device_id))
+    )
+    .execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_app_state_macs::table.filter(wa_app_state_macs::device_id.eq(device_id))
+    )
+    .execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_sender_key_devices::table.filter(wa_sender_key_devices::device_id.eq(device_id))
+    )
+    .execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_lid_mappings::table.filter(wa_lid_mappings::device_id.eq(device_id))
+    )
+    .execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_tc_tokens::table.filter(wa_tc_tokens::device_id.eq(device_id))
+    )
+    .execute(c))?;
+    n += db_run!(conn, |c| diesel::delete(
+        wa_msg_secrets::table.filter(wa_msg_secrets::device_id.eq(device_id))
+    )
+    .execute(c))?;
     Ok(n)
 }
 
@@ -361,14 +383,14 @@ fn seal_plain_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
             let plain = length(s::value)
                 .lt(overhead)
                 .or(substr(s::value, 1, 8).ne(magic.clone()));
-            let rows: Vec<(String, String, String, Vec<u8>)> = on_conn!(c, c => s::wa_store
+            let rows: Vec<(String, String, String, Vec<u8>)> = db_run!(c, |c| s::wa_store
                 .filter(s::kind.eq_any(SEALED_KINDS))
                 .filter(plain)
                 .select((s::device_id, s::kind, s::key, s::value))
                 .load(c))?;
             for (dev, kind, k, value) in rows {
                 let sealed = key.seal(&kv_aad(&dev, &kind, &k), &value);
-                n += on_conn!(c, c => diesel::update(
+                n += db_run!(c, |c| diesel::update(
                     s::wa_store
                         .find((&dev, &kind, &k))
                         .filter(s::value.eq(&value)),
@@ -382,13 +404,13 @@ fn seal_plain_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
             let plain = length(p::record)
                 .lt(overhead)
                 .or(substr(p::record, 1, 8).ne(magic.clone()));
-            let rows: Vec<(String, i64, Vec<u8>)> = on_conn!(c, c => p::wa_prekeys
+            let rows: Vec<(String, i64, Vec<u8>)> = db_run!(c, |c| p::wa_prekeys
                 .filter(plain)
                 .select((p::device_id, p::id, p::record))
                 .load(c))?;
             for (dev, id, record) in rows {
                 let sealed = key.seal(&prekey_aad(&dev, id), &record);
-                n += on_conn!(c, c => diesel::update(
+                n += db_run!(c, |c| diesel::update(
                     p::wa_prekeys.find((&dev, id)).filter(p::record.eq(&record)),
                 )
                 .set(p::record.eq(&sealed))
@@ -400,13 +422,14 @@ fn seal_plain_rows(conn: &mut DbConn, master: &MasterKey) -> Result<usize> {
             let plain = length(m::secret)
                 .lt(overhead)
                 .or(substr(m::secret, 1, 8).ne(magic.clone()));
-            let rows: Vec<(String, String, String, String, Vec<u8>)> = on_conn!(c, c => m::wa_msg_secrets
-                .filter(plain)
-                .select((m::device_id, m::chat, m::sender, m::msg_id, m::secret))
-                .load(c))?;
+            let rows: Vec<(String, String, String, String, Vec<u8>)> =
+                db_run!(c, |c| m::wa_msg_secrets
+                    .filter(plain)
+                    .select((m::device_id, m::chat, m::sender, m::msg_id, m::secret))
+                    .load(c))?;
             for (dev, chat, sender, msg_id, secret) in rows {
                 let sealed = key.seal(&secret_aad(&dev, &chat, &sender, &msg_id), &secret);
-                n += on_conn!(c, c => diesel::update(
+                n += db_run!(c, |c| diesel::update(
                     m::wa_msg_secrets
                         .find((&dev, &chat, &sender, &msg_id))
                         .filter(m::secret.eq(&secret)),
@@ -482,7 +505,7 @@ fn u32_id(id: i64) -> StoreResult<u32> {
 
 fn kv_get(c: &mut DbConn, dev: &str, kind: &str, key: &str) -> Result<Option<Vec<u8>>> {
     use wa_store::dsl as s;
-    Ok(on_conn!(c, c => s::wa_store
+    Ok(db_run!(c, |c| s::wa_store
         .find((dev, kind, key))
         .select(s::value)
         .first::<Vec<u8>>(c)
@@ -491,16 +514,16 @@ fn kv_get(c: &mut DbConn, dev: &str, kind: &str, key: &str) -> Result<Option<Vec
 
 fn kv_exists(c: &mut DbConn, dev: &str, kind: &str, key: &str) -> Result<bool> {
     use wa_store::dsl as s;
-    Ok(
-        on_conn!(c, c => diesel::select(diesel::dsl::exists(s::wa_store.find((dev, kind, key))))
-        .get_result::<bool>(c))?,
-    )
+    Ok(db_run!(c, |c| diesel::select(diesel::dsl::exists(
+        s::wa_store.find((dev, kind, key))
+    ))
+    .get_result::<bool>(c))?)
 }
 
 fn kv_put(c: &mut DbConn, dev: &str, kind: &str, key: &str, value: &[u8]) -> Result<()> {
     use wa_store::dsl as s;
     let now = now_ms();
-    on_conn!(c, c => diesel::insert_into(s::wa_store)
+    db_run!(c, |c| diesel::insert_into(s::wa_store)
         .values((
             s::device_id.eq(dev),
             s::kind.eq(kind),
@@ -510,20 +533,26 @@ fn kv_put(c: &mut DbConn, dev: &str, kind: &str, key: &str, value: &[u8]) -> Res
         ))
         .on_conflict((s::device_id, s::kind, s::key))
         .do_update()
-        .set((s::value.eq(excluded(s::value)), s::updated_at.eq(excluded(s::updated_at))))
+        .set((
+            s::value.eq(excluded(s::value)),
+            s::updated_at.eq(excluded(s::updated_at))
+        ))
         .execute(c))?;
     Ok(())
 }
 
 fn kv_delete(c: &mut DbConn, dev: &str, kind: &str, key: &str) -> Result<usize> {
     use wa_store::dsl as s;
-    Ok(on_conn!(c, c => diesel::delete(s::wa_store.find((dev, kind, key))).execute(c))?)
+    Ok(db_run!(c, |c| diesel::delete(
+        s::wa_store.find((dev, kind, key))
+    )
+    .execute(c))?)
 }
 
 /// Every `(key, value)` of one kind, in key order.
 fn kv_scan(c: &mut DbConn, dev: &str, kind: &str) -> Result<Vec<(String, Vec<u8>)>> {
     use wa_store::dsl as s;
-    Ok(on_conn!(c, c => s::wa_store
+    Ok(db_run!(c, |c| s::wa_store
         .filter(s::device_id.eq(dev).and(s::kind.eq(kind)))
         .order(s::key)
         .select((s::key, s::value))
@@ -533,7 +562,7 @@ fn kv_scan(c: &mut DbConn, dev: &str, kind: &str) -> Result<Vec<(String, Vec<u8>
 /// Deletes the rows of one kind written before `cutoff_ms`; returns how many.
 fn kv_expire(c: &mut DbConn, dev: &str, kind: &str, cutoff_ms: i64) -> Result<usize> {
     use wa_store::dsl as s;
-    Ok(on_conn!(c, c => diesel::delete(
+    Ok(db_run!(c, |c| diesel::delete(
         s::wa_store.filter(
             s::device_id
                 .eq(dev)
@@ -563,7 +592,7 @@ fn identity_array(address: &str, bytes: Vec<u8>) -> StoreResult<[u8; 32]> {
 
 fn upsert_prekey(c: &mut DbConn, dev: &str, id: u32, record: &[u8], uploaded: bool) -> Result<()> {
     use wa_prekeys::dsl as p;
-    on_conn!(c, c => diesel::insert_into(p::wa_prekeys)
+    db_run!(c, |c| diesel::insert_into(p::wa_prekeys)
         .values((
             p::device_id.eq(dev),
             p::id.eq(i64::from(id)),
@@ -572,14 +601,17 @@ fn upsert_prekey(c: &mut DbConn, dev: &str, id: u32, record: &[u8], uploaded: bo
         ))
         .on_conflict((p::device_id, p::id))
         .do_update()
-        .set((p::record.eq(excluded(p::record)), p::uploaded.eq(excluded(p::uploaded))))
+        .set((
+            p::record.eq(excluded(p::record)),
+            p::uploaded.eq(excluded(p::uploaded))
+        ))
         .execute(c))?;
     Ok(())
 }
 
 fn upsert_lid_mapping(c: &mut DbConn, dev: &str, e: &LidPnMappingEntry) -> Result<()> {
     use wa_lid_mappings::dsl as l;
-    on_conn!(c, c => diesel::insert_into(l::wa_lid_mappings)
+    db_run!(c, |c| diesel::insert_into(l::wa_lid_mappings)
         .values((
             l::device_id.eq(dev),
             l::lid.eq(&e.lid),
@@ -711,10 +743,15 @@ impl SignalStore for DbDeviceStore {
             let at = like_prefix(&format!("{user}@"));
             let colon = like_prefix(&format!("{user}:"));
             // LIKE narrows the scan (it is case-insensitive on SQLite); the exact test is here.
-            let keys: Vec<String> = on_conn!(c, c => s::wa_store
+            let keys: Vec<String> = db_run!(c, |c| s::wa_store
                 .filter(s::device_id.eq(dev))
                 .filter(s::kind.eq_any([K_SESSION, K_IDENTITY]))
-                .filter(s::key.like(&at).escape('\\').or(s::key.like(&colon).escape('\\')))
+                .filter(
+                    s::key
+                        .like(&at)
+                        .escape('\\')
+                        .or(s::key.like(&colon).escape('\\'))
+                )
                 .select(s::key)
                 .load::<String>(c))?;
             Ok(keys.iter().any(|k| {
@@ -753,7 +790,7 @@ impl SignalStore for DbDeviceStore {
     async fn load_prekey(&self, id: u32) -> StoreResult<Option<Bytes>> {
         self.run(move |c, dev| {
             use wa_prekeys::dsl as p;
-            Ok(on_conn!(c, c => p::wa_prekeys
+            Ok(db_run!(c, |c| p::wa_prekeys
                 .find((dev, i64::from(id)))
                 .select(p::record)
                 .first::<Vec<u8>>(c)
@@ -774,7 +811,7 @@ impl SignalStore for DbDeviceStore {
                 use wa_prekeys::dsl as p;
                 let mut found = Vec::new();
                 for chunk in wanted.chunks(IN_CHUNK) {
-                    let mut part = on_conn!(c, c => p::wa_prekeys
+                    let mut part = db_run!(c, |c| p::wa_prekeys
                         .filter(p::device_id.eq(dev).and(p::id.eq_any(chunk)))
                         .select((p::id, p::record))
                         .load::<(i64, Vec<u8>)>(c))?;
@@ -803,7 +840,7 @@ impl SignalStore for DbDeviceStore {
             use wa_prekeys::dsl as p;
             // UPDATE only: a key consumed meanwhile must stay deleted.
             for chunk in ids.chunks(IN_CHUNK) {
-                on_conn!(c, c => diesel::update(
+                db_run!(c, |c| diesel::update(
                     p::wa_prekeys.filter(p::device_id.eq(dev).and(p::id.eq_any(chunk))),
                 )
                 .set(p::uploaded.eq(true))
@@ -817,7 +854,10 @@ impl SignalStore for DbDeviceStore {
     async fn remove_prekey(&self, id: u32) -> StoreResult<()> {
         self.run(move |c, dev| {
             use wa_prekeys::dsl as p;
-            on_conn!(c, c => diesel::delete(p::wa_prekeys.find((dev, i64::from(id)))).execute(c))?;
+            db_run!(c, |c| diesel::delete(
+                p::wa_prekeys.find((dev, i64::from(id)))
+            )
+            .execute(c))?;
             Ok(())
         })
         .await
@@ -827,7 +867,7 @@ impl SignalStore for DbDeviceStore {
         let max = self
             .run(move |c, dev| {
                 use wa_prekeys::dsl as p;
-                Ok(on_conn!(c, c => p::wa_prekeys
+                Ok(db_run!(c, |c| p::wa_prekeys
                     .filter(p::device_id.eq(dev))
                     .select(diesel::dsl::max(p::id))
                     .first::<Option<i64>>(c))?)
@@ -943,7 +983,7 @@ impl AppSyncStore for DbDeviceStore {
             use wa_app_state_macs::dsl as m;
             c.transaction(|c| {
                 for (index_mac, value_mac) in &rows {
-                    on_conn!(c, c => diesel::insert_into(m::wa_app_state_macs)
+                    db_run!(c, |c| diesel::insert_into(m::wa_app_state_macs)
                         .values((
                             m::device_id.eq(dev),
                             m::collection.eq(&name),
@@ -970,7 +1010,7 @@ impl AppSyncStore for DbDeviceStore {
         let index_mac = index_mac.to_vec();
         self.run(move |c, dev| {
             use wa_app_state_macs::dsl as m;
-            Ok(on_conn!(c, c => m::wa_app_state_macs
+            Ok(db_run!(c, |c| m::wa_app_state_macs
                 .find((dev, name.as_str(), index_mac.as_slice()))
                 .select(m::value_mac)
                 .first::<Vec<u8>>(c)
@@ -994,7 +1034,7 @@ impl AppSyncStore for DbDeviceStore {
                 use wa_app_state_macs::dsl as m;
                 let mut found = Vec::new();
                 for chunk in wanted.chunks(IN_CHUNK) {
-                    let mut part = on_conn!(c, c => m::wa_app_state_macs
+                    let mut part = db_run!(c, |c| m::wa_app_state_macs
                         .filter(m::device_id.eq(dev).and(m::collection.eq(&name)))
                         .filter(m::index_mac.eq_any(chunk))
                         .select((m::index_mac, m::value_mac))
@@ -1020,7 +1060,7 @@ impl AppSyncStore for DbDeviceStore {
             use wa_app_state_macs::dsl as m;
             c.transaction(|c| {
                 for chunk in macs.chunks(IN_CHUNK) {
-                    on_conn!(c, c => diesel::delete(
+                    db_run!(c, |c| diesel::delete(
                         m::wa_app_state_macs
                             .filter(m::device_id.eq(dev).and(m::collection.eq(&name)))
                             .filter(m::index_mac.eq_any(chunk)),
@@ -1037,7 +1077,7 @@ impl AppSyncStore for DbDeviceStore {
         let name = name.to_owned();
         self.run(move |c, dev| {
             use wa_app_state_macs::dsl as m;
-            on_conn!(c, c => diesel::delete(
+            db_run!(c, |c| diesel::delete(
                 m::wa_app_state_macs.filter(m::device_id.eq(dev).and(m::collection.eq(&name))),
             )
             .execute(c))?;
@@ -1061,7 +1101,7 @@ impl ProtocolStore for DbDeviceStore {
         let group = group_jid.to_owned();
         self.run(move |c, dev| {
             use wa_sender_key_devices::dsl as d;
-            Ok(on_conn!(c, c => d::wa_sender_key_devices
+            Ok(db_run!(c, |c| d::wa_sender_key_devices
                 .filter(d::device_id.eq(dev).and(d::group_jid.eq(&group)))
                 .order(d::device_jid)
                 .select((d::device_jid, d::has_key))
@@ -1085,7 +1125,7 @@ impl ProtocolStore for DbDeviceStore {
             use wa_sender_key_devices::dsl as d;
             c.transaction(|c| {
                 for (device_jid, has_key) in &entries {
-                    on_conn!(c, c => diesel::insert_into(d::wa_sender_key_devices)
+                    db_run!(c, |c| diesel::insert_into(d::wa_sender_key_devices)
                         .values((
                             d::device_id.eq(dev),
                             d::group_jid.eq(&group),
@@ -1107,7 +1147,7 @@ impl ProtocolStore for DbDeviceStore {
         let group = group_jid.to_owned();
         self.run(move |c, dev| {
             use wa_sender_key_devices::dsl as d;
-            on_conn!(c, c => diesel::delete(
+            db_run!(c, |c| diesel::delete(
                 d::wa_sender_key_devices.filter(d::device_id.eq(dev).and(d::group_jid.eq(&group))),
             )
             .execute(c))?;
@@ -1125,7 +1165,7 @@ impl ProtocolStore for DbDeviceStore {
             use wa_sender_key_devices::dsl as d;
             c.transaction(|c| {
                 for chunk in jids.chunks(IN_CHUNK) {
-                    on_conn!(c, c => diesel::delete(
+                    db_run!(c, |c| diesel::delete(
                         d::wa_sender_key_devices
                             .filter(d::device_id.eq(dev).and(d::device_jid.eq_any(chunk))),
                     )
@@ -1140,8 +1180,10 @@ impl ProtocolStore for DbDeviceStore {
     async fn clear_all_sender_key_devices(&self) -> StoreResult<()> {
         self.run(move |c, dev| {
             use wa_sender_key_devices::dsl as d;
-            on_conn!(c, c => diesel::delete(d::wa_sender_key_devices.filter(d::device_id.eq(dev)))
-                .execute(c))?;
+            db_run!(c, |c| diesel::delete(
+                d::wa_sender_key_devices.filter(d::device_id.eq(dev))
+            )
+            .execute(c))?;
             Ok(())
         })
         .await
@@ -1152,9 +1194,15 @@ impl ProtocolStore for DbDeviceStore {
         let row = self
             .run(move |c, dev| {
                 use wa_lid_mappings::dsl as l;
-                Ok(on_conn!(c, c => l::wa_lid_mappings
+                Ok(db_run!(c, |c| l::wa_lid_mappings
                     .find((dev, lid.as_str()))
-                    .select((l::lid, l::phone_number, l::created_at, l::updated_at, l::learning_source))
+                    .select((
+                        l::lid,
+                        l::phone_number,
+                        l::created_at,
+                        l::updated_at,
+                        l::learning_source
+                    ))
                     .first::<LidRow>(c)
                     .optional())?)
             })
@@ -1167,10 +1215,16 @@ impl ProtocolStore for DbDeviceStore {
         let row = self
             .run(move |c, dev| {
                 use wa_lid_mappings::dsl as l;
-                Ok(on_conn!(c, c => l::wa_lid_mappings
+                Ok(db_run!(c, |c| l::wa_lid_mappings
                     .filter(l::device_id.eq(dev).and(l::phone_number.eq(&phone)))
                     .order((l::updated_at.desc(), l::created_at.desc(), l::lid.desc()))
-                    .select((l::lid, l::phone_number, l::created_at, l::updated_at, l::learning_source))
+                    .select((
+                        l::lid,
+                        l::phone_number,
+                        l::created_at,
+                        l::updated_at,
+                        l::learning_source
+                    ))
                     .first::<LidRow>(c)
                     .optional())?)
             })
@@ -1204,10 +1258,16 @@ impl ProtocolStore for DbDeviceStore {
         let rows = self
             .run(move |c, dev| {
                 use wa_lid_mappings::dsl as l;
-                Ok(on_conn!(c, c => l::wa_lid_mappings
+                Ok(db_run!(c, |c| l::wa_lid_mappings
                     .filter(l::device_id.eq(dev))
                     .order(l::lid)
-                    .select((l::lid, l::phone_number, l::created_at, l::updated_at, l::learning_source))
+                    .select((
+                        l::lid,
+                        l::phone_number,
+                        l::created_at,
+                        l::updated_at,
+                        l::learning_source
+                    ))
                     .load::<LidRow>(c))?)
             })
             .await?;
@@ -1289,7 +1349,7 @@ impl ProtocolStore for DbDeviceStore {
         let row = self
             .run(move |c, dev| {
                 use wa_tc_tokens::dsl as t;
-                Ok(on_conn!(c, c => t::wa_tc_tokens
+                Ok(db_run!(c, |c| t::wa_tc_tokens
                     .find((dev, jid.as_str()))
                     .select((t::token, t::token_timestamp, t::sender_timestamp))
                     .first::<(Vec<u8>, i64, Option<i64>)>(c)
@@ -1310,7 +1370,7 @@ impl ProtocolStore for DbDeviceStore {
         let entry = entry.clone();
         self.run(move |c, dev| {
             use wa_tc_tokens::dsl as t;
-            on_conn!(c, c => diesel::insert_into(t::wa_tc_tokens)
+            db_run!(c, |c| diesel::insert_into(t::wa_tc_tokens)
                 .values((
                     t::device_id.eq(dev),
                     t::jid.eq(&jid),
@@ -1335,7 +1395,10 @@ impl ProtocolStore for DbDeviceStore {
         let jid = jid.to_owned();
         self.run(move |c, dev| {
             use wa_tc_tokens::dsl as t;
-            on_conn!(c, c => diesel::delete(t::wa_tc_tokens.find((dev, jid.as_str()))).execute(c))?;
+            db_run!(c, |c| diesel::delete(
+                t::wa_tc_tokens.find((dev, jid.as_str()))
+            )
+            .execute(c))?;
             Ok(())
         })
         .await
@@ -1344,7 +1407,7 @@ impl ProtocolStore for DbDeviceStore {
     async fn get_all_tc_token_jids(&self) -> StoreResult<Vec<String>> {
         self.run(move |c, dev| {
             use wa_tc_tokens::dsl as t;
-            Ok(on_conn!(c, c => t::wa_tc_tokens
+            Ok(db_run!(c, |c| t::wa_tc_tokens
                 .filter(t::device_id.eq(dev))
                 .order(t::jid)
                 .select(t::jid)
@@ -1368,7 +1431,7 @@ impl ProtocolStore for DbDeviceStore {
                 let sender_dead = t::sender_timestamp
                     .is_null()
                     .or(t::sender_timestamp.lt(sender_cutoff));
-                Ok(on_conn!(c, c => diesel::delete(
+                Ok(db_run!(c, |c| diesel::delete(
                     t::wa_tc_tokens
                         .filter(t::device_id.eq(dev))
                         .filter(token_dead)
@@ -1388,7 +1451,7 @@ impl ProtocolStore for DbDeviceStore {
         let jid = jid.to_owned();
         self.run(move |c, dev| {
             let sql = portable_sql(c, TOUCH_TC_SENDER).into_owned();
-            on_conn!(c, c => diesel::sql_query(&sql)
+            db_run!(c, |c| diesel::sql_query(&sql)
                 .bind::<Text, _>(dev)
                 .bind::<Text, _>(&jid)
                 .bind::<Binary, _>(Vec::<u8>::new())
@@ -1409,7 +1472,7 @@ impl ProtocolStore for DbDeviceStore {
         let token = token.to_vec();
         self.run(move |c, dev| {
             let sql = portable_sql(c, STORE_RECEIVED_TC).into_owned();
-            on_conn!(c, c => diesel::sql_query(&sql)
+            db_run!(c, |c| diesel::sql_query(&sql)
                 .bind::<Text, _>(dev)
                 .bind::<Text, _>(&jid)
                 .bind::<Binary, _>(&token)
@@ -1443,10 +1506,14 @@ impl ProtocolStore for DbDeviceStore {
         self.run(move |c, dev| {
             use wa_store::dsl as s;
             // DELETE … RETURNING: two concurrent retries cannot both take it.
-            Ok(on_conn!(c, c => diesel::delete(s::wa_store.find((dev, K_SENT_MESSAGE, key.as_str())))
-                .returning(s::value)
-                .get_result::<Vec<u8>>(c)
-                .optional())?)
+            Ok(db_run!(c, |c| diesel::delete(s::wa_store.find((
+                dev,
+                K_SENT_MESSAGE,
+                key.as_str()
+            )))
+            .returning(s::value)
+            .get_result::<Vec<u8>>(c)
+            .optional())?)
         })
         .await
     }
@@ -1520,7 +1587,7 @@ impl ProtocolStore for DbDeviceStore {
             use wa_store::dsl as s;
             c.transaction(|c| {
                 for chunk in keys.chunks(IN_CHUNK) {
-                    on_conn!(c, c => diesel::delete(
+                    db_run!(c, |c| diesel::delete(
                         s::wa_store
                             .filter(s::device_id.eq(dev).and(s::kind.eq(K_PENDING_INBOUND)))
                             .filter(s::key.eq_any(chunk)),
@@ -1557,7 +1624,7 @@ impl MsgSecretStore for DbDeviceStore {
                 let sql = portable_sql(c, UPSERT_MSG_SECRET).into_owned();
                 // One statement per row: a repeated key within the batch merges like any other.
                 for (e, secret) in entries.iter().zip(&sealed) {
-                    on_conn!(c, c => diesel::sql_query(&sql)
+                    db_run!(c, |c| diesel::sql_query(&sql)
                         .bind::<Text, _>(dev)
                         .bind::<Text, _>(&*e.chat)
                         .bind::<Text, _>(&*e.sender)
@@ -1596,7 +1663,7 @@ impl MsgSecretStore for DbDeviceStore {
         let (chat, sender, msg_id) = (chat.to_owned(), sender.to_owned(), msg_id.to_owned());
         self.run(move |c, dev| {
             use wa_msg_secrets::dsl as m;
-            Ok(on_conn!(c, c => m::wa_msg_secrets
+            Ok(db_run!(c, |c| m::wa_msg_secrets
                 .find((dev, chat.as_str(), sender.as_str(), msg_id.as_str()))
                 .select((m::secret, m::message_ts))
                 .first::<(Vec<u8>, i64)>(c)
@@ -1615,7 +1682,7 @@ impl MsgSecretStore for DbDeviceStore {
         let n = self
             .run(move |c, dev| {
                 use wa_msg_secrets::dsl as m;
-                Ok(on_conn!(c, c => diesel::delete(
+                Ok(db_run!(c, |c| diesel::delete(
                     m::wa_msg_secrets
                         .filter(m::device_id.eq(dev))
                         .filter(m::expires_at.ne(0))
@@ -1657,7 +1724,7 @@ impl DeviceStore for DbDeviceStore {
         let fresh = self.seal_kv(K_DEVICE, "", to_json(&Device::new())?);
         self.run(move |c, dev| {
             use wa_store::dsl as s;
-            on_conn!(c, c => diesel::insert_into(s::wa_store)
+            db_run!(c, |c| diesel::insert_into(s::wa_store)
                 .values((
                     s::device_id.eq(dev),
                     s::kind.eq(K_DEVICE),

@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use super::DbConn;
 use super::schema::{devices, events, messages, webhook_deliveries, webhook_lanes, webhooks};
+use crate::db_run;
 use crate::error::Result;
 use crate::events::{self as ev, NewEvent};
-use crate::on_conn;
 
 /// Delivery states. `failed` has a retry scheduled; `dead` gets no more attempts.
 pub const PENDING: &str = "pending";
@@ -75,7 +75,7 @@ pub fn record(conn: &mut DbConn, e: NewEvent, now: i64) -> Result<String> {
 type Hooks = Vec<(String, Option<String>, String)>;
 
 fn enabled_hooks(conn: &mut DbConn, project_id: &str) -> Result<Hooks> {
-    Ok(on_conn!(conn, c => webhooks::table
+    Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::project_id.eq(project_id))
         .filter(webhooks::enabled.eq(true))
         .select((webhooks::id, webhooks::device_id, webhooks::events))
@@ -103,7 +103,7 @@ fn record_with(
 ) -> Result<(String, Vec<String>)> {
     let id = uuid::Uuid::now_v7().to_string();
     let data = ev::envelope(&id, e.kind, e.device_id.as_deref(), now, e.fields).to_string();
-    on_conn!(conn, c => diesel::insert_into(events::table)
+    db_run!(conn, |c| diesel::insert_into(events::table)
         .values(NewEventRow {
             id: &id,
             project_id: &e.project_id,
@@ -141,7 +141,7 @@ fn record_with(
         // A lane waiting for its head's retry: the new delivery is not due before that
         // either, so the dispatcher's scan for due work never wades through a blocked backlog.
         let ids: Vec<&str> = rows.iter().map(|r| r.webhook_id.as_str()).collect();
-        let blocked: Vec<(String, i64)> = on_conn!(conn, c => webhook_lanes::table
+        let blocked: Vec<(String, i64)> = db_run!(conn, |c| webhook_lanes::table
             .filter(webhook_lanes::webhook_id.eq_any(&ids))
             .filter(webhook_lanes::lane.eq(&lane))
             .filter(webhook_lanes::blocked_until.gt(now))
@@ -152,7 +152,9 @@ fn record_with(
                 r.next_attempt_at = *until;
             }
         }
-        on_conn!(conn, c => diesel::insert_into(webhook_deliveries::table).values(&rows).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(webhook_deliveries::table)
+            .values(&rows)
+            .execute(c))?;
     }
     super::note_event_written();
     Ok((id, rows.into_iter().map(|r| r.id).collect()))
@@ -186,7 +188,7 @@ fn statuses(conn: &mut DbConn, ids: &[String], implied: Option<&str>, now: i64) 
         Option<String>,
         Option<String>,
     );
-    let rows: Vec<Row> = on_conn!(conn, c => messages::table
+    let rows: Vec<Row> = db_run!(conn, |c| messages::table
         .filter(messages::id.eq_any(ids))
         .order(messages::seq.asc())
         .select((
@@ -240,7 +242,7 @@ pub fn session_status(
     qr: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let row: Option<(String, Option<String>, Option<String>)> = on_conn!(conn, c => devices::table
+    let row: Option<(String, Option<String>, Option<String>)> = db_run!(conn, |c| devices::table
         .find(device_id)
         .select((devices::project_id, devices::phone, devices::push_name))
         .first(c)
@@ -273,7 +275,7 @@ pub type Cursor = (i64, i64);
 
 /// The position of an event of this project, if it exists.
 pub fn cursor_of(conn: &mut DbConn, project_id: &str, event_id: &str) -> Result<Option<Cursor>> {
-    Ok(on_conn!(conn, c => events::table
+    Ok(db_run!(conn, |c| events::table
         .filter(events::id.eq(event_id))
         .filter(events::project_id.eq(project_id))
         .select((events::txid, events::seq))
@@ -298,7 +300,7 @@ fn horizon(conn: &mut DbConn) -> Result<i64> {
 /// The newest final position: a stream that starts "live" starts after it.
 pub fn tail(conn: &mut DbConn, project_id: &str) -> Result<Cursor> {
     let h = horizon(conn)?;
-    let last: Option<Cursor> = on_conn!(conn, c => events::table
+    let last: Option<Cursor> = db_run!(conn, |c| events::table
         .filter(events::project_id.eq(project_id))
         .filter(events::txid.lt(h))
         .order((events::txid.desc(), events::seq.desc()))
@@ -318,7 +320,7 @@ pub fn after(
 ) -> Result<Vec<EventRow>> {
     let h = horizon(conn)?;
     let (txid, seq) = cursor;
-    Ok(on_conn!(conn, c => {
+    Ok(db_run!(conn, |c| {
         let mut q = events::table
             .filter(events::project_id.eq(project_id.to_owned()))
             .filter(events::txid.lt(h))
@@ -349,7 +351,7 @@ pub fn purge(conn: &mut DbConn, before: i64) -> Result<usize> {
     let open = webhook_deliveries::table
         .filter(webhook_deliveries::event_id.eq(events::id))
         .filter(webhook_deliveries::state.eq_any(OPEN));
-    Ok(on_conn!(conn, c => diesel::delete(
+    Ok(db_run!(conn, |c| diesel::delete(
         events::table
             .filter(events::created_at.lt(before))
             .filter(not(exists(open))),

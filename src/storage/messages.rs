@@ -5,12 +5,12 @@ use diesel::prelude::*;
 use super::DbConn;
 use super::models::MessageRow;
 use super::schema::{idempotency_keys, messages, usage_counters};
+use crate::db_run;
 use crate::error::Result;
-use crate::on_conn;
 
 /// A project's message by id. Another project's message is `None`, like a missing one.
 pub fn by_id(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<MessageRow>> {
-    Ok(on_conn!(conn, c => messages::table
+    Ok(db_run!(conn, |c| messages::table
         .filter(messages::id.eq(id))
         .filter(messages::project_id.eq(project_id))
         .select(MessageRow::as_select())
@@ -28,7 +28,7 @@ pub struct ListFilter {
 }
 
 pub fn list(conn: &mut DbConn, project_id: &str, f: &ListFilter) -> Result<Vec<MessageRow>> {
-    Ok(on_conn!(conn, c => {
+    Ok(db_run!(conn, |c| {
         let mut q = messages::table
             .filter(messages::project_id.eq(project_id))
             .select(MessageRow::as_select())
@@ -50,7 +50,7 @@ pub fn list(conn: &mut DbConn, project_id: &str, f: &ListFilter) -> Result<Vec<M
 
 /// Messages waiting to be sent, across all devices (the queue-depth gauge).
 pub fn queued_count(conn: &mut DbConn) -> Result<i64> {
-    Ok(on_conn!(conn, c => messages::table
+    Ok(db_run!(conn, |c| messages::table
         .filter(messages::status.eq("queued"))
         .count()
         .get_result(c))?)
@@ -58,7 +58,13 @@ pub fn queued_count(conn: &mut DbConn) -> Result<i64> {
 
 /// Deletes idempotency keys and usage counters past their expiry; returns rows removed.
 pub fn purge_expired(conn: &mut DbConn, now: i64) -> Result<usize> {
-    let keys = on_conn!(conn, c => diesel::delete(idempotency_keys::table.filter(idempotency_keys::expires_at.le(now))).execute(c))?;
-    let counters = on_conn!(conn, c => diesel::delete(usage_counters::table.filter(usage_counters::expires_at.le(now))).execute(c))?;
+    let keys = db_run!(conn, |c| diesel::delete(
+        idempotency_keys::table.filter(idempotency_keys::expires_at.le(now))
+    )
+    .execute(c))?;
+    let counters = db_run!(conn, |c| diesel::delete(
+        usage_counters::table.filter(usage_counters::expires_at.le(now))
+    )
+    .execute(c))?;
     Ok(keys + counters)
 }

@@ -1,5 +1,5 @@
 //! Persistence on diesel: SQLite (embedded default) and PostgreSQL (production, several
-//! nodes). Every query is written once and compiled for both backends through [`on_conn!`];
+//! nodes). Every query is written once and compiled for both backends through [`db_run!`];
 //! the few statements that differ (row locks, `SKIP LOCKED`) match on [`DbConn`] explicitly.
 //! Blocking diesel calls run on the blocking pool via [`Db::run`].
 
@@ -31,10 +31,12 @@ use crate::error::{Error, Result};
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// Runs `$body` with `$c` bound to the inner connection of either backend.
+/// Runs `body` with `c` bound to the inner connection of either backend, compiling it once
+/// per backend: `db_run!(conn, |c| users::table.load(c))`. Written like a closure so rustfmt
+/// formats the body; it is not one (no capture, `?` returns from the enclosing function).
 #[macro_export]
-macro_rules! on_conn {
-    ($conn:expr, $c:ident => $body:expr) => {
+macro_rules! db_run {
+    ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
             $crate::storage::DbConn::Sqlite($c) => $body,
             $crate::storage::DbConn::Postgres($c) => $body,
@@ -81,12 +83,12 @@ impl DbConn {
         }
         match f(self) {
             Ok(value) => {
-                on_conn!(self, c => AnsiTransactionManager::commit_transaction(c))?;
+                db_run!(self, |c| AnsiTransactionManager::commit_transaction(c))?;
                 Ok(value)
             }
             Err(e) => {
                 if let Err(rollback) =
-                    on_conn!(self, c => AnsiTransactionManager::rollback_transaction(c))
+                    db_run!(self, |c| AnsiTransactionManager::rollback_transaction(c))
                 {
                     tracing::warn!(error = %rollback, "rollback failed");
                 }
@@ -133,13 +135,13 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> std::result::Result<(), r2d2::Error> {
-        on_conn!(conn, c => c.ping())
+        db_run!(conn, |c| c.ping())
             .map(|_| ())
             .map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        on_conn!(conn, c => c.is_broken())
+        db_run!(conn, |c| c.is_broken())
     }
 }
 
@@ -209,7 +211,7 @@ impl Db {
     /// Applies pending migrations of this backend; returns how many ran.
     pub fn migrate(&self) -> Result<usize> {
         let mut conn = self.connect()?;
-        let applied = on_conn!(&mut conn, c => {
+        let applied = db_run!(&mut conn, |c| {
             let set = match self.manager.backend {
                 Backend::Sqlite => SQLITE_MIGRATIONS,
                 Backend::Postgres => POSTGRES_MIGRATIONS,

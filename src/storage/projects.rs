@@ -5,23 +5,25 @@ use diesel::prelude::*;
 use super::DbConn;
 use super::models::{DeviceRow, ProjectRow};
 use super::schema::{devices, projects};
+use crate::db_run;
 use crate::error::{Error, Result};
-use crate::on_conn;
 
 pub fn insert_project(conn: &mut DbConn, row: &ProjectRow) -> Result<()> {
-    on_conn!(conn, c => diesel::insert_into(projects::table).values(row).execute(c))?;
+    db_run!(conn, |c| diesel::insert_into(projects::table)
+        .values(row)
+        .execute(c))?;
     Ok(())
 }
 
 pub fn list_projects(conn: &mut DbConn) -> Result<Vec<ProjectRow>> {
-    Ok(on_conn!(conn, c => projects::table
+    Ok(db_run!(conn, |c| projects::table
         .order(projects::created_at.asc())
         .select(ProjectRow::as_select())
         .load(c))?)
 }
 
 pub fn project_by_id(conn: &mut DbConn, id: &str) -> Result<Option<ProjectRow>> {
-    Ok(on_conn!(conn, c => projects::table
+    Ok(db_run!(conn, |c| projects::table
         .find(id)
         .select(ProjectRow::as_select())
         .first(c)
@@ -29,7 +31,7 @@ pub fn project_by_id(conn: &mut DbConn, id: &str) -> Result<Option<ProjectRow>> 
 }
 
 pub fn project_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<ProjectRow>> {
-    Ok(on_conn!(conn, c => projects::table
+    Ok(db_run!(conn, |c| projects::table
         .filter(projects::api_key_hash.eq(hash))
         .select(ProjectRow::as_select())
         .first(c)
@@ -43,7 +45,7 @@ pub fn set_credentials(
     key_prefix: &str,
     secret_enc: &str,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(projects::table.find(project_id))
+    db_run!(conn, |c| diesel::update(projects::table.find(project_id))
         .set((
             projects::api_key_hash.eq(key_hash),
             projects::api_key_prefix.eq(key_prefix),
@@ -54,7 +56,9 @@ pub fn set_credentials(
 }
 
 pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
-    let result = on_conn!(conn, c => diesel::insert_into(devices::table).values(row).execute(c));
+    let result = db_run!(conn, |c| diesel::insert_into(devices::table)
+        .values(row)
+        .execute(c));
     match result {
         Ok(_) => Ok(()),
         Err(diesel::result::Error::DatabaseError(
@@ -66,7 +70,7 @@ pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
 }
 
 pub fn list_devices(conn: &mut DbConn, project_id: &str) -> Result<Vec<DeviceRow>> {
-    Ok(on_conn!(conn, c => devices::table
+    Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .order(devices::created_at.asc())
         .select(DeviceRow::as_select())
@@ -78,7 +82,7 @@ pub fn device_by_code(
     project_id: &str,
     code: &str,
 ) -> Result<Option<DeviceRow>> {
-    Ok(on_conn!(conn, c => devices::table
+    Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .filter(devices::code.eq(code))
         .select(DeviceRow::as_select())
@@ -95,7 +99,7 @@ pub fn record_signature(
     expires_at: i64,
 ) -> Result<bool> {
     use super::schema::seen_signatures as s;
-    let inserted = on_conn!(conn, c => diesel::insert_into(s::table)
+    let inserted = db_run!(conn, |c| diesel::insert_into(s::table)
         .values((
             s::project_id.eq(project_id),
             s::signature_hash.eq(signature_hash),
@@ -109,12 +113,15 @@ pub fn record_signature(
 /// Forgets signatures whose timestamp has left the window.
 pub fn purge_signatures(conn: &mut DbConn, now: i64) -> Result<usize> {
     use super::schema::seen_signatures as s;
-    Ok(on_conn!(conn, c => diesel::delete(s::table.filter(s::expires_at.lt(now))).execute(c))?)
+    Ok(db_run!(conn, |c| diesel::delete(
+        s::table.filter(s::expires_at.lt(now))
+    )
+    .execute(c))?)
 }
 
 /// Turns the replay guard of a project on or off.
 pub fn set_refuse_replays(conn: &mut DbConn, project_id: &str, on: bool) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(projects::table.find(project_id))
+    let n = db_run!(conn, |c| diesel::update(projects::table.find(project_id))
         .set(projects::refuse_replays.eq(on))
         .execute(c))?;
     Ok(n == 1)

@@ -13,8 +13,8 @@ use diesel::sql_types::{BigInt, Text};
 use super::DbConn;
 use super::models::MessageRow;
 use super::schema::messages;
+use crate::db_run;
 use crate::error::Result;
-use crate::on_conn;
 
 pub const QUEUED: &str = "queued";
 pub const SENT: &str = "sent";
@@ -59,7 +59,7 @@ pub fn claim(
         DbConn::Sqlite(_) => sql.replace('$', "?"),
     };
     let mut rows: Vec<MessageRow> = conn.transaction(|conn| {
-        Ok(on_conn!(conn, c => diesel::sql_query(sql.as_str())
+        Ok(db_run!(conn, |c| diesel::sql_query(sql.as_str())
             .bind::<Text, _>(device_id)
             .bind::<BigInt, _>(now)
             .bind::<Text, _>(node)
@@ -91,7 +91,7 @@ pub fn mark_sent(
     wa_message_id: &str,
     now: i64,
 ) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(fenced!(id, node, token))
+    let n = db_run!(conn, |c| diesel::update(fenced!(id, node, token))
         .set((
             messages::status.eq(SENT),
             messages::wa_message_id.eq(wa_message_id),
@@ -124,14 +124,18 @@ pub fn retry_later(
             now,
         );
     }
-    let n = on_conn!(conn, c => diesel::update(fenced!(&row.id, node, row.claim_token))
-        .set((
-            messages::available_at.eq(retry_at),
-            messages::error_message.eq(error),
-            messages::claimed_by.eq(None::<String>),
-            messages::claim_expires_at.eq(None::<i64>),
-        ))
-        .execute(c))?;
+    let n = db_run!(conn, |c| diesel::update(fenced!(
+        &row.id,
+        node,
+        row.claim_token
+    ))
+    .set((
+        messages::available_at.eq(retry_at),
+        messages::error_message.eq(error),
+        messages::claimed_by.eq(None::<String>),
+        messages::claim_expires_at.eq(None::<i64>),
+    ))
+    .execute(c))?;
     Ok(n == 1)
 }
 
@@ -147,7 +151,7 @@ pub fn fail(
     now: i64,
 ) -> Result<bool> {
     conn.transaction(|conn| {
-        let n = on_conn!(conn, c => diesel::update(fenced!(id, node, token))
+        let n = db_run!(conn, |c| diesel::update(fenced!(id, node, token))
             .set((
                 messages::status.eq(FAILED),
                 messages::error_code.eq(code),
@@ -169,11 +173,15 @@ pub fn fail(
 /// gets its `message.status` event.
 pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
     conn.transaction(|conn| {
-        let expired: Vec<String> = on_conn!(conn, c => diesel::update(
+        let expired: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
                 .filter(messages::status.eq(QUEUED))
                 .filter(messages::expires_at.le(now))
-                .filter(messages::claim_expires_at.is_null().or(messages::claim_expires_at.lt(now))),
+                .filter(
+                    messages::claim_expires_at
+                        .is_null()
+                        .or(messages::claim_expires_at.lt(now))
+                ),
         )
         .set((
             messages::status.eq(FAILED),
@@ -185,7 +193,7 @@ pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
         ))
         .returning(messages::id)
         .get_results(c))?;
-        let exhausted: Vec<String> = on_conn!(conn, c => diesel::update(
+        let exhausted: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
                 .filter(messages::status.eq(QUEUED))
                 .filter(messages::attempts.ge(messages::max_attempts))

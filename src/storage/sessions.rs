@@ -8,9 +8,9 @@ use super::events;
 use super::models::NewMedia;
 use super::queue::{DELIVERED, QUEUED, READ, SENT};
 use super::schema::{devices, inbound_messages, media, messages};
+use crate::db_run;
 use crate::error::Result;
 use crate::events as ev;
-use crate::on_conn;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = devices)]
@@ -30,13 +30,15 @@ pub struct SessionRow {
 }
 
 pub fn get(conn: &mut DbConn, device_id: &str) -> Result<Option<SessionRow>> {
-    Ok(
-        on_conn!(conn, c => devices::table.find(device_id).select(SessionRow::as_select()).first(c).optional())?,
-    )
+    Ok(db_run!(conn, |c| devices::table
+        .find(device_id)
+        .select(SessionRow::as_select())
+        .first(c)
+        .optional())?)
 }
 
 pub fn list(conn: &mut DbConn, project_id: &str) -> Result<Vec<SessionRow>> {
-    Ok(on_conn!(conn, c => devices::table
+    Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .order(devices::created_at.asc())
         .select(SessionRow::as_select())
@@ -49,7 +51,7 @@ pub fn list(conn: &mut DbConn, project_id: &str) -> Result<Vec<SessionRow>> {
 pub fn begin_restore(conn: &mut DbConn, now: i64) -> Result<Vec<SessionRow>> {
     const REASON: &str = "restoring after a gateway start";
     conn.transaction(|conn| {
-        let mut rows: Vec<SessionRow> = on_conn!(conn, c => diesel::update(
+        let mut rows: Vec<SessionRow> = db_run!(conn, |c| diesel::update(
             devices::table
                 .filter(devices::wa_jid.is_not_null())
                 .filter(devices::state.ne_all(["logged_out", "replaced", "deleted"])),
@@ -79,13 +81,17 @@ pub fn set_state(
     now: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        let before: Option<(String, Option<String>)> = on_conn!(conn, c => devices::table
+        let before: Option<(String, Option<String>)> = db_run!(conn, |c| devices::table
             .find(device_id)
             .select((devices::state, devices::state_reason))
             .first(c)
             .optional())?;
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-            .set((devices::state.eq(state), devices::state_reason.eq(reason), devices::updated_at.eq(now)))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+            .set((
+                devices::state.eq(state),
+                devices::state_reason.eq(reason),
+                devices::updated_at.eq(now)
+            ))
             .execute(c))?;
         let changed = before.is_some_and(|(s, r)| s != state || r.as_deref() != reason);
         if changed {
@@ -98,8 +104,12 @@ pub fn set_state(
 /// A new pairing QR code: state `qr` and a `session.status` event carrying the code.
 pub fn set_qr(conn: &mut DbConn, device_id: &str, code: &str, now: i64) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-            .set((devices::state.eq("qr"), devices::state_reason.eq(None::<String>), devices::updated_at.eq(now)))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+            .set((
+                devices::state.eq("qr"),
+                devices::state_reason.eq(None::<String>),
+                devices::updated_at.eq(now)
+            ))
             .execute(c))?;
         events::session_status(conn, device_id, "qr", None, Some(code), now)
     })
@@ -121,12 +131,16 @@ pub fn set_states_from(
         return Ok(Vec::new());
     }
     conn.transaction(|conn| {
-        let moved: Vec<String> = on_conn!(conn, c => diesel::update(
+        let moved: Vec<String> = db_run!(conn, |c| diesel::update(
             devices::table
                 .filter(devices::id.eq_any(device_ids))
                 .filter(devices::state.eq_any(from)),
         )
-        .set((devices::state.eq(state), devices::state_reason.eq(reason), devices::updated_at.eq(now)))
+        .set((
+            devices::state.eq(state),
+            devices::state_reason.eq(reason),
+            devices::updated_at.eq(now)
+        ))
         .returning(devices::id)
         .get_results(c))?;
         for id in &moved {
@@ -144,8 +158,13 @@ pub fn set_account(
     phone: &str,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-        .set((devices::wa_jid.eq(jid), devices::wa_lid.eq(lid), devices::phone.eq(phone), devices::updated_at.eq(now)))
+    db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+        .set((
+            devices::wa_jid.eq(jid),
+            devices::wa_lid.eq(lid),
+            devices::phone.eq(phone),
+            devices::updated_at.eq(now)
+        ))
         .execute(c))?;
     Ok(())
 }
@@ -157,7 +176,7 @@ pub fn set_connected(
     now: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
             .set((
                 devices::state.eq("connected"),
                 devices::state_reason.eq(None::<String>),
@@ -166,7 +185,9 @@ pub fn set_connected(
             ))
             .execute(c))?;
         if let Some(name) = push_name {
-            on_conn!(conn, c => diesel::update(devices::table.find(device_id)).set(devices::push_name.eq(name)).execute(c))?;
+            db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+                .set(devices::push_name.eq(name))
+                .execute(c))?;
         }
         events::session_status(conn, device_id, "connected", None, None, now)
     })
@@ -181,7 +202,7 @@ pub fn clear_account(
     now: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
             .set((
                 devices::wa_jid.eq(None::<String>),
                 devices::wa_lid.eq(None::<String>),
@@ -195,7 +216,11 @@ pub fn clear_account(
 }
 
 pub fn delete(conn: &mut DbConn, device_id: &str) -> Result<bool> {
-    Ok(on_conn!(conn, c => diesel::delete(devices::table.find(device_id)).execute(c))? == 1)
+    Ok(
+        db_run!(conn, |c| diesel::delete(devices::table.find(device_id))
+            .execute(c))?
+            == 1,
+    )
 }
 
 /// Records the WhatsApp id a claimed message is about to be sent under (fenced).
@@ -206,7 +231,7 @@ pub fn set_wa_id(
     token: i64,
     wa_message_id: &str,
 ) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(
+    let n = db_run!(conn, |c| diesel::update(
         messages::table
             .filter(messages::id.eq(id))
             .filter(messages::claimed_by.eq(node))
@@ -229,7 +254,7 @@ pub fn mark_dispatched(
     wa_message_id: &str,
     ack_deadline: i64,
 ) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(
+    let n = db_run!(conn, |c| diesel::update(
         messages::table
             .filter(messages::id.eq(id))
             .filter(messages::claimed_by.eq(node))
@@ -255,7 +280,7 @@ pub fn mark_acked(
     now: i64,
 ) -> Result<Vec<String>> {
     conn.transaction(|conn| {
-        let changed: Vec<String> = on_conn!(conn, c => diesel::update(
+        let changed: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
                 .filter(messages::device_id.eq(device_id))
                 .filter(messages::wa_message_id.eq(wa_message_id))
@@ -290,7 +315,7 @@ pub fn mark_receipt(
     };
     let status = if read { READ } else { DELIVERED };
     conn.transaction(|conn| {
-        let changed: Vec<String> = on_conn!(conn, c => diesel::update(
+        let changed: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
                 .filter(messages::device_id.eq(device_id))
                 .filter(messages::wa_message_id.eq_any(wa_ids))
@@ -302,13 +327,28 @@ pub fn mark_receipt(
         // Fill the times of the steps a receipt implies (a read implies delivered and sent);
         // a step with no time yet was never reported (the receipt came before the server
         // ack), so it gets its event too.
-        let unsent: Vec<String> = on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::sent_at.is_null()))
-            .set(messages::sent_at.eq(now)).returning(messages::id).get_results(c))?;
-        let undelivered: Vec<String> = on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::delivered_at.is_null()))
-            .set(messages::delivered_at.eq(now)).returning(messages::id).get_results(c))?;
+        let unsent: Vec<String> = db_run!(conn, |c| diesel::update(
+            messages::table
+                .filter(messages::id.eq_any(&changed))
+                .filter(messages::sent_at.is_null())
+        )
+        .set(messages::sent_at.eq(now))
+        .returning(messages::id)
+        .get_results(c))?;
+        let undelivered: Vec<String> = db_run!(conn, |c| diesel::update(
+            messages::table
+                .filter(messages::id.eq_any(&changed))
+                .filter(messages::delivered_at.is_null())
+        )
+        .set(messages::delivered_at.eq(now))
+        .returning(messages::id)
+        .get_results(c))?;
         if read {
-            on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)))
-                .set(messages::read_at.eq(now)).execute(c))?;
+            db_run!(conn, |c| diesel::update(
+                messages::table.filter(messages::id.eq_any(&changed))
+            )
+            .set(messages::read_at.eq(now))
+            .execute(c))?;
         }
         events::implied_statuses(conn, &unsent, SENT, now)?;
         if read {
@@ -329,7 +369,7 @@ pub struct MediaBlob {
 
 /// A media file's bytes, unless they were dropped after the retention period.
 pub fn media_bytes(conn: &mut DbConn, media_id: &str) -> Result<Option<MediaBlob>> {
-    Ok(on_conn!(conn, c => media::table
+    Ok(db_run!(conn, |c| media::table
         .find(media_id)
         .filter(media::purged_at.is_null())
         .select((media::mime_type, media::filename, media::data))
@@ -344,10 +384,13 @@ pub fn project_media(
     project_id: &str,
     media_id: &str,
 ) -> Result<Option<(MediaBlob, Option<i64>)>> {
-    Ok(on_conn!(conn, c => media::table
+    Ok(db_run!(conn, |c| media::table
         .filter(media::id.eq(media_id))
         .filter(media::project_id.eq(project_id))
-        .select(((media::mime_type, media::filename, media::data), media::purged_at))
+        .select((
+            (media::mime_type, media::filename, media::data),
+            media::purged_at
+        ))
         .first(c)
         .optional())?)
 }
@@ -357,7 +400,7 @@ pub fn project_media(
 /// Returns how many were dropped.
 pub fn purge_media(conn: &mut DbConn, before: i64, now: i64, limit: i64) -> Result<usize> {
     use super::schema::messages;
-    on_conn!(conn, c => {
+    db_run!(conn, |c| {
         let waiting = messages::table
             .filter(messages::status.eq(super::queue::QUEUED))
             .filter(messages::media_id.is_not_null())
@@ -402,7 +445,7 @@ pub fn insert_inbound(
     media_row: Option<&NewMedia>,
 ) -> Result<bool> {
     conn.transaction(|conn| {
-        let exists: i64 = on_conn!(conn, c => inbound_messages::table
+        let exists: i64 = db_run!(conn, |c| inbound_messages::table
             .filter(inbound_messages::device_id.eq(&row.device_id))
             .filter(inbound_messages::wa_message_id.eq(&row.wa_message_id))
             .count()
@@ -411,9 +454,13 @@ pub fn insert_inbound(
             return Ok(false);
         }
         if let Some(m) = media_row {
-            on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+            db_run!(conn, |c| diesel::insert_into(media::table)
+                .values(m)
+                .execute(c))?;
         }
-        on_conn!(conn, c => diesel::insert_into(inbound_messages::table).values(row).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(inbound_messages::table)
+            .values(row)
+            .execute(c))?;
         let fields = ev::message_received(&ev::Inbound {
             wa_message_id: &row.wa_message_id,
             chat_jid: &row.chat_jid,
@@ -452,7 +499,7 @@ pub fn list_inbound(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<InboundRow>> {
-    Ok(on_conn!(conn, c => inbound_messages::table
+    Ok(db_run!(conn, |c| inbound_messages::table
         .filter(inbound_messages::device_id.eq(device_id))
         .order(inbound_messages::seq.desc())
         .limit(limit)

@@ -6,8 +6,8 @@ use diesel::prelude::*;
 use super::DbConn;
 use super::events::{DEAD, FAILED, PENDING};
 use super::schema::{events, webhook_attempts, webhook_deliveries, webhook_lanes, webhooks};
+use crate::db_run;
 use crate::error::Result;
-use crate::on_conn;
 
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = webhooks)]
@@ -27,7 +27,9 @@ pub struct WebhookRow {
 }
 
 pub fn insert(conn: &mut DbConn, row: &WebhookRow) -> Result<()> {
-    on_conn!(conn, c => diesel::insert_into(webhooks::table).values(row).execute(c))?;
+    db_run!(conn, |c| diesel::insert_into(webhooks::table)
+        .values(row)
+        .execute(c))?;
     Ok(())
 }
 
@@ -37,21 +39,25 @@ pub fn list(
     project_id: &str,
     device_id: Option<&str>,
 ) -> Result<Vec<WebhookRow>> {
-    Ok(on_conn!(conn, c => {
+    Ok(db_run!(conn, |c| {
         let mut q = webhooks::table
             .filter(webhooks::project_id.eq(project_id.to_owned()))
             .order(webhooks::created_at.asc())
             .select(WebhookRow::as_select())
             .into_boxed();
         if let Some(d) = device_id {
-            q = q.filter(webhooks::device_id.is_null().or(webhooks::device_id.eq(d.to_owned())));
+            q = q.filter(
+                webhooks::device_id
+                    .is_null()
+                    .or(webhooks::device_id.eq(d.to_owned())),
+            );
         }
         q.load(c)
     })?)
 }
 
 pub fn get(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<WebhookRow>> {
-    Ok(on_conn!(conn, c => webhooks::table
+    Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::id.eq(id))
         .filter(webhooks::project_id.eq(project_id))
         .select(WebhookRow::as_select())
@@ -61,7 +67,7 @@ pub fn get(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<Webho
 
 /// For the dispatcher, which acts for every project.
 pub fn get_any(conn: &mut DbConn, id: &str) -> Result<Option<WebhookRow>> {
-    Ok(on_conn!(conn, c => webhooks::table
+    Ok(db_run!(conn, |c| webhooks::table
         .find(id)
         .select(WebhookRow::as_select())
         .first(c)
@@ -99,7 +105,7 @@ pub fn update(
             row.enabled = enabled;
         }
         row.updated_at = now;
-        on_conn!(conn, c => diesel::update(webhooks::table.find(id))
+        db_run!(conn, |c| diesel::update(webhooks::table.find(id))
             .set((
                 webhooks::url.eq(&row.url),
                 webhooks::events.eq(&row.events),
@@ -113,8 +119,10 @@ pub fn update(
 }
 
 pub fn delete(conn: &mut DbConn, project_id: &str, id: &str) -> Result<bool> {
-    Ok(on_conn!(conn, c => diesel::delete(
-        webhooks::table.filter(webhooks::id.eq(id)).filter(webhooks::project_id.eq(project_id)),
+    Ok(db_run!(conn, |c| diesel::delete(
+        webhooks::table
+            .filter(webhooks::id.eq(id))
+            .filter(webhooks::project_id.eq(project_id)),
     )
     .execute(c))?
         == 1)
@@ -127,7 +135,7 @@ pub fn set_secrets(
     previous: Option<(&str, i64)>,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(webhooks::table.find(id))
+    db_run!(conn, |c| diesel::update(webhooks::table.find(id))
         .set((
             webhooks::secret_enc.eq(secret_enc),
             webhooks::previous_secret_enc.eq(previous.map(|p| p.0)),
@@ -141,14 +149,14 @@ pub fn set_secrets(
 /// The receiver asked us to stop (410 Gone): no more deliveries, the open ones go dead.
 pub fn disable(conn: &mut DbConn, id: &str, reason: &str, now: i64) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(webhooks::table.find(id))
+        db_run!(conn, |c| diesel::update(webhooks::table.find(id))
             .set((
                 webhooks::enabled.eq(false),
                 webhooks::disabled_reason.eq(reason),
                 webhooks::updated_at.eq(now),
             ))
             .execute(c))?;
-        on_conn!(conn, c => diesel::update(
+        db_run!(conn, |c| diesel::update(
             webhook_deliveries::table
                 .filter(webhook_deliveries::webhook_id.eq(id))
                 .filter(is_open()),
@@ -183,7 +191,7 @@ pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<(String,
                 .gt(now)
                 .or(webhook_lanes::blocked_until.gt(now)),
         );
-    Ok(on_conn!(conn, c => webhook_deliveries::table
+    Ok(db_run!(conn, |c| webhook_deliveries::table
         .filter(is_open())
         .filter(webhook_deliveries::next_attempt_at.le(now))
         .filter(not(exists(busy)))
@@ -203,7 +211,7 @@ pub fn lease_lane(
     now: i64,
     until: i64,
 ) -> Result<bool> {
-    let inserted = on_conn!(conn, c => diesel::insert_into(webhook_lanes::table)
+    let inserted = db_run!(conn, |c| diesel::insert_into(webhook_lanes::table)
         .values((
             webhook_lanes::webhook_id.eq(webhook_id),
             webhook_lanes::lane.eq(lane),
@@ -216,14 +224,17 @@ pub fn lease_lane(
     if inserted == 1 {
         return Ok(true);
     }
-    let taken = on_conn!(conn, c => diesel::update(
+    let taken = db_run!(conn, |c| diesel::update(
         webhook_lanes::table
             .filter(webhook_lanes::webhook_id.eq(webhook_id))
             .filter(webhook_lanes::lane.eq(lane))
             .filter(webhook_lanes::lease_until.le(now))
             .filter(webhook_lanes::blocked_until.le(now)),
     )
-    .set((webhook_lanes::owner.eq(owner), webhook_lanes::lease_until.eq(until)))
+    .set((
+        webhook_lanes::owner.eq(owner),
+        webhook_lanes::lease_until.eq(until)
+    ))
     .execute(c))?;
     Ok(taken == 1)
 }
@@ -231,11 +242,14 @@ pub fn lease_lane(
 /// At start: lanes this node held when it stopped (or died) are free again at once, not
 /// only when their leases run out.
 pub fn release_all(conn: &mut DbConn, owner: &str) -> Result<usize> {
-    Ok(
-        on_conn!(conn, c => diesel::update(webhook_lanes::table.filter(webhook_lanes::owner.eq(owner)))
-        .set((webhook_lanes::owner.eq(None::<String>), webhook_lanes::lease_until.eq(0)))
-        .execute(c))?,
+    Ok(db_run!(conn, |c| diesel::update(
+        webhook_lanes::table.filter(webhook_lanes::owner.eq(owner))
     )
+    .set((
+        webhook_lanes::owner.eq(None::<String>),
+        webhook_lanes::lease_until.eq(0)
+    ))
+    .execute(c))?)
 }
 
 /// Gives a lane back; `blocked_until` holds it while its head waits for a retry — and its
@@ -248,7 +262,7 @@ pub fn release_lane(
     blocked_until: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(
+        db_run!(conn, |c| diesel::update(
             webhook_lanes::table
                 .filter(webhook_lanes::webhook_id.eq(webhook_id))
                 .filter(webhook_lanes::lane.eq(lane))
@@ -261,7 +275,7 @@ pub fn release_lane(
         ))
         .execute(c))?;
         if blocked_until > 0 {
-            on_conn!(conn, c => diesel::update(
+            db_run!(conn, |c| diesel::update(
                 webhook_deliveries::table
                     .filter(webhook_deliveries::webhook_id.eq(webhook_id))
                     .filter(webhook_deliveries::lane.eq(lane))
@@ -289,7 +303,7 @@ pub struct Job {
 
 /// The open deliveries of a lane in order (the lane's head first).
 pub fn lane_jobs(conn: &mut DbConn, webhook_id: &str, lane: &str, limit: i64) -> Result<Vec<Job>> {
-    Ok(on_conn!(conn, c => webhook_deliveries::table
+    Ok(db_run!(conn, |c| webhook_deliveries::table
         .inner_join(events::table.on(events::id.eq(webhook_deliveries::event_id)))
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::lane.eq(lane))
@@ -348,11 +362,13 @@ pub fn record_outcomes(conn: &mut DbConn, outcomes: &[Outcome]) -> Result<()> {
                 at: o.at,
             })
             .collect();
-        on_conn!(conn, c => diesel::insert_into(webhook_attempts::table).values(&attempts).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(webhook_attempts::table)
+            .values(&attempts)
+            .execute(c))?;
         for o in outcomes {
             let done = (o.state != FAILED).then_some(o.at);
             // Only an open delivery changes: a 410 may have closed it meanwhile.
-            on_conn!(conn, c => diesel::update(
+            db_run!(conn, |c| diesel::update(
                 webhook_deliveries::table
                     .filter(webhook_deliveries::id.eq(&o.delivery_id))
                     .filter(is_open()),
@@ -416,7 +432,7 @@ pub fn deliveries(
     before_seq: Option<i64>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>> {
-    Ok(on_conn!(conn, c => delivery_log!()
+    Ok(db_run!(conn, |c| delivery_log!()
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::seq.lt(before_seq.unwrap_or(i64::MAX)))
         .order(webhook_deliveries::seq.desc())
@@ -425,7 +441,7 @@ pub fn deliveries(
 }
 
 pub fn delivery(conn: &mut DbConn, webhook_id: &str, id: &str) -> Result<Option<DeliveryRow>> {
-    Ok(on_conn!(conn, c => delivery_log!()
+    Ok(db_run!(conn, |c| delivery_log!()
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::id.eq(id))
         .first(c)
@@ -433,7 +449,7 @@ pub fn delivery(conn: &mut DbConn, webhook_id: &str, id: &str) -> Result<Option<
 }
 
 pub fn attempts(conn: &mut DbConn, delivery_ids: &[String]) -> Result<Vec<AttemptRow>> {
-    Ok(on_conn!(conn, c => webhook_attempts::table
+    Ok(db_run!(conn, |c| webhook_attempts::table
         .filter(webhook_attempts::delivery_id.eq_any(delivery_ids))
         .order(webhook_attempts::seq.asc())
         .select((
@@ -449,7 +465,7 @@ pub fn attempts(conn: &mut DbConn, delivery_ids: &[String]) -> Result<Vec<Attemp
 /// Puts deliveries back in their lanes as due now, with a fresh attempt budget.
 macro_rules! requeue {
     ($conn:expr, $webhook_id:expr, $filter:expr, $now:expr) => {{
-        let n = on_conn!($conn, c => diesel::update(
+        let n = db_run!($conn, |c| diesel::update(
             webhook_deliveries::table
                 .filter(webhook_deliveries::webhook_id.eq($webhook_id))
                 .filter($filter),
@@ -464,12 +480,12 @@ macro_rules! requeue {
         .execute(c))?;
         // A lane waiting for a retry must not keep waiting for what is due now, nor keep
         // back the never-attempted deliveries it had postponed.
-        on_conn!($conn, c => diesel::update(
+        db_run!($conn, |c| diesel::update(
             webhook_lanes::table.filter(webhook_lanes::webhook_id.eq($webhook_id)),
         )
         .set(webhook_lanes::blocked_until.eq(0))
         .execute(c))?;
-        on_conn!($conn, c => diesel::update(
+        db_run!($conn, |c| diesel::update(
             webhook_deliveries::table
                 .filter(webhook_deliveries::webhook_id.eq($webhook_id))
                 .filter(webhook_deliveries::state.eq(PENDING))
@@ -507,7 +523,7 @@ pub fn redeliver_failed(
 
 /// Open deliveries, for metrics.
 pub fn open_count(conn: &mut DbConn) -> Result<i64> {
-    Ok(on_conn!(conn, c => webhook_deliveries::table
+    Ok(db_run!(conn, |c| webhook_deliveries::table
         .filter(is_open())
         .count()
         .get_result(c))?)

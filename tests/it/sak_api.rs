@@ -511,7 +511,7 @@ async fn media_is_served_then_expires(db: TestDb) {
             db.run(move |c| {
                 use diesel::prelude::*;
                 use wagate::storage::schema::messages;
-                let mid: Option<String> = wagate::on_conn!(c, c => messages::table
+                let mid: Option<String> = wagate::db_run!(c, |c| messages::table
                     .filter(messages::id.eq(&message_id))
                     .select(messages::media_id)
                     .first(c))?;
