@@ -135,7 +135,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     // Before any session starts: key records written before sealing get sealed.
     let key = cfg.master_key.clone();
     let sealed = db
-        .run(move |c| crate::storage::device_store::seal_legacy_rows(c, &key))
+        .run(move |c| crate::storage::devices::seal_legacy_rows(c, &key))
         .await?;
     if sealed > 0 {
         tracing::info!(

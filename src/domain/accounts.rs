@@ -441,7 +441,7 @@ impl Gateway {
         let pid = caller.project.row.id.clone();
         let count = self
             .db()
-            .run(move |c| store::count_sessions(c, &pid))
+            .run(move |c| crate::storage::sessions::count_sessions(c, &pid))
             .await?;
         if count >= caller.project.row.max_sessions {
             return Err(Error::SessionLimitReached);

@@ -4,8 +4,9 @@ use serde::Serialize;
 
 use crate::crypto::{self, MasterKey};
 use crate::error::{Error, Result};
-use crate::storage::models::{DeviceRow, ProjectRow};
-use crate::storage::{Db, now_ms, projects};
+use crate::storage::projects::ProjectRow;
+use crate::storage::sessions::DeviceRow;
+use crate::storage::{Db, now_ms, projects, sessions};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -195,7 +196,7 @@ impl Admin {
             let insert = row.clone();
             match self
                 .db
-                .run(move |c| projects::insert_device(c, &insert))
+                .run(move |c| sessions::insert_device(c, &insert))
                 .await
             {
                 Ok(()) => return Ok(row.into()),
@@ -211,7 +212,7 @@ impl Admin {
         let pid = project_id.to_owned();
         let rows = self
             .db
-            .run(move |c| projects::list_devices(c, &pid))
+            .run(move |c| sessions::list_devices(c, &pid))
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::Gateway;
 use crate::crypto;
 use crate::error::{Error, Result};
-use crate::storage::models::{DeviceRow, ProjectRow};
-use crate::storage::projects;
+use crate::storage::projects::{self, ProjectRow};
+use crate::storage::sessions::{self, DeviceRow};
 
 /// An authenticated project.
 #[derive(Clone)]
@@ -346,7 +346,7 @@ impl Gateway {
         let (pid, c) = key.clone();
         let row = self
             .db()
-            .run(move |conn| projects::device_by_code(conn, &pid, &c))
+            .run(move |conn| sessions::device_by_code(conn, &pid, &c))
             .await?
             .ok_or(Error::DeviceNotFound)?;
         let row = Arc::new(row);

@@ -10,9 +10,9 @@ use super::text::{no_nul, no_nul_json, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accept::{AcceptItem, Accepted, IdempotencyKey, Limits};
-use crate::storage::messages::{self, ListFilter};
-use crate::storage::models::{MessageRow, NewMedia, NewMessage};
-use crate::storage::{now_ms, queue};
+use crate::storage::media::NewMedia;
+use crate::storage::messages::{self, ListFilter, MessageRow, NewMessage, queue};
+use crate::storage::now_ms;
 
 /// WhatsApp's own limit on a text message.
 pub const MAX_TEXT_CHARS: usize = 65_536;

@@ -207,7 +207,7 @@ impl Gateway {
         let (inbound, outbound) = self
             .db()
             .run(move |c| {
-                let inbound = store::list_inbound(c, &id, n, 0)?;
+                let inbound = crate::storage::inbound::list_inbound(c, &id, n, 0)?;
                 let filter = crate::storage::messages::ListFilter {
                     device_code: Some(code),
                     limit: n,

@@ -116,12 +116,12 @@ impl Gateway {
         &self,
         caller: &Caller,
         media_id: &str,
-    ) -> Result<crate::storage::sessions::MediaBlob> {
+    ) -> Result<crate::storage::media::MediaBlob> {
         no_nul("media id", media_id)?;
         let (p, id) = (caller.project.row.id.clone(), media_id.to_owned());
         match self
             .db()
-            .run(move |c| crate::storage::sessions::project_media(c, &p, &id))
+            .run(move |c| crate::storage::media::project_media(c, &p, &id))
             .await?
         {
             None => Err(Error::MediaNotFound),

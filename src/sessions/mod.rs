@@ -85,7 +85,7 @@ impl HttpClient for SharedHttp {
     }
 }
 
-/// Device stores in wagate's own database (see `storage::device_store`), their private key
+/// Device stores in wagate's own database (see `storage::devices`), their private key
 /// material sealed with the master key.
 pub struct DbStores {
     db: Db,
@@ -101,7 +101,7 @@ impl DbStores {
 #[async_trait::async_trait]
 impl DeviceStores for DbStores {
     fn open(&self, device_id: &str) -> Arc<dyn Backend> {
-        Arc::new(crate::storage::device_store::DbDeviceStore::new(
+        Arc::new(crate::storage::devices::DbDeviceStore::new(
             self.db.clone(),
             &self.key,
             device_id.to_owned(),
@@ -111,7 +111,7 @@ impl DeviceStores for DbStores {
     async fn wipe(&self, device_id: &str) -> Result<()> {
         let id = device_id.to_owned();
         self.db
-            .run(move |c| crate::storage::device_store::wipe(c, &id).map(|_| ()))
+            .run(move |c| crate::storage::devices::wipe(c, &id).map(|_| ()))
             .await
     }
 }

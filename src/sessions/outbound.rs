@@ -11,8 +11,8 @@ use whatsapp_rust::waproto::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::{Inner, SessionState, Slot};
-use crate::storage::models::MessageRow;
-use crate::storage::{now_ms, queue, sessions};
+use crate::storage::messages::{MessageRow, queue};
+use crate::storage::{media, now_ms};
 
 /// Messages claimed per round.
 const BATCH: i64 = 16;
@@ -84,7 +84,7 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
     let (id, n, w, token) = (m.id.clone(), node.clone(), wa_id.clone(), m.claim_token);
     match inner
         .db
-        .run(move |c| sessions::set_wa_id(c, &id, &n, token, &w))
+        .run(move |c| queue::set_wa_id(c, &id, &n, token, &w))
         .await
     {
         Ok(true) => {}
@@ -107,7 +107,7 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
             inner
                 .db
                 .run(move |c| {
-                    sessions::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
+                    queue::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
                 })
                 .await
         }
@@ -159,7 +159,7 @@ async fn send_one(
             let mid = media_id.clone();
             let blob = inner
                 .db
-                .run(move |c| sessions::media_bytes(c, &mid))
+                .run(move |c| media::media_bytes(c, &mid))
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?
                 .ok_or(Failure::Permanent(
@@ -254,7 +254,7 @@ impl UploadFields {
 pub(super) async fn inbound_media(
     client: &Arc<Client>,
     msg: &wa::Message,
-) -> (&'static str, Option<sessions::MediaBlob>) {
+) -> (&'static str, Option<media::MediaBlob>) {
     let timeout = Duration::from_secs(60);
     macro_rules! grab {
         ($m:expr, $kind:expr, $name:expr) => {{
@@ -264,7 +264,7 @@ pub(super) async fn inbound_media(
                 return ($kind, None);
             }
             let data = match tokio::time::timeout(timeout, client.download(m)).await {
-                Ok(Ok(data)) => Some(sessions::MediaBlob { mime_type: mime, filename: $name, data }),
+                Ok(Ok(data)) => Some(media::MediaBlob { mime_type: mime, filename: $name, data }),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "inbound media download failed");
                     None

@@ -11,6 +11,7 @@ use whatsapp_rust::types::events::Event;
 use whatsapp_rust::wacore::types::presence::ReceiptType;
 
 use super::{Inner, SessionState, SharedHttp, SharedTransport, Slot, inbound, outbound};
+use crate::storage::messages::queue;
 use crate::storage::{now_ms, sessions};
 
 /// Events buffered between the client and the supervisor. The client's ordered mailbox
@@ -307,7 +308,7 @@ async fn on_event(
             let (id, wa) = (device.clone(), ack.id.clone());
             if let Err(e) = inner
                 .db
-                .run(move |c| sessions::mark_acked(c, &id, &wa, now_ms()))
+                .run(move |c| queue::mark_acked(c, &id, &wa, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot record server ack");
@@ -324,7 +325,7 @@ async fn on_event(
             let id = device.clone();
             if let Err(e) = inner
                 .db
-                .run(move |c| sessions::mark_receipt(c, &id, &ids, read, now_ms()))
+                .run(move |c| queue::mark_receipt(c, &id, &ids, read, now_ms()))
                 .await
             {
                 tracing::warn!(device, error = %e, "cannot record receipt");

@@ -24,10 +24,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::models::{IdempotencyRow, NewMedia, NewMessage};
+use super::media::NewMedia;
+use super::messages::NewMessage;
 use super::schema::{idempotency_keys, media, messages, usage_counters};
 use super::{Backend, Db, DbConn, now_ms};
 use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+pub struct IdempotencyRow {
+    pub project_id: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub message_id: String,
+    pub expires_at: i64,
+}
+
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]

@@ -99,10 +99,3 @@ pub fn set_session_key(conn: &mut DbConn, device_id: &str, hash: &str) -> Result
         .execute(c))?;
     Ok(())
 }
-
-pub fn count_sessions(conn: &mut DbConn, project_id: &str) -> Result<i64> {
-    Ok(db_run!(conn, |c| devices::table
-        .filter(devices::project_id.eq(project_id))
-        .count()
-        .get_result(c))?)
-}

@@ -5,12 +5,12 @@
 
 pub mod accept;
 pub mod accounts;
-pub mod device_store;
+pub mod devices;
 pub mod events;
+pub mod inbound;
+pub mod media;
 pub mod messages;
-pub mod models;
 pub mod projects;
-pub mod queue;
 pub mod schema;
 pub mod sessions;
 pub mod webhooks;

@@ -1,12 +1,29 @@
-//! Projects (tenants) and their devices.
+//! Projects (tenants): their credentials and limits, and the replay guard's seen signatures.
 
 use diesel::prelude::*;
 
 use super::DbConn;
-use super::models::{DeviceRow, ProjectRow};
-use super::schema::{devices, projects};
+use super::schema::projects;
 use crate::db_run;
-use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = projects)]
+pub struct ProjectRow {
+    pub id: String,
+    pub name: String,
+    pub api_key_hash: String,
+    pub api_key_prefix: String,
+    pub api_secret_enc: String,
+    pub rate_limit_per_minute: i64,
+    pub monthly_quota: i64,
+    pub max_sessions: i64,
+    pub suspended: bool,
+    pub created_at: i64,
+    /// Refuse a request signature already seen within the signing window.
+    pub refuse_replays: bool,
+}
+
+use crate::error::Result;
 
 pub fn insert_project(conn: &mut DbConn, row: &ProjectRow) -> Result<()> {
     db_run!(conn, |c| diesel::insert_into(projects::table)
@@ -53,41 +70,6 @@ pub fn set_credentials(
         ))
         .execute(c))?;
     Ok(())
-}
-
-pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
-    let result = db_run!(conn, |c| diesel::insert_into(devices::table)
-        .values(row)
-        .execute(c));
-    match result {
-        Ok(_) => Ok(()),
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Err(Error::DeviceCodeTaken),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub fn list_devices(conn: &mut DbConn, project_id: &str) -> Result<Vec<DeviceRow>> {
-    Ok(db_run!(conn, |c| devices::table
-        .filter(devices::project_id.eq(project_id))
-        .order(devices::created_at.asc())
-        .select(DeviceRow::as_select())
-        .load(c))?)
-}
-
-pub fn device_by_code(
-    conn: &mut DbConn,
-    project_id: &str,
-    code: &str,
-) -> Result<Option<DeviceRow>> {
-    Ok(db_run!(conn, |c| devices::table
-        .filter(devices::project_id.eq(project_id))
-        .filter(devices::code.eq(code))
-        .select(DeviceRow::as_select())
-        .first(c)
-        .optional())?)
 }
 
 /// Records a request signature as seen until `expires_at`; false if it was seen before

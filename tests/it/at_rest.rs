@@ -12,7 +12,7 @@ use wagate::crypto::{MasterKey, SealKey};
 use wagate::db_run;
 use wagate::proto::v1::SessionState;
 use wagate::storage::Db;
-use wagate::storage::device_store::{self, DbDeviceStore};
+use wagate::storage::devices::{self, DbDeviceStore};
 use wagate::storage::schema::{wa_msg_secrets, wa_prekeys, wa_store};
 
 use crate::device_store::{fill, fixture, snapshot};
@@ -282,7 +282,7 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
     // Nothing left to seal.
     let key = f.key.clone();
     let n =
-        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+        f.db.run(move |c| devices::seal_legacy_rows(c, &key))
             .await
             .unwrap();
     assert_eq!(n, 0);
@@ -384,7 +384,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
 
     let key = f.key.clone();
     let sealed =
-        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+        f.db.run(move |c| devices::seal_legacy_rows(c, &key))
             .await
             .unwrap();
     assert_eq!(
@@ -413,7 +413,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     assert_eq!(plain_state(&s).await, before);
     let (dev, key) = (f.a.clone(), f.key.clone());
     let loaded =
-        f.db.run(move |c| device_store::load_device(c, &key, &dev))
+        f.db.run(move |c| devices::load_device(c, &key, &dev))
             .await
             .unwrap()
             .unwrap();
@@ -424,7 +424,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     // Idempotent: a second start seals nothing and changes nothing.
     let key = f.key.clone();
     let again =
-        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+        f.db.run(move |c| devices::seal_legacy_rows(c, &key))
             .await
             .unwrap();
     assert_eq!(again, 0);
@@ -550,7 +550,7 @@ async fn linked_session_survives_the_sealing_migration(db: TestDb) {
     assert_eq!(back.phone_number, phone);
     let db = Db::open(&t.db.url, 2).unwrap();
     let rows = raw_rows(&db).await;
-    let loaded = device_store::DbDeviceStore::new(db.clone(), &key, s.session_id.clone())
+    let loaded = devices::DbDeviceStore::new(db.clone(), &key, s.session_id.clone())
         .load()
         .await
         .unwrap()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use wagate::crypto::MasterKey;
 use wagate::db_run;
 use wagate::domain::admin::{Admin, NewProject};
-use wagate::storage::device_store::{self, DbDeviceStore};
+use wagate::storage::devices::{self as device_store, DbDeviceStore};
 use wagate::storage::schema::{devices, wa_prekeys};
 use wagate::storage::{Db, now_ms};
 use whatsapp_rust::wacore::appstate::hash::HashState;

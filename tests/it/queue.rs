@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use wagate::crypto::MasterKey;
 use wagate::domain::admin::{Admin, NewProject};
 use wagate::storage::accept::{AcceptItem, Limits, accept_batch};
-use wagate::storage::models::NewMessage;
-use wagate::storage::{Db, DbConn, messages, now_ms, queue};
+use wagate::storage::messages::{self, NewMessage, queue};
+use wagate::storage::{Db, DbConn, now_ms};
 
 use crate::on_both_backends;
 use crate::support::TestDb;
@@ -359,7 +359,7 @@ async fn one_recipient_in_order(t: TestDb) {
     );
     // Written to WhatsApp, waiting for the ack: the next one still waits.
     assert!(
-        wagate::storage::sessions::mark_dispatched(
+        queue::mark_dispatched(
             &mut c,
             &same[0],
             "n",
@@ -376,7 +376,7 @@ async fn one_recipient_in_order(t: TestDb) {
     );
     // Acked: sent, and the next message of that recipient is due.
     assert_eq!(
-        wagate::storage::sessions::mark_acked(&mut c, &f.device_id, "WA-A", now).unwrap(),
+        queue::mark_acked(&mut c, &f.device_id, "WA-A", now).unwrap(),
         vec![same[0].clone()]
     );
     let next = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
@@ -390,7 +390,7 @@ async fn one_recipient_in_order(t: TestDb) {
     assert_eq!(last[0].id, same[2]);
     // Receipts move statuses forward only.
     assert!(
-        wagate::storage::sessions::mark_dispatched(
+        queue::mark_dispatched(
             &mut c,
             &same[2],
             "n",
@@ -400,7 +400,7 @@ async fn one_recipient_in_order(t: TestDb) {
         )
         .unwrap()
     );
-    let read = wagate::storage::sessions::mark_receipt(
+    let read = queue::mark_receipt(
         &mut c,
         &f.device_id,
         &["WA-C".into(), "WA-A".into()],
@@ -410,8 +410,7 @@ async fn one_recipient_in_order(t: TestDb) {
     .unwrap();
     assert_eq!(read.len(), 2);
     let delivered =
-        wagate::storage::sessions::mark_receipt(&mut c, &f.device_id, &["WA-C".into()], false, now)
-            .unwrap();
+        queue::mark_receipt(&mut c, &f.device_id, &["WA-C".into()], false, now).unwrap();
     assert!(delivered.is_empty(), "read is not downgraded to delivered");
     let m = messages::by_id(&mut c, &f.project_id, &same[2])
         .unwrap()
@@ -423,7 +422,7 @@ async fn one_recipient_in_order(t: TestDb) {
 /// A receipt can arrive before the server ack: the steps it implies are reported too, once
 /// and in order, so a webhook subscriber always sees `sent` before `delivered` before `read`.
 async fn receipt_before_ack_reports_every_step(t: TestDb) {
-    use wagate::storage::{events, sessions};
+    use wagate::storage::events;
     let f = fixture(&t).await;
     let mut c = f.db.connect().unwrap();
     let ids = enqueue(&f, &mut c, 2, 5, 3_600_000);
@@ -431,17 +430,17 @@ async fn receipt_before_ack_reports_every_step(t: TestDb) {
     let claimed = queue::claim(&mut c, &f.device_id, "node-a", 2, LEASE, now).unwrap();
     for (m, wa) in claimed.iter().zip(["WA-1", "WA-2"]) {
         assert!(
-            sessions::mark_dispatched(&mut c, &m.id, "node-a", m.claim_token, wa, now + LEASE)
+            queue::mark_dispatched(&mut c, &m.id, "node-a", m.claim_token, wa, now + LEASE)
                 .unwrap()
         );
     }
     // The first is read before anything else was heard of it; the second is acked, then
     // delivered, and a late duplicate receipt changes nothing.
-    sessions::mark_receipt(&mut c, &f.device_id, &["WA-1".into()], true, now).unwrap();
-    sessions::mark_acked(&mut c, &f.device_id, "WA-2", now).unwrap();
-    sessions::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
-    sessions::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
-    sessions::mark_acked(&mut c, &f.device_id, "WA-1", now).unwrap();
+    queue::mark_receipt(&mut c, &f.device_id, &["WA-1".into()], true, now).unwrap();
+    queue::mark_acked(&mut c, &f.device_id, "WA-2", now).unwrap();
+    queue::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
+    queue::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
+    queue::mark_acked(&mut c, &f.device_id, "WA-1", now).unwrap();
 
     let steps = |id: &str| -> Vec<String> {
         events::after(

@@ -403,7 +403,7 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
 /// are dropped (`410 MEDIA_EXPIRED`) while the message stays in the history; a message still
 /// waiting to be sent keeps its file.
 async fn media_is_served_then_expires(db: TestDb) {
-    use wagate::storage::{Db, sessions as store};
+    use wagate::storage::{Db, inbound, media};
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -460,7 +460,7 @@ async fn media_is_served_then_expires(db: TestDb) {
         let (db, b) = (db.clone(), b.clone());
         async move {
             let rows = db
-                .run(move |c| store::list_inbound(c, &b, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &b, 50, 0))
                 .await
                 .unwrap();
             rows.into_iter().find(|r| r.kind == "image")
@@ -488,7 +488,7 @@ async fn media_is_served_then_expires(db: TestDb) {
     eventually(40, "the media to expire", || {
         let (db, id) = (db.clone(), media_id.clone());
         async move {
-            let bytes = db.run(move |c| store::media_bytes(c, &id)).await.unwrap();
+            let bytes = db.run(move |c| media::media_bytes(c, &id)).await.unwrap();
             bytes.is_none().then_some(())
         }
     })
@@ -515,7 +515,7 @@ async fn media_is_served_then_expires(db: TestDb) {
                     .filter(messages::id.eq(&message_id))
                     .select(messages::media_id)
                     .first(c))?;
-                store::media_bytes(c, &mid.expect("media message"))
+                media::media_bytes(c, &mid.expect("media message"))
             })
             .await
             .unwrap()

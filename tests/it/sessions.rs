@@ -10,7 +10,7 @@ use wagate::proto::v1::{
     CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, ListSessionsRequest,
     RestartSessionRequest, Session, SessionState,
 };
-use wagate::storage::{Db, sessions as store};
+use wagate::storage::{Db, inbound, media, sessions as store};
 
 use crate::on_both_backends;
 use crate::support::{
@@ -198,7 +198,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
         let bid = b.session_id.clone();
         async move {
             let rows = db
-                .run(move |c| store::list_inbound(c, &bid, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &bid, 50, 0))
                 .await
                 .unwrap();
             rows.into_iter()
@@ -237,7 +237,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
         let bid = b.session_id.clone();
         async move {
             let rows = db
-                .run(move |c| store::list_inbound(c, &bid, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &bid, 50, 0))
                 .await
                 .unwrap();
             rows.into_iter().find(|r| r.kind == "image")
@@ -247,7 +247,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     assert_eq!(image.body.as_deref(), Some("Promo today"));
     let mid = image.media_id.clone().expect("media stored");
     let blob = db
-        .run(move |c| store::media_bytes(c, &mid))
+        .run(move |c| media::media_bytes(c, &mid))
         .await
         .unwrap()
         .unwrap();
@@ -548,7 +548,7 @@ async fn inbound_survives_a_refused_write(db: TestDb) {
         "B confirmed a message it did not store: {rec}"
     );
     let inbound = |db: Db, bid: String| async move {
-        db.run(move |c| store::list_inbound(c, &bid, 50, 0))
+        db.run(move |c| inbound::list_inbound(c, &bid, 50, 0))
             .await
             .unwrap()
             .into_iter()

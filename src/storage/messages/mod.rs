@@ -1,12 +1,65 @@
-//! Reading messages back (status, listing) and the periodic clean-up of expired rows.
+//! Outbound messages: their rows, reading them back (by id, listing, queue depth) and the
+//! periodic clean-up of expired idempotency keys and usage counters. Every status change of
+//! a message is in [`queue`], the queue's state machine.
+
+pub mod queue;
 
 use diesel::prelude::*;
 
 use super::DbConn;
-use super::models::MessageRow;
 use super::schema::{idempotency_keys, messages, usage_counters};
 use crate::db_run;
 use crate::error::Result;
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = messages)]
+pub struct NewMessage {
+    pub id: String,
+    pub project_id: String,
+    pub device_id: String,
+    pub device_code: String,
+    pub recipient: String,
+    pub kind: String,
+    pub body: Option<String>,
+    pub media_id: Option<String>,
+    pub payload: Option<String>,
+    pub status: String,
+    pub max_attempts: i32,
+    pub available_at: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub seq: i64,
+    pub id: String,
+    pub project_id: String,
+    pub device_id: String,
+    pub device_code: String,
+    pub recipient: String,
+    pub kind: String,
+    pub body: Option<String>,
+    pub media_id: Option<String>,
+    pub payload: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub available_at: i64,
+    pub claimed_by: Option<String>,
+    pub claim_token: i64,
+    pub claim_expires_at: Option<i64>,
+    pub wa_message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub read_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub expires_at: i64,
+}
 
 /// A project's message by id. Another project's message is `None`, like a missing one.
 pub fn by_id(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<MessageRow>> {

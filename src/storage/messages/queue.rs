@@ -10,11 +10,11 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-use super::DbConn;
-use super::models::MessageRow;
-use super::schema::messages;
+use super::MessageRow;
 use crate::db_run;
 use crate::error::Result;
+use crate::storage::schema::messages;
+use crate::storage::{DbConn, events};
 
 pub const QUEUED: &str = "queued";
 pub const SENT: &str = "sent";
@@ -162,7 +162,7 @@ pub fn fail(
             ))
             .execute(c))?;
         if n == 1 {
-            super::events::message_statuses(conn, &[id.to_owned()], now)?;
+            events::message_statuses(conn, &[id.to_owned()], now)?;
         }
         Ok(n == 1)
     })
@@ -209,9 +209,145 @@ pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
         ))
         .returning(messages::id)
         .get_results(c))?;
-        super::events::message_statuses(conn, &expired, now)?;
-        super::events::message_statuses(conn, &exhausted, now)?;
+        events::message_statuses(conn, &expired, now)?;
+        events::message_statuses(conn, &exhausted, now)?;
         Ok(expired.len() + exhausted.len())
+    })
+}
+
+/// Records the WhatsApp id a claimed message is about to be sent under (fenced).
+pub fn set_wa_id(
+    conn: &mut DbConn,
+    id: &str,
+    node: &str,
+    token: i64,
+    wa_message_id: &str,
+) -> Result<bool> {
+    let n = db_run!(conn, |c| diesel::update(
+        messages::table
+            .filter(messages::id.eq(id))
+            .filter(messages::claimed_by.eq(node))
+            .filter(messages::claim_token.eq(token))
+            .filter(messages::status.eq(QUEUED)),
+    )
+    .set(messages::wa_message_id.eq(wa_message_id))
+    .execute(c))?;
+    Ok(n == 1)
+}
+
+/// The message was written to WhatsApp under `wa_message_id`; it stays `queued` (and
+/// unclaimable) until the server acks it. If no ack comes by `ack_deadline` it becomes due
+/// again and is resent under the same id, which receivers de-duplicate.
+pub fn mark_dispatched(
+    conn: &mut DbConn,
+    id: &str,
+    node: &str,
+    token: i64,
+    wa_message_id: &str,
+    ack_deadline: i64,
+) -> Result<bool> {
+    let n = db_run!(conn, |c| diesel::update(
+        messages::table
+            .filter(messages::id.eq(id))
+            .filter(messages::claimed_by.eq(node))
+            .filter(messages::claim_token.eq(token))
+            .filter(messages::status.eq(QUEUED)),
+    )
+    .set((
+        messages::wa_message_id.eq(wa_message_id),
+        messages::available_at.eq(ack_deadline),
+        messages::claimed_by.eq(None::<String>),
+        messages::claim_expires_at.eq(None::<i64>),
+    ))
+    .execute(c))?;
+    Ok(n == 1)
+}
+
+/// Server ack: `queued → sent`, with its `message.status` event. Returns the ids of the
+/// messages that changed.
+pub fn mark_acked(
+    conn: &mut DbConn,
+    device_id: &str,
+    wa_message_id: &str,
+    now: i64,
+) -> Result<Vec<String>> {
+    conn.transaction(|conn| {
+        let changed: Vec<String> = db_run!(conn, |c| diesel::update(
+            messages::table
+                .filter(messages::device_id.eq(device_id))
+                .filter(messages::wa_message_id.eq(wa_message_id))
+                .filter(messages::status.eq(QUEUED)),
+        )
+        .set((
+            messages::status.eq(SENT),
+            messages::sent_at.eq(now),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .returning(messages::id)
+        .get_results(c))?;
+        events::message_statuses(conn, &changed, now)?;
+        Ok(changed)
+    })
+}
+
+/// Delivery or read receipt; statuses only move forward. Returns the ids that changed, each
+/// with its `message.status` event.
+pub fn mark_receipt(
+    conn: &mut DbConn,
+    device_id: &str,
+    wa_ids: &[String],
+    read: bool,
+    now: i64,
+) -> Result<Vec<String>> {
+    let from: &[&str] = if read {
+        &[QUEUED, SENT, DELIVERED]
+    } else {
+        &[QUEUED, SENT]
+    };
+    let status = if read { READ } else { DELIVERED };
+    conn.transaction(|conn| {
+        let changed: Vec<String> = db_run!(conn, |c| diesel::update(
+            messages::table
+                .filter(messages::device_id.eq(device_id))
+                .filter(messages::wa_message_id.eq_any(wa_ids))
+                .filter(messages::status.eq_any(from)),
+        )
+        .set(messages::status.eq(status))
+        .returning(messages::id)
+        .get_results(c))?;
+        // Fill the times of the steps a receipt implies (a read implies delivered and sent);
+        // a step with no time yet was never reported (the receipt came before the server
+        // ack), so it gets its event too.
+        let unsent: Vec<String> = db_run!(conn, |c| diesel::update(
+            messages::table
+                .filter(messages::id.eq_any(&changed))
+                .filter(messages::sent_at.is_null())
+        )
+        .set(messages::sent_at.eq(now))
+        .returning(messages::id)
+        .get_results(c))?;
+        let undelivered: Vec<String> = db_run!(conn, |c| diesel::update(
+            messages::table
+                .filter(messages::id.eq_any(&changed))
+                .filter(messages::delivered_at.is_null())
+        )
+        .set(messages::delivered_at.eq(now))
+        .returning(messages::id)
+        .get_results(c))?;
+        if read {
+            db_run!(conn, |c| diesel::update(
+                messages::table.filter(messages::id.eq_any(&changed))
+            )
+            .set(messages::read_at.eq(now))
+            .execute(c))?;
+        }
+        events::implied_statuses(conn, &unsent, SENT, now)?;
+        if read {
+            events::implied_statuses(conn, &undelivered, DELIVERED, now)?;
+        }
+        events::message_statuses(conn, &changed, now)?;
+        Ok(changed)
     })
 }
 
