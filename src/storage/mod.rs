@@ -21,6 +21,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,18 @@ impl DbConn {
         }
     }
 
+    /// A raw statement for this connection's backend. Raw SQL is written once, with
+    /// PostgreSQL's `$1, $2, …` placeholders; SQLite numbers its parameters `?1, ?2, …`, so
+    /// there each `$n` outside quotes and comments becomes `?n` (a number may repeat, as in
+    /// PostgreSQL). Anything else that differs between the dialects is an explicit
+    /// `match conn.backend()` at the call site.
+    pub fn portable_sql(&self, sql: &'static str) -> Cow<'static, str> {
+        match self.backend() {
+            Backend::Postgres => Cow::Borrowed(sql),
+            Backend::Sqlite => Cow::Owned(numbered_question_marks(sql)),
+        }
+    }
+
     /// A read-write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write lock is taken
     /// up front and concurrent writers queue on `busy_timeout` instead of failing mid-way.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
@@ -96,6 +109,46 @@ impl DbConn {
             }
         }
     }
+}
+
+/// `sql` with each `$n` placeholder written `?n`; quoted text (`'…'`, `"…"`) and comments
+/// (`-- …`, `/* … */`) are copied as they are.
+fn numbered_question_marks(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql.chars().peekable();
+    while let Some(ch) = rest.next() {
+        out.push(ch);
+        let end = match ch {
+            '\'' | '"' => ch,
+            '-' if rest.peek() == Some(&'-') => '\n',
+            '/' if rest.peek() == Some(&'*') => '/',
+            '$' if rest.peek().is_some_and(char::is_ascii_digit) => {
+                out.pop();
+                out.push('?');
+                continue;
+            }
+            _ => continue,
+        };
+        // Inside quotes or a comment: copy up to and including its end. A doubled quote
+        // (`'it''s'`) ends and reopens the literal, which copies the same way.
+        if end == '/' {
+            out.push(rest.next().expect("peeked"));
+        }
+        while let Some(c) = rest.next() {
+            out.push(c);
+            let closed = match end {
+                '/' => c == '*' && rest.peek() == Some(&'/'),
+                _ => c == end,
+            };
+            if closed {
+                if end == '/' {
+                    out.push(rest.next().expect("peeked"));
+                }
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// r2d2 manager that opens the backend the URL names, never guessing by trial.
@@ -318,4 +371,49 @@ fn restrict_sqlite_files(_path: &str) -> Result<()> {
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered_question_marks as sqlite;
+
+    #[test]
+    fn portable_sql_numbers_sqlite_placeholders() {
+        assert_eq!(
+            sqlite("UPDATE t SET a = $3 WHERE b = $1 AND c <= $12 AND d > $1"),
+            "UPDATE t SET a = ?3 WHERE b = ?1 AND c <= ?12 AND d > ?1"
+        );
+        // Quoted text and comments stay as written, even with quotes or `$n` inside.
+        assert_eq!(
+            sqlite("SELECT '$1', 'it''s $2', \"$3\" FROM t -- don't touch $4\nWHERE x = $5"),
+            "SELECT '$1', 'it''s $2', \"$3\" FROM t -- don't touch $4\nWHERE x = ?5"
+        );
+        assert_eq!(
+            sqlite("x = $1 /* row's lock: $2 */ AND y = $2"),
+            "x = ?1 /* row's lock: $2 */ AND y = ?2"
+        );
+        // A `$` that is no placeholder, and a dangling quote or comment, end the same way.
+        assert_eq!(sqlite("a$b $ $x"), "a$b $ $x");
+        assert_eq!(sqlite("x = $1 -- $2"), "x = ?1 -- $2");
+        assert_eq!(sqlite("x = '$1"), "x = '$1");
+        assert_eq!(sqlite("/* $1"), "/* $1");
+    }
+
+    #[test]
+    fn stored_statements_keep_their_placeholders_on_sqlite() {
+        for sql in [
+            include_str!("sql/claim.sql"),
+            include_str!("sql/msg_secret_upsert.sql"),
+            include_str!("sql/tc_token_touch_sender.sql"),
+            include_str!("sql/tc_token_store_received.sql"),
+        ] {
+            let code: String = sql.lines().filter(|l| !l.starts_with("--")).collect();
+            let out: String = sqlite(sql)
+                .lines()
+                .filter(|l| !l.starts_with("--"))
+                .collect();
+            assert!(code.contains("$1") && !out.contains('$'), "{out}");
+            assert_eq!(out.matches('?').count(), code.matches('$').count());
+        }
+    }
 }

@@ -41,7 +41,6 @@ mod protocol;
 mod sealing;
 mod signal;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -341,15 +340,6 @@ fn composite_key(parts: &[&str]) -> String {
         out.push_str(last);
     }
     out
-}
-
-/// The SQL of a raw statement for the connection's backend: written with PostgreSQL's `$n`
-/// placeholders, which SQLite spells `?n`.
-fn portable_sql<'a>(conn: &DbConn, sql: &'a str) -> Cow<'a, str> {
-    match conn {
-        DbConn::Postgres(_) => Cow::Borrowed(sql),
-        DbConn::Sqlite(_) => Cow::Owned(sql.replace('$', "?")),
-    }
 }
 
 /// LIKE pattern matching `prefix` literally (escape character `\`).

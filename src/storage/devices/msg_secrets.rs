@@ -10,18 +10,7 @@ use whatsapp_rust::wacore::store::traits::{MsgSecretEntry, MsgSecretStore};
 use super::sealing::secret_aad;
 use super::*;
 
-const UPSERT_MSG_SECRET: &str = "INSERT INTO wa_msg_secrets \
-     (device_id, chat, sender, msg_id, secret, expires_at, message_ts) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     ON CONFLICT (device_id, chat, sender, msg_id) DO UPDATE SET \
-     secret = excluded.secret, \
-     expires_at = CASE \
-         WHEN wa_msg_secrets.expires_at = 0 OR excluded.expires_at = 0 THEN 0 \
-         WHEN excluded.expires_at > wa_msg_secrets.expires_at THEN excluded.expires_at \
-         ELSE wa_msg_secrets.expires_at END, \
-     message_ts = CASE \
-         WHEN excluded.message_ts > wa_msg_secrets.message_ts THEN excluded.message_ts \
-         ELSE wa_msg_secrets.message_ts END";
+const UPSERT_MSG_SECRET: &str = include_str!("../sql/msg_secret_upsert.sql");
 
 #[async_trait]
 impl MsgSecretStore for DbDeviceStore {
@@ -39,10 +28,10 @@ impl MsgSecretStore for DbDeviceStore {
             .collect();
         self.run(move |c, dev| {
             c.transaction(|c| {
-                let sql = portable_sql(c, UPSERT_MSG_SECRET).into_owned();
+                let sql = c.portable_sql(UPSERT_MSG_SECRET);
                 // One statement per row: a repeated key within the batch merges like any other.
                 for (e, secret) in entries.iter().zip(&sealed) {
-                    db_run!(c, |c| diesel::sql_query(&sql)
+                    db_run!(c, |c| diesel::sql_query(sql.as_ref())
                         .bind::<Text, _>(dev)
                         .bind::<Text, _>(&*e.chat)
                         .bind::<Text, _>(&*e.sender)

@@ -51,22 +51,8 @@ fn lid_entry(
     }
 }
 
-const TOUCH_TC_SENDER: &str = "INSERT INTO wa_tc_tokens \
-     (device_id, jid, token, token_timestamp, sender_timestamp) \
-     VALUES ($1, $2, $3, $4, $4) \
-     ON CONFLICT (device_id, jid) DO UPDATE SET sender_timestamp = CASE \
-         WHEN wa_tc_tokens.sender_timestamp IS NULL \
-           OR wa_tc_tokens.sender_timestamp < excluded.sender_timestamp \
-         THEN excluded.sender_timestamp \
-         ELSE wa_tc_tokens.sender_timestamp END";
-
-const STORE_RECEIVED_TC: &str = "INSERT INTO wa_tc_tokens \
-     (device_id, jid, token, token_timestamp, sender_timestamp) \
-     VALUES ($1, $2, $3, $4, NULL) \
-     ON CONFLICT (device_id, jid) DO UPDATE SET \
-         token = excluded.token, token_timestamp = excluded.token_timestamp \
-     WHERE length(wa_tc_tokens.token) = 0 \
-        OR excluded.token_timestamp >= wa_tc_tokens.token_timestamp";
+const TOUCH_TC_SENDER: &str = include_str!("../sql/tc_token_touch_sender.sql");
+const STORE_RECEIVED_TC: &str = include_str!("../sql/tc_token_store_received.sql");
 
 #[async_trait]
 impl ProtocolStore for DbDeviceStore {
@@ -423,8 +409,8 @@ impl ProtocolStore for DbDeviceStore {
     ) -> StoreResult<()> {
         let jid = jid.to_owned();
         self.run(move |c, dev| {
-            let sql = portable_sql(c, TOUCH_TC_SENDER).into_owned();
-            db_run!(c, |c| diesel::sql_query(&sql)
+            let sql = c.portable_sql(TOUCH_TC_SENDER);
+            db_run!(c, |c| diesel::sql_query(sql.as_ref())
                 .bind::<Text, _>(dev)
                 .bind::<Text, _>(&jid)
                 .bind::<Binary, _>(Vec::<u8>::new())
@@ -444,8 +430,8 @@ impl ProtocolStore for DbDeviceStore {
         let jid = jid.to_owned();
         let token = token.to_vec();
         self.run(move |c, dev| {
-            let sql = portable_sql(c, STORE_RECEIVED_TC).into_owned();
-            db_run!(c, |c| diesel::sql_query(&sql)
+            let sql = c.portable_sql(STORE_RECEIVED_TC);
+            db_run!(c, |c| diesel::sql_query(sql.as_ref())
                 .bind::<Text, _>(dev)
                 .bind::<Text, _>(&jid)
                 .bind::<Binary, _>(&token)

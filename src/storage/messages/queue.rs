@@ -1,4 +1,7 @@
-//! The outbound queue's state machine on the `messages` table.
+//! The outbound queue's state machine on the `messages` table: every status transition of
+//! a message is here — claim, dispatch, sent (direct or by the server's ack), retry, fail,
+//! expire and exhaust, delivery and read receipts — each fenced or conditioned on the stored
+//! status, and each that a subscriber can see recorded with its `message.status` event.
 //!
 //! A worker claims a device's due messages in acceptance order; each claim increments
 //! `attempts` and `claim_token` and sets a lease (`claim_expires_at`). Every completion is
@@ -7,6 +10,8 @@
 //! is claimable again: that is the rescue of stuck work. On PostgreSQL the claim uses
 //! `FOR UPDATE SKIP LOCKED`, so nodes claiming concurrently never get the same message.
 
+use std::sync::LazyLock;
+
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
@@ -14,7 +19,7 @@ use super::MessageRow;
 use crate::db_run;
 use crate::error::Result;
 use crate::storage::schema::messages;
-use crate::storage::{DbConn, events};
+use crate::storage::{Backend, DbConn, events};
 
 pub const QUEUED: &str = "queued";
 pub const SENT: &str = "sent";
@@ -27,12 +32,10 @@ pub const EXPIRED_CODE: &str = "MESSAGE_EXPIRED";
 /// Error code of messages whose every attempt failed or whose worker kept dying.
 pub const EXHAUSTED_CODE: &str = "SEND_ATTEMPTS_EXHAUSTED";
 
-/// Due, unclaimed (or lease expired), attempts left, not expired, and the oldest queued
-/// message of its recipient: a recipient's messages go out one after another, in order.
-const CLAIM_WHERE: &str = "m.device_id = $1 AND m.status = 'queued' AND m.available_at <= $2 \
-     AND (m.claim_expires_at IS NULL OR m.claim_expires_at < $2) AND m.attempts < m.max_attempts \
-     AND m.expires_at > $2 AND NOT EXISTS (SELECT 1 FROM messages e WHERE e.device_id = m.device_id \
-     AND e.recipient = m.recipient AND e.status = 'queued' AND e.seq < m.seq)";
+/// The claim statement (see the file): SQLite's as written, PostgreSQL's with its row lock.
+const CLAIM: &str = include_str!("../sql/claim.sql");
+static CLAIM_SKIP_LOCKED: LazyLock<String> =
+    LazyLock::new(|| CLAIM.replacen("/* row lock */", "FOR UPDATE SKIP LOCKED", 1));
 
 /// Claims up to `limit` due messages of one device for `node`, leased for `lease_ms`.
 pub fn claim(
@@ -43,23 +46,12 @@ pub fn claim(
     lease_ms: i64,
     now: i64,
 ) -> Result<Vec<MessageRow>> {
-    let lock = match conn {
-        DbConn::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-        DbConn::Sqlite(_) => "",
-    };
-    let sql = format!(
-        "UPDATE messages SET claimed_by = $3, claim_token = claim_token + 1, \
-         claim_expires_at = $4, attempts = attempts + 1 \
-         WHERE seq IN (SELECT m.seq FROM messages m WHERE {CLAIM_WHERE} ORDER BY m.seq LIMIT $5 {lock}) \
-         RETURNING *"
-    );
-    // SQLite numbers parameters `?N`; PostgreSQL `$N`.
-    let sql = match conn {
-        DbConn::Postgres(_) => sql,
-        DbConn::Sqlite(_) => sql.replace('$', "?"),
+    let sql = match conn.backend() {
+        Backend::Postgres => conn.portable_sql(CLAIM_SKIP_LOCKED.as_str()),
+        Backend::Sqlite => conn.portable_sql(CLAIM),
     };
     let mut rows: Vec<MessageRow> = conn.transaction(|conn| {
-        Ok(db_run!(conn, |c| diesel::sql_query(sql.as_str())
+        Ok(db_run!(conn, |c| diesel::sql_query(sql.as_ref())
             .bind::<Text, _>(device_id)
             .bind::<BigInt, _>(now)
             .bind::<Text, _>(node)
@@ -360,4 +352,15 @@ pub fn backoff_ms(attempt: i32) -> i64 {
     let jitter_span = exp / 5;
     let r = i64::from(u16::from_le_bytes(crate::crypto::random_bytes::<2>()));
     exp - jitter_span + (2 * jitter_span * r) / i64::from(u16::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_claims_skip_locked_rows() {
+        assert_eq!(CLAIM.matches("/* row lock */").count(), 1);
+        assert!(CLAIM_SKIP_LOCKED.contains("LIMIT $5\n    FOR UPDATE SKIP LOCKED\n)"));
+    }
 }
