@@ -8,6 +8,7 @@ use super::text::{no_nul, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::sessions::{SessionState, Snapshot};
 use crate::storage::sessions::{self as store, SessionRow};
+use crate::values::MessageStatus;
 
 #[derive(Debug, Clone)]
 pub struct SessionView {
@@ -174,7 +175,7 @@ pub struct HistoryItem {
     pub to: Option<String>,
     pub kind: String,
     pub text: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<MessageStatus>,
     pub push_name: Option<String>,
     pub at: i64,
 }

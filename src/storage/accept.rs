@@ -41,6 +41,7 @@ pub struct IdempotencyRow {
 }
 
 use crate::error::{Error, Result};
+use crate::values::MessageStatus;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -76,7 +77,7 @@ pub enum Accepted {
     Replayed {
         id: String,
         device_code: String,
-        status: String,
+        status: MessageStatus,
     },
 }
 
@@ -329,11 +330,12 @@ fn accept_in_tx(
                         outcomes.push(Err(Error::IdempotencyConflict));
                         continue;
                     }
-                    let found: Option<(String, String)> = db_run!(conn, |c| messages::table
-                        .filter(messages::id.eq(&row.message_id))
-                        .select((messages::device_code, messages::status))
-                        .first(c)
-                        .optional())?;
+                    let found: Option<(String, MessageStatus)> =
+                        db_run!(conn, |c| messages::table
+                            .filter(messages::id.eq(&row.message_id))
+                            .select((messages::device_code, messages::status))
+                            .first(c)
+                            .optional())?;
                     outcomes.push(match found {
                         Some((device_code, status)) => Ok(Accepted::Replayed {
                             id: row.message_id,
@@ -467,7 +469,7 @@ fn as_replay(first: &Accepted) -> Accepted {
         } => Accepted::Replayed {
             id: id.clone(),
             device_code: device_code.clone(),
-            status: "queued".into(),
+            status: MessageStatus::Queued,
         },
     }
 }

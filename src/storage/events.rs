@@ -11,6 +11,7 @@ use super::schema::{devices, events, messages, webhook_deliveries, webhook_lanes
 use crate::db_run;
 use crate::error::Result;
 use crate::events::{self as ev, NewEvent};
+use crate::values::MessageStatus;
 
 /// Delivery states. `failed` has a retry scheduled; `dead` gets no more attempts.
 pub const PENDING: &str = "pending";
@@ -55,6 +56,22 @@ pub(crate) struct NewDelivery {
     pub next_attempt_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// What a `message.status` event tells of a message.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = messages)]
+struct StatusRow {
+    id: String,
+    project_id: String,
+    device_id: String,
+    device_code: String,
+    recipient: String,
+    status: MessageStatus,
+    payload: Option<String>,
+    wa_message_id: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
 }
 
 /// Which webhooks receive an event.
@@ -168,62 +185,49 @@ pub fn message_statuses(conn: &mut DbConn, ids: &[String], now: i64) -> Result<(
 /// One `message.status` event for each of these messages saying `status`: a step their
 /// current status implies but that was never reported (a receipt that came before the
 /// server ack implies `sent`), so a subscriber sees every step, in order.
-pub fn implied_statuses(conn: &mut DbConn, ids: &[String], status: &str, now: i64) -> Result<()> {
+pub fn implied_statuses(
+    conn: &mut DbConn,
+    ids: &[String],
+    status: MessageStatus,
+    now: i64,
+) -> Result<()> {
     statuses(conn, ids, Some(status), now)
 }
 
-fn statuses(conn: &mut DbConn, ids: &[String], implied: Option<&str>, now: i64) -> Result<()> {
+fn statuses(
+    conn: &mut DbConn,
+    ids: &[String],
+    implied: Option<MessageStatus>,
+    now: i64,
+) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = db_run!(conn, |c| messages::table
+    let rows: Vec<StatusRow> = db_run!(conn, |c| messages::table
         .filter(messages::id.eq_any(ids))
         .order(messages::seq.asc())
-        .select((
-            messages::id,
-            messages::project_id,
-            messages::device_id,
-            messages::device_code,
-            messages::recipient,
-            messages::status,
-            messages::payload,
-            messages::wa_message_id,
-            messages::error_code,
-            messages::error_message,
-        ))
+        .select(StatusRow::as_select())
         .load(c))?;
     // The webhooks are read once per project, not once per message.
     let mut hooks: Option<(String, Hooks)> = None;
-    for (id, project, device, code, recipient, status, payload, wa, err_code, err_msg) in rows {
-        if hooks.as_ref().is_none_or(|(p, _)| *p != project) {
-            hooks = Some((project.clone(), enabled_hooks(conn, &project)?));
+    for m in rows {
+        if hooks.as_ref().is_none_or(|(p, _)| *p != m.project_id) {
+            hooks = Some((m.project_id.clone(), enabled_hooks(conn, &m.project_id)?));
         }
         let fields = ev::message_status(&ev::Status {
-            message_id: &id,
-            device_code: &code,
-            wa_message_id: wa.as_deref(),
-            recipient: &recipient,
-            status: implied.unwrap_or(&status),
-            payload: payload.as_deref(),
-            error_code: err_code.as_deref().filter(|_| implied.is_none()),
-            error_message: err_msg.as_deref().filter(|_| implied.is_none()),
+            message_id: &m.id,
+            device_code: &m.device_code,
+            wa_message_id: m.wa_message_id.as_deref(),
+            recipient: &m.recipient,
+            status: implied.unwrap_or(m.status),
+            payload: m.payload.as_deref(),
+            error_code: m.error_code.as_deref().filter(|_| implied.is_none()),
+            error_message: m.error_message.as_deref().filter(|_| implied.is_none()),
             at_ms: now,
         });
         let e = NewEvent {
-            project_id: project,
-            device_id: Some(device),
+            project_id: m.project_id,
+            device_id: Some(m.device_id),
             kind: ev::MESSAGE_STATUS,
             fields,
         };

@@ -4,10 +4,10 @@
 use diesel::prelude::*;
 
 use super::DbConn;
-use super::messages::queue::QUEUED;
 use super::schema::{media, messages};
 use crate::db_run;
 use crate::error::Result;
+use crate::values::MessageStatus;
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = media)]
@@ -64,7 +64,7 @@ pub fn project_media(
 pub fn purge_media(conn: &mut DbConn, before: i64, now: i64, limit: i64) -> Result<usize> {
     db_run!(conn, |c| {
         let waiting = messages::table
-            .filter(messages::status.eq(QUEUED))
+            .filter(messages::status.eq(MessageStatus::Queued))
             .filter(messages::media_id.is_not_null())
             .select(messages::media_id.assume_not_null());
         let ids: Vec<String> = media::table

@@ -7,6 +7,7 @@ use wagate::domain::admin::{Admin, NewProject};
 use wagate::storage::accept::{AcceptItem, Limits, accept_batch};
 use wagate::storage::messages::{self, NewMessage, queue};
 use wagate::storage::{Db, DbConn, now_ms};
+use wagate::values::MessageStatus;
 
 use crate::on_both_backends;
 use crate::support::TestDb;
@@ -96,7 +97,7 @@ fn enqueue_to(
                 body: Some(format!("m{i}")),
                 media_id: None,
                 payload: None,
-                status: queue::QUEUED.into(),
+                status: MessageStatus::Queued,
                 max_attempts,
                 available_at: now,
                 created_at: now,
@@ -415,7 +416,7 @@ async fn one_recipient_in_order(t: TestDb) {
     let m = messages::by_id(&mut c, &f.project_id, &same[2])
         .unwrap()
         .unwrap();
-    assert_eq!(m.status, "read");
+    assert_eq!(m.status.as_str(), "read");
     assert!(m.sent_at.is_some() && m.delivered_at.is_some() && m.read_at.is_some());
 }
 

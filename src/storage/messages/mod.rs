@@ -10,6 +10,7 @@ use super::DbConn;
 use super::schema::{idempotency_keys, messages, usage_counters};
 use crate::db_run;
 use crate::error::Result;
+use crate::values::MessageStatus;
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = messages)]
@@ -23,7 +24,7 @@ pub struct NewMessage {
     pub body: Option<String>,
     pub media_id: Option<String>,
     pub payload: Option<String>,
-    pub status: String,
+    pub status: MessageStatus,
     pub max_attempts: i32,
     pub available_at: i64,
     pub created_at: i64,
@@ -43,7 +44,7 @@ pub struct MessageRow {
     pub body: Option<String>,
     pub media_id: Option<String>,
     pub payload: Option<String>,
-    pub status: String,
+    pub status: MessageStatus,
     pub attempts: i32,
     pub max_attempts: i32,
     pub available_at: i64,
@@ -74,7 +75,7 @@ pub fn by_id(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<Mes
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub device_code: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<MessageStatus>,
     /// Only rows with `seq` below this (keyset pagination, newest first).
     pub before_seq: Option<i64>,
     pub limit: i64,
@@ -92,7 +93,7 @@ pub fn list(conn: &mut DbConn, project_id: &str, f: &ListFilter) -> Result<Vec<M
             q = q.filter(messages::device_code.eq(d.clone()));
         }
         if let Some(s) = &f.status {
-            q = q.filter(messages::status.eq(s.clone()));
+            q = q.filter(messages::status.eq(*s));
         }
         if let Some(b) = f.before_seq {
             q = q.filter(messages::seq.lt(b));
@@ -104,7 +105,7 @@ pub fn list(conn: &mut DbConn, project_id: &str, f: &ListFilter) -> Result<Vec<M
 /// Messages waiting to be sent, across all devices (the queue-depth gauge).
 pub fn queued_count(conn: &mut DbConn) -> Result<i64> {
     Ok(db_run!(conn, |c| messages::table
-        .filter(messages::status.eq("queued"))
+        .filter(messages::status.eq(MessageStatus::Queued))
         .count()
         .get_result(c))?)
 }

@@ -20,12 +20,7 @@ use crate::db_run;
 use crate::error::Result;
 use crate::storage::schema::messages;
 use crate::storage::{Backend, DbConn, events};
-
-pub const QUEUED: &str = "queued";
-pub const SENT: &str = "sent";
-pub const DELIVERED: &str = "delivered";
-pub const READ: &str = "read";
-pub const FAILED: &str = "failed";
+use crate::values::MessageStatus;
 
 /// Error code of messages that were never sent before their expiry.
 pub const EXPIRED_CODE: &str = "MESSAGE_EXPIRED";
@@ -70,7 +65,7 @@ macro_rules! fenced {
             .filter(messages::id.eq($id))
             .filter(messages::claimed_by.eq($node))
             .filter(messages::claim_token.eq($token))
-            .filter(messages::status.eq(QUEUED))
+            .filter(messages::status.eq(MessageStatus::Queued))
     };
 }
 
@@ -85,7 +80,7 @@ pub fn mark_sent(
 ) -> Result<bool> {
     let n = db_run!(conn, |c| diesel::update(fenced!(id, node, token))
         .set((
-            messages::status.eq(SENT),
+            messages::status.eq(MessageStatus::Sent),
             messages::wa_message_id.eq(wa_message_id),
             messages::sent_at.eq(now),
             messages::claimed_by.eq(None::<String>),
@@ -145,7 +140,7 @@ pub fn fail(
     conn.transaction(|conn| {
         let n = db_run!(conn, |c| diesel::update(fenced!(id, node, token))
             .set((
-                messages::status.eq(FAILED),
+                messages::status.eq(MessageStatus::Failed),
                 messages::error_code.eq(code),
                 messages::error_message.eq(error),
                 messages::failed_at.eq(now),
@@ -167,7 +162,7 @@ pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
     conn.transaction(|conn| {
         let expired: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
-                .filter(messages::status.eq(QUEUED))
+                .filter(messages::status.eq(MessageStatus::Queued))
                 .filter(messages::expires_at.le(now))
                 .filter(
                     messages::claim_expires_at
@@ -176,7 +171,7 @@ pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
                 ),
         )
         .set((
-            messages::status.eq(FAILED),
+            messages::status.eq(MessageStatus::Failed),
             messages::error_code.eq(EXPIRED_CODE),
             messages::error_message.eq("message expired before it could be sent"),
             messages::failed_at.eq(now),
@@ -187,12 +182,12 @@ pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
         .get_results(c))?;
         let exhausted: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
-                .filter(messages::status.eq(QUEUED))
+                .filter(messages::status.eq(MessageStatus::Queued))
                 .filter(messages::attempts.ge(messages::max_attempts))
                 .filter(messages::claim_expires_at.lt(now)),
         )
         .set((
-            messages::status.eq(FAILED),
+            messages::status.eq(MessageStatus::Failed),
             messages::error_code.eq(EXHAUSTED_CODE),
             messages::error_message.eq("no attempts left: the sending worker did not complete"),
             messages::failed_at.eq(now),
@@ -220,7 +215,7 @@ pub fn set_wa_id(
             .filter(messages::id.eq(id))
             .filter(messages::claimed_by.eq(node))
             .filter(messages::claim_token.eq(token))
-            .filter(messages::status.eq(QUEUED)),
+            .filter(messages::status.eq(MessageStatus::Queued)),
     )
     .set(messages::wa_message_id.eq(wa_message_id))
     .execute(c))?;
@@ -243,7 +238,7 @@ pub fn mark_dispatched(
             .filter(messages::id.eq(id))
             .filter(messages::claimed_by.eq(node))
             .filter(messages::claim_token.eq(token))
-            .filter(messages::status.eq(QUEUED)),
+            .filter(messages::status.eq(MessageStatus::Queued)),
     )
     .set((
         messages::wa_message_id.eq(wa_message_id),
@@ -268,10 +263,10 @@ pub fn mark_acked(
             messages::table
                 .filter(messages::device_id.eq(device_id))
                 .filter(messages::wa_message_id.eq(wa_message_id))
-                .filter(messages::status.eq(QUEUED)),
+                .filter(messages::status.eq(MessageStatus::Queued)),
         )
         .set((
-            messages::status.eq(SENT),
+            messages::status.eq(MessageStatus::Sent),
             messages::sent_at.eq(now),
             messages::claimed_by.eq(None::<String>),
             messages::claim_expires_at.eq(None::<i64>),
@@ -292,12 +287,20 @@ pub fn mark_receipt(
     read: bool,
     now: i64,
 ) -> Result<Vec<String>> {
-    let from: &[&str] = if read {
-        &[QUEUED, SENT, DELIVERED]
+    let from: &[MessageStatus] = if read {
+        &[
+            MessageStatus::Queued,
+            MessageStatus::Sent,
+            MessageStatus::Delivered,
+        ]
     } else {
-        &[QUEUED, SENT]
+        &[MessageStatus::Queued, MessageStatus::Sent]
     };
-    let status = if read { READ } else { DELIVERED };
+    let status = if read {
+        MessageStatus::Read
+    } else {
+        MessageStatus::Delivered
+    };
     conn.transaction(|conn| {
         let changed: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
@@ -334,9 +337,9 @@ pub fn mark_receipt(
             .set(messages::read_at.eq(now))
             .execute(c))?;
         }
-        events::implied_statuses(conn, &unsent, SENT, now)?;
+        events::implied_statuses(conn, &unsent, MessageStatus::Sent, now)?;
         if read {
-            events::implied_statuses(conn, &undelivered, DELIVERED, now)?;
+            events::implied_statuses(conn, &undelivered, MessageStatus::Delivered, now)?;
         }
         events::message_statuses(conn, &changed, now)?;
         Ok(changed)
