@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, ProjectId, SessionId};
 
 pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_STATUS: &str = "message.status";
@@ -18,9 +18,9 @@ pub const KINDS: [&str; 3] = [MESSAGE_RECEIVED, MESSAGE_STATUS, SESSION_STATUS];
 /// An event about to be recorded.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub project_id: String,
+    pub project_id: ProjectId,
     /// The session it concerns (every event kind has one today).
-    pub device_id: Option<String>,
+    pub device_id: Option<SessionId>,
     pub kind: &'static str,
     /// Event-specific fields; `event`, `eventId`, `occurredAt` and `sessionId` are added.
     pub fields: Map<String, Value>,

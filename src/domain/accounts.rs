@@ -15,6 +15,7 @@ use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self as store, UserKeyRow, UserRow};
 use crate::storage::{now_ms, projects};
+use crate::values::ProjectId;
 
 /// Session tokens (JWT, HS256) live this long.
 const TOKEN_TTL_SECS: i64 = 24 * 3600;
@@ -33,7 +34,7 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub name: String,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub created_at: i64,
 }
 
@@ -255,7 +256,7 @@ impl Gateway {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.id.clone(),
-            pid: user.project_id.clone(),
+            pid: user.project_id.to_string(),
             iat: now,
             exp: now + TOKEN_TTL_SECS,
         };
@@ -331,7 +332,7 @@ impl Gateway {
             email,
             name,
             password_hash,
-            project_id: project.project_id,
+            project_id: ProjectId::from(project.project_id),
             created_at: now_ms(),
         };
         let insert = row.clone();
@@ -477,7 +478,7 @@ impl Gateway {
         let secret =
             String::from_utf8(caller.project.secret().to_vec()).map_err(Error::internal)?;
         Ok((
-            caller.project.row.id.clone(),
+            caller.project.row.id.to_string(),
             caller.project.row.api_key_prefix.clone(),
             secret.into(),
         ))

@@ -13,7 +13,7 @@ use crate::storage::accept::{AcceptItem, Accepted, IdempotencyKey, Limits};
 use crate::storage::media::NewMedia;
 use crate::storage::messages::{self, ListFilter, MessageRow, NewMessage};
 use crate::storage::now_ms;
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, SessionId};
 
 /// WhatsApp's own limit on a text message.
 pub const MAX_TEXT_CHARS: usize = 65_536;
@@ -47,7 +47,7 @@ pub struct SendReceipt {
     /// The recipient as stored (normalized).
     pub recipient: String,
     /// The session (device) that sends it.
-    pub session_id: String,
+    pub session_id: SessionId,
     /// True when an earlier request with the same idempotency key created the message.
     pub replayed: bool,
 }

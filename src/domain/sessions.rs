@@ -8,11 +8,11 @@ use super::text::{no_nul, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::sessions::{SessionState, Snapshot};
 use crate::storage::sessions::{self as store, SessionRow};
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, SessionId};
 
 #[derive(Debug, Clone)]
 pub struct SessionView {
-    pub session_id: String,
+    pub session_id: SessionId,
     pub device_code: String,
     pub name: String,
     pub state: SessionState,
@@ -63,7 +63,7 @@ impl Gateway {
         session_id: &str,
     ) -> Result<SessionRow> {
         no_nul("session id", session_id)?;
-        let id = session_id.to_owned();
+        let id = SessionId::from(session_id);
         let row = self.db().run(move |c| store::get(c, &id)).await?;
         match row {
             Some(r) if r.project_id == caller.project.row.id => Ok(r),

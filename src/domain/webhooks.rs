@@ -14,6 +14,7 @@ use crate::events::{self as ev, NewEvent};
 use crate::storage::events::{self as log, Fanout};
 use crate::storage::now_ms;
 use crate::storage::webhooks::{self as store, Changes, WebhookRow};
+use crate::values::SessionId;
 use crate::webhooks::{new_secret, parse_filter, validate_url};
 
 /// An old secret signs beside the new one for at most this long: a rotation is meant to
@@ -24,7 +25,7 @@ pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct WebhookView {
     pub id: String,
     /// `None` for a project-wide webhook.
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub url: String,
     pub events: Vec<String>,
     pub enabled: bool,
@@ -69,7 +70,7 @@ pub struct EventView {
     pub id: String,
     pub kind: String,
     pub at: i64,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub data: Value,
 }
 
@@ -153,7 +154,7 @@ impl Gateway {
         let hook = match webhook {
             None => None,
             Some((url, events)) => Some(
-                self.create_webhook(caller, Some(session.session_id.clone()), url, events)
+                self.create_webhook(caller, Some(session.session_id.to_string()), url, events)
                     .await?,
             ),
         };
@@ -161,12 +162,15 @@ impl Gateway {
     }
 
     /// An optional session scope (empty = none), checked to be the caller's.
-    async fn scope(&self, caller: &Caller, session_id: Option<String>) -> Result<Option<String>> {
-        let session_id = session_id.filter(|s| !s.is_empty());
-        if let Some(s) = &session_id {
-            self.own_session(caller, s).await?;
-        }
-        Ok(session_id)
+    async fn scope(
+        &self,
+        caller: &Caller,
+        session_id: Option<String>,
+    ) -> Result<Option<SessionId>> {
+        let Some(s) = session_id.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(self.own_session(caller, &s).await?.id))
     }
 
     /// Registers a webhook; the secret is returned here only.
@@ -213,7 +217,7 @@ impl Gateway {
         let p = caller.project.row.id.clone();
         let rows = self
             .db()
-            .run(move |c| store::list(c, &p, session_id.as_deref()))
+            .run(move |c| store::list(c, &p, session_id.as_ref()))
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -460,7 +464,7 @@ impl Gateway {
             loop {
                 let (p, s) = (project.clone(), session_id.clone());
                 let rows = match db
-                    .run(move |c| log::after(c, &p, s.as_deref(), cursor, STREAM_BATCH))
+                    .run(move |c| log::after(c, &p, s.as_ref(), cursor, STREAM_BATCH))
                     .await
                 {
                     Ok(rows) => rows,

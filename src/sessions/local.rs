@@ -14,10 +14,11 @@ use super::control::{SessionControl, SessionState, Snapshot};
 use super::{Connector, DeviceStores, supervisor};
 use crate::error::{Error, Result};
 use crate::storage::{Db, now_ms, sessions};
+use crate::values::{ProjectId, SessionId};
 
 pub(crate) struct Slot {
-    pub device_id: String,
-    pub project_id: String,
+    pub device_id: SessionId,
+    pub project_id: ProjectId,
     pub snapshot: watch::Sender<Snapshot>,
     pub client: Mutex<Option<Arc<Client>>>,
     /// Wakes the outbound worker when a message is accepted.
@@ -44,7 +45,7 @@ pub(crate) struct Inner {
     pub node: String,
     pub connector: Connector,
     pub stores: Arc<dyn DeviceStores>,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
 }
 
 /// Runs the sessions of this node.
@@ -154,7 +155,7 @@ impl SessionManager {
     /// does not claim a connection nobody holds. Terminal states (banned, failed, …) stay:
     /// the stored state decides, so one written just before the stop is kept.
     pub async fn shutdown(&self) {
-        let live: Vec<String> = self
+        let live: Vec<SessionId> = self
             .inner
             .slots
             .lock()
@@ -194,7 +195,7 @@ impl SessionControl for SessionManager {
         if self.slot(device_id).is_some() {
             return Ok(());
         }
-        let id = device_id.to_owned();
+        let id = SessionId::from(device_id);
         let row = self
             .inner
             .db
@@ -257,7 +258,7 @@ impl SessionControl for SessionManager {
         }
         self.stop_slot(device_id).await;
         self.inner.stores.wipe(device_id).await?;
-        let id = device_id.to_owned();
+        let id = SessionId::from(device_id);
         self.inner
             .db
             .run(move |c| {
@@ -274,7 +275,7 @@ impl SessionControl for SessionManager {
 
     async fn delete(&self, device_id: &str) -> Result<()> {
         self.logout(device_id).await?;
-        let id = device_id.to_owned();
+        let id = SessionId::from(device_id);
         self.inner.db.run(move |c| sessions::delete(c, &id)).await?;
         Ok(())
     }

@@ -187,7 +187,7 @@ async fn on_event(
                 .run(move |c| sessions::set_qr(c, &id, &code, now_ms()))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot persist the QR state");
+                tracing::warn!(device = %device, error = %e, "cannot persist the QR state");
             }
             slot.update(|s| {
                 s.state = SessionState::Qr;
@@ -204,7 +204,7 @@ async fn on_event(
                 .run(move |c| sessions::set_account(c, &id, &jid, Some(&lid), &stored, now_ms()))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot persist the linked account");
+                tracing::warn!(device = %device, error = %e, "cannot persist the linked account");
             }
             slot.update(|s| s.phone = Some(phone));
             persist_state(inner, slot, SessionState::Connecting, None).await;
@@ -218,7 +218,7 @@ async fn on_event(
                 .run(move |c| sessions::set_connected(c, &id, stored.as_deref(), now))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot persist connected state");
+                tracing::warn!(device = %device, error = %e, "cannot persist connected state");
             }
             slot.update(|s| {
                 s.state = SessionState::Connected;
@@ -244,7 +244,7 @@ async fn on_event(
         }
         Event::LoggedOut(l) => {
             if let Err(e) = inner.stores.wipe(&device).await {
-                tracing::error!(device, error = %e, "cannot wipe the device store after logout");
+                tracing::error!(device = %device, error = %e, "cannot wipe the device store after logout");
             }
             let reason = format!("logged out: {:?}", l.reason);
             let (id, stored) = (device.clone(), reason.clone());
@@ -311,7 +311,7 @@ async fn on_event(
                 .run(move |c| queue::mark_acked(c, &id, &wa, now_ms()))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot record server ack");
+                tracing::warn!(device = %device, error = %e, "cannot record server ack");
             }
             slot.wake.notify_one();
         }
@@ -328,7 +328,7 @@ async fn on_event(
                 .run(move |c| queue::mark_receipt(c, &id, &ids, read, now_ms()))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot record receipt");
+                tracing::warn!(device = %device, error = %e, "cannot record receipt");
             }
         }
         // Messages the durability hook committed are stored already; the others (channel
@@ -336,7 +336,7 @@ async fn on_event(
         Event::Messages(batch) if !batch.hook_committed => {
             for m in batch.messages.iter() {
                 if let Err(e) = inbound::store(inner, slot, client, m).await {
-                    tracing::error!(device, error = %e, "cannot store inbound message");
+                    tracing::error!(device = %device, error = %e, "cannot store inbound message");
                 }
             }
         }

@@ -33,7 +33,7 @@ use crate::db_run;
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = idempotency_keys)]
 pub struct IdempotencyRow {
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub key: String,
     pub fingerprint: String,
     pub message_id: String,
@@ -41,11 +41,11 @@ pub struct IdempotencyRow {
 }
 
 use crate::error::{Error, Result};
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, ProjectId};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub per_minute: i64,
     pub monthly: i64,
     pub suspended: bool,
@@ -369,7 +369,7 @@ fn accept_in_tx(
         }
 
         let key_row = item.idempotency.as_ref().map(|k| IdempotencyRow {
-            project_id: pid.to_owned(),
+            project_id: item.limits.project_id.clone(),
             key: k.key.clone(),
             fingerprint: k.fingerprint.clone(),
             message_id: item.message.id.clone(),
@@ -475,7 +475,7 @@ fn as_replay(first: &Accepted) -> Accepted {
 }
 
 /// Current usage of a project: (messages this minute, messages this month).
-pub fn usage(conn: &mut DbConn, project_id: &str, now: i64) -> Result<(i64, i64)> {
+pub fn usage(conn: &mut DbConn, project_id: &ProjectId, now: i64) -> Result<(i64, i64)> {
     let minute_bucket = format!("m{}", now / MINUTE_MS);
     let month_bucket = month_bucket(now);
     let rows: Vec<(String, i64)> = db_run!(conn, |c| usage_counters::table

@@ -7,6 +7,7 @@ use super::schema::{devices, user_api_keys, users};
 use super::sessions::SessionRow;
 use crate::db_run;
 use crate::error::{Error, Result};
+use crate::values::{ProjectId, SessionId};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -15,7 +16,7 @@ pub struct UserRow {
     pub email: String,
     pub name: String,
     pub password_hash: String,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub created_at: i64,
 }
 
@@ -93,7 +94,7 @@ pub fn session_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<Sessi
         .optional())?)
 }
 
-pub fn set_session_key(conn: &mut DbConn, device_id: &str, hash: &str) -> Result<()> {
+pub fn set_session_key(conn: &mut DbConn, device_id: &SessionId, hash: &str) -> Result<()> {
     db_run!(conn, |c| diesel::update(devices::table.find(device_id))
         .set(devices::session_key_hash.eq(hash))
         .execute(c))?;

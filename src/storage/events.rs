@@ -11,7 +11,7 @@ use super::schema::{devices, events, messages, webhook_deliveries, webhook_lanes
 use crate::db_run;
 use crate::error::Result;
 use crate::events::{self as ev, NewEvent};
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, ProjectId, SessionId};
 
 /// Delivery states. `failed` has a retry scheduled; `dead` gets no more attempts.
 pub const PENDING: &str = "pending";
@@ -26,8 +26,8 @@ pub struct EventRow {
     pub seq: i64,
     pub txid: i64,
     pub id: String,
-    pub project_id: String,
-    pub device_id: Option<String>,
+    pub project_id: ProjectId,
+    pub device_id: Option<SessionId>,
     pub kind: String,
     pub data: String,
     pub created_at: i64,
@@ -63,8 +63,8 @@ pub(crate) struct NewDelivery {
 #[diesel(table_name = messages)]
 struct StatusRow {
     id: String,
-    project_id: String,
-    device_id: String,
+    project_id: ProjectId,
+    device_id: SessionId,
     device_code: String,
     recipient: String,
     status: MessageStatus,
@@ -88,14 +88,22 @@ pub fn record(conn: &mut DbConn, e: NewEvent, now: i64) -> Result<String> {
     Ok(record_to(conn, e, Fanout::Subscribers, now)?.0)
 }
 
-/// A project's enabled webhooks: (id, session or none, filter).
-type Hooks = Vec<(String, Option<String>, String)>;
+/// An enabled webhook, as the fan-out sees it.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhooks)]
+struct Hook {
+    id: String,
+    /// The one session it is for, or none for the whole project.
+    device_id: Option<SessionId>,
+    /// Its filter: `*` or event names.
+    events: String,
+}
 
-fn enabled_hooks(conn: &mut DbConn, project_id: &str) -> Result<Hooks> {
+fn enabled_hooks(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<Hook>> {
     Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::project_id.eq(project_id))
         .filter(webhooks::enabled.eq(true))
-        .select((webhooks::id, webhooks::device_id, webhooks::events))
+        .select(Hook::as_select())
         .load(c))?)
 }
 
@@ -114,7 +122,7 @@ pub fn record_to(
 fn record_with(
     conn: &mut DbConn,
     e: NewEvent,
-    hooks: &Hooks,
+    hooks: &[Hook],
     fanout: Fanout<'_>,
     now: i64,
 ) -> Result<(String, Vec<String>)> {
@@ -130,21 +138,21 @@ fn record_with(
             created_at: now,
         })
         .execute(c))?;
-    let lane = e.device_id.clone().unwrap_or_default();
+    let lane = e.device_id.clone().map(String::from).unwrap_or_default();
     let mut rows: Vec<NewDelivery> = hooks
         .iter()
-        .filter(|(hook_id, device, filter)| match fanout {
+        .filter(|hook| match fanout {
             Fanout::Subscribers => {
-                device
+                hook.device_id
                     .as_ref()
                     .is_none_or(|d| Some(d) == e.device_id.as_ref())
-                    && ev::filter_matches(filter, e.kind)
+                    && ev::filter_matches(&hook.events, e.kind)
             }
-            Fanout::Only(ids) => ids.contains(hook_id),
+            Fanout::Only(ids) => ids.contains(&hook.id),
         })
-        .map(|(webhook_id, _, _)| NewDelivery {
+        .map(|hook| NewDelivery {
             id: uuid::Uuid::now_v7().to_string(),
-            webhook_id: webhook_id.clone(),
+            webhook_id: hook.id.clone(),
             event_id: id.clone(),
             lane: lane.clone(),
             state: PENDING,
@@ -209,7 +217,7 @@ fn statuses(
         .select(StatusRow::as_select())
         .load(c))?;
     // The webhooks are read once per project, not once per message.
-    let mut hooks: Option<(String, Hooks)> = None;
+    let mut hooks: Option<(ProjectId, Vec<Hook>)> = None;
     for m in rows {
         if hooks.as_ref().is_none_or(|(p, _)| *p != m.project_id) {
             hooks = Some((m.project_id.clone(), enabled_hooks(conn, &m.project_id)?));
@@ -240,17 +248,18 @@ fn statuses(
 /// A `session.status` event with the session's stored account details.
 pub fn session_status(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     status: &str,
     reason: Option<&str>,
     qr: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let row: Option<(String, Option<String>, Option<String>)> = db_run!(conn, |c| devices::table
-        .find(device_id)
-        .select((devices::project_id, devices::phone, devices::push_name))
-        .first(c)
-        .optional())?;
+    let row: Option<(ProjectId, Option<String>, Option<String>)> =
+        db_run!(conn, |c| devices::table
+            .find(device_id)
+            .select((devices::project_id, devices::phone, devices::push_name))
+            .first(c)
+            .optional())?;
     let Some((project_id, phone, push_name)) = row else {
         return Ok(());
     };
@@ -265,7 +274,7 @@ pub fn session_status(
         conn,
         NewEvent {
             project_id,
-            device_id: Some(device_id.to_owned()),
+            device_id: Some(device_id.clone()),
             kind: ev::SESSION_STATUS,
             fields,
         },
@@ -278,7 +287,11 @@ pub fn session_status(
 pub type Cursor = (i64, i64);
 
 /// The position of an event of this project, if it exists.
-pub fn cursor_of(conn: &mut DbConn, project_id: &str, event_id: &str) -> Result<Option<Cursor>> {
+pub fn cursor_of(
+    conn: &mut DbConn,
+    project_id: &ProjectId,
+    event_id: &str,
+) -> Result<Option<Cursor>> {
     Ok(db_run!(conn, |c| events::table
         .filter(events::id.eq(event_id))
         .filter(events::project_id.eq(project_id))
@@ -302,7 +315,7 @@ fn horizon(conn: &mut DbConn) -> Result<i64> {
 }
 
 /// The newest final position: a stream that starts "live" starts after it.
-pub fn tail(conn: &mut DbConn, project_id: &str) -> Result<Cursor> {
+pub fn tail(conn: &mut DbConn, project_id: &ProjectId) -> Result<Cursor> {
     let h = horizon(conn)?;
     let last: Option<Cursor> = db_run!(conn, |c| events::table
         .filter(events::project_id.eq(project_id))
@@ -317,8 +330,8 @@ pub fn tail(conn: &mut DbConn, project_id: &str) -> Result<Cursor> {
 /// Events of a project (or one of its sessions) after `cursor`, oldest first.
 pub fn after(
     conn: &mut DbConn,
-    project_id: &str,
-    device_id: Option<&str>,
+    project_id: &ProjectId,
+    device_id: Option<&SessionId>,
     cursor: Cursor,
     limit: i64,
 ) -> Result<Vec<EventRow>> {

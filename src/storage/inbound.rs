@@ -11,13 +11,14 @@ use super::schema::{inbound_messages, media};
 use crate::db_run;
 use crate::error::Result;
 use crate::events as ev;
+use crate::values::{ProjectId, SessionId};
 
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = inbound_messages)]
 pub struct InboundRow {
     pub id: String,
-    pub project_id: String,
-    pub device_id: String,
+    pub project_id: ProjectId,
+    pub device_id: SessionId,
     pub wa_message_id: String,
     pub chat_jid: String,
     pub sender_jid: String,
@@ -89,7 +90,7 @@ pub fn insert_inbound(
 
 pub fn list_inbound(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<InboundRow>> {

@@ -7,13 +7,13 @@ use super::DbConn;
 use super::schema::{media, messages};
 use crate::db_run;
 use crate::error::Result;
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, ProjectId};
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = media)]
 pub struct NewMedia {
     pub id: String,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub sha256: String,
     pub mime_type: String,
     pub filename: Option<String>,
@@ -44,7 +44,7 @@ pub fn media_bytes(conn: &mut DbConn, media_id: &str) -> Result<Option<MediaBlob
 /// bytes were dropped if the retention period is over.
 pub fn project_media(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     media_id: &str,
 ) -> Result<Option<(MediaBlob, Option<i64>)>> {
     Ok(db_run!(conn, |c| media::table

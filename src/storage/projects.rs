@@ -9,7 +9,7 @@ use crate::db_run;
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = projects)]
 pub struct ProjectRow {
-    pub id: String,
+    pub id: ProjectId,
     pub name: String,
     pub api_key_hash: String,
     pub api_key_prefix: String,
@@ -24,6 +24,7 @@ pub struct ProjectRow {
 }
 
 use crate::error::Result;
+use crate::values::ProjectId;
 
 pub fn insert_project(conn: &mut DbConn, row: &ProjectRow) -> Result<()> {
     db_run!(conn, |c| diesel::insert_into(projects::table)
@@ -39,7 +40,7 @@ pub fn list_projects(conn: &mut DbConn) -> Result<Vec<ProjectRow>> {
         .load(c))?)
 }
 
-pub fn project_by_id(conn: &mut DbConn, id: &str) -> Result<Option<ProjectRow>> {
+pub fn project_by_id(conn: &mut DbConn, id: &ProjectId) -> Result<Option<ProjectRow>> {
     Ok(db_run!(conn, |c| projects::table
         .find(id)
         .select(ProjectRow::as_select())
@@ -57,7 +58,7 @@ pub fn project_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<Proje
 
 pub fn set_credentials(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     key_hash: &str,
     key_prefix: &str,
     secret_enc: &str,
@@ -76,7 +77,7 @@ pub fn set_credentials(
 /// (a replay). Shared by every node on the database.
 pub fn record_signature(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     signature_hash: &str,
     expires_at: i64,
 ) -> Result<bool> {
@@ -102,7 +103,7 @@ pub fn purge_signatures(conn: &mut DbConn, now: i64) -> Result<usize> {
 }
 
 /// Turns the replay guard of a project on or off.
-pub fn set_refuse_replays(conn: &mut DbConn, project_id: &str, on: bool) -> Result<bool> {
+pub fn set_refuse_replays(conn: &mut DbConn, project_id: &ProjectId, on: bool) -> Result<bool> {
     let n = db_run!(conn, |c| diesel::update(projects::table.find(project_id))
         .set(projects::refuse_replays.eq(on))
         .execute(c))?;

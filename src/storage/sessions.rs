@@ -9,12 +9,13 @@ use super::events;
 use super::schema::devices;
 use crate::db_run;
 use crate::error::{Error, Result};
+use crate::values::{ProjectId, SessionId};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = devices)]
 pub struct DeviceRow {
-    pub id: String,
-    pub project_id: String,
+    pub id: SessionId,
+    pub project_id: ProjectId,
     pub code: String,
     pub name: String,
     pub state: String,
@@ -24,8 +25,8 @@ pub struct DeviceRow {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = devices)]
 pub struct SessionRow {
-    pub id: String,
-    pub project_id: String,
+    pub id: SessionId,
+    pub project_id: ProjectId,
     pub code: String,
     pub name: String,
     pub state: String,
@@ -38,7 +39,7 @@ pub struct SessionRow {
     pub last_connected_at: Option<i64>,
 }
 
-pub fn get(conn: &mut DbConn, device_id: &str) -> Result<Option<SessionRow>> {
+pub fn get(conn: &mut DbConn, device_id: &SessionId) -> Result<Option<SessionRow>> {
     Ok(db_run!(conn, |c| devices::table
         .find(device_id)
         .select(SessionRow::as_select())
@@ -46,7 +47,7 @@ pub fn get(conn: &mut DbConn, device_id: &str) -> Result<Option<SessionRow>> {
         .optional())?)
 }
 
-pub fn list(conn: &mut DbConn, project_id: &str) -> Result<Vec<SessionRow>> {
+pub fn list(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<SessionRow>> {
     Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .order(devices::created_at.asc())
@@ -84,7 +85,7 @@ pub fn begin_restore(conn: &mut DbConn, now: i64) -> Result<Vec<SessionRow>> {
 /// `session.status` event in the same transaction.
 pub fn set_state(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     state: &str,
     reason: Option<&str>,
     now: i64,
@@ -111,7 +112,7 @@ pub fn set_state(
 }
 
 /// A new pairing QR code: state `qr` and a `session.status` event carrying the code.
-pub fn set_qr(conn: &mut DbConn, device_id: &str, code: &str, now: i64) -> Result<()> {
+pub fn set_qr(conn: &mut DbConn, device_id: &SessionId, code: &str, now: i64) -> Result<()> {
     conn.transaction(|conn| {
         db_run!(conn, |c| diesel::update(devices::table.find(device_id))
             .set((
@@ -130,17 +131,17 @@ pub fn set_qr(conn: &mut DbConn, device_id: &str, code: &str, now: i64) -> Resul
 /// overwritten. Returns the ids that moved.
 pub fn set_states_from(
     conn: &mut DbConn,
-    device_ids: &[String],
+    device_ids: &[SessionId],
     from: &[&str],
     state: &str,
     reason: Option<&str>,
     now: i64,
-) -> Result<Vec<String>> {
+) -> Result<Vec<SessionId>> {
     if device_ids.is_empty() {
         return Ok(Vec::new());
     }
     conn.transaction(|conn| {
-        let moved: Vec<String> = db_run!(conn, |c| diesel::update(
+        let moved: Vec<SessionId> = db_run!(conn, |c| diesel::update(
             devices::table
                 .filter(devices::id.eq_any(device_ids))
                 .filter(devices::state.eq_any(from)),
@@ -161,7 +162,7 @@ pub fn set_states_from(
 
 pub fn set_account(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     jid: &str,
     lid: Option<&str>,
     phone: &str,
@@ -180,7 +181,7 @@ pub fn set_account(
 
 pub fn set_connected(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     push_name: Option<&str>,
     now: i64,
 ) -> Result<()> {
@@ -205,7 +206,7 @@ pub fn set_connected(
 /// Forgets the linked account (after a logout), keeping the session slot.
 pub fn clear_account(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     state: &str,
     reason: Option<&str>,
     now: i64,
@@ -224,7 +225,7 @@ pub fn clear_account(
     })
 }
 
-pub fn delete(conn: &mut DbConn, device_id: &str) -> Result<bool> {
+pub fn delete(conn: &mut DbConn, device_id: &SessionId) -> Result<bool> {
     Ok(
         db_run!(conn, |c| diesel::delete(devices::table.find(device_id))
             .execute(c))?
@@ -246,7 +247,7 @@ pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
     }
 }
 
-pub fn list_devices(conn: &mut DbConn, project_id: &str) -> Result<Vec<DeviceRow>> {
+pub fn list_devices(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<DeviceRow>> {
     Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .order(devices::created_at.asc())
@@ -256,7 +257,7 @@ pub fn list_devices(conn: &mut DbConn, project_id: &str) -> Result<Vec<DeviceRow
 
 pub fn device_by_code(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     code: &str,
 ) -> Result<Option<DeviceRow>> {
     Ok(db_run!(conn, |c| devices::table
@@ -267,7 +268,7 @@ pub fn device_by_code(
         .optional())?)
 }
 
-pub fn count_sessions(conn: &mut DbConn, project_id: &str) -> Result<i64> {
+pub fn count_sessions(conn: &mut DbConn, project_id: &ProjectId) -> Result<i64> {
     Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .count()

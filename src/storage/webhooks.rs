@@ -8,13 +8,14 @@ use super::events::{DEAD, FAILED, PENDING};
 use super::schema::{events, webhook_attempts, webhook_deliveries, webhook_lanes, webhooks};
 use crate::db_run;
 use crate::error::Result;
+use crate::values::{ProjectId, SessionId};
 
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = webhooks)]
 pub struct WebhookRow {
     pub id: String,
-    pub project_id: String,
-    pub device_id: Option<String>,
+    pub project_id: ProjectId,
+    pub device_id: Option<SessionId>,
     pub url: String,
     pub events: String,
     pub enabled: bool,
@@ -36,8 +37,8 @@ pub fn insert(conn: &mut DbConn, row: &WebhookRow) -> Result<()> {
 /// A project's webhooks; with `device_id`, that session's and the project-wide ones.
 pub fn list(
     conn: &mut DbConn,
-    project_id: &str,
-    device_id: Option<&str>,
+    project_id: &ProjectId,
+    device_id: Option<&SessionId>,
 ) -> Result<Vec<WebhookRow>> {
     Ok(db_run!(conn, |c| {
         let mut q = webhooks::table
@@ -56,7 +57,7 @@ pub fn list(
     })?)
 }
 
-pub fn get(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<WebhookRow>> {
+pub fn get(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<Option<WebhookRow>> {
     Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::id.eq(id))
         .filter(webhooks::project_id.eq(project_id))
@@ -83,7 +84,7 @@ pub struct Changes {
 
 pub fn update(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     id: &str,
     ch: Changes,
     now: i64,
@@ -118,7 +119,7 @@ pub fn update(
     })
 }
 
-pub fn delete(conn: &mut DbConn, project_id: &str, id: &str) -> Result<bool> {
+pub fn delete(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<bool> {
     Ok(db_run!(conn, |c| diesel::delete(
         webhooks::table
             .filter(webhooks::id.eq(id))

@@ -7,7 +7,7 @@ use wagate::domain::admin::{Admin, NewProject};
 use wagate::storage::accept::{AcceptItem, Limits, accept_batch};
 use wagate::storage::messages::{self, NewMessage, queue};
 use wagate::storage::{Db, DbConn, now_ms};
-use wagate::values::MessageStatus;
+use wagate::values::{MessageStatus, ProjectId, SessionId};
 
 use crate::on_both_backends;
 use crate::support::TestDb;
@@ -22,8 +22,8 @@ on_both_backends!(
 
 struct Fixture {
     db: Db,
-    project_id: String,
-    device_id: String,
+    project_id: ProjectId,
+    device_id: SessionId,
 }
 
 async fn fixture(t: &TestDb) -> Fixture {
@@ -45,8 +45,8 @@ async fn fixture(t: &TestDb) -> Fixture {
         .unwrap();
     Fixture {
         db,
-        project_id: p.project_id,
-        device_id: d.device_id,
+        project_id: ProjectId::from(p.project_id),
+        device_id: SessionId::from(d.device_id),
     }
 }
 

@@ -404,6 +404,7 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
 /// waiting to be sent keeps its file.
 async fn media_is_served_then_expires(db: TestDb) {
     use wagate::storage::{Db, inbound, media};
+    use wagate::values::SessionId;
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -460,7 +461,7 @@ async fn media_is_served_then_expires(db: TestDb) {
         let (db, b) = (db.clone(), b.clone());
         async move {
             let rows = db
-                .run(move |c| inbound::list_inbound(c, &b, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &SessionId::from(b), 50, 0))
                 .await
                 .unwrap();
             rows.into_iter().find(|r| r.kind == "image")

@@ -10,14 +10,14 @@ use super::DbConn;
 use super::schema::{idempotency_keys, messages, usage_counters};
 use crate::db_run;
 use crate::error::Result;
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, ProjectId, SessionId};
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = messages)]
 pub struct NewMessage {
     pub id: String,
-    pub project_id: String,
-    pub device_id: String,
+    pub project_id: ProjectId,
+    pub device_id: SessionId,
     pub device_code: String,
     pub recipient: String,
     pub kind: String,
@@ -36,8 +36,8 @@ pub struct NewMessage {
 pub struct MessageRow {
     pub seq: i64,
     pub id: String,
-    pub project_id: String,
-    pub device_id: String,
+    pub project_id: ProjectId,
+    pub device_id: SessionId,
     pub device_code: String,
     pub recipient: String,
     pub kind: String,
@@ -63,7 +63,7 @@ pub struct MessageRow {
 }
 
 /// A project's message by id. Another project's message is `None`, like a missing one.
-pub fn by_id(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<MessageRow>> {
+pub fn by_id(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<Option<MessageRow>> {
     Ok(db_run!(conn, |c| messages::table
         .filter(messages::id.eq(id))
         .filter(messages::project_id.eq(project_id))
@@ -81,7 +81,7 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
-pub fn list(conn: &mut DbConn, project_id: &str, f: &ListFilter) -> Result<Vec<MessageRow>> {
+pub fn list(conn: &mut DbConn, project_id: &ProjectId, f: &ListFilter) -> Result<Vec<MessageRow>> {
     Ok(db_run!(conn, |c| {
         let mut q = messages::table
             .filter(messages::project_id.eq(project_id))

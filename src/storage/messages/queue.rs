@@ -20,7 +20,7 @@ use crate::db_run;
 use crate::error::Result;
 use crate::storage::schema::messages;
 use crate::storage::{Backend, DbConn, events};
-use crate::values::MessageStatus;
+use crate::values::{MessageStatus, SessionId};
 
 /// Error code of messages that were never sent before their expiry.
 pub const EXPIRED_CODE: &str = "MESSAGE_EXPIRED";
@@ -35,7 +35,7 @@ static CLAIM_SKIP_LOCKED: LazyLock<String> =
 /// Claims up to `limit` due messages of one device for `node`, leased for `lease_ms`.
 pub fn claim(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     node: &str,
     limit: i64,
     lease_ms: i64,
@@ -254,7 +254,7 @@ pub fn mark_dispatched(
 /// messages that changed.
 pub fn mark_acked(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     wa_message_id: &str,
     now: i64,
 ) -> Result<Vec<String>> {
@@ -282,7 +282,7 @@ pub fn mark_acked(
 /// with its `message.status` event.
 pub fn mark_receipt(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     wa_ids: &[String],
     read: bool,
     now: i64,

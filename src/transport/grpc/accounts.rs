@@ -26,7 +26,7 @@ fn user(u: &UserView) -> User {
         id: u.id.clone(),
         email: u.email.clone(),
         name: u.name.clone(),
-        project_id: u.project_id.clone(),
+        project_id: u.project_id.to_string(),
         created_at: Some(timestamp(u.created_at)),
     }
 }
@@ -115,7 +115,7 @@ impl AccountsService for AccountsApi {
         let account = p.account()?;
         let (api_key, api_secret) = self.gw.rotate_rk_credentials(account).await?;
         Ok(Response::new(RotateCredentialsResponse {
-            project_id: account.project_id.clone(),
+            project_id: account.project_id.to_string(),
             api_key,
             api_secret,
         }))

@@ -111,7 +111,7 @@ impl MessagingService for MessagingApi {
             device: r.device_code,
             server_id: self.gw.node_id().to_owned(),
             recipient: r.recipient,
-            session_id: r.session_id,
+            session_id: r.session_id.into(),
             replayed: r.replayed,
         }))
     }

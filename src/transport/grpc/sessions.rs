@@ -26,7 +26,7 @@ impl SessionsApi {
 
 fn to_proto(v: SessionView) -> Session {
     Session {
-        session_id: v.session_id,
+        session_id: v.session_id.into(),
         device_code: v.device_code,
         name: v.name,
         state: state_to_proto(v.state) as i32,

@@ -26,7 +26,7 @@ impl WebhooksApi {
 pub(crate) fn webhook(v: WebhookView) -> Webhook {
     Webhook {
         webhook_id: v.id,
-        session_id: v.session_id.unwrap_or_default(),
+        session_id: v.session_id.map(String::from).unwrap_or_default(),
         url: v.url,
         events: v.events,
         enabled: v.enabled,
@@ -64,7 +64,7 @@ fn event(e: EventView) -> StreamEventsResponse {
         event_id: e.id,
         r#type: e.kind,
         time: Some(timestamp(e.at)),
-        session_id: e.session_id.unwrap_or_default(),
+        session_id: e.session_id.map(String::from).unwrap_or_default(),
         data,
     }
 }
@@ -191,7 +191,7 @@ impl WebhooksService for WebhooksApi {
             .await?;
         Ok(Response::new(TestWebhookResponse {
             delivery_ids,
-            session_id: session.id.clone(),
+            session_id: session.id.to_string(),
         }))
     }
 
