@@ -1,5 +1,5 @@
 //! Typed values that cross the layers: the ids that would otherwise be interchangeable strings
-//! ([`ProjectId`], [`SessionId`]) and a message's [`MessageStatus`].
+//! ([`ProjectId`], [`SessionId`], [`WebhookId`]) and a message's [`MessageStatus`].
 //!
 //! Each is stored in a TEXT column and maps to it directly, so storage binds and loads them
 //! as they are; a transport turns them into its own form (a proto enum, a JSON string) at its
@@ -122,6 +122,12 @@ text_id! {
     /// A session, which RK calls a device: `devices.id`, and the `device_id` of everything
     /// that belongs to one session.
     SessionId
+}
+
+text_id! {
+    /// A webhook registration: `webhooks.id`, and the `webhook_id` of its deliveries and
+    /// lanes.
+    WebhookId
 }
 
 /// Where an outbound message is: `queued` until the server acks it, then `sent`,

@@ -14,7 +14,7 @@ use crate::events::{self as ev, NewEvent};
 use crate::storage::events::{self as log, Fanout};
 use crate::storage::now_ms;
 use crate::storage::webhooks::{self as store, Changes, WebhookRow};
-use crate::values::SessionId;
+use crate::values::{SessionId, WebhookId};
 use crate::webhooks::{new_secret, parse_filter, validate_url};
 
 /// An old secret signs beside the new one for at most this long: a rotation is meant to
@@ -23,7 +23,7 @@ pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct WebhookView {
-    pub id: String,
+    pub id: WebhookId,
     /// `None` for a project-wide webhook.
     pub session_id: Option<SessionId>,
     pub url: String,
@@ -103,9 +103,9 @@ const STREAM_BATCH: i64 = 256;
 const STREAM_POLL: Duration = Duration::from_secs(1);
 
 impl Gateway {
-    async fn own_webhook(&self, caller: &Caller, id: &str) -> Result<WebhookRow> {
+    async fn own_webhook(&self, caller: &Caller, id: &WebhookId) -> Result<WebhookRow> {
         no_nul("webhook id", id)?;
-        let (p, id) = (caller.project.row.id.clone(), id.to_owned());
+        let (p, id) = (caller.project.row.id.clone(), id.clone());
         self.db()
             .run(move |c| store::get(c, &p, &id))
             .await?
@@ -190,7 +190,7 @@ impl Gateway {
         let secret = new_secret();
         let now = now_ms();
         let row = WebhookRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: WebhookId::new(uuid::Uuid::now_v7().to_string()),
             project_id: caller.project.row.id.clone(),
             device_id: session_id,
             url,
@@ -222,7 +222,7 @@ impl Gateway {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub async fn get_webhook(&self, caller: &Caller, id: &str) -> Result<WebhookView> {
+    pub async fn get_webhook(&self, caller: &Caller, id: &WebhookId) -> Result<WebhookView> {
         Ok(self.own_webhook(caller, id).await?.into())
     }
 
@@ -230,7 +230,7 @@ impl Gateway {
     pub async fn update_webhook(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &WebhookId,
         url: Option<&str>,
         events: Option<&[String]>,
         enabled: Option<bool>,
@@ -250,7 +250,7 @@ impl Gateway {
                 .transpose()?,
             enabled,
         };
-        let (p, id) = (caller.project.row.id.clone(), id.to_owned());
+        let (p, id) = (caller.project.row.id.clone(), id.clone());
         self.db()
             .run(move |c| store::update(c, &p, &id, changes, now_ms()))
             .await?
@@ -258,9 +258,9 @@ impl Gateway {
             .ok_or(Error::WebhookNotFound)
     }
 
-    pub async fn delete_webhook(&self, caller: &Caller, id: &str) -> Result<()> {
+    pub async fn delete_webhook(&self, caller: &Caller, id: &WebhookId) -> Result<()> {
         no_nul("webhook id", id)?;
-        let (p, id) = (caller.project.row.id.clone(), id.to_owned());
+        let (p, id) = (caller.project.row.id.clone(), id.clone());
         if self.db().run(move |c| store::delete(c, &p, &id)).await? {
             Ok(())
         } else {
@@ -273,7 +273,7 @@ impl Gateway {
     pub async fn rotate_webhook_secret(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &WebhookId,
         overlap: Option<Duration>,
     ) -> Result<(String, Option<i64>)> {
         if overlap.is_some_and(|o| o > MAX_SECRET_OVERLAP) {
@@ -333,7 +333,7 @@ impl Gateway {
         self.db()
             .run(move |c| {
                 c.transaction(|c| {
-                    let hooks: Vec<String> = store::list(c, &p, Some(&d))?
+                    let hooks: Vec<WebhookId> = store::list(c, &p, Some(&d))?
                         .into_iter()
                         .filter(|w| w.enabled)
                         .map(|w| w.id)
@@ -357,7 +357,7 @@ impl Gateway {
     pub async fn list_deliveries(
         &self,
         caller: &Caller,
-        webhook_id: &str,
+        webhook_id: &WebhookId,
         page_size: i64,
         page_token: Option<&str>,
     ) -> Result<(Vec<DeliveryView>, Option<String>)> {
@@ -396,7 +396,7 @@ impl Gateway {
     pub async fn redeliver(
         &self,
         caller: &Caller,
-        webhook_id: &str,
+        webhook_id: &WebhookId,
         delivery_id: &str,
     ) -> Result<DeliveryView> {
         no_nul("delivery id", delivery_id)?;
@@ -421,7 +421,7 @@ impl Gateway {
     pub async fn redeliver_failed(
         &self,
         caller: &Caller,
-        webhook_id: &str,
+        webhook_id: &WebhookId,
         since_ms: i64,
     ) -> Result<usize> {
         let hook = self.own_webhook(caller, webhook_id).await?;

@@ -79,14 +79,10 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
 
 async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow) {
     let wa_id = wa_message_id(&m.id);
-    let node = inner.node.clone();
+    let claim = m.claim(&inner.node);
     // Record the id first: the server ack may arrive before `send` returns.
-    let (id, n, w, token) = (m.id.clone(), node.clone(), wa_id.clone(), m.claim_token);
-    match inner
-        .db
-        .run(move |c| queue::set_wa_id(c, &id, &n, token, &w))
-        .await
-    {
+    let (fence, w) = (claim.clone(), wa_id.clone());
+    match inner.db.run(move |c| queue::set_wa_id(c, &fence, &w)).await {
         Ok(true) => {}
         Ok(false) => return, // the claim was lost (lease expired): someone else has it
         Err(e) => {
@@ -100,21 +96,18 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
         Err(_) => Err(Failure::Transient("send timed out".into())),
     };
     let now = now_ms();
-    let (id, n, token) = (m.id.clone(), node.clone(), m.claim_token);
     let outcome = match result {
         // Written: wait for the server ack; without one in time it is resent (same id).
         Ok(()) => {
             inner
                 .db
-                .run(move |c| {
-                    queue::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
-                })
+                .run(move |c| queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS))
                 .await
         }
         Err(Failure::Permanent(code, msg)) => {
             inner
                 .db
-                .run(move |c| queue::fail(c, &id, &n, token, code, &msg, now))
+                .run(move |c| queue::fail(c, &claim, code, &msg, now))
                 .await
         }
         Err(Failure::Transient(msg)) => {
@@ -122,7 +115,7 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
             let retry_at = now + queue::backoff_ms(m.attempts);
             inner
                 .db
-                .run(move |c| queue::retry_later(c, &m, &n, &msg, retry_at, now))
+                .run(move |c| queue::retry_later(c, &m, &claim.node, &msg, retry_at, now))
                 .await
         }
     };

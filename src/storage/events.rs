@@ -11,7 +11,7 @@ use super::schema::{devices, events, messages, webhook_deliveries, webhook_lanes
 use crate::db_run;
 use crate::error::Result;
 use crate::events::{self as ev, NewEvent};
-use crate::values::{MessageStatus, ProjectId, SessionId};
+use crate::values::{MessageStatus, ProjectId, SessionId, WebhookId};
 
 /// Delivery states. `failed` has a retry scheduled; `dead` gets no more attempts.
 pub const PENDING: &str = "pending";
@@ -48,7 +48,7 @@ struct NewEventRow<'a> {
 #[diesel(table_name = webhook_deliveries)]
 pub(crate) struct NewDelivery {
     pub id: String,
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_id: String,
     pub lane: String,
     pub state: &'static str,
@@ -79,7 +79,7 @@ pub enum Fanout<'a> {
     /// Every enabled webhook of the project (or of the event's session) whose filter matches.
     Subscribers,
     /// Exactly these (a test delivery), whatever their filter.
-    Only(&'a [String]),
+    Only(&'a [WebhookId]),
 }
 
 /// Records an event and queues its deliveries; call inside the change's transaction.
@@ -92,7 +92,7 @@ pub fn record(conn: &mut DbConn, e: NewEvent, now: i64) -> Result<String> {
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = webhooks)]
 struct Hook {
-    id: String,
+    id: WebhookId,
     /// The one session it is for, or none for the whole project.
     device_id: Option<SessionId>,
     /// Its filter: `*` or event names.
@@ -165,8 +165,8 @@ fn record_with(
     if !rows.is_empty() {
         // A lane waiting for its head's retry: the new delivery is not due before that
         // either, so the dispatcher's scan for due work never wades through a blocked backlog.
-        let ids: Vec<&str> = rows.iter().map(|r| r.webhook_id.as_str()).collect();
-        let blocked: Vec<(String, i64)> = db_run!(conn, |c| webhook_lanes::table
+        let ids: Vec<&WebhookId> = rows.iter().map(|r| &r.webhook_id).collect();
+        let blocked: Vec<(WebhookId, i64)> = db_run!(conn, |c| webhook_lanes::table
             .filter(webhook_lanes::webhook_id.eq_any(&ids))
             .filter(webhook_lanes::lane.eq(&lane))
             .filter(webhook_lanes::blocked_until.gt(now))

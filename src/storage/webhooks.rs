@@ -8,12 +8,12 @@ use super::events::{DEAD, FAILED, PENDING};
 use super::schema::{events, webhook_attempts, webhook_deliveries, webhook_lanes, webhooks};
 use crate::db_run;
 use crate::error::Result;
-use crate::values::{ProjectId, SessionId};
+use crate::values::{ProjectId, SessionId, WebhookId};
 
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = webhooks)]
 pub struct WebhookRow {
-    pub id: String,
+    pub id: WebhookId,
     pub project_id: ProjectId,
     pub device_id: Option<SessionId>,
     pub url: String,
@@ -57,7 +57,11 @@ pub fn list(
     })?)
 }
 
-pub fn get(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<Option<WebhookRow>> {
+pub fn get(
+    conn: &mut DbConn,
+    project_id: &ProjectId,
+    id: &WebhookId,
+) -> Result<Option<WebhookRow>> {
     Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::id.eq(id))
         .filter(webhooks::project_id.eq(project_id))
@@ -67,7 +71,7 @@ pub fn get(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<Option
 }
 
 /// For the dispatcher, which acts for every project.
-pub fn get_any(conn: &mut DbConn, id: &str) -> Result<Option<WebhookRow>> {
+pub fn get_any(conn: &mut DbConn, id: &WebhookId) -> Result<Option<WebhookRow>> {
     Ok(db_run!(conn, |c| webhooks::table
         .find(id)
         .select(WebhookRow::as_select())
@@ -85,7 +89,7 @@ pub struct Changes {
 pub fn update(
     conn: &mut DbConn,
     project_id: &ProjectId,
-    id: &str,
+    id: &WebhookId,
     ch: Changes,
     now: i64,
 ) -> Result<Option<WebhookRow>> {
@@ -119,7 +123,7 @@ pub fn update(
     })
 }
 
-pub fn delete(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<bool> {
+pub fn delete(conn: &mut DbConn, project_id: &ProjectId, id: &WebhookId) -> Result<bool> {
     Ok(db_run!(conn, |c| diesel::delete(
         webhooks::table
             .filter(webhooks::id.eq(id))
@@ -131,7 +135,7 @@ pub fn delete(conn: &mut DbConn, project_id: &ProjectId, id: &str) -> Result<boo
 
 pub fn set_secrets(
     conn: &mut DbConn,
-    id: &str,
+    id: &WebhookId,
     secret_enc: &str,
     previous: Option<(&str, i64)>,
     now: i64,
@@ -148,7 +152,7 @@ pub fn set_secrets(
 }
 
 /// The receiver asked us to stop (410 Gone): no more deliveries, the open ones go dead.
-pub fn disable(conn: &mut DbConn, id: &str, reason: &str, now: i64) -> Result<()> {
+pub fn disable(conn: &mut DbConn, id: &WebhookId, reason: &str, now: i64) -> Result<()> {
     conn.transaction(|conn| {
         db_run!(conn, |c| diesel::update(webhooks::table.find(id))
             .set((
@@ -182,8 +186,17 @@ fn is_open() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql::<diesel::sql_types::Bool>("webhook_deliveries.state IN ('pending', 'failed')")
 }
 
+/// A delivery lane: one webhook's deliveries of one session, delivered one after another in
+/// the order their events were recorded. Leased to one node at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct Lane {
+    pub webhook_id: WebhookId,
+    /// The session whose events the lane carries; empty for project-wide events.
+    pub key: String,
+}
+
 /// Lanes with a due delivery that nobody holds and that are not waiting for a retry.
-pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<(String, String)>> {
+pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<Lane>> {
     let busy = webhook_lanes::table
         .filter(webhook_lanes::webhook_id.eq(webhook_deliveries::webhook_id))
         .filter(webhook_lanes::lane.eq(webhook_deliveries::lane))
@@ -206,12 +219,12 @@ pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<(String,
 /// the lane waits for a retry. Safe across nodes: the upsert is atomic.
 pub fn lease_lane(
     conn: &mut DbConn,
-    webhook_id: &str,
-    lane: &str,
+    lane: &Lane,
     owner: &str,
     now: i64,
     until: i64,
 ) -> Result<bool> {
+    let (webhook_id, lane) = (&lane.webhook_id, lane.key.as_str());
     let inserted = db_run!(conn, |c| diesel::insert_into(webhook_lanes::table)
         .values((
             webhook_lanes::webhook_id.eq(webhook_id),
@@ -255,13 +268,8 @@ pub fn release_all(conn: &mut DbConn, owner: &str) -> Result<usize> {
 
 /// Gives a lane back; `blocked_until` holds it while its head waits for a retry — and its
 /// other open deliveries are moved to that time too, since none may go before the head.
-pub fn release_lane(
-    conn: &mut DbConn,
-    webhook_id: &str,
-    lane: &str,
-    owner: &str,
-    blocked_until: i64,
-) -> Result<()> {
+pub fn release_lane(conn: &mut DbConn, lane: &Lane, owner: &str, blocked_until: i64) -> Result<()> {
+    let (webhook_id, lane) = (&lane.webhook_id, lane.key.as_str());
     conn.transaction(|conn| {
         db_run!(conn, |c| diesel::update(
             webhook_lanes::table
@@ -303,7 +311,8 @@ pub struct Job {
 }
 
 /// The open deliveries of a lane in order (the lane's head first).
-pub fn lane_jobs(conn: &mut DbConn, webhook_id: &str, lane: &str, limit: i64) -> Result<Vec<Job>> {
+pub fn lane_jobs(conn: &mut DbConn, lane: &Lane, limit: i64) -> Result<Vec<Job>> {
+    let (webhook_id, lane) = (&lane.webhook_id, lane.key.as_str());
     Ok(db_run!(conn, |c| webhook_deliveries::table
         .inner_join(events::table.on(events::id.eq(webhook_deliveries::event_id)))
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
@@ -429,7 +438,7 @@ macro_rules! delivery_log {
 /// A webhook's deliveries, newest first, before `before_seq` when paging.
 pub fn deliveries(
     conn: &mut DbConn,
-    webhook_id: &str,
+    webhook_id: &WebhookId,
     before_seq: Option<i64>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>> {
@@ -441,7 +450,11 @@ pub fn deliveries(
         .load(c))?)
 }
 
-pub fn delivery(conn: &mut DbConn, webhook_id: &str, id: &str) -> Result<Option<DeliveryRow>> {
+pub fn delivery(
+    conn: &mut DbConn,
+    webhook_id: &WebhookId,
+    id: &str,
+) -> Result<Option<DeliveryRow>> {
     Ok(db_run!(conn, |c| delivery_log!()
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::id.eq(id))
@@ -499,14 +512,14 @@ macro_rules! requeue {
     }};
 }
 
-pub fn redeliver(conn: &mut DbConn, webhook_id: &str, id: &str, now: i64) -> Result<bool> {
+pub fn redeliver(conn: &mut DbConn, webhook_id: &WebhookId, id: &str, now: i64) -> Result<bool> {
     conn.transaction(|conn| Ok(requeue!(conn, webhook_id, webhook_deliveries::id.eq(id), now) == 1))
 }
 
 /// Everything of this webhook that failed (retrying or dead) since `since`.
 pub fn redeliver_failed(
     conn: &mut DbConn,
-    webhook_id: &str,
+    webhook_id: &WebhookId,
     since: i64,
     now: i64,
 ) -> Result<usize> {

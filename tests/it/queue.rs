@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use wagate::crypto::MasterKey;
 use wagate::domain::admin::{Admin, NewProject};
 use wagate::storage::accept::{AcceptItem, Limits, accept_batch};
-use wagate::storage::messages::{self, NewMessage, queue};
+use wagate::storage::messages::queue::{self, Claim};
+use wagate::storage::messages::{self, NewMessage};
 use wagate::storage::{Db, DbConn, now_ms};
 use wagate::values::{MessageStatus, ProjectId, SessionId};
 
@@ -136,17 +137,7 @@ async fn claim_fence_retry_rescue(t: TestDb) {
     assert_eq!(second[0].id, ids[2]);
 
     // Sent: fenced on the claim token.
-    assert!(
-        queue::mark_sent(
-            &mut c,
-            &first[0].id,
-            "node-a",
-            first[0].claim_token,
-            "WA-1",
-            now
-        )
-        .unwrap()
-    );
+    assert!(queue::mark_sent(&mut c, &first[0].claim("node-a"), "WA-1", now).unwrap());
     let sent = messages::by_id(&mut c, &f.project_id, &first[0].id)
         .unwrap()
         .unwrap();
@@ -155,15 +146,7 @@ async fn claim_fence_retry_rescue(t: TestDb) {
         ("sent", Some("WA-1"))
     );
     assert!(
-        !queue::mark_sent(
-            &mut c,
-            &first[0].id,
-            "node-a",
-            first[0].claim_token,
-            "WA-1",
-            now
-        )
-        .unwrap(),
+        !queue::mark_sent(&mut c, &first[0].claim("node-a"), "WA-1", now).unwrap(),
         "completes once"
     );
 
@@ -193,28 +176,8 @@ async fn claim_fence_retry_rescue(t: TestDb) {
         [ids[2].as_str()]
     );
     assert!(rescued[0].claim_token > second[0].claim_token);
-    assert!(
-        !queue::mark_sent(
-            &mut c,
-            &second[0].id,
-            "node-b",
-            second[0].claim_token,
-            "WA-late",
-            later
-        )
-        .unwrap()
-    );
-    assert!(
-        queue::mark_sent(
-            &mut c,
-            &rescued[0].id,
-            "node-c",
-            rescued[0].claim_token,
-            "WA-3",
-            later
-        )
-        .unwrap()
-    );
+    assert!(!queue::mark_sent(&mut c, &second[0].claim("node-b"), "WA-late", later).unwrap());
+    assert!(queue::mark_sent(&mut c, &rescued[0].claim("node-c"), "WA-3", later).unwrap());
     let m3 = messages::by_id(&mut c, &f.project_id, &ids[2])
         .unwrap()
         .unwrap();
@@ -224,9 +187,7 @@ async fn claim_fence_retry_rescue(t: TestDb) {
     assert!(
         queue::fail(
             &mut c,
-            &again[0].id,
-            "node-a",
-            again[0].claim_token,
+            &again[0].claim("node-a"),
             "INVALID_RECIPIENT",
             "not on WhatsApp",
             later
@@ -314,15 +275,7 @@ async fn concurrent_claimers_never_share(t: TestDb) {
                     }
                     for m in batch {
                         assert!(
-                            queue::mark_sent(
-                                &mut conn,
-                                &m.id,
-                                &node,
-                                m.claim_token,
-                                "WA",
-                                now_ms()
-                            )
-                            .unwrap()
+                            queue::mark_sent(&mut conn, &m.claim(&node), "WA", now_ms()).unwrap()
                         );
                         got.push(m.id);
                     }
@@ -362,9 +315,11 @@ async fn one_recipient_in_order(t: TestDb) {
     assert!(
         queue::mark_dispatched(
             &mut c,
-            &same[0],
-            "n",
-            got[0].claim_token,
+            &Claim {
+                message_id: same[0].clone(),
+                node: "n".into(),
+                token: got[0].claim_token
+            },
             "WA-A",
             now + 60_000
         )
@@ -386,16 +341,18 @@ async fn one_recipient_in_order(t: TestDb) {
         vec![same[1].clone()]
     );
     // A permanent failure also lets the next one go.
-    assert!(queue::fail(&mut c, &next[0].id, "n", next[0].claim_token, "X", "x", now).unwrap());
+    assert!(queue::fail(&mut c, &next[0].claim("n"), "X", "x", now).unwrap());
     let last = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
     assert_eq!(last[0].id, same[2]);
     // Receipts move statuses forward only.
     assert!(
         queue::mark_dispatched(
             &mut c,
-            &same[2],
-            "n",
-            last[0].claim_token,
+            &Claim {
+                message_id: same[2].clone(),
+                node: "n".into(),
+                token: last[0].claim_token
+            },
             "WA-C",
             now + 60_000
         )
@@ -430,10 +387,7 @@ async fn receipt_before_ack_reports_every_step(t: TestDb) {
     let now = now_ms();
     let claimed = queue::claim(&mut c, &f.device_id, "node-a", 2, LEASE, now).unwrap();
     for (m, wa) in claimed.iter().zip(["WA-1", "WA-2"]) {
-        assert!(
-            queue::mark_dispatched(&mut c, &m.id, "node-a", m.claim_token, wa, now + LEASE)
-                .unwrap()
-        );
+        assert!(queue::mark_dispatched(&mut c, &m.claim("node-a"), wa, now + LEASE).unwrap());
     }
     // The first is read before anything else was heard of it; the second is acked, then
     // delivered, and a late duplicate receipt changes nothing.

@@ -58,27 +58,42 @@ pub fn claim(
     Ok(rows)
 }
 
-/// The fence every completion must pass: still ours, same claim.
+/// A worker's claim on one message, as [`claim`] handed it out. Every completion is fenced
+/// on it: it changes the message only while the claim is still the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub message_id: String,
+    /// The node that claimed it.
+    pub node: String,
+    /// The message's `claim_token` when it was claimed.
+    pub token: i64,
+}
+
+impl MessageRow {
+    /// `node`'s claim on this (claimed) message.
+    pub fn claim(&self, node: &str) -> Claim {
+        Claim {
+            message_id: self.id.clone(),
+            node: node.to_owned(),
+            token: self.claim_token,
+        }
+    }
+}
+
+/// The fence every completion must pass: still queued, still ours, the same claim.
 macro_rules! fenced {
-    ($id:expr, $node:expr, $token:expr) => {
+    ($claim:expr) => {
         messages::table
-            .filter(messages::id.eq($id))
-            .filter(messages::claimed_by.eq($node))
-            .filter(messages::claim_token.eq($token))
+            .filter(messages::id.eq(&$claim.message_id))
+            .filter(messages::claimed_by.eq(&$claim.node))
+            .filter(messages::claim_token.eq($claim.token))
             .filter(messages::status.eq(MessageStatus::Queued))
     };
 }
 
 /// The message went out (server ack); returns false if the claim was lost meanwhile.
-pub fn mark_sent(
-    conn: &mut DbConn,
-    id: &str,
-    node: &str,
-    token: i64,
-    wa_message_id: &str,
-    now: i64,
-) -> Result<bool> {
-    let n = db_run!(conn, |c| diesel::update(fenced!(id, node, token))
+pub fn mark_sent(conn: &mut DbConn, claim: &Claim, wa_message_id: &str, now: i64) -> Result<bool> {
+    let n = db_run!(conn, |c| diesel::update(fenced!(claim))
         .set((
             messages::status.eq(MessageStatus::Sent),
             messages::wa_message_id.eq(wa_message_id),
@@ -100,45 +115,26 @@ pub fn retry_later(
     retry_at: i64,
     now: i64,
 ) -> Result<bool> {
+    let claim = row.claim(node);
     if row.attempts >= row.max_attempts {
-        return fail(
-            conn,
-            &row.id,
-            node,
-            row.claim_token,
-            EXHAUSTED_CODE,
-            error,
-            now,
-        );
+        return fail(conn, &claim, EXHAUSTED_CODE, error, now);
     }
-    let n = db_run!(conn, |c| diesel::update(fenced!(
-        &row.id,
-        node,
-        row.claim_token
-    ))
-    .set((
-        messages::available_at.eq(retry_at),
-        messages::error_message.eq(error),
-        messages::claimed_by.eq(None::<String>),
-        messages::claim_expires_at.eq(None::<i64>),
-    ))
-    .execute(c))?;
+    let n = db_run!(conn, |c| diesel::update(fenced!(claim))
+        .set((
+            messages::available_at.eq(retry_at),
+            messages::error_message.eq(error),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .execute(c))?;
     Ok(n == 1)
 }
 
 /// A permanent failure, with its `message.status` event. Returns false if the claim was lost
 /// meanwhile.
-pub fn fail(
-    conn: &mut DbConn,
-    id: &str,
-    node: &str,
-    token: i64,
-    code: &str,
-    error: &str,
-    now: i64,
-) -> Result<bool> {
+pub fn fail(conn: &mut DbConn, claim: &Claim, code: &str, error: &str, now: i64) -> Result<bool> {
     conn.transaction(|conn| {
-        let n = db_run!(conn, |c| diesel::update(fenced!(id, node, token))
+        let n = db_run!(conn, |c| diesel::update(fenced!(claim))
             .set((
                 messages::status.eq(MessageStatus::Failed),
                 messages::error_code.eq(code),
@@ -149,7 +145,7 @@ pub fn fail(
             ))
             .execute(c))?;
         if n == 1 {
-            events::message_statuses(conn, &[id.to_owned()], now)?;
+            events::message_statuses(conn, std::slice::from_ref(&claim.message_id), now)?;
         }
         Ok(n == 1)
     })
@@ -203,22 +199,10 @@ pub fn expire_and_exhaust(conn: &mut DbConn, now: i64) -> Result<usize> {
 }
 
 /// Records the WhatsApp id a claimed message is about to be sent under (fenced).
-pub fn set_wa_id(
-    conn: &mut DbConn,
-    id: &str,
-    node: &str,
-    token: i64,
-    wa_message_id: &str,
-) -> Result<bool> {
-    let n = db_run!(conn, |c| diesel::update(
-        messages::table
-            .filter(messages::id.eq(id))
-            .filter(messages::claimed_by.eq(node))
-            .filter(messages::claim_token.eq(token))
-            .filter(messages::status.eq(MessageStatus::Queued)),
-    )
-    .set(messages::wa_message_id.eq(wa_message_id))
-    .execute(c))?;
+pub fn set_wa_id(conn: &mut DbConn, claim: &Claim, wa_message_id: &str) -> Result<bool> {
+    let n = db_run!(conn, |c| diesel::update(fenced!(claim))
+        .set(messages::wa_message_id.eq(wa_message_id))
+        .execute(c))?;
     Ok(n == 1)
 }
 
@@ -227,26 +211,18 @@ pub fn set_wa_id(
 /// again and is resent under the same id, which receivers de-duplicate.
 pub fn mark_dispatched(
     conn: &mut DbConn,
-    id: &str,
-    node: &str,
-    token: i64,
+    claim: &Claim,
     wa_message_id: &str,
     ack_deadline: i64,
 ) -> Result<bool> {
-    let n = db_run!(conn, |c| diesel::update(
-        messages::table
-            .filter(messages::id.eq(id))
-            .filter(messages::claimed_by.eq(node))
-            .filter(messages::claim_token.eq(token))
-            .filter(messages::status.eq(MessageStatus::Queued)),
-    )
-    .set((
-        messages::wa_message_id.eq(wa_message_id),
-        messages::available_at.eq(ack_deadline),
-        messages::claimed_by.eq(None::<String>),
-        messages::claim_expires_at.eq(None::<i64>),
-    ))
-    .execute(c))?;
+    let n = db_run!(conn, |c| diesel::update(fenced!(claim))
+        .set((
+            messages::wa_message_id.eq(wa_message_id),
+            messages::available_at.eq(ack_deadline),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .execute(c))?;
     Ok(n == 1)
 }
 

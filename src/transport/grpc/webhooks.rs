@@ -12,6 +12,7 @@ use crate::domain::Gateway;
 use crate::domain::webhooks::{DeliveryView, EventView, WebhookView};
 use crate::proto::v1::webhooks_service_server::WebhooksService;
 use crate::proto::v1::*;
+use crate::values::WebhookId;
 
 pub struct WebhooksApi {
     gw: Gateway,
@@ -25,7 +26,7 @@ impl WebhooksApi {
 
 pub(crate) fn webhook(v: WebhookView) -> Webhook {
     Webhook {
-        webhook_id: v.id,
+        webhook_id: v.id.into(),
         session_id: v.session_id.map(String::from).unwrap_or_default(),
         url: v.url,
         events: v.events,
@@ -109,7 +110,10 @@ impl WebhooksService for WebhooksApi {
     ) -> Result<Response<GetWebhookResponse>, Status> {
         let p = principal(&req)?;
         let c = p.manager()?;
-        let w = self.gw.get_webhook(c, &req.get_ref().webhook_id).await?;
+        let w = self
+            .gw
+            .get_webhook(c, &WebhookId::from(req.get_ref().webhook_id.as_str()))
+            .await?;
         Ok(Response::new(GetWebhookResponse {
             webhook: Some(webhook(w)),
         }))
@@ -131,7 +135,7 @@ impl WebhooksService for WebhooksApi {
             .gw
             .update_webhook(
                 c,
-                &m.webhook_id,
+                &WebhookId::from(m.webhook_id.as_str()),
                 masked("url").then_some(m.url.as_str()),
                 masked("events").then_some(m.events.as_slice()),
                 m.enabled.filter(|_| masked("enabled")),
@@ -148,7 +152,9 @@ impl WebhooksService for WebhooksApi {
     ) -> Result<Response<DeleteWebhookResponse>, Status> {
         let p = principal(&req)?;
         let c = p.manager()?;
-        self.gw.delete_webhook(c, &req.get_ref().webhook_id).await?;
+        self.gw
+            .delete_webhook(c, &WebhookId::from(req.get_ref().webhook_id.as_str()))
+            .await?;
         Ok(Response::new(DeleteWebhookResponse {}))
     }
 
@@ -164,7 +170,7 @@ impl WebhooksService for WebhooksApi {
             .map(|s| Duration::from_secs(s.max(0) as u64));
         let (secret, expires) = self
             .gw
-            .rotate_webhook_secret(c, &m.webhook_id, overlap)
+            .rotate_webhook_secret(c, &WebhookId::from(m.webhook_id.as_str()), overlap)
             .await?;
         Ok(Response::new(RotateWebhookSecretResponse {
             secret,
@@ -206,7 +212,7 @@ impl WebhooksService for WebhooksApi {
             .gw
             .list_deliveries(
                 c,
-                &m.webhook_id,
+                &WebhookId::from(m.webhook_id.as_str()),
                 i64::from(m.page_size),
                 Some(&m.page_token),
             )
@@ -224,7 +230,10 @@ impl WebhooksService for WebhooksApi {
         let p = principal(&req)?;
         let c = p.manager()?;
         let m = req.into_inner();
-        let d = self.gw.redeliver(c, &m.webhook_id, &m.delivery_id).await?;
+        let d = self
+            .gw
+            .redeliver(c, &WebhookId::from(m.webhook_id.as_str()), &m.delivery_id)
+            .await?;
         Ok(Response::new(RedeliverDeliveryResponse {
             delivery: Some(delivery(d)),
         }))
@@ -238,7 +247,10 @@ impl WebhooksService for WebhooksApi {
         let c = p.manager()?;
         let m = req.into_inner();
         let since = m.since.as_ref().map(millis).unwrap_or(0);
-        let count = self.gw.redeliver_failed(c, &m.webhook_id, since).await?;
+        let count = self
+            .gw
+            .redeliver_failed(c, &WebhookId::from(m.webhook_id.as_str()), since)
+            .await?;
         Ok(Response::new(RedeliverFailedResponse {
             count: count as i64,
         }))
