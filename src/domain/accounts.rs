@@ -432,29 +432,6 @@ impl Gateway {
         let caller = self.caller_for_project(&user.project_id).await?;
         Ok(Principal::UserKey(caller))
     }
-    /// Creates a session with its own API key (returned only here), within the project's cap.
-    pub async fn create_session_with_key(
-        &self,
-        caller: &Caller,
-        name: Option<String>,
-        device_code: Option<String>,
-    ) -> Result<(super::sessions::SessionView, String)> {
-        let pid = caller.project.row.id.clone();
-        let count = self
-            .db()
-            .run(move |c| crate::storage::sessions::count_sessions(c, &pid))
-            .await?;
-        if count >= caller.project.row.max_sessions {
-            return Err(Error::SessionLimitReached);
-        }
-        let view = self.create_session(caller, name, device_code).await?;
-        let raw = crypto::random_token("sess_");
-        let (id, hash) = (view.session_id.clone(), crypto::hash_api_key(&raw));
-        self.db()
-            .run(move |c| store::set_session_key(c, &id, &hash))
-            .await?;
-        Ok((view, raw))
-    }
 
     /// The RK credentials of the user's project: a fresh API key and secret (the old key
     /// stops working at once).

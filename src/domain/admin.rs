@@ -68,7 +68,7 @@ impl From<DeviceRow> for DeviceSummary {
 }
 
 /// Device codes look like the RK document's `RK-XXXX`: an unambiguous alphabet, 6 symbols.
-fn generate_device_code() -> String {
+pub(super) fn generate_device_code() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let bytes = crypto::random_bytes::<6>();
     let code: String = bytes
@@ -78,7 +78,7 @@ fn generate_device_code() -> String {
     format!("RK-{code}")
 }
 
-fn valid_device_code(code: &str) -> bool {
+pub(super) fn valid_device_code(code: &str) -> bool {
     (3..=64).contains(&code.len())
         && code
             .bytes()

@@ -7,7 +7,6 @@ use serde_json::{Map, Value};
 
 use super::Gateway;
 use super::auth::Caller;
-use super::sessions::SessionView;
 use super::text::{no_nul, no_nul_each, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::events::{self as ev, NewEvent};
@@ -43,6 +42,28 @@ impl From<WebhookRow> for WebhookView {
             enabled: r.enabled,
             disabled_reason: r.disabled_reason,
             created_at: r.created_at,
+        }
+    }
+}
+
+/// A webhook just registered, with its signing secret (shown only here).
+#[derive(Debug, Clone)]
+pub struct CreatedWebhook {
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+/// A webhook row about to be stored, with its secret in the clear.
+pub(super) struct NewWebhook {
+    pub row: WebhookRow,
+    pub secret: String,
+}
+
+impl From<NewWebhook> for CreatedWebhook {
+    fn from(n: NewWebhook) -> Self {
+        CreatedWebhook {
+            webhook: n.row.into(),
+            secret: n.secret,
         }
     }
 }
@@ -131,36 +152,6 @@ impl Gateway {
         }
     }
 
-    /// SAK session creation with an optional webhook (`{url, events}`): a bad webhook is
-    /// refused before the session exists. Returns the session, its API key, and the webhook
-    /// with its secret.
-    pub async fn create_session_with_webhook(
-        &self,
-        caller: &Caller,
-        name: Option<String>,
-        device_code: Option<String>,
-        webhook: Option<(&str, &[String])>,
-    ) -> Result<(SessionView, String, Option<(WebhookView, String)>)> {
-        no_nul_opt("name", name.as_deref())?;
-        if let Some((url, events)) = webhook {
-            no_nul("webhook url", url)?;
-            no_nul_each("events", events)?;
-            validate_url(url, self.settings().webhooks.allow_private)?;
-            parse_filter(events)?;
-        }
-        let (session, key) = self
-            .create_session_with_key(caller, name, device_code)
-            .await?;
-        let hook = match webhook {
-            None => None,
-            Some((url, events)) => Some(
-                self.create_webhook(caller, Some(session.session_id.to_string()), url, events)
-                    .await?,
-            ),
-        };
-        Ok((session, key, hook))
-    }
-
     /// An optional session scope (empty = none), checked to be the caller's.
     async fn scope(
         &self,
@@ -180,19 +171,32 @@ impl Gateway {
         session_id: Option<String>,
         url: &str,
         events: &[String],
-    ) -> Result<(WebhookView, String)> {
+    ) -> Result<CreatedWebhook> {
+        let mut hook = self.new_webhook(caller, url, events)?;
+        hook.row.device_id = self.scope(caller, session_id).await?;
+        let stored = hook.row.clone();
+        self.db().run(move |c| store::insert(c, &stored)).await?;
+        Ok(hook.into())
+    }
+
+    /// A project-wide webhook registration ready to store: its URL and filter validated, a
+    /// fresh secret sealed.
+    pub(super) fn new_webhook(
+        &self,
+        caller: &Caller,
+        url: &str,
+        events: &[String],
+    ) -> Result<NewWebhook> {
         no_nul("url", url)?;
         no_nul_each("events", events)?;
-        let ws = &self.settings().webhooks;
-        let url = validate_url(url, ws.allow_private)?;
+        let url = validate_url(url, self.settings().webhooks.allow_private)?;
         let filter = parse_filter(events)?;
-        let session_id = self.scope(caller, session_id).await?;
         let secret = new_secret();
         let now = now_ms();
         let row = WebhookRow {
             id: WebhookId::new(uuid::Uuid::now_v7().to_string()),
             project_id: caller.project.row.id.clone(),
-            device_id: session_id,
+            device_id: None,
             url,
             events: filter,
             enabled: true,
@@ -203,9 +207,7 @@ impl Gateway {
             created_at: now,
             updated_at: now,
         };
-        let stored = row.clone();
-        self.db().run(move |c| store::insert(c, &stored)).await?;
-        Ok((row.into(), secret))
+        Ok(NewWebhook { row, secret })
     }
 
     pub async fn list_webhooks(

@@ -1,12 +1,14 @@
 //! Sessions: one row of `devices` each (a session is also an RK device, addressed by its
 //! code). What the session supervisor persists — a session's account and state — each change
-//! with its `session.status` event in one transaction, and the per-project session cap.
+//! with its `session.status` event in one transaction — and creating a session within its
+//! project's session cap.
 
 use diesel::prelude::*;
 
 use super::DbConn;
 use super::events;
-use super::schema::devices;
+use super::schema::{devices, projects};
+use super::webhooks::{self, WebhookRow};
 use crate::db_run;
 use crate::error::{Error, Result};
 use crate::values::{ProjectId, SessionId};
@@ -268,9 +270,54 @@ pub fn device_by_code(
         .optional())?)
 }
 
-pub fn count_sessions(conn: &mut DbConn, project_id: &ProjectId) -> Result<i64> {
-    Ok(db_run!(conn, |c| devices::table
-        .filter(devices::project_id.eq(project_id))
-        .count()
-        .get_result(c))?)
+/// A session to create with everything that must exist before it starts: its row, the hash
+/// of its API key, and the webhook registered with it (so that webhook gets the session's
+/// very first event).
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub device: DeviceRow,
+    pub key_hash: String,
+    pub webhook: Option<WebhookRow>,
+}
+
+/// Creates a session within its project's session cap, in one transaction that first takes
+/// the project row's lock: on PostgreSQL `SELECT … FOR UPDATE`, on SQLite the write lock
+/// every [`DbConn::transaction`] takes at `BEGIN IMMEDIATE`. Concurrent creates for one
+/// project (on any number of nodes) therefore count one after another and can never pass
+/// the cap together.
+pub fn create_capped(conn: &mut DbConn, new: &NewSession) -> Result<()> {
+    let project_id = &new.device.project_id;
+    conn.transaction(|conn| {
+        let cap = lock_project_cap(conn, project_id)?.ok_or(Error::ProjectNotFound)?;
+        let count: i64 = db_run!(conn, |c| devices::table
+            .filter(devices::project_id.eq(project_id))
+            .count()
+            .get_result(c))?;
+        if count >= cap {
+            return Err(Error::SessionLimitReached);
+        }
+        insert_device(conn, &new.device)?;
+        db_run!(conn, |c| diesel::update(
+            devices::table.find(&new.device.id)
+        )
+        .set(devices::session_key_hash.eq(&new.key_hash))
+        .execute(c))?;
+        if let Some(hook) = &new.webhook {
+            webhooks::insert(conn, hook)?;
+        }
+        Ok(())
+    })
+}
+
+/// The project's session cap, read under the project row's lock (held to the end of the
+/// transaction); `None` if there is no such project.
+fn lock_project_cap(conn: &mut DbConn, project_id: &ProjectId) -> Result<Option<i64>> {
+    let cap = projects::table
+        .find(project_id)
+        .select(projects::max_sessions);
+    Ok(match conn {
+        DbConn::Postgres(c) => cap.for_update().first(c).optional()?,
+        // The transaction's BEGIN IMMEDIATE holds the database's write lock already.
+        DbConn::Sqlite(c) => cap.first(c).optional()?,
+    })
 }

@@ -52,22 +52,22 @@ impl SessionsService for SessionsApi {
             .webhook
             .as_ref()
             .map(|w| (w.url.as_str(), w.events.as_slice()));
-        let (s, api_key, hook) = self
+        let created = self
             .gw
-            .create_session_with_webhook(
+            .create_session(
                 p.manager()?,
                 non_empty(m.name),
                 non_empty(m.device_code),
                 hook,
             )
             .await?;
-        let (hook, webhook_secret) = match hook {
-            Some((view, secret)) => (Some(webhook(view)), secret),
+        let (hook, webhook_secret) = match created.webhook {
+            Some(h) => (Some(webhook(h.webhook)), h.secret),
             None => (None, String::new()),
         };
         Ok(Response::new(CreateSessionResponse {
-            session: Some(to_proto(s)),
-            api_key,
+            session: Some(to_proto(created.session)),
+            api_key: created.api_key,
             webhook: hook,
             webhook_secret,
         }))

@@ -81,13 +81,13 @@ impl WebhooksService for WebhooksApi {
         let p = principal(&req)?;
         let c = p.manager()?;
         let m = req.into_inner();
-        let (w, secret) = self
+        let created = self
             .gw
             .create_webhook(c, non_empty(m.session_id), &m.url, &m.events)
             .await?;
         Ok(Response::new(CreateWebhookResponse {
-            webhook: Some(webhook(w)),
-            secret,
+            webhook: Some(webhook(created.webhook)),
+            secret: created.secret,
         }))
     }
 
