@@ -38,6 +38,36 @@ pub struct User {
     pub created_at: i64,
 }
 
+/// A user who registered or logged in, with the session token (JWT) issued for it.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: User,
+    pub token: String,
+}
+
+/// A user API key just created; the raw key is shown only here.
+#[derive(Debug, Clone)]
+pub struct CreatedUserKey {
+    pub key: UserKeyRow,
+    pub api_key: String,
+}
+
+/// A project's RK credentials as the account sees them: the key's prefix (the key itself
+/// is stored only hashed) and the signing secret.
+#[derive(Debug, Clone)]
+pub struct RkCredentials {
+    pub project_id: ProjectId,
+    pub api_key_prefix: String,
+    pub api_secret: Arc<str>,
+}
+
+/// Fresh RK credentials, shown only here (the old key stops working at once).
+#[derive(Debug, Clone)]
+pub struct NewRkCredentials {
+    pub api_key: String,
+    pub api_secret: String,
+}
+
 impl From<UserRow> for User {
     fn from(u: UserRow) -> Self {
         User {
@@ -252,6 +282,11 @@ impl Gateway {
         self.inner.key.derive("wagate/jwt/v1")
     }
 
+    fn signed_in(&self, user: User) -> SignedIn {
+        let token = self.issue_token(&user);
+        SignedIn { user, token }
+    }
+
     fn issue_token(&self, user: &User) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
@@ -280,7 +315,7 @@ impl Gateway {
         email: &str,
         password: &str,
         name: Option<&str>,
-    ) -> Result<(User, String)> {
+    ) -> Result<SignedIn> {
         no_nul("email", email)?;
         no_nul("password", password)?;
         no_nul_opt("name", name)?;
@@ -339,12 +374,10 @@ impl Gateway {
         self.db()
             .run(move |c| store::insert_user(c, &insert))
             .await?;
-        let user = User::from(row);
-        let token = self.issue_token(&user);
-        Ok((user, token))
+        Ok(self.signed_in(User::from(row)))
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> Result<(User, String)> {
+    pub async fn login(&self, email: &str, password: &str) -> Result<SignedIn> {
         no_nul("email", email)?;
         no_nul("password", password)?;
         let email = email.trim().to_ascii_lowercase();
@@ -367,11 +400,7 @@ impl Gateway {
             })
             .await?;
         match (row, ok) {
-            (Some(r), true) => {
-                let user = User::from(r);
-                let token = self.issue_token(&user);
-                Ok((user, token))
-            }
+            (Some(r), true) => Ok(self.signed_in(User::from(r))),
             _ => Err(Error::InvalidCredentials),
         }
     }
@@ -381,7 +410,7 @@ impl Gateway {
         &self,
         user: &User,
         name: Option<&str>,
-    ) -> Result<(UserKeyRow, String)> {
+    ) -> Result<CreatedUserKey> {
         no_nul_opt("name", name)?;
         let raw = crypto::random_token("sak_");
         let row = UserKeyRow {
@@ -396,7 +425,10 @@ impl Gateway {
         self.db()
             .run(move |c| store::insert_user_key(c, &insert))
             .await?;
-        Ok((row, raw))
+        Ok(CreatedUserKey {
+            key: row,
+            api_key: raw,
+        })
     }
 
     pub async fn list_user_api_keys(&self, user: &User) -> Result<Vec<UserKeyRow>> {
@@ -435,7 +467,7 @@ impl Gateway {
 
     /// The RK credentials of the user's project: a fresh API key and secret (the old key
     /// stops working at once).
-    pub async fn rotate_rk_credentials(&self, user: &User) -> Result<(String, String)> {
+    pub async fn rotate_rk_credentials(&self, user: &User) -> Result<NewRkCredentials> {
         let (key, secret) = (crypto::random_token("wgk_"), crypto::random_token("wgs_"));
         let (pid, hash, prefix, sealed) = (
             user.project_id.clone(),
@@ -446,19 +478,22 @@ impl Gateway {
         self.db()
             .run(move |c| projects::set_credentials(c, &pid, &hash, &prefix, &sealed))
             .await?;
-        Ok((key, secret))
+        Ok(NewRkCredentials {
+            api_key: key,
+            api_secret: secret,
+        })
     }
 
     /// The project's API key prefix and its secret (the key itself is stored only hashed).
-    pub async fn rk_credentials(&self, user: &User) -> Result<(String, String, Arc<str>)> {
+    pub async fn rk_credentials(&self, user: &User) -> Result<RkCredentials> {
         let caller = self.caller_for_project(&user.project_id).await?;
         let secret =
             String::from_utf8(caller.project.secret().to_vec()).map_err(Error::internal)?;
-        Ok((
-            caller.project.row.id.to_string(),
-            caller.project.row.api_key_prefix.clone(),
-            secret.into(),
-        ))
+        Ok(RkCredentials {
+            project_id: caller.project.row.id.clone(),
+            api_key_prefix: caller.project.row.api_key_prefix.clone(),
+            api_secret: secret.into(),
+        })
     }
 }
 

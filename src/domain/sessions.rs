@@ -61,6 +61,19 @@ pub struct CreatedSession {
     pub webhook: Option<CreatedWebhook>,
 }
 
+/// A pairing code to type on the phone, valid until `expires_at` (epoch ms).
+#[derive(Debug, Clone)]
+pub struct PairingCode {
+    pub code: String,
+    pub expires_at: i64,
+}
+
+/// A running session and a watch on its live state.
+pub struct SessionWatch {
+    pub session: SessionRow,
+    pub changes: watch::Receiver<Snapshot>,
+}
+
 #[derive(Debug, Clone)]
 pub struct QrView {
     pub code: Option<String>,
@@ -198,13 +211,16 @@ impl Gateway {
         caller: &Caller,
         session_id: &str,
         phone: &str,
-    ) -> Result<(String, i64)> {
+    ) -> Result<PairingCode> {
         no_nul("phone number", phone)?;
         let row = self.own_session(caller, session_id).await?;
         let phone =
             super::messaging::normalize_recipient(phone).map_err(|_| Error::InvalidPhoneNumber)?;
         let code = self.sessions().pairing_code(&row.id, &phone).await?;
-        Ok((code, crate::storage::now_ms() + 180_000))
+        Ok(PairingCode {
+            code,
+            expires_at: now_ms() + 180_000,
+        })
     }
 
     pub async fn logout_session(&self, caller: &Caller, session_id: &str) -> Result<SessionView> {
@@ -225,11 +241,7 @@ impl Gateway {
     }
 
     /// State changes and QR rotations of a session (started if needed).
-    pub async fn watch_session(
-        &self,
-        caller: &Caller,
-        session_id: &str,
-    ) -> Result<(SessionRow, watch::Receiver<Snapshot>)> {
+    pub async fn watch_session(&self, caller: &Caller, session_id: &str) -> Result<SessionWatch> {
         let row = self.own_session(caller, session_id).await?;
         self.sessions().start(&row.id).await?;
         let rx = self
@@ -237,7 +249,10 @@ impl Gateway {
             .watch(&row.id)
             .await
             .ok_or_else(|| Error::WhatsAppUnavailable("the session is not running".into()))?;
-        Ok((row, rx))
+        Ok(SessionWatch {
+            session: row,
+            changes: rx,
+        })
     }
 }
 

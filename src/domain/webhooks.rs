@@ -10,7 +10,7 @@ use super::auth::Caller;
 use super::text::{no_nul, no_nul_each, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::events::{self as ev, NewEvent};
-use crate::storage::events::{self as log, Fanout};
+use crate::storage::events::{self as log, Cursor, Fanout};
 use crate::storage::now_ms;
 use crate::storage::webhooks::{self as store, Changes, WebhookRow};
 use crate::values::{SessionId, WebhookId};
@@ -86,6 +86,21 @@ pub struct DeliveryView {
     pub created_at: i64,
 }
 
+/// A webhook's new signing secret (shown only here), and until when the one it replaces
+/// still signs beside it (`None`: it stopped at once).
+#[derive(Debug, Clone)]
+pub struct RotatedSecret {
+    pub secret: String,
+    pub previous_expires_at: Option<i64>,
+}
+
+/// One page of a webhook's delivery log, newest first.
+#[derive(Debug, Clone)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryView>,
+    pub next_page_token: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EventView {
     pub id: String,
@@ -147,8 +162,8 @@ impl Gateway {
             .await?
         {
             None => Err(Error::MediaNotFound),
-            Some((_, Some(_purged))) => Err(Error::MediaExpired),
-            Some((blob, None)) => Ok(blob),
+            Some(m) if m.purged_at.is_some() => Err(Error::MediaExpired),
+            Some(m) => Ok(m.blob),
         }
     }
 
@@ -277,7 +292,7 @@ impl Gateway {
         caller: &Caller,
         id: &WebhookId,
         overlap: Option<Duration>,
-    ) -> Result<(String, Option<i64>)> {
+    ) -> Result<RotatedSecret> {
         if overlap.is_some_and(|o| o > MAX_SECRET_OVERLAP) {
             return Err(Error::InvalidRequest(format!(
                 "the overlap may be at most {} seconds",
@@ -303,7 +318,10 @@ impl Gateway {
                 )
             })
             .await?;
-        Ok((secret, expires))
+        Ok(RotatedSecret {
+            secret,
+            previous_expires_at: expires,
+        })
     }
 
     /// Sends a test event to the session's webhooks (its own and the project-wide ones),
@@ -350,7 +368,7 @@ impl Gateway {
                         kind,
                         fields,
                     };
-                    Ok(log::record_to(c, e, Fanout::Only(&hooks), now_ms())?.1)
+                    Ok(log::record_to(c, e, Fanout::Only(&hooks), now_ms())?.delivery_ids)
                 })
             })
             .await
@@ -362,7 +380,7 @@ impl Gateway {
         webhook_id: &WebhookId,
         page_size: i64,
         page_token: Option<&str>,
-    ) -> Result<(Vec<DeliveryView>, Option<String>)> {
+    ) -> Result<DeliveryPage> {
         let hook = self.own_webhook(caller, webhook_id).await?;
         let before = page_token
             .filter(|t| !t.is_empty())
@@ -391,7 +409,10 @@ impl Gateway {
             .into_iter()
             .map(|r| delivery_view(r, &attempts))
             .collect();
-        Ok((views, next))
+        Ok(DeliveryPage {
+            deliveries: views,
+            next_page_token: next,
+        })
     }
 
     /// Sends one delivery again (whatever its state), as soon as its lane allows.
@@ -477,7 +498,10 @@ impl Gateway {
                 };
                 let full = rows.len() as i64 == STREAM_BATCH;
                 for r in rows {
-                    cursor = (r.txid, r.seq);
+                    cursor = Cursor {
+                        txid: r.txid,
+                        seq: r.seq,
+                    };
                     let view = EventView {
                         data: log::data_json(&r),
                         id: r.id,

@@ -474,8 +474,15 @@ fn as_replay(first: &Accepted) -> Accepted {
     }
 }
 
-/// Current usage of a project: (messages this minute, messages this month).
-pub fn usage(conn: &mut DbConn, project_id: &ProjectId, now: i64) -> Result<(i64, i64)> {
+/// What a project has sent in the current rate-limit and quota windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub this_minute: i64,
+    pub this_month: i64,
+}
+
+/// Current usage of a project.
+pub fn usage(conn: &mut DbConn, project_id: &ProjectId, now: i64) -> Result<Usage> {
     let minute_bucket = format!("m{}", now / MINUTE_MS);
     let month_bucket = month_bucket(now);
     let rows: Vec<(String, i64)> = db_run!(conn, |c| usage_counters::table
@@ -489,7 +496,10 @@ pub fn usage(conn: &mut DbConn, project_id: &ProjectId, now: i64) -> Result<(i64
             .map(|(_, v)| *v)
             .unwrap_or(0)
     };
-    Ok((get(&minute_bucket), get(&month_bucket)))
+    Ok(Usage {
+        this_minute: get(&minute_bucket),
+        this_month: get(&month_bucket),
+    })
 }
 
 struct Job {

@@ -85,7 +85,14 @@ pub enum Fanout<'a> {
 /// Records an event and queues its deliveries; call inside the change's transaction.
 /// Returns the event id.
 pub fn record(conn: &mut DbConn, e: NewEvent, now: i64) -> Result<String> {
-    Ok(record_to(conn, e, Fanout::Subscribers, now)?.0)
+    Ok(record_to(conn, e, Fanout::Subscribers, now)?.event_id)
+}
+
+/// An event just recorded and the deliveries queued for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub event_id: String,
+    pub delivery_ids: Vec<String>,
 }
 
 /// An enabled webhook, as the fan-out sees it.
@@ -107,13 +114,8 @@ fn enabled_hooks(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<Hook>>
         .load(c))?)
 }
 
-/// Records an event for `fanout`; returns the event id and the ids of its deliveries.
-pub fn record_to(
-    conn: &mut DbConn,
-    e: NewEvent,
-    fanout: Fanout<'_>,
-    now: i64,
-) -> Result<(String, Vec<String>)> {
+/// Records an event for `fanout`.
+pub fn record_to(conn: &mut DbConn, e: NewEvent, fanout: Fanout<'_>, now: i64) -> Result<Recorded> {
     let hooks = enabled_hooks(conn, &e.project_id)?;
     record_with(conn, e, &hooks, fanout, now)
 }
@@ -125,7 +127,7 @@ fn record_with(
     hooks: &[Hook],
     fanout: Fanout<'_>,
     now: i64,
-) -> Result<(String, Vec<String>)> {
+) -> Result<Recorded> {
     let id = uuid::Uuid::now_v7().to_string();
     let data = ev::envelope(&id, e.kind, e.device_id.as_deref(), now, e.fields).to_string();
     db_run!(conn, |c| diesel::insert_into(events::table)
@@ -182,7 +184,10 @@ fn record_with(
             .execute(c))?;
     }
     super::note_event_written();
-    Ok((id, rows.into_iter().map(|r| r.id).collect()))
+    Ok(Recorded {
+        event_id: id,
+        delivery_ids: rows.into_iter().map(|r| r.id).collect(),
+    })
 }
 
 /// One `message.status` event for each of these outbound messages, with its current status.
@@ -284,7 +289,11 @@ pub fn session_status(
 }
 
 /// A position in the event log: events are read in (txid, seq) order.
-pub type Cursor = (i64, i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Queryable)]
+pub struct Cursor {
+    pub txid: i64,
+    pub seq: i64,
+}
 
 /// The position of an event of this project, if it exists.
 pub fn cursor_of(
@@ -324,7 +333,7 @@ pub fn tail(conn: &mut DbConn, project_id: &ProjectId) -> Result<Cursor> {
         .select((events::txid, events::seq))
         .first(c)
         .optional())?;
-    Ok(last.unwrap_or((0, 0)))
+    Ok(last.unwrap_or_default())
 }
 
 /// Events of a project (or one of its sessions) after `cursor`, oldest first.
@@ -336,7 +345,7 @@ pub fn after(
     limit: i64,
 ) -> Result<Vec<EventRow>> {
     let h = horizon(conn)?;
-    let (txid, seq) = cursor;
+    let Cursor { txid, seq } = cursor;
     Ok(db_run!(conn, |c| {
         let mut q = events::table
             .filter(events::project_id.eq(project_id.to_owned()))

@@ -40,13 +40,20 @@ pub fn media_bytes(conn: &mut DbConn, media_id: &str) -> Result<Option<MediaBlob
         .optional())?)
 }
 
+/// A project's stored media file, and when its bytes were dropped (`None` while kept).
+#[derive(Debug, Clone, Queryable)]
+pub struct ProjectMedia {
+    pub blob: MediaBlob,
+    pub purged_at: Option<i64>,
+}
+
 /// A project's stored media file (the project check keeps tenants apart), with the time its
 /// bytes were dropped if the retention period is over.
 pub fn project_media(
     conn: &mut DbConn,
     project_id: &ProjectId,
     media_id: &str,
-) -> Result<Option<(MediaBlob, Option<i64>)>> {
+) -> Result<Option<ProjectMedia>> {
     Ok(db_run!(conn, |c| media::table
         .filter(media::id.eq(media_id))
         .filter(media::project_id.eq(project_id))

@@ -220,22 +220,37 @@ pub(crate) fn note_event_written() {
     EVENT_WRITTEN.with(|f| f.set(true));
 }
 
+/// A database URL taken apart: which backend, and the string its diesel driver expects
+/// (a PostgreSQL URL as given, a SQLite file path without its `sqlite:` prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    pub backend: Backend,
+    pub target: String,
+}
+
 /// Splits a database URL into backend and the string diesel's driver expects.
-pub fn parse_url(url: &str) -> (Backend, String) {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        (Backend::Postgres, url.to_owned())
+pub fn parse_url(url: &str) -> DatabaseUrl {
+    let (backend, target) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (Backend::Postgres, url)
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        (Backend::Sqlite, path.to_owned())
+        (Backend::Sqlite, path)
     } else if let Some(path) = url.strip_prefix("sqlite:") {
-        (Backend::Sqlite, path.to_owned())
+        (Backend::Sqlite, path)
     } else {
-        (Backend::Sqlite, url.to_owned())
+        (Backend::Sqlite, url)
+    };
+    DatabaseUrl {
+        backend,
+        target: target.to_owned(),
     }
 }
 
 impl Db {
     pub fn open(url: &str, pool_size: u32) -> Result<Db> {
-        let (backend, url) = parse_url(url);
+        let DatabaseUrl {
+            backend,
+            target: url,
+        } = parse_url(url);
         if backend == Backend::Sqlite {
             restrict_sqlite_files(&url)?;
         }

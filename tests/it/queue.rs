@@ -402,7 +402,7 @@ async fn receipt_before_ack_reports_every_step(t: TestDb) {
             &mut f.db.connect().unwrap(),
             &f.project_id,
             None,
-            (0, 0),
+            events::Cursor::default(),
             100,
         )
         .unwrap()

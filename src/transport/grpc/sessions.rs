@@ -138,13 +138,13 @@ impl SessionsService for SessionsApi {
     ) -> Result<Response<RequestPairingCodeResponse>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let (code, expires) = self
+        let pairing = self
             .gw
             .request_pairing_code(p.manager()?, &m.session_id, &m.phone_number)
             .await?;
         Ok(Response::new(RequestPairingCodeResponse {
-            code,
-            expires_at: Some(timestamp(expires)),
+            code: pairing.code,
+            expires_at: Some(timestamp(pairing.expires_at)),
         }))
     }
 
@@ -195,7 +195,8 @@ impl SessionsService for SessionsApi {
     ) -> Result<Response<WatchStream>, Status> {
         let p = principal(&req)?;
         let id = &req.get_ref().session_id;
-        let (row, rx) = self.gw.watch_session(p.reader_of(id)?, id).await?;
+        let watch = self.gw.watch_session(p.reader_of(id)?, id).await?;
+        let (row, rx) = (watch.session, watch.changes);
         let base = SessionView {
             session_id: row.id,
             device_code: row.code,

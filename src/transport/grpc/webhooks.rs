@@ -168,13 +168,13 @@ impl WebhooksService for WebhooksApi {
         let overlap = m
             .overlap_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64));
-        let (secret, expires) = self
+        let rotated = self
             .gw
             .rotate_webhook_secret(c, &WebhookId::from(m.webhook_id.as_str()), overlap)
             .await?;
         Ok(Response::new(RotateWebhookSecretResponse {
-            secret,
-            previous_secret_expires_at: expires.map(timestamp),
+            secret: rotated.secret,
+            previous_secret_expires_at: rotated.previous_expires_at.map(timestamp),
         }))
     }
 
@@ -208,7 +208,7 @@ impl WebhooksService for WebhooksApi {
         let p = principal(&req)?;
         let c = p.manager()?;
         let m = req.into_inner();
-        let (list, next) = self
+        let page = self
             .gw
             .list_deliveries(
                 c,
@@ -218,8 +218,8 @@ impl WebhooksService for WebhooksApi {
             )
             .await?;
         Ok(Response::new(ListDeliveriesResponse {
-            deliveries: list.into_iter().map(delivery).collect(),
-            next_page_token: next.unwrap_or_default(),
+            deliveries: page.deliveries.into_iter().map(delivery).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
