@@ -1,4 +1,6 @@
-//! SAK accounts: users (each owns a project), user API keys, session API keys.
+//! SAK accounts: users (each owns one project), their user API keys, and finding a session
+//! by its own API key. Passwords and keys are stored only as hashes, so every lookup here is
+//! by hash; the domain hashes what a client presents.
 
 use diesel::prelude::*;
 

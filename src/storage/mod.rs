@@ -1,7 +1,15 @@
 //! Persistence on diesel: SQLite (embedded default) and PostgreSQL (production, several
-//! nodes). Every query is written once and compiled for both backends through [`db_run!`];
-//! the few statements that differ (row locks, `SKIP LOCKED`) match on [`DbConn`] explicitly.
-//! Blocking diesel calls run on the blocking pool via [`Db::run`].
+//! nodes), one module per aggregate: `messages` (with `messages::queue`, every status
+//! transition), `media`, `inbound`, `sessions`, `devices` (whatsapp-rust's device store),
+//! `projects`, `accounts`, `webhooks`, `events` (the event log and its outbox) and `accept`
+//! (the group-committed accept path).
+//!
+//! Every query is written once and compiled for both backends through
+//! [`db_run!`]`(conn, |c| …)`; the few statements that differ (row locks, `SKIP LOCKED`) are
+//! an explicit `match conn.backend()` (or on [`DbConn`] where the inner connection is
+//! needed). Long raw SQL lives in `src/storage/sql/*.sql`, written with `$n` placeholders and
+//! run through [`DbConn::portable_sql`]. Blocking diesel calls run on the blocking pool via
+//! [`Db::run`].
 
 pub mod accept;
 pub mod accounts;

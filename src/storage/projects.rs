@@ -1,4 +1,6 @@
-//! Projects (tenants): their credentials and limits, and the replay guard's seen signatures.
+//! Projects (tenants): their RK credentials and limits, and the replay guard's seen request
+//! signatures. A project is what every other row belongs to, and its row is the lock that
+//! serialises creating its sessions (see `sessions::create_capped`).
 
 use diesel::prelude::*;
 

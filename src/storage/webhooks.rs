@@ -1,4 +1,7 @@
-//! Webhook registrations, the delivery outbox's lanes and leases, and the delivery log.
+//! Webhook registrations, the delivery outbox's lanes and leases, and the delivery log. The
+//! outbox rows themselves are written by `events::record`, in the transaction of the change
+//! they report; everything after that — leasing a lane to one node, recording attempts,
+//! retries, redelivery — is here.
 
 use diesel::dsl::{exists, not};
 use diesel::prelude::*;
