@@ -281,10 +281,14 @@ pub struct NewSession {
 }
 
 /// Creates a session within its project's session cap, in one transaction that first takes
-/// the project row's lock: on PostgreSQL `SELECT … FOR UPDATE`, on SQLite the write lock
-/// every [`DbConn::transaction`] takes at `BEGIN IMMEDIATE`. Concurrent creates for one
+/// the project row's lock: on PostgreSQL `SELECT … FOR NO KEY UPDATE`, on SQLite the write
+/// lock every [`DbConn::transaction`] takes at `BEGIN IMMEDIATE`. Concurrent creates for one
 /// project (on any number of nodes) therefore count one after another and can never pass
 /// the cap together.
+///
+/// `NO KEY`: the strength of `FOR UPDATE` that two creates need to exclude each other, minus
+/// the part that would also block every insert referencing the project meanwhile (messages,
+/// events: their foreign-key checks take `KEY SHARE` on the project row).
 pub fn create_capped(conn: &mut DbConn, new: &NewSession) -> Result<()> {
     let project_id = &new.device.project_id;
     conn.transaction(|conn| {
@@ -316,7 +320,7 @@ fn lock_project_cap(conn: &mut DbConn, project_id: &ProjectId) -> Result<Option<
         .find(project_id)
         .select(projects::max_sessions);
     Ok(match conn {
-        DbConn::Postgres(c) => cap.for_update().first(c).optional()?,
+        DbConn::Postgres(c) => cap.for_no_key_update().first(c).optional()?,
         // The transaction's BEGIN IMMEDIATE holds the database's write lock already.
         DbConn::Sqlite(c) => cap.first(c).optional()?,
     })
