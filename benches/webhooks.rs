@@ -36,6 +36,7 @@ use wagate::domain::Settings;
 use wagate::domain::admin::NewProject;
 use wagate::events::{Inbound, MESSAGE_RECEIVED, NewEvent, message_received};
 use wagate::storage::{Db, now_ms};
+use wagate::values::{ProjectId, SessionId};
 
 struct Opts {
     sessions: usize,
@@ -190,8 +191,8 @@ async fn receiver_ceiling(addr: SocketAddr, conns: usize, secs: f64) -> f64 {
 
 struct Bench {
     server: Server,
-    project: String,
-    devices: Vec<String>,
+    project: ProjectId,
+    devices: Vec<SessionId>,
 }
 
 async fn start(url: &str, o: &Opts, hook_url: &str) -> Bench {
@@ -234,14 +235,15 @@ async fn start(url: &str, o: &Opts, hook_url: &str) -> Bench {
             .create_device(&p.project_id, None, None)
             .await
             .expect("session");
-        devices.push(d.device_id);
+        devices.push(SessionId::from(d.device_id));
     }
-    let caller = gw.caller_for_project(&p.project_id).await.expect("caller");
+    let project = ProjectId::from(p.project_id);
+    let caller = gw.caller_for_project(&project).await.expect("caller");
     gw.create_webhook(&caller, None, hook_url, &[MESSAGE_RECEIVED.to_owned()])
         .await
         .expect("webhook");
     Bench {
-        project: p.project_id,
+        project,
         devices,
         server,
     }
@@ -295,7 +297,7 @@ struct Count {
 /// Deliveries whose outcome is not yet written as succeeded.
 async fn open_deliveries(db: &Db) -> i64 {
     db.run(|c| {
-        Ok(wagate::on_conn!(c, c => diesel::sql_query(
+        Ok(wagate::db_run!(c, |c| diesel::sql_query(
             "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE state <> 'succeeded'"
         )
         .get_result::<Count>(c))?

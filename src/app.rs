@@ -134,9 +134,10 @@ fn grpc_kind(req: &Request) -> Option<GrpcKind> {
 pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> {
     metrics::install();
     cfg.settings.cluster.validate()?;
-    let single_node = match crate::storage::parse_url(&cfg.database_url) {
-        (crate::storage::Backend::Sqlite, path) => crate::cluster::single_node_lock(&path)?,
-        (crate::storage::Backend::Postgres, _) => None,
+    let url = crate::storage::parse_url(&cfg.database_url);
+    let single_node = match url.backend {
+        crate::storage::Backend::Sqlite => crate::cluster::single_node_lock(&url.target)?,
+        crate::storage::Backend::Postgres => None,
     };
     let db = Db::open(&cfg.database_url, cfg.db_pool_size)?;
     let applied = db.migrate()?;
@@ -146,7 +147,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     // Before any session starts: key records written before sealing get sealed.
     let key = cfg.master_key.clone();
     let sealed = db
-        .run(move |c| crate::storage::device_store::seal_legacy_rows(c, &key))
+        .run(move |c| crate::storage::devices::seal_legacy_rows(c, &key))
         .await?;
     if sealed > 0 {
         tracing::info!(

@@ -25,7 +25,8 @@ impl DbArgs {
         if let Some(k) = self.master_key.as_deref().filter(|k| !k.is_empty()) {
             return Ok((MasterKey::parse(k)?, KeySource::Environment));
         }
-        match parse_url(&self.database_url) {
+        let url = parse_url(&self.database_url);
+        match (url.backend, url.target) {
             (Backend::Sqlite, path) if path == ":memory:" || path.is_empty() => Ok((
                 MasterKey::generate(),
                 KeySource::GeneratedFile("(in memory)".into()),

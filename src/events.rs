@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::values::{MessageStatus, ProjectId, SessionId};
+
 pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_STATUS: &str = "message.status";
 pub const SESSION_STATUS: &str = "session.status";
@@ -16,9 +18,9 @@ pub const KINDS: [&str; 3] = [MESSAGE_RECEIVED, MESSAGE_STATUS, SESSION_STATUS];
 /// An event about to be recorded.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub project_id: String,
+    pub project_id: ProjectId,
     /// The session it concerns (every event kind has one today).
-    pub device_id: Option<String>,
+    pub device_id: Option<SessionId>,
     pub kind: &'static str,
     /// Event-specific fields; `event`, `eventId`, `occurredAt` and `sessionId` are added.
     pub fields: Map<String, Value>,
@@ -138,7 +140,7 @@ pub struct Status<'a> {
     pub device_code: &'a str,
     pub wa_message_id: Option<&'a str>,
     pub recipient: &'a str,
-    pub status: &'a str,
+    pub status: MessageStatus,
     /// The caller's `payload` metadata, stored as JSON text.
     pub payload: Option<&'a str>,
     pub error_code: Option<&'a str>,
@@ -155,13 +157,13 @@ pub fn message_status(s: &Status<'_>) -> Map<String, Value> {
         "messageId": s.message_id,
         "deviceCode": s.device_code,
         "waMessageId": s.wa_message_id,
-        "status": s.status,
+        "status": s.status.as_str(),
         "recipient": s.recipient,
         "to": s.recipient,
         "payload": payload,
         "timestamp": s.at_ms.div_euclid(1000),
     }));
-    if s.status == "failed" {
+    if s.status == MessageStatus::Failed {
         v.insert(
             "error".into(),
             json!({"code": s.error_code, "message": s.error_message}),

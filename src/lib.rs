@@ -1,7 +1,8 @@
 //! wagate: a self-hosted WhatsApp messaging gateway.
 //!
 //! Layout: `transport` (gRPC, grpc-web, REST) → `domain` (the service layer) → `storage`
-//! (diesel, SQLite or PostgreSQL). `app` wires them together; `cli` is the binary's front.
+//! (diesel, SQLite or PostgreSQL). `app` wires them together; `cli` is the binary's front;
+//! `values` holds the typed ids and statuses every layer shares.
 
 pub mod app;
 pub mod cli;
@@ -16,4 +17,5 @@ pub mod proto;
 pub mod sessions;
 pub mod storage;
 pub mod transport;
+pub mod values;
 pub mod webhooks;

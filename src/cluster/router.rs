@@ -13,6 +13,7 @@ use super::Membership;
 use crate::error::{Error, Result};
 use crate::sessions::{SessionControl, SessionState, Snapshot};
 use crate::storage::{cluster, sessions};
+use crate::values::SessionId;
 
 /// Where a session runs, seen from this node.
 enum Place {
@@ -71,7 +72,7 @@ impl ClusterSessions {
         let exists = self
             .member
             .db()
-            .run(move |c| sessions::get(c, &id))
+            .run(move |c| sessions::get(c, &SessionId::from(id.as_str())))
             .await?
             .is_some();
         if !exists {
@@ -125,7 +126,7 @@ impl ClusterSessions {
         let row = self
             .member
             .db()
-            .run(move |c| sessions::get(c, &id))
+            .run(move |c| sessions::get(c, &SessionId::from(id.as_str())))
             .await
             .ok()??;
         Some(Snapshot {
@@ -287,7 +288,7 @@ impl SessionControl for ClusterSessions {
 
     async fn delete(&self, device_id: &str) -> Result<()> {
         self.logout(device_id).await?;
-        let id = device_id.to_owned();
+        let id = SessionId::from(device_id);
         self.member
             .db()
             .run(move |c| sessions::delete(c, &id))

@@ -15,6 +15,7 @@ use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accounts::{self as store, UserKeyRow, UserRow};
 use crate::storage::{now_ms, projects};
+use crate::values::ProjectId;
 
 /// Session tokens (JWT, HS256) live this long.
 const TOKEN_TTL_SECS: i64 = 24 * 3600;
@@ -33,8 +34,38 @@ pub struct User {
     pub id: String,
     pub email: String,
     pub name: String,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub created_at: i64,
+}
+
+/// A user who registered or logged in, with the session token (JWT) issued for it.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: User,
+    pub token: String,
+}
+
+/// A user API key just created; the raw key is shown only here.
+#[derive(Debug, Clone)]
+pub struct CreatedUserKey {
+    pub key: UserKeyRow,
+    pub api_key: String,
+}
+
+/// A project's RK credentials as the account sees them: the key's prefix (the key itself
+/// is stored only hashed) and the signing secret.
+#[derive(Debug, Clone)]
+pub struct RkCredentials {
+    pub project_id: ProjectId,
+    pub api_key_prefix: String,
+    pub api_secret: Arc<str>,
+}
+
+/// Fresh RK credentials, shown only here (the old key stops working at once).
+#[derive(Debug, Clone)]
+pub struct NewRkCredentials {
+    pub api_key: String,
+    pub api_secret: String,
 }
 
 impl From<UserRow> for User {
@@ -251,11 +282,16 @@ impl Gateway {
         self.inner.key.derive("wagate/jwt/v1")
     }
 
+    fn signed_in(&self, user: User) -> SignedIn {
+        let token = self.issue_token(&user);
+        SignedIn { user, token }
+    }
+
     fn issue_token(&self, user: &User) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.id.clone(),
-            pid: user.project_id.clone(),
+            pid: user.project_id.to_string(),
             iat: now,
             exp: now + TOKEN_TTL_SECS,
         };
@@ -279,7 +315,7 @@ impl Gateway {
         email: &str,
         password: &str,
         name: Option<&str>,
-    ) -> Result<(User, String)> {
+    ) -> Result<SignedIn> {
         no_nul("email", email)?;
         no_nul("password", password)?;
         no_nul_opt("name", name)?;
@@ -331,19 +367,17 @@ impl Gateway {
             email,
             name,
             password_hash,
-            project_id: project.project_id,
+            project_id: ProjectId::from(project.project_id),
             created_at: now_ms(),
         };
         let insert = row.clone();
         self.db()
             .run(move |c| store::insert_user(c, &insert))
             .await?;
-        let user = User::from(row);
-        let token = self.issue_token(&user);
-        Ok((user, token))
+        Ok(self.signed_in(User::from(row)))
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> Result<(User, String)> {
+    pub async fn login(&self, email: &str, password: &str) -> Result<SignedIn> {
         no_nul("email", email)?;
         no_nul("password", password)?;
         let email = email.trim().to_ascii_lowercase();
@@ -366,11 +400,7 @@ impl Gateway {
             })
             .await?;
         match (row, ok) {
-            (Some(r), true) => {
-                let user = User::from(r);
-                let token = self.issue_token(&user);
-                Ok((user, token))
-            }
+            (Some(r), true) => Ok(self.signed_in(User::from(r))),
             _ => Err(Error::InvalidCredentials),
         }
     }
@@ -380,7 +410,7 @@ impl Gateway {
         &self,
         user: &User,
         name: Option<&str>,
-    ) -> Result<(UserKeyRow, String)> {
+    ) -> Result<CreatedUserKey> {
         no_nul_opt("name", name)?;
         let raw = crypto::random_token("sak_");
         let row = UserKeyRow {
@@ -395,7 +425,10 @@ impl Gateway {
         self.db()
             .run(move |c| store::insert_user_key(c, &insert))
             .await?;
-        Ok((row, raw))
+        Ok(CreatedUserKey {
+            key: row,
+            api_key: raw,
+        })
     }
 
     pub async fn list_user_api_keys(&self, user: &User) -> Result<Vec<UserKeyRow>> {
@@ -431,33 +464,10 @@ impl Gateway {
         let caller = self.caller_for_project(&user.project_id).await?;
         Ok(Principal::UserKey(caller))
     }
-    /// Creates a session with its own API key (returned only here), within the project's cap.
-    pub async fn create_session_with_key(
-        &self,
-        caller: &Caller,
-        name: Option<String>,
-        device_code: Option<String>,
-    ) -> Result<(super::sessions::SessionView, String)> {
-        let pid = caller.project.row.id.clone();
-        let count = self
-            .db()
-            .run(move |c| store::count_sessions(c, &pid))
-            .await?;
-        if count >= caller.project.row.max_sessions {
-            return Err(Error::SessionLimitReached);
-        }
-        let view = self.create_session(caller, name, device_code).await?;
-        let raw = crypto::random_token("sess_");
-        let (id, hash) = (view.session_id.clone(), crypto::hash_api_key(&raw));
-        self.db()
-            .run(move |c| store::set_session_key(c, &id, &hash))
-            .await?;
-        Ok((view, raw))
-    }
 
     /// The RK credentials of the user's project: a fresh API key and secret (the old key
     /// stops working at once).
-    pub async fn rotate_rk_credentials(&self, user: &User) -> Result<(String, String)> {
+    pub async fn rotate_rk_credentials(&self, user: &User) -> Result<NewRkCredentials> {
         let (key, secret) = (crypto::random_token("wgk_"), crypto::random_token("wgs_"));
         let (pid, hash, prefix, sealed) = (
             user.project_id.clone(),
@@ -468,19 +478,22 @@ impl Gateway {
         self.db()
             .run(move |c| projects::set_credentials(c, &pid, &hash, &prefix, &sealed))
             .await?;
-        Ok((key, secret))
+        Ok(NewRkCredentials {
+            api_key: key,
+            api_secret: secret,
+        })
     }
 
     /// The project's API key prefix and its secret (the key itself is stored only hashed).
-    pub async fn rk_credentials(&self, user: &User) -> Result<(String, String, Arc<str>)> {
+    pub async fn rk_credentials(&self, user: &User) -> Result<RkCredentials> {
         let caller = self.caller_for_project(&user.project_id).await?;
         let secret =
             String::from_utf8(caller.project.secret().to_vec()).map_err(Error::internal)?;
-        Ok((
-            caller.project.row.id.clone(),
-            caller.project.row.api_key_prefix.clone(),
-            secret.into(),
-        ))
+        Ok(RkCredentials {
+            project_id: caller.project.row.id.clone(),
+            api_key_prefix: caller.project.row.api_key_prefix.clone(),
+            api_secret: secret.into(),
+        })
     }
 }
 

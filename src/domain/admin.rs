@@ -4,8 +4,10 @@ use serde::Serialize;
 
 use crate::crypto::{self, MasterKey};
 use crate::error::{Error, Result};
-use crate::storage::models::{DeviceRow, ProjectRow};
-use crate::storage::{Db, now_ms, projects};
+use crate::storage::projects::ProjectRow;
+use crate::storage::sessions::DeviceRow;
+use crate::storage::{Db, now_ms, projects, sessions};
+use crate::values::{ProjectId, SessionId};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -55,9 +57,9 @@ pub struct NewProject {
 impl From<DeviceRow> for DeviceSummary {
     fn from(d: DeviceRow) -> Self {
         DeviceSummary {
-            device_id: d.id,
+            device_id: d.id.into(),
             device_code: d.code,
-            project_id: d.project_id,
+            project_id: d.project_id.into(),
             name: d.name,
             state: d.state,
             created_at: crate::domain::messaging::rfc3339(d.created_at),
@@ -66,7 +68,7 @@ impl From<DeviceRow> for DeviceSummary {
 }
 
 /// Device codes look like the RK document's `RK-XXXX`: an unambiguous alphabet, 6 symbols.
-fn generate_device_code() -> String {
+pub(super) fn generate_device_code() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let bytes = crypto::random_bytes::<6>();
     let code: String = bytes
@@ -76,7 +78,7 @@ fn generate_device_code() -> String {
     format!("RK-{code}")
 }
 
-fn valid_device_code(code: &str) -> bool {
+pub(super) fn valid_device_code(code: &str) -> bool {
     (3..=64).contains(&code.len())
         && code
             .bytes()
@@ -101,7 +103,7 @@ impl Admin {
         let api_key = crypto::random_token("wgk_");
         let api_secret = crypto::random_token("wgs_");
         let row = ProjectRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: ProjectId::new(uuid::Uuid::now_v7().to_string()),
             name: p.name.trim().to_owned(),
             api_key_hash: crypto::hash_api_key(&api_key),
             api_key_prefix: api_key[..12].to_owned(),
@@ -114,7 +116,7 @@ impl Admin {
             refuse_replays: false,
         };
         let out = CreatedProject {
-            project_id: row.id.clone(),
+            project_id: row.id.to_string(),
             name: row.name.clone(),
             api_key,
             api_secret,
@@ -130,7 +132,7 @@ impl Admin {
     /// Turns the project's replay guard on or off: with it on, a request signature already
     /// seen within the signing window is refused (`SIGNATURE_REPLAYED`).
     pub async fn set_refuse_replays(&self, project_id: &str, on: bool) -> Result<()> {
-        let pid = project_id.to_owned();
+        let pid = ProjectId::from(project_id);
         match self
             .db
             .run(move |c| projects::set_refuse_replays(c, &pid, on))
@@ -146,7 +148,7 @@ impl Admin {
         Ok(rows
             .into_iter()
             .map(|p| ProjectSummary {
-                project_id: p.id,
+                project_id: p.id.into(),
                 name: p.name,
                 api_key_prefix: p.api_key_prefix,
                 rate_limit_per_minute: p.rate_limit_per_minute,
@@ -165,11 +167,9 @@ impl Admin {
     ) -> Result<DeviceSummary> {
         super::text::no_nul("project id", project_id)?;
         super::text::no_nul_opt("name", name.as_deref())?;
-        let pid = project_id.to_owned();
-        let exists = self
-            .db
-            .run(move |c| projects::project_by_id(c, &pid))
-            .await?;
+        let pid = ProjectId::from(project_id);
+        let p = pid.clone();
+        let exists = self.db.run(move |c| projects::project_by_id(c, &p)).await?;
         if exists.is_none() {
             return Err(Error::ProjectNotFound);
         }
@@ -185,8 +185,8 @@ impl Admin {
         for _ in 0..5 {
             let code = code.clone().unwrap_or_else(generate_device_code);
             let row = DeviceRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                project_id: project_id.to_owned(),
+                id: SessionId::new(uuid::Uuid::now_v7().to_string()),
+                project_id: pid.clone(),
                 name: name.clone().unwrap_or_else(|| code.clone()),
                 code,
                 state: "pending".into(),
@@ -195,7 +195,7 @@ impl Admin {
             let insert = row.clone();
             match self
                 .db
-                .run(move |c| projects::insert_device(c, &insert))
+                .run(move |c| sessions::insert_device(c, &insert))
                 .await
             {
                 Ok(()) => return Ok(row.into()),
@@ -208,10 +208,10 @@ impl Admin {
 
     pub async fn list_devices(&self, project_id: &str) -> Result<Vec<DeviceSummary>> {
         super::text::no_nul("project id", project_id)?;
-        let pid = project_id.to_owned();
+        let pid = ProjectId::from(project_id);
         let rows = self
             .db
-            .run(move |c| projects::list_devices(c, &pid))
+            .run(move |c| sessions::list_devices(c, &pid))
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use super::Gateway;
 use crate::crypto;
 use crate::error::{Error, Result};
-use crate::storage::models::{DeviceRow, ProjectRow};
-use crate::storage::projects;
+use crate::storage::projects::{self, ProjectRow};
+use crate::storage::sessions::{self, DeviceRow};
+use crate::values::ProjectId;
 
 /// An authenticated project.
 #[derive(Clone)]
@@ -150,7 +151,7 @@ impl Unverified {
 pub struct AuthCache {
     ttl: Duration,
     projects: Cached<String, Arc<ProjectAuth>>,
-    devices: Cached<(String, String), Arc<DeviceRow>>,
+    devices: Cached<(ProjectId, String), Arc<DeviceRow>>,
 }
 
 type Cached<K, V> = Mutex<HashMap<K, (V, Instant)>>;
@@ -219,9 +220,9 @@ impl Gateway {
 
     /// The project as a caller, for credentials that are not the project's own API key
     /// (a SAK session or user key, a user's token).
-    pub async fn caller_for_project(&self, project_id: &str) -> Result<Caller> {
+    pub async fn caller_for_project(&self, project_id: &ProjectId) -> Result<Caller> {
         super::text::no_nul("project id", project_id)?;
-        let pid = project_id.to_owned();
+        let pid = project_id.clone();
         let row = self
             .db()
             .run(move |c| projects::project_by_id(c, &pid))
@@ -346,7 +347,7 @@ impl Gateway {
         let (pid, c) = key.clone();
         let row = self
             .db()
-            .run(move |conn| projects::device_by_code(conn, &pid, &c))
+            .run(move |conn| sessions::device_by_code(conn, &pid, &c))
             .await?
             .ok_or(Error::DeviceNotFound)?;
         let row = Arc::new(row);

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 
 use super::Gateway;
 use crate::error::Result;
-use crate::storage::{events, messages, now_ms, projects, queue, sessions};
+use crate::storage::messages::{self, queue};
+use crate::storage::{events, media, now_ms, projects};
 
 /// Media files dropped per pass, so that one pass stays short; the rest go at the next.
 const MEDIA_BATCH: i64 = 500;
@@ -60,7 +61,7 @@ impl Gateway {
             .run(move |c| {
                 let now = now_ms();
                 let media = match media_retention {
-                    Some(keep) => sessions::purge_media(c, now - keep, now, MEDIA_BATCH)?,
+                    Some(keep) => media::purge_media(c, now - keep, now, MEDIA_BATCH)?,
                     None => 0,
                 };
                 Ok(Sweep {

@@ -10,9 +10,10 @@ use super::text::{no_nul, no_nul_json, no_nul_opt};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::storage::accept::{AcceptItem, Accepted, IdempotencyKey, Limits};
-use crate::storage::messages::{self, ListFilter};
-use crate::storage::models::{MessageRow, NewMedia, NewMessage};
-use crate::storage::{now_ms, queue};
+use crate::storage::media::NewMedia;
+use crate::storage::messages::{self, ListFilter, MessageRow, NewMessage};
+use crate::storage::now_ms;
+use crate::values::{MessageStatus, SessionId};
 
 /// WhatsApp's own limit on a text message.
 pub const MAX_TEXT_CHARS: usize = 65_536;
@@ -41,12 +42,12 @@ pub struct MediaUpload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendReceipt {
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub device_code: String,
     /// The recipient as stored (normalized).
     pub recipient: String,
     /// The session (device) that sends it.
-    pub session_id: String,
+    pub session_id: SessionId,
     /// True when an earlier request with the same idempotency key created the message.
     pub replayed: bool,
 }
@@ -55,7 +56,7 @@ pub struct SendReceipt {
 pub struct MessageView {
     pub seq: i64,
     pub id: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub recipient: String,
     pub device_code: String,
     pub kind: String,
@@ -72,7 +73,7 @@ pub struct MessageView {
 impl From<MessageRow> for MessageView {
     fn from(r: MessageRow) -> Self {
         // A message still queued for a retry carries its last error only as a hint.
-        let error_message = if r.status == queue::FAILED {
+        let error_message = if r.status == MessageStatus::Failed {
             r.error_message
         } else {
             None
@@ -273,7 +274,7 @@ impl Gateway {
                 body: text,
                 media_id: new_media.as_ref().map(|m| m.id.clone()),
                 payload,
-                status: queue::QUEUED.to_owned(),
+                status: MessageStatus::Queued,
                 max_attempts: s.max_attempts,
                 available_at: now,
                 created_at: now,
@@ -302,7 +303,7 @@ impl Gateway {
         Ok(match outcome {
             Accepted::Created { id, device_code } => SendReceipt {
                 id,
-                status: queue::QUEUED.into(),
+                status: MessageStatus::Queued,
                 device_code,
                 recipient: stored_recipient,
                 session_id: device.id.clone(),
@@ -352,15 +353,12 @@ impl Gateway {
             None => None,
         };
         let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-            Some(
-                s @ (queue::QUEUED | queue::SENT | queue::DELIVERED | queue::READ | queue::FAILED),
-            ) => Some(s.to_owned()),
-            Some(_) => {
-                return Err(Error::InvalidRequest(
-                    "status must be queued, sent, delivered, read or failed".into(),
-                ));
-            }
             None => None,
+            Some(name) => Some(MessageStatus::parse(name).ok_or_else(|| {
+                Error::InvalidRequest(
+                    "status must be queued, sent, delivered, read or failed".into(),
+                )
+            })?),
         };
         let filter = ListFilter {
             device_code: q.device_code.filter(|d| !d.is_empty()),

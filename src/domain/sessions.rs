@@ -5,13 +5,18 @@ use tokio::sync::watch;
 use super::Gateway;
 use super::auth::Caller;
 use super::text::{no_nul, no_nul_opt};
+use super::webhooks::CreatedWebhook;
+use crate::crypto;
 use crate::error::{Error, Result};
 use crate::sessions::{SessionState, Snapshot};
-use crate::storage::sessions::{self as store, SessionRow};
+use crate::storage::now_ms;
+use crate::storage::sessions::{self as store, DeviceRow, NewSession, SessionRow};
+use crate::storage::webhooks::WebhookRow;
+use crate::values::{MessageStatus, SessionId};
 
 #[derive(Debug, Clone)]
 pub struct SessionView {
-    pub session_id: String,
+    pub session_id: SessionId,
     pub device_code: String,
     pub name: String,
     pub state: SessionState,
@@ -51,6 +56,27 @@ impl SessionView {
     }
 }
 
+/// A session just created, with its API key and its webhook (each secret shown only here).
+#[derive(Debug, Clone)]
+pub struct CreatedSession {
+    pub session: SessionView,
+    pub api_key: String,
+    pub webhook: Option<CreatedWebhook>,
+}
+
+/// A pairing code to type on the phone, valid until `expires_at` (epoch ms).
+#[derive(Debug, Clone)]
+pub struct PairingCode {
+    pub code: String,
+    pub expires_at: i64,
+}
+
+/// A running session and a watch on its live state.
+pub struct SessionWatch {
+    pub session: SessionRow,
+    pub changes: watch::Receiver<Snapshot>,
+}
+
 #[derive(Debug, Clone)]
 pub struct QrView {
     pub code: Option<String>,
@@ -65,7 +91,7 @@ impl Gateway {
         session_id: &str,
     ) -> Result<SessionRow> {
         no_nul("session id", session_id)?;
-        let id = session_id.to_owned();
+        let id = SessionId::from(session_id);
         let row = self.db().run(move |c| store::get(c, &id)).await?;
         match row {
             Some(r) if r.project_id == caller.project.row.id => Ok(r),
@@ -73,20 +99,84 @@ impl Gateway {
         }
     }
 
+    /// Creates a session with its own API key and, optionally, a webhook (`{url, events}`)
+    /// of its own, within the project's session cap. A bad webhook is refused before anything
+    /// exists; the key and the webhook are stored with the session, before it starts, so the
+    /// webhook gets the session's very first event. The key and the webhook's secret are
+    /// returned only here.
     pub async fn create_session(
         &self,
         caller: &Caller,
         name: Option<String>,
         device_code: Option<String>,
-    ) -> Result<SessionView> {
+        webhook: Option<(&str, &[String])>,
+    ) -> Result<CreatedSession> {
         no_nul_opt("name", name.as_deref())?;
         no_nul_opt("device code", device_code.as_deref())?;
-        let d = self
-            .admin()
-            .create_device(&caller.project.row.id, device_code, name)
-            .await?;
-        self.sessions().start(&d.device_id).await?;
-        self.get_session(caller, &d.device_id).await
+        let hook = match webhook {
+            None => None,
+            Some((url, events)) => {
+                no_nul("webhook url", url)?;
+                Some(self.new_webhook(caller, url, events)?)
+            }
+        };
+        if let Some(c) = &device_code
+            && !super::admin::valid_device_code(c)
+        {
+            return Err(Error::InvalidRequest(
+                "device code must be 3 to 64 characters of letters, digits, '-' or '_'".into(),
+            ));
+        }
+        let api_key = crypto::random_token("sess_");
+        let key_hash = crypto::hash_api_key(&api_key);
+        let explicit = device_code.is_some();
+        let mut created = None;
+        // A generated code may collide (1 in 10^9): try a few times.
+        for _ in 0..5 {
+            let code = device_code
+                .clone()
+                .unwrap_or_else(super::admin::generate_device_code);
+            let device = DeviceRow {
+                id: SessionId::new(uuid::Uuid::now_v7().to_string()),
+                project_id: caller.project.row.id.clone(),
+                name: name.clone().unwrap_or_else(|| code.clone()),
+                code,
+                state: SessionState::Pending.as_str().to_owned(),
+                created_at: now_ms(),
+            };
+            let webhook = hook.as_ref().map(|h| WebhookRow {
+                device_id: Some(device.id.clone()),
+                ..h.row.clone()
+            });
+            let new = NewSession {
+                device,
+                key_hash: key_hash.clone(),
+                webhook,
+            };
+            let id = new.device.id.clone();
+            match self.db().run(move |c| store::create_capped(c, &new)).await {
+                Ok(()) => {
+                    created = Some(id);
+                    break;
+                }
+                Err(Error::DeviceCodeTaken) if !explicit => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let id = created.ok_or(Error::DeviceCodeTaken)?;
+        self.sessions().start(&id).await?;
+        Ok(CreatedSession {
+            session: self.get_session(caller, &id).await?,
+            api_key,
+            webhook: hook.map(|h| CreatedWebhook {
+                webhook: WebhookRow {
+                    device_id: Some(id),
+                    ..h.row
+                }
+                .into(),
+                secret: h.secret,
+            }),
+        })
     }
 
     pub async fn list_sessions(&self, caller: &Caller) -> Result<Vec<SessionView>> {
@@ -124,13 +214,16 @@ impl Gateway {
         caller: &Caller,
         session_id: &str,
         phone: &str,
-    ) -> Result<(String, i64)> {
+    ) -> Result<PairingCode> {
         no_nul("phone number", phone)?;
         let row = self.own_session(caller, session_id).await?;
         let phone =
             super::messaging::normalize_recipient(phone).map_err(|_| Error::InvalidPhoneNumber)?;
         let code = self.sessions().pairing_code(&row.id, &phone).await?;
-        Ok((code, crate::storage::now_ms() + 180_000))
+        Ok(PairingCode {
+            code,
+            expires_at: now_ms() + 180_000,
+        })
     }
 
     pub async fn logout_session(&self, caller: &Caller, session_id: &str) -> Result<SessionView> {
@@ -151,11 +244,7 @@ impl Gateway {
     }
 
     /// State changes and QR rotations of a session (started if needed).
-    pub async fn watch_session(
-        &self,
-        caller: &Caller,
-        session_id: &str,
-    ) -> Result<(SessionRow, watch::Receiver<Snapshot>)> {
+    pub async fn watch_session(&self, caller: &Caller, session_id: &str) -> Result<SessionWatch> {
         let row = self.own_session(caller, session_id).await?;
         self.sessions().start(&row.id).await?;
         let rx = self
@@ -163,7 +252,10 @@ impl Gateway {
             .watch(&row.id)
             .await
             .ok_or_else(|| Error::WhatsAppUnavailable("the session is not running".into()))?;
-        Ok((row, rx))
+        Ok(SessionWatch {
+            session: row,
+            changes: rx,
+        })
     }
 }
 
@@ -177,7 +269,7 @@ pub struct HistoryItem {
     pub to: Option<String>,
     pub kind: String,
     pub text: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<MessageStatus>,
     pub push_name: Option<String>,
     pub at: i64,
 }
@@ -210,7 +302,7 @@ impl Gateway {
         let (inbound, outbound) = self
             .db()
             .run(move |c| {
-                let inbound = store::list_inbound(c, &id, n, 0)?;
+                let inbound = crate::storage::inbound::list_inbound(c, &id, n, 0)?;
                 let filter = crate::storage::messages::ListFilter {
                     device_code: Some(code),
                     limit: n,

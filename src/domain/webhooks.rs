@@ -7,13 +7,13 @@ use serde_json::{Map, Value};
 
 use super::Gateway;
 use super::auth::Caller;
-use super::sessions::SessionView;
 use super::text::{no_nul, no_nul_each, no_nul_opt};
 use crate::error::{Error, Result};
 use crate::events::{self as ev, NewEvent};
-use crate::storage::events::{self as log, Fanout};
+use crate::storage::events::{self as log, Cursor, Fanout};
 use crate::storage::now_ms;
 use crate::storage::webhooks::{self as store, Changes, WebhookRow};
+use crate::values::{SessionId, WebhookId};
 use crate::webhooks::{new_secret, parse_filter, validate_url};
 
 /// An old secret signs beside the new one for at most this long: a rotation is meant to
@@ -22,9 +22,9 @@ pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct WebhookView {
-    pub id: String,
+    pub id: WebhookId,
     /// `None` for a project-wide webhook.
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub url: String,
     pub events: Vec<String>,
     pub enabled: bool,
@@ -42,6 +42,28 @@ impl From<WebhookRow> for WebhookView {
             enabled: r.enabled,
             disabled_reason: r.disabled_reason,
             created_at: r.created_at,
+        }
+    }
+}
+
+/// A webhook just registered, with its signing secret (shown only here).
+#[derive(Debug, Clone)]
+pub struct CreatedWebhook {
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+/// A webhook row about to be stored, with its secret in the clear.
+pub(super) struct NewWebhook {
+    pub row: WebhookRow,
+    pub secret: String,
+}
+
+impl From<NewWebhook> for CreatedWebhook {
+    fn from(n: NewWebhook) -> Self {
+        CreatedWebhook {
+            webhook: n.row.into(),
+            secret: n.secret,
         }
     }
 }
@@ -64,12 +86,27 @@ pub struct DeliveryView {
     pub created_at: i64,
 }
 
+/// A webhook's new signing secret (shown only here), and until when the one it replaces
+/// still signs beside it (`None`: it stopped at once).
+#[derive(Debug, Clone)]
+pub struct RotatedSecret {
+    pub secret: String,
+    pub previous_expires_at: Option<i64>,
+}
+
+/// One page of a webhook's delivery log, newest first.
+#[derive(Debug, Clone)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryView>,
+    pub next_page_token: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EventView {
     pub id: String,
     pub kind: String,
     pub at: i64,
-    pub session_id: Option<String>,
+    pub session_id: Option<SessionId>,
     pub data: Value,
 }
 
@@ -102,9 +139,9 @@ const STREAM_BATCH: i64 = 256;
 const STREAM_POLL: Duration = Duration::from_secs(1);
 
 impl Gateway {
-    async fn own_webhook(&self, caller: &Caller, id: &str) -> Result<WebhookRow> {
+    async fn own_webhook(&self, caller: &Caller, id: &WebhookId) -> Result<WebhookRow> {
         no_nul("webhook id", id)?;
-        let (p, id) = (caller.project.row.id.clone(), id.to_owned());
+        let (p, id) = (caller.project.row.id.clone(), id.clone());
         self.db()
             .run(move |c| store::get(c, &p, &id))
             .await?
@@ -116,57 +153,30 @@ impl Gateway {
         &self,
         caller: &Caller,
         media_id: &str,
-    ) -> Result<crate::storage::sessions::MediaBlob> {
+    ) -> Result<crate::storage::media::MediaBlob> {
         no_nul("media id", media_id)?;
         let (p, id) = (caller.project.row.id.clone(), media_id.to_owned());
         match self
             .db()
-            .run(move |c| crate::storage::sessions::project_media(c, &p, &id))
+            .run(move |c| crate::storage::media::project_media(c, &p, &id))
             .await?
         {
             None => Err(Error::MediaNotFound),
-            Some((_, Some(_purged))) => Err(Error::MediaExpired),
-            Some((blob, None)) => Ok(blob),
+            Some(m) if m.purged_at.is_some() => Err(Error::MediaExpired),
+            Some(m) => Ok(m.blob),
         }
-    }
-
-    /// SAK session creation with an optional webhook (`{url, events}`): a bad webhook is
-    /// refused before the session exists. Returns the session, its API key, and the webhook
-    /// with its secret.
-    pub async fn create_session_with_webhook(
-        &self,
-        caller: &Caller,
-        name: Option<String>,
-        device_code: Option<String>,
-        webhook: Option<(&str, &[String])>,
-    ) -> Result<(SessionView, String, Option<(WebhookView, String)>)> {
-        no_nul_opt("name", name.as_deref())?;
-        if let Some((url, events)) = webhook {
-            no_nul("webhook url", url)?;
-            no_nul_each("events", events)?;
-            validate_url(url, self.settings().webhooks.allow_private)?;
-            parse_filter(events)?;
-        }
-        let (session, key) = self
-            .create_session_with_key(caller, name, device_code)
-            .await?;
-        let hook = match webhook {
-            None => None,
-            Some((url, events)) => Some(
-                self.create_webhook(caller, Some(session.session_id.clone()), url, events)
-                    .await?,
-            ),
-        };
-        Ok((session, key, hook))
     }
 
     /// An optional session scope (empty = none), checked to be the caller's.
-    async fn scope(&self, caller: &Caller, session_id: Option<String>) -> Result<Option<String>> {
-        let session_id = session_id.filter(|s| !s.is_empty());
-        if let Some(s) = &session_id {
-            self.own_session(caller, s).await?;
-        }
-        Ok(session_id)
+    async fn scope(
+        &self,
+        caller: &Caller,
+        session_id: Option<String>,
+    ) -> Result<Option<SessionId>> {
+        let Some(s) = session_id.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(self.own_session(caller, &s).await?.id))
     }
 
     /// Registers a webhook; the secret is returned here only.
@@ -176,19 +186,32 @@ impl Gateway {
         session_id: Option<String>,
         url: &str,
         events: &[String],
-    ) -> Result<(WebhookView, String)> {
+    ) -> Result<CreatedWebhook> {
+        let mut hook = self.new_webhook(caller, url, events)?;
+        hook.row.device_id = self.scope(caller, session_id).await?;
+        let stored = hook.row.clone();
+        self.db().run(move |c| store::insert(c, &stored)).await?;
+        Ok(hook.into())
+    }
+
+    /// A project-wide webhook registration ready to store: its URL and filter validated, a
+    /// fresh secret sealed.
+    pub(super) fn new_webhook(
+        &self,
+        caller: &Caller,
+        url: &str,
+        events: &[String],
+    ) -> Result<NewWebhook> {
         no_nul("url", url)?;
         no_nul_each("events", events)?;
-        let ws = &self.settings().webhooks;
-        let url = validate_url(url, ws.allow_private)?;
+        let url = validate_url(url, self.settings().webhooks.allow_private)?;
         let filter = parse_filter(events)?;
-        let session_id = self.scope(caller, session_id).await?;
         let secret = new_secret();
         let now = now_ms();
         let row = WebhookRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: WebhookId::new(uuid::Uuid::now_v7().to_string()),
             project_id: caller.project.row.id.clone(),
-            device_id: session_id,
+            device_id: None,
             url,
             events: filter,
             enabled: true,
@@ -199,9 +222,7 @@ impl Gateway {
             created_at: now,
             updated_at: now,
         };
-        let stored = row.clone();
-        self.db().run(move |c| store::insert(c, &stored)).await?;
-        Ok((row.into(), secret))
+        Ok(NewWebhook { row, secret })
     }
 
     pub async fn list_webhooks(
@@ -213,12 +234,12 @@ impl Gateway {
         let p = caller.project.row.id.clone();
         let rows = self
             .db()
-            .run(move |c| store::list(c, &p, session_id.as_deref()))
+            .run(move |c| store::list(c, &p, session_id.as_ref()))
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    pub async fn get_webhook(&self, caller: &Caller, id: &str) -> Result<WebhookView> {
+    pub async fn get_webhook(&self, caller: &Caller, id: &WebhookId) -> Result<WebhookView> {
         Ok(self.own_webhook(caller, id).await?.into())
     }
 
@@ -226,7 +247,7 @@ impl Gateway {
     pub async fn update_webhook(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &WebhookId,
         url: Option<&str>,
         events: Option<&[String]>,
         enabled: Option<bool>,
@@ -246,7 +267,7 @@ impl Gateway {
                 .transpose()?,
             enabled,
         };
-        let (p, id) = (caller.project.row.id.clone(), id.to_owned());
+        let (p, id) = (caller.project.row.id.clone(), id.clone());
         self.db()
             .run(move |c| store::update(c, &p, &id, changes, now_ms()))
             .await?
@@ -254,9 +275,9 @@ impl Gateway {
             .ok_or(Error::WebhookNotFound)
     }
 
-    pub async fn delete_webhook(&self, caller: &Caller, id: &str) -> Result<()> {
+    pub async fn delete_webhook(&self, caller: &Caller, id: &WebhookId) -> Result<()> {
         no_nul("webhook id", id)?;
-        let (p, id) = (caller.project.row.id.clone(), id.to_owned());
+        let (p, id) = (caller.project.row.id.clone(), id.clone());
         if self.db().run(move |c| store::delete(c, &p, &id)).await? {
             Ok(())
         } else {
@@ -269,9 +290,9 @@ impl Gateway {
     pub async fn rotate_webhook_secret(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &WebhookId,
         overlap: Option<Duration>,
-    ) -> Result<(String, Option<i64>)> {
+    ) -> Result<RotatedSecret> {
         if overlap.is_some_and(|o| o > MAX_SECRET_OVERLAP) {
             return Err(Error::InvalidRequest(format!(
                 "the overlap may be at most {} seconds",
@@ -297,7 +318,10 @@ impl Gateway {
                 )
             })
             .await?;
-        Ok((secret, expires))
+        Ok(RotatedSecret {
+            secret,
+            previous_expires_at: expires,
+        })
     }
 
     /// Sends a test event to the session's webhooks (its own and the project-wide ones),
@@ -329,7 +353,7 @@ impl Gateway {
         self.db()
             .run(move |c| {
                 c.transaction(|c| {
-                    let hooks: Vec<String> = store::list(c, &p, Some(&d))?
+                    let hooks: Vec<WebhookId> = store::list(c, &p, Some(&d))?
                         .into_iter()
                         .filter(|w| w.enabled)
                         .map(|w| w.id)
@@ -344,7 +368,7 @@ impl Gateway {
                         kind,
                         fields,
                     };
-                    Ok(log::record_to(c, e, Fanout::Only(&hooks), now_ms())?.1)
+                    Ok(log::record_to(c, e, Fanout::Only(&hooks), now_ms())?.delivery_ids)
                 })
             })
             .await
@@ -353,10 +377,10 @@ impl Gateway {
     pub async fn list_deliveries(
         &self,
         caller: &Caller,
-        webhook_id: &str,
+        webhook_id: &WebhookId,
         page_size: i64,
         page_token: Option<&str>,
-    ) -> Result<(Vec<DeliveryView>, Option<String>)> {
+    ) -> Result<DeliveryPage> {
         let hook = self.own_webhook(caller, webhook_id).await?;
         let before = page_token
             .filter(|t| !t.is_empty())
@@ -385,14 +409,17 @@ impl Gateway {
             .into_iter()
             .map(|r| delivery_view(r, &attempts))
             .collect();
-        Ok((views, next))
+        Ok(DeliveryPage {
+            deliveries: views,
+            next_page_token: next,
+        })
     }
 
     /// Sends one delivery again (whatever its state), as soon as its lane allows.
     pub async fn redeliver(
         &self,
         caller: &Caller,
-        webhook_id: &str,
+        webhook_id: &WebhookId,
         delivery_id: &str,
     ) -> Result<DeliveryView> {
         no_nul("delivery id", delivery_id)?;
@@ -417,7 +444,7 @@ impl Gateway {
     pub async fn redeliver_failed(
         &self,
         caller: &Caller,
-        webhook_id: &str,
+        webhook_id: &WebhookId,
         since_ms: i64,
     ) -> Result<usize> {
         let hook = self.own_webhook(caller, webhook_id).await?;
@@ -460,7 +487,7 @@ impl Gateway {
             loop {
                 let (p, s) = (project.clone(), session_id.clone());
                 let rows = match db
-                    .run(move |c| log::after(c, &p, s.as_deref(), cursor, STREAM_BATCH))
+                    .run(move |c| log::after(c, &p, s.as_ref(), cursor, STREAM_BATCH))
                     .await
                 {
                     Ok(rows) => rows,
@@ -471,7 +498,10 @@ impl Gateway {
                 };
                 let full = rows.len() as i64 == STREAM_BATCH;
                 for r in rows {
-                    cursor = (r.txid, r.seq);
+                    cursor = Cursor {
+                        txid: r.txid,
+                        seq: r.seq,
+                    };
                     let view = EventView {
                         data: log::data_json(&r),
                         id: r.id,

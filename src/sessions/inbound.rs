@@ -17,7 +17,7 @@ use whatsapp_rust::wacore::proto_helpers::MessageExt;
 
 use super::{Inner, Slot, outbound};
 use crate::error::Result;
-use crate::storage::{now_ms, sessions};
+use crate::storage::{inbound, now_ms};
 
 /// Commits a session's inbound messages before whatsapp-rust acknowledges them.
 pub(super) struct Hook {
@@ -87,7 +87,7 @@ pub(super) async fn store(
         )
     };
     let now = now_ms();
-    let media_row = media.map(|blob| crate::storage::models::NewMedia {
+    let media_row = media.map(|blob| crate::storage::media::NewMedia {
         id: uuid::Uuid::now_v7().to_string(),
         project_id: slot.project_id.clone(),
         sha256: crate::crypto::sha256_hex(&blob.data),
@@ -97,7 +97,7 @@ pub(super) async fn store(
         data: blob.data,
         created_at: now,
     });
-    let row = sessions::InboundRow {
+    let row = inbound::InboundRow {
         id: uuid::Uuid::now_v7().to_string(),
         project_id: slot.project_id.clone(),
         device_id: slot.device_id.clone(),
@@ -113,9 +113,7 @@ pub(super) async fn store(
         sent_at: info.timestamp.timestamp_millis(),
         created_at: now,
     };
-    slot.write(&inner.db, move |c| {
-        sessions::insert_inbound(c, &row, media_row.as_ref())
-    })
-    .await
-    .map(|_| ())
+    slot.write(&inner.db, move |c| inbound::insert_inbound(c, &row, media_row.as_ref()))
+        .await
+        .map(|_| ())
 }

@@ -19,11 +19,13 @@ use super::fence::{Gate, LeaseClock};
 use super::{Connector, DeviceStores, supervisor};
 use crate::error::{Error, Result};
 use crate::storage::cluster::{self, Fence, Held};
-use crate::storage::{Db, DbConn, now_ms, queue, sessions};
+use crate::storage::messages::queue;
+use crate::storage::{Db, DbConn, now_ms, sessions};
+use crate::values::{ProjectId, SessionId};
 
 pub(crate) struct Slot {
-    pub device_id: String,
-    pub project_id: String,
+    pub device_id: SessionId,
+    pub project_id: ProjectId,
     /// The lease this session runs under.
     pub fence: Fence,
     /// Its connections to WhatsApp.
@@ -79,7 +81,7 @@ pub(crate) struct Inner {
     pub connector: Connector,
     pub stores: Arc<dyn DeviceStores>,
     pub clock: Arc<LeaseClock>,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
 }
 
 impl Inner {
@@ -256,9 +258,9 @@ impl SessionManager {
             .await?;
         let mut started = 0;
         for row in rows {
-            if let Some(h) = held.iter().find(|h| h.device_id == row.id) {
+            if let Some(h) = held.iter().find(|h| h.device_id == row.id.as_str()) {
                 let fence = Fence {
-                    device_id: row.id.clone(),
+                    device_id: row.id.to_string(),
                     node: self.inner.node.clone(),
                     epoch: h.epoch,
                 };
@@ -278,11 +280,11 @@ impl SessionManager {
         let row = self
             .inner
             .db
-            .run(move |c| sessions::get(c, &id))
+            .run(move |c| sessions::get(c, &SessionId::from(id.as_str())))
             .await?
             .ok_or(Error::DeviceNotFound)?;
         let fence = Fence {
-            device_id: row.id.clone(),
+            device_id: row.id.to_string(),
             node: self.inner.node.clone(),
             epoch: held.epoch,
         };
@@ -354,7 +356,7 @@ impl SessionManager {
                     let mut ours = Vec::with_capacity(held.len());
                     for f in &held {
                         if cluster::check_fence(c, f).is_ok() {
-                            ours.push(f.device_id.clone());
+                            ours.push(SessionId::from(f.device_id.as_str()));
                         }
                     }
                     sessions::set_states_from(c, &ours, &running, "disconnected", reason, now)?;
@@ -383,7 +385,7 @@ impl SessionManager {
         let row = self
             .inner
             .db
-            .run(move |c| sessions::get(c, &id))
+            .run(move |c| sessions::get(c, &SessionId::from(id.as_str())))
             .await?
             .ok_or(Error::DeviceNotFound)?;
         self.start_row(row, fence);
@@ -440,7 +442,7 @@ impl SessionManager {
         }
         self.stop_slot(device_id).await;
         self.inner.stores.wipe(device_id).await?;
-        let id = device_id.to_owned();
+        let id = SessionId::from(device_id);
         self.inner
             .db
             .run(move |c| {

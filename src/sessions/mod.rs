@@ -55,7 +55,8 @@ impl Connector {
 /// The device stores of sessions (whatsapp-rust's `Backend`), one per session.
 #[async_trait::async_trait]
 pub trait DeviceStores: Send + Sync {
-    fn open(&self, device_id: &str) -> Arc<dyn Backend>;
+    /// The store of a session running under `fence`: its writes are fenced by that lease.
+    fn open(&self, fence: &crate::storage::cluster::Fence) -> Arc<dyn Backend>;
     /// Forgets everything of a session (after logout or delete).
     async fn wipe(&self, device_id: &str) -> Result<()>;
 }
@@ -70,7 +71,7 @@ impl HttpClient for SharedHttp {
     }
 }
 
-/// Device stores in wagate's own database (see `storage::device_store`), their private key
+/// Device stores in wagate's own database (see `storage::devices`), their private key
 /// material sealed with the master key.
 pub struct DbStores {
     db: Db,
@@ -85,18 +86,21 @@ impl DbStores {
 
 #[async_trait::async_trait]
 impl DeviceStores for DbStores {
-    fn open(&self, device_id: &str) -> Arc<dyn Backend> {
-        Arc::new(crate::storage::device_store::DbDeviceStore::new(
-            self.db.clone(),
-            &self.key,
-            device_id.to_owned(),
-        ))
+    fn open(&self, fence: &crate::storage::cluster::Fence) -> Arc<dyn Backend> {
+        Arc::new(
+            crate::storage::devices::DbDeviceStore::new(
+                self.db.clone(),
+                &self.key,
+                fence.device_id.clone(),
+            )
+            .fenced(fence.clone()),
+        )
     }
 
     async fn wipe(&self, device_id: &str) -> Result<()> {
         let id = device_id.to_owned();
         self.db
-            .run(move |c| crate::storage::device_store::wipe(c, &id).map(|_| ()))
+            .run(move |c| crate::storage::devices::wipe(c, &id).map(|_| ()))
             .await
     }
 }

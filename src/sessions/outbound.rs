@@ -11,8 +11,8 @@ use whatsapp_rust::waproto::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::{Inner, SessionState, Slot};
-use crate::storage::models::MessageRow;
-use crate::storage::{now_ms, queue, sessions};
+use crate::storage::messages::{MessageRow, queue};
+use crate::storage::{media, now_ms};
 
 /// Messages claimed per round.
 const BATCH: i64 = 16;
@@ -80,15 +80,10 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
 
 async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow) {
     let wa_id = wa_message_id(&m.id);
-    let node = inner.node.clone();
+    let claim = m.claim(&inner.node);
     // Record the id first: the server ack may arrive before `send` returns.
-    let (id, n, w, token) = (m.id.clone(), node.clone(), wa_id.clone(), m.claim_token);
-    match slot
-        .write(&inner.db, move |c| {
-            sessions::set_wa_id(c, &id, &n, token, &w)
-        })
-        .await
-    {
+    let (fence, w) = (claim.clone(), wa_id.clone());
+    match slot.write(&inner.db, move |c| queue::set_wa_id(c, &fence, &w)).await {
         Ok(true) => {}
         Ok(false) => return, // the claim was lost (lease expired): someone else has it
         Err(e) => {
@@ -102,28 +97,21 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
         Err(_) => Err(Failure::Transient("send timed out".into())),
     };
     let now = now_ms();
-    let (id, n, token) = (m.id.clone(), node.clone(), m.claim_token);
     let outcome = match result {
         // Written: wait for the server ack; without one in time it is resent (same id).
         Ok(()) => {
-            slot.write(&inner.db, move |c| {
-                sessions::mark_dispatched(c, &id, &n, token, &wa_id, now + ACK_TIMEOUT_MS)
-            })
-            .await
+            slot.write(&inner.db, move |c| queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS))
+                .await
         }
         Err(Failure::Permanent(code, msg)) => {
-            slot.write(&inner.db, move |c| {
-                queue::fail(c, &id, &n, token, code, &msg, now)
-            })
-            .await
+            slot.write(&inner.db, move |c| queue::fail(c, &claim, code, &msg, now))
+                .await
         }
         Err(Failure::Transient(msg)) => {
             tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
             let retry_at = now + queue::backoff_ms(m.attempts);
-            slot.write(&inner.db, move |c| {
-                queue::retry_later(c, &m, &n, &msg, retry_at, now)
-            })
-            .await
+            slot.write(&inner.db, move |c| queue::retry_later(c, &m, &claim.node, &msg, retry_at, now))
+                .await
         }
     };
     if let Err(e) = outcome {
@@ -159,7 +147,7 @@ async fn send_one(
             let mid = media_id.clone();
             let blob = inner
                 .db
-                .run(move |c| sessions::media_bytes(c, &mid))
+                .run(move |c| media::media_bytes(c, &mid))
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?
                 .ok_or(Failure::Permanent(
@@ -254,7 +242,7 @@ impl UploadFields {
 pub(super) async fn inbound_media(
     client: &Arc<Client>,
     msg: &wa::Message,
-) -> (&'static str, Option<sessions::MediaBlob>) {
+) -> (&'static str, Option<media::MediaBlob>) {
     let timeout = Duration::from_secs(60);
     macro_rules! grab {
         ($m:expr, $kind:expr, $name:expr) => {{
@@ -264,7 +252,7 @@ pub(super) async fn inbound_media(
                 return ($kind, None);
             }
             let data = match tokio::time::timeout(timeout, client.download(m)).await {
-                Ok(Ok(data)) => Some(sessions::MediaBlob { mime_type: mime, filename: $name, data }),
+                Ok(Ok(data)) => Some(media::MediaBlob { mime_type: mime, filename: $name, data }),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "inbound media download failed");
                     None

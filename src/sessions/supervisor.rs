@@ -11,6 +11,7 @@ use whatsapp_rust::types::events::Event;
 use whatsapp_rust::wacore::types::presence::ReceiptType;
 
 use super::{Inner, SessionState, SharedHttp, Slot, inbound, outbound};
+use crate::storage::messages::queue;
 use crate::storage::{now_ms, sessions};
 
 /// Events buffered between the client and the supervisor. The client's ordered mailbox
@@ -116,7 +117,7 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     let (tx, mut events) = mpsc::channel::<Arc<Event>>(EVENT_BUFFER);
     let store_failed = Arc::new(Notify::new());
     let mut builder = Bot::builder()
-        .with_backend_arc(inner.stores.open(&slot.device_id))
+        .with_backend_arc(inner.stores.open(&slot.fence))
         .with_transport_factory(slot.gate.factory(inner.connector.transport.clone()))
         .with_http_client(SharedHttp(inner.connector.http.clone()))
         .with_runtime(TokioRuntime)
@@ -204,7 +205,7 @@ async fn on_event(
                 })
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot persist the QR state");
+                tracing::warn!(device = %device, error = %e, "cannot persist the QR state");
             }
             slot.update(|s| {
                 s.state = SessionState::Qr;
@@ -222,7 +223,7 @@ async fn on_event(
                 })
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot persist the linked account");
+                tracing::warn!(device = %device, error = %e, "cannot persist the linked account");
             }
             slot.update(|s| s.phone = Some(phone));
             persist_state(inner, slot, SessionState::Connecting, None).await;
@@ -237,7 +238,7 @@ async fn on_event(
                 })
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot persist connected state");
+                tracing::warn!(device = %device, error = %e, "cannot persist connected state");
             }
             slot.update(|s| {
                 s.state = SessionState::Connected;
@@ -275,7 +276,7 @@ async fn on_event(
             if recorded.is_ok()
                 && let Err(e) = inner.stores.wipe(&device).await
             {
-                tracing::error!(device, error = %e, "cannot wipe the device store after logout");
+                tracing::error!(device = %device, error = %e, "cannot wipe the device store after logout");
             }
             slot.update(|s| {
                 s.state = SessionState::LoggedOut;
@@ -339,13 +340,10 @@ async fn on_event(
         }
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
             let (id, wa) = (device.clone(), ack.id.clone());
-            if let Err(e) = slot
-                .write(&inner.db, move |c| {
-                    sessions::mark_acked(c, &id, &wa, now_ms())
-                })
+            if let Err(e) = slot.write(&inner.db, move |c| queue::mark_acked(c, &id, &wa, now_ms()))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot record server ack");
+                tracing::warn!(device = %device, error = %e, "cannot record server ack");
             }
             slot.wake.notify_one();
         }
@@ -357,13 +355,10 @@ async fn on_event(
             };
             let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
             let id = device.clone();
-            if let Err(e) = slot
-                .write(&inner.db, move |c| {
-                    sessions::mark_receipt(c, &id, &ids, read, now_ms())
-                })
+            if let Err(e) = slot.write(&inner.db, move |c| queue::mark_receipt(c, &id, &ids, read, now_ms()))
                 .await
             {
-                tracing::warn!(device, error = %e, "cannot record receipt");
+                tracing::warn!(device = %device, error = %e, "cannot record receipt");
             }
         }
         // Messages the durability hook committed are stored already; the others (channel
@@ -371,7 +366,7 @@ async fn on_event(
         Event::Messages(batch) if !batch.hook_committed => {
             for m in batch.messages.iter() {
                 if let Err(e) = inbound::store(inner, slot, client, m).await {
-                    tracing::error!(device, error = %e, "cannot store inbound message");
+                    tracing::error!(device = %device, error = %e, "cannot store inbound message");
                 }
             }
         }

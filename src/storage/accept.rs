@@ -24,15 +24,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::models::{IdempotencyRow, NewMedia, NewMessage};
+use super::media::NewMedia;
+use super::messages::NewMessage;
 use super::schema::{idempotency_keys, media, messages, usage_counters};
 use super::{Backend, Db, DbConn, now_ms};
+use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+pub struct IdempotencyRow {
+    pub project_id: ProjectId,
+    pub key: String,
+    pub fingerprint: String,
+    pub message_id: String,
+    pub expires_at: i64,
+}
+
 use crate::error::{Error, Result};
-use crate::on_conn;
+use crate::values::{MessageStatus, ProjectId};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub per_minute: i64,
     pub monthly: i64,
     pub suspended: bool,
@@ -64,7 +77,7 @@ pub enum Accepted {
     Replayed {
         id: String,
         device_code: String,
-        status: String,
+        status: MessageStatus,
     },
 }
 
@@ -121,7 +134,7 @@ impl Failure {
     /// whatever the error said.
     fn of_batch(conn: &mut DbConn, e: &DbError) -> Failure {
         let mut f = Failure::of(e);
-        f.transient |= on_conn!(conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+        f.transient |= db_run!(conn, |c| diesel::r2d2::R2D2Connection::is_broken(c));
         f
     }
 
@@ -196,14 +209,19 @@ fn in_savepoint(
     conn: &mut DbConn,
     f: impl FnOnce(&mut DbConn) -> QueryResult<()>,
 ) -> QueryResult<std::result::Result<(), DbError>> {
-    on_conn!(&mut *conn, c => AnsiTransactionManager::begin_transaction(c))?;
+    db_run!(&mut *conn, |c| AnsiTransactionManager::begin_transaction(c))?;
     match f(conn) {
         Ok(()) => {
-            on_conn!(&mut *conn, c => AnsiTransactionManager::commit_transaction(c))?;
+            db_run!(&mut *conn, |c| AnsiTransactionManager::commit_transaction(
+                c
+            ))?;
             Ok(Ok(()))
         }
         Err(e) => {
-            on_conn!(&mut *conn, c => AnsiTransactionManager::rollback_transaction(c))?;
+            db_run!(
+                &mut *conn,
+                |c| AnsiTransactionManager::rollback_transaction(c)
+            )?;
             if is_transient(&e) { Err(e) } else { Ok(Err(e)) }
         }
     }
@@ -248,7 +266,7 @@ fn accept_in_tx(
             (pid, month_bucket.as_str(), now + 62 * 24 * 3600 * 1000),
         ];
         for (p, b, exp) in seed {
-            on_conn!(conn, c => diesel::insert_into(usage_counters::table)
+            db_run!(conn, |c| diesel::insert_into(usage_counters::table)
                 .values((
                     usage_counters::project_id.eq(p),
                     usage_counters::bucket.eq(b),
@@ -301,7 +319,7 @@ fn accept_in_tx(
                 });
                 continue;
             }
-            let existing: Option<IdempotencyRow> = on_conn!(conn, c => idempotency_keys::table
+            let existing: Option<IdempotencyRow> = db_run!(conn, |c| idempotency_keys::table
                 .find((pid, k.key.as_str()))
                 .select(IdempotencyRow::as_select())
                 .first(c)
@@ -312,11 +330,12 @@ fn accept_in_tx(
                         outcomes.push(Err(Error::IdempotencyConflict));
                         continue;
                     }
-                    let found: Option<(String, String)> = on_conn!(conn, c => messages::table
-                        .filter(messages::id.eq(&row.message_id))
-                        .select((messages::device_code, messages::status))
-                        .first(c)
-                        .optional())?;
+                    let found: Option<(String, MessageStatus)> =
+                        db_run!(conn, |c| messages::table
+                            .filter(messages::id.eq(&row.message_id))
+                            .select((messages::device_code, messages::status))
+                            .first(c)
+                            .optional())?;
                     outcomes.push(match found {
                         Some((device_code, status)) => Ok(Accepted::Replayed {
                             id: row.message_id,
@@ -350,7 +369,7 @@ fn accept_in_tx(
         }
 
         let key_row = item.idempotency.as_ref().map(|k| IdempotencyRow {
-            project_id: pid.to_owned(),
+            project_id: item.limits.project_id.clone(),
             key: k.key.clone(),
             fingerprint: k.fingerprint.clone(),
             message_id: item.message.id.clone(),
@@ -359,14 +378,23 @@ fn accept_in_tx(
         if isolated {
             let written = in_savepoint(conn, |conn| {
                 if let (true, Some(k)) = (expired, &item.idempotency) {
-                    on_conn!(conn, c => diesel::delete(idempotency_keys::table.find((pid, k.key.as_str()))).execute(c))?;
+                    db_run!(conn, |c| diesel::delete(
+                        idempotency_keys::table.find((pid, k.key.as_str()))
+                    )
+                    .execute(c))?;
                 }
                 if let Some(m) = &item.media {
-                    on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+                    db_run!(conn, |c| diesel::insert_into(media::table)
+                        .values(m)
+                        .execute(c))?;
                 }
-                on_conn!(conn, c => diesel::insert_into(messages::table).values(&item.message).execute(c))?;
+                db_run!(conn, |c| diesel::insert_into(messages::table)
+                    .values(&item.message)
+                    .execute(c))?;
                 if let Some(k) = &key_row {
-                    on_conn!(conn, c => diesel::insert_into(idempotency_keys::table).values(k).execute(c))?;
+                    db_run!(conn, |c| diesel::insert_into(idempotency_keys::table)
+                        .values(k)
+                        .execute(c))?;
                 }
                 Ok(())
             })?;
@@ -378,7 +406,9 @@ fn accept_in_tx(
             }
         } else {
             if let Some(m) = &item.media {
-                on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+                db_run!(conn, |c| diesel::insert_into(media::table)
+                    .values(m)
+                    .execute(c))?;
             }
             if let (true, Some(k)) = (expired, &item.idempotency) {
                 expired_keys.push((pid, k.key.as_str()));
@@ -404,19 +434,28 @@ fn accept_in_tx(
 
     for chunk in new_messages.chunks(INSERT_CHUNK) {
         let rows: Vec<&NewMessage> = chunk.to_vec();
-        on_conn!(conn, c => diesel::insert_into(messages::table).values(rows).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(messages::table)
+            .values(rows)
+            .execute(c))?;
     }
     for (pid, key) in expired_keys {
-        on_conn!(conn, c => diesel::delete(idempotency_keys::table.find((pid, key))).execute(c))?;
+        db_run!(conn, |c| diesel::delete(
+            idempotency_keys::table.find((pid, key))
+        )
+        .execute(c))?;
     }
     for chunk in new_keys.chunks(INSERT_CHUNK) {
-        on_conn!(conn, c => diesel::insert_into(idempotency_keys::table).values(chunk).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(idempotency_keys::table)
+            .values(chunk)
+            .execute(c))?;
     }
     for (pid, ctr) in counters.iter().filter(|(_, c)| c.dirty) {
         for (bucket, value) in [(&minute_bucket, ctr.minute), (&month_bucket, ctr.month)] {
-            on_conn!(conn, c => diesel::update(usage_counters::table.find((pid.as_str(), bucket.as_str())))
-                .set(usage_counters::count.eq(value))
-                .execute(c))?;
+            db_run!(conn, |c| diesel::update(
+                usage_counters::table.find((pid.as_str(), bucket.as_str()))
+            )
+            .set(usage_counters::count.eq(value))
+            .execute(c))?;
         }
     }
     Ok(outcomes)
@@ -430,16 +469,23 @@ fn as_replay(first: &Accepted) -> Accepted {
         } => Accepted::Replayed {
             id: id.clone(),
             device_code: device_code.clone(),
-            status: "queued".into(),
+            status: MessageStatus::Queued,
         },
     }
 }
 
-/// Current usage of a project: (messages this minute, messages this month).
-pub fn usage(conn: &mut DbConn, project_id: &str, now: i64) -> Result<(i64, i64)> {
+/// What a project has sent in the current rate-limit and quota windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub this_minute: i64,
+    pub this_month: i64,
+}
+
+/// Current usage of a project.
+pub fn usage(conn: &mut DbConn, project_id: &ProjectId, now: i64) -> Result<Usage> {
     let minute_bucket = format!("m{}", now / MINUTE_MS);
     let month_bucket = month_bucket(now);
-    let rows: Vec<(String, i64)> = on_conn!(conn, c => usage_counters::table
+    let rows: Vec<(String, i64)> = db_run!(conn, |c| usage_counters::table
         .filter(usage_counters::project_id.eq(project_id))
         .filter(usage_counters::bucket.eq_any([&minute_bucket, &month_bucket]))
         .select((usage_counters::bucket, usage_counters::count))
@@ -450,7 +496,10 @@ pub fn usage(conn: &mut DbConn, project_id: &str, now: i64) -> Result<(i64, i64)
             .map(|(_, v)| *v)
             .unwrap_or(0)
     };
-    Ok((get(&minute_bucket), get(&month_bucket)))
+    Ok(Usage {
+        this_minute: get(&minute_bucket),
+        this_month: get(&month_bucket),
+    })
 }
 
 struct Job {
@@ -627,7 +676,9 @@ impl Writer {
     ) -> std::result::Result<Vec<Result<Accepted>>, Failure> {
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            let broken = on_conn!(&mut self.conn, c => diesel::r2d2::R2D2Connection::is_broken(c));
+            let broken = db_run!(&mut self.conn, |c| diesel::r2d2::R2D2Connection::is_broken(
+                c
+            ));
             if attempt > 0 {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("wagate_accept_batch_retries_total").increment(1);

@@ -1,12 +1,15 @@
-//! SAK accounts: users (each owns a project), user API keys, session API keys.
+//! SAK accounts: users (each owns one project), their user API keys, and finding a session
+//! by its own API key. Passwords and keys are stored only as hashes, so every lookup here is
+//! by hash; the domain hashes what a client presents.
 
 use diesel::prelude::*;
 
 use super::DbConn;
 use super::schema::{devices, user_api_keys, users};
 use super::sessions::SessionRow;
+use crate::db_run;
 use crate::error::{Error, Result};
-use crate::on_conn;
+use crate::values::{ProjectId, SessionId};
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -15,7 +18,7 @@ pub struct UserRow {
     pub email: String,
     pub name: String,
     pub password_hash: String,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub created_at: i64,
 }
 
@@ -31,7 +34,10 @@ pub struct UserKeyRow {
 }
 
 pub fn insert_user(conn: &mut DbConn, row: &UserRow) -> Result<()> {
-    match on_conn!(conn, c => diesel::insert_into(users::table).values(row).execute(c)) {
+    match db_run!(conn, |c| diesel::insert_into(users::table)
+        .values(row)
+        .execute(c))
+    {
         Ok(_) => Ok(()),
         Err(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
@@ -42,22 +48,30 @@ pub fn insert_user(conn: &mut DbConn, row: &UserRow) -> Result<()> {
 }
 
 pub fn user_by_email(conn: &mut DbConn, email: &str) -> Result<Option<UserRow>> {
-    Ok(
-        on_conn!(conn, c => users::table.filter(users::email.eq(email)).select(UserRow::as_select()).first(c).optional())?,
-    )
+    Ok(db_run!(conn, |c| users::table
+        .filter(users::email.eq(email))
+        .select(UserRow::as_select())
+        .first(c)
+        .optional())?)
 }
 
 pub fn user_by_id(conn: &mut DbConn, id: &str) -> Result<Option<UserRow>> {
-    Ok(on_conn!(conn, c => users::table.find(id).select(UserRow::as_select()).first(c).optional())?)
+    Ok(db_run!(conn, |c| users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .first(c)
+        .optional())?)
 }
 
 pub fn insert_user_key(conn: &mut DbConn, row: &UserKeyRow) -> Result<()> {
-    on_conn!(conn, c => diesel::insert_into(user_api_keys::table).values(row).execute(c))?;
+    db_run!(conn, |c| diesel::insert_into(user_api_keys::table)
+        .values(row)
+        .execute(c))?;
     Ok(())
 }
 
 pub fn list_user_keys(conn: &mut DbConn, user_id: &str) -> Result<Vec<UserKeyRow>> {
-    Ok(on_conn!(conn, c => user_api_keys::table
+    Ok(db_run!(conn, |c| user_api_keys::table
         .filter(user_api_keys::user_id.eq(user_id))
         .order(user_api_keys::created_at.asc())
         .select(UserKeyRow::as_select())
@@ -66,7 +80,7 @@ pub fn list_user_keys(conn: &mut DbConn, user_id: &str) -> Result<Vec<UserKeyRow
 
 /// The user a user API key belongs to.
 pub fn user_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<UserRow>> {
-    Ok(on_conn!(conn, c => user_api_keys::table
+    Ok(db_run!(conn, |c| user_api_keys::table
         .inner_join(users::table)
         .filter(user_api_keys::key_hash.eq(hash))
         .select(UserRow::as_select())
@@ -75,20 +89,16 @@ pub fn user_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<UserRow>
 }
 
 pub fn session_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<SessionRow>> {
-    Ok(on_conn!(conn, c => devices::table
+    Ok(db_run!(conn, |c| devices::table
         .filter(devices::session_key_hash.eq(hash))
         .select(SessionRow::as_select())
         .first(c)
         .optional())?)
 }
 
-pub fn set_session_key(conn: &mut DbConn, device_id: &str, hash: &str) -> Result<()> {
-    on_conn!(conn, c => diesel::update(devices::table.find(device_id)).set(devices::session_key_hash.eq(hash)).execute(c))?;
+pub fn set_session_key(conn: &mut DbConn, device_id: &SessionId, hash: &str) -> Result<()> {
+    db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+        .set(devices::session_key_hash.eq(hash))
+        .execute(c))?;
     Ok(())
-}
-
-pub fn count_sessions(conn: &mut DbConn, project_id: &str) -> Result<i64> {
-    Ok(
-        on_conn!(conn, c => devices::table.filter(devices::project_id.eq(project_id)).count().get_result(c))?,
-    )
 }

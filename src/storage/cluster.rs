@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use super::DbConn;
 use super::schema::{nodes, session_leases};
 use crate::error::{Error, Result};
-use crate::on_conn;
+use crate::db_run;
 
 /// Who may write for a session: the owner and epoch of the lease it runs under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,7 @@ pub enum Registration {
 pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<Registration> {
     conn.transaction(|conn| {
         let now = db_now(conn)?;
-        let existing: Option<NodeRow> = on_conn!(conn, c => nodes::table
+        let existing: Option<NodeRow> = db_run!(conn, |c| nodes::table
             .find(&rec.id)
             .select(NodeRow::as_select())
             .first(c)
@@ -151,7 +151,7 @@ pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<Regi
             nodes::draining.eq(false),
             nodes::stopped_at.eq(None::<i64>),
         );
-        on_conn!(conn, c => diesel::insert_into(nodes::table)
+        db_run!(conn, |c| diesel::insert_into(nodes::table)
             .values(row)
             .on_conflict(nodes::id)
             .do_update()
@@ -167,7 +167,7 @@ pub fn register(conn: &mut DbConn, rec: &NodeRecord, ttl_ms: i64) -> Result<Regi
 pub fn heartbeat(conn: &mut DbConn, node: &str, instance: &str, ttl_ms: i64) -> Result<Beat> {
     conn.transaction(|conn| {
         let now = db_now(conn)?;
-        let draining: Option<bool> = on_conn!(conn, c => diesel::update(
+        let draining: Option<bool> = db_run!(conn, |c| diesel::update(
             nodes::table
                 .filter(nodes::id.eq(node))
                 .filter(nodes::instance.eq(instance)),
@@ -179,7 +179,7 @@ pub fn heartbeat(conn: &mut DbConn, node: &str, instance: &str, ttl_ms: i64) -> 
         let Some(draining) = draining else {
             return Err(Error::SessionMoved);
         };
-        let held: Vec<(String, i64)> = on_conn!(conn, c => diesel::update(
+        let held: Vec<(String, i64)> = db_run!(conn, |c| diesel::update(
             session_leases::table.filter(session_leases::owner.eq(node)),
         )
         .set(session_leases::expires_at.eq(now + ttl_ms))
@@ -289,7 +289,7 @@ pub fn claim_one(
                 expires_at: i64,
             }
             let sql = portable(conn, &sql);
-            let row: Option<Row> = on_conn!(conn, c => diesel::sql_query(sql.as_str())
+            let row: Option<Row> = db_run!(conn, |c| diesel::sql_query(sql.as_str())
                 .bind::<Text, _>(device_id)
                 .get_result(c)
                 .optional())?;
@@ -306,7 +306,7 @@ pub fn claim_one(
             })),
             Some(_) if expires_at >= now => Ok(None),
             previous => {
-                let epoch: i64 = on_conn!(conn, c => diesel::update(session_leases::table.find(device_id))
+                let epoch: i64 = db_run!(conn, |c| diesel::update(session_leases::table.find(device_id))
                     .set((
                         session_leases::owner.eq(node),
                         session_leases::epoch.eq(session_leases::epoch + 1),
@@ -327,7 +327,7 @@ pub fn claim_one(
 
 /// The session should run somewhere: its lease row exists (unowned if new).
 pub fn want(conn: &mut DbConn, device_id: &str) -> Result<()> {
-    on_conn!(conn, c => diesel::insert_into(session_leases::table)
+    db_run!(conn, |c| diesel::insert_into(session_leases::table)
         .values((
             session_leases::device_id.eq(device_id),
             session_leases::epoch.eq(0),
@@ -340,13 +340,13 @@ pub fn want(conn: &mut DbConn, device_id: &str) -> Result<()> {
 
 /// The session should not run anywhere (stopped, logged out, deleted).
 pub fn unwant(conn: &mut DbConn, device_id: &str) -> Result<()> {
-    on_conn!(conn, c => diesel::delete(session_leases::table.find(device_id)).execute(c))?;
+    db_run!(conn, |c| diesel::delete(session_leases::table.find(device_id)).execute(c))?;
     Ok(())
 }
 
 /// Gives a lease back so another node claims it at once. Only the holder of that epoch can.
 pub fn release(conn: &mut DbConn, fence: &Fence) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(
+    let n = db_run!(conn, |c| diesel::update(
         session_leases::table
             .filter(session_leases::device_id.eq(&fence.device_id))
             .filter(session_leases::owner.eq(&fence.node))
@@ -364,7 +364,7 @@ pub fn release(conn: &mut DbConn, fence: &Fence) -> Result<bool> {
 pub fn leave(conn: &mut DbConn, node: &str, instance: &str) -> Result<usize> {
     conn.transaction(|conn| {
         let now = db_now(conn)?;
-        let mine = on_conn!(conn, c => diesel::update(
+        let mine = db_run!(conn, |c| diesel::update(
             nodes::table
                 .filter(nodes::id.eq(node))
                 .filter(nodes::instance.eq(instance)),
@@ -374,7 +374,7 @@ pub fn leave(conn: &mut DbConn, node: &str, instance: &str) -> Result<usize> {
         if mine == 0 {
             return Ok(0);
         }
-        Ok(on_conn!(conn, c => diesel::update(
+        Ok(db_run!(conn, |c| diesel::update(
             session_leases::table.filter(session_leases::owner.eq(node)),
         )
         .set((
@@ -388,7 +388,7 @@ pub fn leave(conn: &mut DbConn, node: &str, instance: &str) -> Result<usize> {
 /// Who runs the session, if it should run at all (`None`: no lease row).
 pub fn lease_of(conn: &mut DbConn, device_id: &str) -> Result<Option<LeaseView>> {
     let now = db_now(conn)?;
-    let row: Option<(Option<String>, i64, i64, Option<String>)> = on_conn!(conn, c => session_leases::table
+    let row: Option<(Option<String>, i64, i64, Option<String>)> = db_run!(conn, |c| session_leases::table
         .left_join(nodes::table.on(nodes::id.nullable().eq(session_leases::owner)))
         .filter(session_leases::device_id.eq(device_id))
         .select((
@@ -410,7 +410,7 @@ pub fn lease_of(conn: &mut DbConn, device_id: &str) -> Result<Option<LeaseView>>
 /// The owners of several sessions (live leases only), for listings.
 pub fn owners(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(String, String)>> {
     let now = db_now(conn)?;
-    let rows: Vec<(String, Option<String>)> = on_conn!(conn, c => session_leases::table
+    let rows: Vec<(String, Option<String>)> = db_run!(conn, |c| session_leases::table
         .filter(session_leases::device_id.eq_any(device_ids))
         .filter(session_leases::expires_at.ge(now))
         .select((session_leases::device_id, session_leases::owner))
@@ -435,7 +435,7 @@ pub fn check_fence(conn: &mut DbConn, fence: &Fence) -> Result<()> {
         #[diesel(sql_type = BigInt)]
         epoch: i64,
     }
-    let found: Option<Epoch> = on_conn!(conn, c => diesel::sql_query(sql)
+    let found: Option<Epoch> = db_run!(conn, |c| diesel::sql_query(sql)
         .bind::<Text, _>(&fence.device_id)
         .bind::<Text, _>(&fence.node)
         .get_result(c)
@@ -452,11 +452,11 @@ pub fn check_fence(conn: &mut DbConn, fence: &Fence) -> Result<()> {
 /// Every registered node with the live leases it holds, newest heartbeat first.
 pub fn nodes(conn: &mut DbConn) -> Result<Vec<NodeStatus>> {
     let now = db_now(conn)?;
-    let rows: Vec<NodeRow> = on_conn!(conn, c => nodes::table
+    let rows: Vec<NodeRow> = db_run!(conn, |c| nodes::table
         .order(nodes::id.asc())
         .select(NodeRow::as_select())
         .load(c))?;
-    let counts: Vec<(Option<String>, i64)> = on_conn!(conn, c => session_leases::table
+    let counts: Vec<(Option<String>, i64)> = db_run!(conn, |c| session_leases::table
         .filter(session_leases::owner.is_not_null())
         .filter(session_leases::expires_at.ge(now))
         .group_by(session_leases::owner)
@@ -476,13 +476,13 @@ pub fn nodes(conn: &mut DbConn) -> Result<Vec<NodeStatus>> {
 
 /// How many sessions should run (lease rows).
 pub fn wanted_count(conn: &mut DbConn) -> Result<i64> {
-    Ok(on_conn!(conn, c => session_leases::table.count().get_result(c))?)
+    Ok(db_run!(conn, |c| session_leases::table.count().get_result(c))?)
 }
 
 /// Marks a node draining (it hands its sessions over and claims none) or not. False when no
 /// such node is registered.
 pub fn set_draining(conn: &mut DbConn, node: &str, draining: bool) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(nodes::table.find(node))
+    let n = db_run!(conn, |c| diesel::update(nodes::table.find(node))
         .set(nodes::draining.eq(draining))
         .execute(c))?;
     Ok(n == 1)
@@ -491,7 +491,7 @@ pub fn set_draining(conn: &mut DbConn, node: &str, draining: bool) -> Result<boo
 /// Forgets nodes stopped or dead for longer than `older_than_ms` (they own nothing).
 pub fn forget_nodes(conn: &mut DbConn, older_than_ms: i64) -> Result<usize> {
     let now = db_now(conn)?;
-    Ok(on_conn!(conn, c => diesel::delete(
+    Ok(db_run!(conn, |c| diesel::delete(
         nodes::table.filter(nodes::heartbeat_at.lt(now - older_than_ms)),
     )
     .execute(c))?)
@@ -507,7 +507,7 @@ fn portable(conn: &DbConn, sql: &str) -> String {
 /// Where the live owners of these sessions answer: `(device_id, advertise_url)`.
 pub fn owner_urls(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(String, String)>> {
     let now = db_now(conn)?;
-    Ok(on_conn!(conn, c => session_leases::table
+    Ok(db_run!(conn, |c| session_leases::table
         .inner_join(nodes::table.on(nodes::id.nullable().eq(session_leases::owner)))
         .filter(session_leases::device_id.eq_any(device_ids))
         .filter(session_leases::expires_at.ge(now))
@@ -517,7 +517,7 @@ pub fn owner_urls(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(Strin
 
 /// Releases every lease recorded under `node` (they belong to an earlier process of it).
 pub fn release_all(conn: &mut DbConn, node: &str) -> Result<()> {
-    on_conn!(conn, c => diesel::update(session_leases::table.filter(session_leases::owner.eq(node)))
+    db_run!(conn, |c| diesel::update(session_leases::table.filter(session_leases::owner.eq(node)))
         .set((
             session_leases::owner.eq(None::<String>),
             session_leases::expires_at.eq(0),

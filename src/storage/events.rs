@@ -8,9 +8,10 @@ use serde_json::Value;
 
 use super::DbConn;
 use super::schema::{devices, events, messages, webhook_deliveries, webhook_lanes, webhooks};
+use crate::db_run;
 use crate::error::Result;
 use crate::events::{self as ev, NewEvent};
-use crate::on_conn;
+use crate::values::{MessageStatus, ProjectId, SessionId, WebhookId};
 
 /// Delivery states. `failed` has a retry scheduled; `dead` gets no more attempts.
 pub const PENDING: &str = "pending";
@@ -25,8 +26,8 @@ pub struct EventRow {
     pub seq: i64,
     pub txid: i64,
     pub id: String,
-    pub project_id: String,
-    pub device_id: Option<String>,
+    pub project_id: ProjectId,
+    pub device_id: Option<SessionId>,
     pub kind: String,
     pub data: String,
     pub created_at: i64,
@@ -47,7 +48,7 @@ struct NewEventRow<'a> {
 #[diesel(table_name = webhook_deliveries)]
 pub(crate) struct NewDelivery {
     pub id: String,
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub event_id: String,
     pub lane: String,
     pub state: &'static str,
@@ -57,38 +58,64 @@ pub(crate) struct NewDelivery {
     pub updated_at: i64,
 }
 
+/// What a `message.status` event tells of a message.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = messages)]
+struct StatusRow {
+    id: String,
+    project_id: ProjectId,
+    device_id: SessionId,
+    device_code: String,
+    recipient: String,
+    status: MessageStatus,
+    payload: Option<String>,
+    wa_message_id: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
 /// Which webhooks receive an event.
 pub enum Fanout<'a> {
     /// Every enabled webhook of the project (or of the event's session) whose filter matches.
     Subscribers,
     /// Exactly these (a test delivery), whatever their filter.
-    Only(&'a [String]),
+    Only(&'a [WebhookId]),
 }
 
 /// Records an event and queues its deliveries; call inside the change's transaction.
 /// Returns the event id.
 pub fn record(conn: &mut DbConn, e: NewEvent, now: i64) -> Result<String> {
-    Ok(record_to(conn, e, Fanout::Subscribers, now)?.0)
+    Ok(record_to(conn, e, Fanout::Subscribers, now)?.event_id)
 }
 
-/// A project's enabled webhooks: (id, session or none, filter).
-type Hooks = Vec<(String, Option<String>, String)>;
+/// An event just recorded and the deliveries queued for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub event_id: String,
+    pub delivery_ids: Vec<String>,
+}
 
-fn enabled_hooks(conn: &mut DbConn, project_id: &str) -> Result<Hooks> {
-    Ok(on_conn!(conn, c => webhooks::table
+/// An enabled webhook, as the fan-out sees it.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhooks)]
+struct Hook {
+    id: WebhookId,
+    /// The one session it is for, or none for the whole project.
+    device_id: Option<SessionId>,
+    /// Its filter: `*` or event names.
+    events: String,
+}
+
+fn enabled_hooks(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<Hook>> {
+    Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::project_id.eq(project_id))
         .filter(webhooks::enabled.eq(true))
-        .select((webhooks::id, webhooks::device_id, webhooks::events))
+        .select(Hook::as_select())
         .load(c))?)
 }
 
-/// Records an event for `fanout`; returns the event id and the ids of its deliveries.
-pub fn record_to(
-    conn: &mut DbConn,
-    e: NewEvent,
-    fanout: Fanout<'_>,
-    now: i64,
-) -> Result<(String, Vec<String>)> {
+/// Records an event for `fanout`.
+pub fn record_to(conn: &mut DbConn, e: NewEvent, fanout: Fanout<'_>, now: i64) -> Result<Recorded> {
     let hooks = enabled_hooks(conn, &e.project_id)?;
     record_with(conn, e, &hooks, fanout, now)
 }
@@ -97,13 +124,13 @@ pub fn record_to(
 fn record_with(
     conn: &mut DbConn,
     e: NewEvent,
-    hooks: &Hooks,
+    hooks: &[Hook],
     fanout: Fanout<'_>,
     now: i64,
-) -> Result<(String, Vec<String>)> {
+) -> Result<Recorded> {
     let id = uuid::Uuid::now_v7().to_string();
     let data = ev::envelope(&id, e.kind, e.device_id.as_deref(), now, e.fields).to_string();
-    on_conn!(conn, c => diesel::insert_into(events::table)
+    db_run!(conn, |c| diesel::insert_into(events::table)
         .values(NewEventRow {
             id: &id,
             project_id: &e.project_id,
@@ -113,21 +140,21 @@ fn record_with(
             created_at: now,
         })
         .execute(c))?;
-    let lane = e.device_id.clone().unwrap_or_default();
+    let lane = e.device_id.clone().map(String::from).unwrap_or_default();
     let mut rows: Vec<NewDelivery> = hooks
         .iter()
-        .filter(|(hook_id, device, filter)| match fanout {
+        .filter(|hook| match fanout {
             Fanout::Subscribers => {
-                device
+                hook.device_id
                     .as_ref()
                     .is_none_or(|d| Some(d) == e.device_id.as_ref())
-                    && ev::filter_matches(filter, e.kind)
+                    && ev::filter_matches(&hook.events, e.kind)
             }
-            Fanout::Only(ids) => ids.contains(hook_id),
+            Fanout::Only(ids) => ids.contains(&hook.id),
         })
-        .map(|(webhook_id, _, _)| NewDelivery {
+        .map(|hook| NewDelivery {
             id: uuid::Uuid::now_v7().to_string(),
-            webhook_id: webhook_id.clone(),
+            webhook_id: hook.id.clone(),
             event_id: id.clone(),
             lane: lane.clone(),
             state: PENDING,
@@ -140,8 +167,8 @@ fn record_with(
     if !rows.is_empty() {
         // A lane waiting for its head's retry: the new delivery is not due before that
         // either, so the dispatcher's scan for due work never wades through a blocked backlog.
-        let ids: Vec<&str> = rows.iter().map(|r| r.webhook_id.as_str()).collect();
-        let blocked: Vec<(String, i64)> = on_conn!(conn, c => webhook_lanes::table
+        let ids: Vec<&WebhookId> = rows.iter().map(|r| &r.webhook_id).collect();
+        let blocked: Vec<(WebhookId, i64)> = db_run!(conn, |c| webhook_lanes::table
             .filter(webhook_lanes::webhook_id.eq_any(&ids))
             .filter(webhook_lanes::lane.eq(&lane))
             .filter(webhook_lanes::blocked_until.gt(now))
@@ -152,10 +179,15 @@ fn record_with(
                 r.next_attempt_at = *until;
             }
         }
-        on_conn!(conn, c => diesel::insert_into(webhook_deliveries::table).values(&rows).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(webhook_deliveries::table)
+            .values(&rows)
+            .execute(c))?;
     }
     super::note_event_written();
-    Ok((id, rows.into_iter().map(|r| r.id).collect()))
+    Ok(Recorded {
+        event_id: id,
+        delivery_ids: rows.into_iter().map(|r| r.id).collect(),
+    })
 }
 
 /// One `message.status` event for each of these outbound messages, with its current status.
@@ -166,62 +198,49 @@ pub fn message_statuses(conn: &mut DbConn, ids: &[String], now: i64) -> Result<(
 /// One `message.status` event for each of these messages saying `status`: a step their
 /// current status implies but that was never reported (a receipt that came before the
 /// server ack implies `sent`), so a subscriber sees every step, in order.
-pub fn implied_statuses(conn: &mut DbConn, ids: &[String], status: &str, now: i64) -> Result<()> {
+pub fn implied_statuses(
+    conn: &mut DbConn,
+    ids: &[String],
+    status: MessageStatus,
+    now: i64,
+) -> Result<()> {
     statuses(conn, ids, Some(status), now)
 }
 
-fn statuses(conn: &mut DbConn, ids: &[String], implied: Option<&str>, now: i64) -> Result<()> {
+fn statuses(
+    conn: &mut DbConn,
+    ids: &[String],
+    implied: Option<MessageStatus>,
+    now: i64,
+) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = on_conn!(conn, c => messages::table
+    let rows: Vec<StatusRow> = db_run!(conn, |c| messages::table
         .filter(messages::id.eq_any(ids))
         .order(messages::seq.asc())
-        .select((
-            messages::id,
-            messages::project_id,
-            messages::device_id,
-            messages::device_code,
-            messages::recipient,
-            messages::status,
-            messages::payload,
-            messages::wa_message_id,
-            messages::error_code,
-            messages::error_message,
-        ))
+        .select(StatusRow::as_select())
         .load(c))?;
     // The webhooks are read once per project, not once per message.
-    let mut hooks: Option<(String, Hooks)> = None;
-    for (id, project, device, code, recipient, status, payload, wa, err_code, err_msg) in rows {
-        if hooks.as_ref().is_none_or(|(p, _)| *p != project) {
-            hooks = Some((project.clone(), enabled_hooks(conn, &project)?));
+    let mut hooks: Option<(ProjectId, Vec<Hook>)> = None;
+    for m in rows {
+        if hooks.as_ref().is_none_or(|(p, _)| *p != m.project_id) {
+            hooks = Some((m.project_id.clone(), enabled_hooks(conn, &m.project_id)?));
         }
         let fields = ev::message_status(&ev::Status {
-            message_id: &id,
-            device_code: &code,
-            wa_message_id: wa.as_deref(),
-            recipient: &recipient,
-            status: implied.unwrap_or(&status),
-            payload: payload.as_deref(),
-            error_code: err_code.as_deref().filter(|_| implied.is_none()),
-            error_message: err_msg.as_deref().filter(|_| implied.is_none()),
+            message_id: &m.id,
+            device_code: &m.device_code,
+            wa_message_id: m.wa_message_id.as_deref(),
+            recipient: &m.recipient,
+            status: implied.unwrap_or(m.status),
+            payload: m.payload.as_deref(),
+            error_code: m.error_code.as_deref().filter(|_| implied.is_none()),
+            error_message: m.error_message.as_deref().filter(|_| implied.is_none()),
             at_ms: now,
         });
         let e = NewEvent {
-            project_id: project,
-            device_id: Some(device),
+            project_id: m.project_id,
+            device_id: Some(m.device_id),
             kind: ev::MESSAGE_STATUS,
             fields,
         };
@@ -234,17 +253,18 @@ fn statuses(conn: &mut DbConn, ids: &[String], implied: Option<&str>, now: i64) 
 /// A `session.status` event with the session's stored account details.
 pub fn session_status(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     status: &str,
     reason: Option<&str>,
     qr: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let row: Option<(String, Option<String>, Option<String>)> = on_conn!(conn, c => devices::table
-        .find(device_id)
-        .select((devices::project_id, devices::phone, devices::push_name))
-        .first(c)
-        .optional())?;
+    let row: Option<(ProjectId, Option<String>, Option<String>)> =
+        db_run!(conn, |c| devices::table
+            .find(device_id)
+            .select((devices::project_id, devices::phone, devices::push_name))
+            .first(c)
+            .optional())?;
     let Some((project_id, phone, push_name)) = row else {
         return Ok(());
     };
@@ -259,7 +279,7 @@ pub fn session_status(
         conn,
         NewEvent {
             project_id,
-            device_id: Some(device_id.to_owned()),
+            device_id: Some(device_id.clone()),
             kind: ev::SESSION_STATUS,
             fields,
         },
@@ -269,11 +289,19 @@ pub fn session_status(
 }
 
 /// A position in the event log: events are read in (txid, seq) order.
-pub type Cursor = (i64, i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Queryable)]
+pub struct Cursor {
+    pub txid: i64,
+    pub seq: i64,
+}
 
 /// The position of an event of this project, if it exists.
-pub fn cursor_of(conn: &mut DbConn, project_id: &str, event_id: &str) -> Result<Option<Cursor>> {
-    Ok(on_conn!(conn, c => events::table
+pub fn cursor_of(
+    conn: &mut DbConn,
+    project_id: &ProjectId,
+    event_id: &str,
+) -> Result<Option<Cursor>> {
+    Ok(db_run!(conn, |c| events::table
         .filter(events::id.eq(event_id))
         .filter(events::project_id.eq(project_id))
         .select((events::txid, events::seq))
@@ -296,29 +324,29 @@ fn horizon(conn: &mut DbConn) -> Result<i64> {
 }
 
 /// The newest final position: a stream that starts "live" starts after it.
-pub fn tail(conn: &mut DbConn, project_id: &str) -> Result<Cursor> {
+pub fn tail(conn: &mut DbConn, project_id: &ProjectId) -> Result<Cursor> {
     let h = horizon(conn)?;
-    let last: Option<Cursor> = on_conn!(conn, c => events::table
+    let last: Option<Cursor> = db_run!(conn, |c| events::table
         .filter(events::project_id.eq(project_id))
         .filter(events::txid.lt(h))
         .order((events::txid.desc(), events::seq.desc()))
         .select((events::txid, events::seq))
         .first(c)
         .optional())?;
-    Ok(last.unwrap_or((0, 0)))
+    Ok(last.unwrap_or_default())
 }
 
 /// Events of a project (or one of its sessions) after `cursor`, oldest first.
 pub fn after(
     conn: &mut DbConn,
-    project_id: &str,
-    device_id: Option<&str>,
+    project_id: &ProjectId,
+    device_id: Option<&SessionId>,
     cursor: Cursor,
     limit: i64,
 ) -> Result<Vec<EventRow>> {
     let h = horizon(conn)?;
-    let (txid, seq) = cursor;
-    Ok(on_conn!(conn, c => {
+    let Cursor { txid, seq } = cursor;
+    Ok(db_run!(conn, |c| {
         let mut q = events::table
             .filter(events::project_id.eq(project_id.to_owned()))
             .filter(events::txid.lt(h))
@@ -349,7 +377,7 @@ pub fn purge(conn: &mut DbConn, before: i64) -> Result<usize> {
     let open = webhook_deliveries::table
         .filter(webhook_deliveries::event_id.eq(events::id))
         .filter(webhook_deliveries::state.eq_any(OPEN));
-    Ok(on_conn!(conn, c => diesel::delete(
+    Ok(db_run!(conn, |c| diesel::delete(
         events::table
             .filter(events::created_at.lt(before))
             .filter(not(exists(open))),

@@ -1,17 +1,25 @@
 //! Persistence on diesel: SQLite (embedded default) and PostgreSQL (production, several
-//! nodes). Every query is written once and compiled for both backends through [`on_conn!`];
-//! the few statements that differ (row locks, `SKIP LOCKED`) match on [`DbConn`] explicitly.
-//! Blocking diesel calls run on the blocking pool via [`Db::run`].
+//! nodes), one module per aggregate: `messages` (with `messages::queue`, every status
+//! transition), `media`, `inbound`, `sessions`, `devices` (whatsapp-rust's device store),
+//! `projects`, `accounts`, `webhooks`, `events` (the event log and its outbox) and `accept`
+//! (the group-committed accept path).
+//!
+//! Every query is written once and compiled for both backends through
+//! [`db_run!`]`(conn, |c| …)`; the few statements that differ (row locks, `SKIP LOCKED`) are
+//! an explicit `match conn.backend()` (or on [`DbConn`] where the inner connection is
+//! needed). Long raw SQL lives in `src/storage/sql/*.sql`, written with `$n` placeholders and
+//! run through [`DbConn::portable_sql`]. Blocking diesel calls run on the blocking pool via
+//! [`Db::run`].
 
 pub mod accept;
 pub mod accounts;
 pub mod cluster;
-pub mod device_store;
+pub mod devices;
 pub mod events;
+pub mod inbound;
+pub mod media;
 pub mod messages;
-pub mod models;
 pub mod projects;
-pub mod queue;
 pub mod schema;
 pub mod sessions;
 pub mod webhooks;
@@ -22,6 +30,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{self, ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +41,12 @@ use crate::error::{Error, Result};
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// Runs `$body` with `$c` bound to the inner connection of either backend.
+/// Runs `body` with `c` bound to the inner connection of either backend, compiling it once
+/// per backend: `db_run!(conn, |c| users::table.load(c))`. Written like a closure so rustfmt
+/// formats the body; it is not one (no capture, `?` returns from the enclosing function).
 #[macro_export]
-macro_rules! on_conn {
-    ($conn:expr, $c:ident => $body:expr) => {
+macro_rules! db_run {
+    ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
             $crate::storage::DbConn::Sqlite($c) => $body,
             $crate::storage::DbConn::Postgres($c) => $body,
@@ -62,6 +73,18 @@ impl DbConn {
         }
     }
 
+    /// A raw statement for this connection's backend. Raw SQL is written once, with
+    /// PostgreSQL's `$1, $2, …` placeholders; SQLite numbers its parameters `?1, ?2, …`, so
+    /// there each `$n` outside quotes and comments becomes `?n` (a number may repeat, as in
+    /// PostgreSQL). Anything else that differs between the dialects is an explicit
+    /// `match conn.backend()` at the call site.
+    pub fn portable_sql(&self, sql: &'static str) -> Cow<'static, str> {
+        match self.backend() {
+            Backend::Postgres => Cow::Borrowed(sql),
+            Backend::Sqlite => Cow::Owned(numbered_question_marks(sql)),
+        }
+    }
+
     /// A read-write transaction. On SQLite it is `BEGIN IMMEDIATE`, so the write lock is taken
     /// up front and concurrent writers queue on `busy_timeout` instead of failing mid-way.
     pub fn transaction<T>(&mut self, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
@@ -75,7 +98,7 @@ impl DbConn {
         f: impl FnOnce(&mut DbConn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         // Nested in a transaction (a fenced write around a storage call): a savepoint.
-        let nested = on_conn!(self, c => AnsiTransactionManager::transaction_manager_status_mut(c)
+        let nested = db_run!(self, |c| AnsiTransactionManager::transaction_manager_status_mut(c)
             .transaction_depth())?
         .is_some();
         match self {
@@ -87,12 +110,12 @@ impl DbConn {
         }
         match f(self) {
             Ok(value) => {
-                on_conn!(self, c => AnsiTransactionManager::commit_transaction(c))?;
+                db_run!(self, |c| AnsiTransactionManager::commit_transaction(c))?;
                 Ok(value)
             }
             Err(e) => {
                 if let Err(rollback) =
-                    on_conn!(self, c => AnsiTransactionManager::rollback_transaction(c))
+                    db_run!(self, |c| AnsiTransactionManager::rollback_transaction(c))
                 {
                     tracing::warn!(error = %rollback, "rollback failed");
                 }
@@ -100,6 +123,46 @@ impl DbConn {
             }
         }
     }
+}
+
+/// `sql` with each `$n` placeholder written `?n`; quoted text (`'…'`, `"…"`) and comments
+/// (`-- …`, `/* … */`) are copied as they are.
+fn numbered_question_marks(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql.chars().peekable();
+    while let Some(ch) = rest.next() {
+        out.push(ch);
+        let end = match ch {
+            '\'' | '"' => ch,
+            '-' if rest.peek() == Some(&'-') => '\n',
+            '/' if rest.peek() == Some(&'*') => '/',
+            '$' if rest.peek().is_some_and(char::is_ascii_digit) => {
+                out.pop();
+                out.push('?');
+                continue;
+            }
+            _ => continue,
+        };
+        // Inside quotes or a comment: copy up to and including its end. A doubled quote
+        // (`'it''s'`) ends and reopens the literal, which copies the same way.
+        if end == '/' {
+            out.push(rest.next().expect("peeked"));
+        }
+        while let Some(c) = rest.next() {
+            out.push(c);
+            let closed = match end {
+                '/' => c == '*' && rest.peek() == Some(&'/'),
+                _ => c == end,
+            };
+            if closed {
+                if end == '/' {
+                    out.push(rest.next().expect("peeked"));
+                }
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// r2d2 manager that opens the backend the URL names, never guessing by trial.
@@ -148,13 +211,13 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> std::result::Result<(), r2d2::Error> {
-        on_conn!(conn, c => c.ping())
+        db_run!(conn, |c| c.ping())
             .map(|_| ())
             .map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, conn: &mut DbConn) -> bool {
-        on_conn!(conn, c => c.is_broken())
+        db_run!(conn, |c| c.is_broken())
     }
 }
 
@@ -180,22 +243,37 @@ pub(crate) fn note_event_written() {
     EVENT_WRITTEN.with(|f| f.set(true));
 }
 
+/// A database URL taken apart: which backend, and the string its diesel driver expects
+/// (a PostgreSQL URL as given, a SQLite file path without its `sqlite:` prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    pub backend: Backend,
+    pub target: String,
+}
+
 /// Splits a database URL into backend and the string diesel's driver expects.
-pub fn parse_url(url: &str) -> (Backend, String) {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        (Backend::Postgres, url.to_owned())
+pub fn parse_url(url: &str) -> DatabaseUrl {
+    let (backend, target) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (Backend::Postgres, url)
     } else if let Some(path) = url.strip_prefix("sqlite://") {
-        (Backend::Sqlite, path.to_owned())
+        (Backend::Sqlite, path)
     } else if let Some(path) = url.strip_prefix("sqlite:") {
-        (Backend::Sqlite, path.to_owned())
+        (Backend::Sqlite, path)
     } else {
-        (Backend::Sqlite, url.to_owned())
+        (Backend::Sqlite, url)
+    };
+    DatabaseUrl {
+        backend,
+        target: target.to_owned(),
     }
 }
 
 impl Db {
     pub fn open(url: &str, pool_size: u32) -> Result<Db> {
-        let (backend, url) = parse_url(url);
+        let DatabaseUrl {
+            backend,
+            target: url,
+        } = parse_url(url);
         if backend == Backend::Sqlite {
             restrict_sqlite_files(&url)?;
         }
@@ -224,7 +302,7 @@ impl Db {
     /// Applies pending migrations of this backend; returns how many ran.
     pub fn migrate(&self) -> Result<usize> {
         let mut conn = self.connect()?;
-        let applied = on_conn!(&mut conn, c => {
+        let applied = db_run!(&mut conn, |c| {
             let set = match self.manager.backend {
                 Backend::Sqlite => SQLITE_MIGRATIONS,
                 Backend::Postgres => POSTGRES_MIGRATIONS,
@@ -331,4 +409,49 @@ fn restrict_sqlite_files(_path: &str) -> Result<()> {
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered_question_marks as sqlite;
+
+    #[test]
+    fn portable_sql_numbers_sqlite_placeholders() {
+        assert_eq!(
+            sqlite("UPDATE t SET a = $3 WHERE b = $1 AND c <= $12 AND d > $1"),
+            "UPDATE t SET a = ?3 WHERE b = ?1 AND c <= ?12 AND d > ?1"
+        );
+        // Quoted text and comments stay as written, even with quotes or `$n` inside.
+        assert_eq!(
+            sqlite("SELECT '$1', 'it''s $2', \"$3\" FROM t -- don't touch $4\nWHERE x = $5"),
+            "SELECT '$1', 'it''s $2', \"$3\" FROM t -- don't touch $4\nWHERE x = ?5"
+        );
+        assert_eq!(
+            sqlite("x = $1 /* row's lock: $2 */ AND y = $2"),
+            "x = ?1 /* row's lock: $2 */ AND y = ?2"
+        );
+        // A `$` that is no placeholder, and a dangling quote or comment, end the same way.
+        assert_eq!(sqlite("a$b $ $x"), "a$b $ $x");
+        assert_eq!(sqlite("x = $1 -- $2"), "x = ?1 -- $2");
+        assert_eq!(sqlite("x = '$1"), "x = '$1");
+        assert_eq!(sqlite("/* $1"), "/* $1");
+    }
+
+    #[test]
+    fn stored_statements_keep_their_placeholders_on_sqlite() {
+        for sql in [
+            include_str!("sql/claim.sql"),
+            include_str!("sql/msg_secret_upsert.sql"),
+            include_str!("sql/tc_token_touch_sender.sql"),
+            include_str!("sql/tc_token_store_received.sql"),
+        ] {
+            let code: String = sql.lines().filter(|l| !l.starts_with("--")).collect();
+            let out: String = sqlite(sql)
+                .lines()
+                .filter(|l| !l.starts_with("--"))
+                .collect();
+            assert!(code.contains("$1") && !out.contains('$'), "{out}");
+            assert_eq!(out.matches('?').count(), code.matches('$').count());
+        }
+    }
 }

@@ -1,27 +1,49 @@
-//! Projects (tenants) and their devices.
+//! Projects (tenants): their RK credentials and limits, and the replay guard's seen request
+//! signatures. A project is what every other row belongs to, and its row is the lock that
+//! serialises creating its sessions (see `sessions::create_capped`).
 
 use diesel::prelude::*;
 
 use super::DbConn;
-use super::models::{DeviceRow, ProjectRow};
-use super::schema::{devices, projects};
-use crate::error::{Error, Result};
-use crate::on_conn;
+use super::schema::projects;
+use crate::db_run;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = projects)]
+pub struct ProjectRow {
+    pub id: ProjectId,
+    pub name: String,
+    pub api_key_hash: String,
+    pub api_key_prefix: String,
+    pub api_secret_enc: String,
+    pub rate_limit_per_minute: i64,
+    pub monthly_quota: i64,
+    pub max_sessions: i64,
+    pub suspended: bool,
+    pub created_at: i64,
+    /// Refuse a request signature already seen within the signing window.
+    pub refuse_replays: bool,
+}
+
+use crate::error::Result;
+use crate::values::ProjectId;
 
 pub fn insert_project(conn: &mut DbConn, row: &ProjectRow) -> Result<()> {
-    on_conn!(conn, c => diesel::insert_into(projects::table).values(row).execute(c))?;
+    db_run!(conn, |c| diesel::insert_into(projects::table)
+        .values(row)
+        .execute(c))?;
     Ok(())
 }
 
 pub fn list_projects(conn: &mut DbConn) -> Result<Vec<ProjectRow>> {
-    Ok(on_conn!(conn, c => projects::table
+    Ok(db_run!(conn, |c| projects::table
         .order(projects::created_at.asc())
         .select(ProjectRow::as_select())
         .load(c))?)
 }
 
-pub fn project_by_id(conn: &mut DbConn, id: &str) -> Result<Option<ProjectRow>> {
-    Ok(on_conn!(conn, c => projects::table
+pub fn project_by_id(conn: &mut DbConn, id: &ProjectId) -> Result<Option<ProjectRow>> {
+    Ok(db_run!(conn, |c| projects::table
         .find(id)
         .select(ProjectRow::as_select())
         .first(c)
@@ -29,7 +51,7 @@ pub fn project_by_id(conn: &mut DbConn, id: &str) -> Result<Option<ProjectRow>> 
 }
 
 pub fn project_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<ProjectRow>> {
-    Ok(on_conn!(conn, c => projects::table
+    Ok(db_run!(conn, |c| projects::table
         .filter(projects::api_key_hash.eq(hash))
         .select(ProjectRow::as_select())
         .first(c)
@@ -38,12 +60,12 @@ pub fn project_by_key_hash(conn: &mut DbConn, hash: &str) -> Result<Option<Proje
 
 pub fn set_credentials(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     key_hash: &str,
     key_prefix: &str,
     secret_enc: &str,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(projects::table.find(project_id))
+    db_run!(conn, |c| diesel::update(projects::table.find(project_id))
         .set((
             projects::api_key_hash.eq(key_hash),
             projects::api_key_prefix.eq(key_prefix),
@@ -53,49 +75,16 @@ pub fn set_credentials(
     Ok(())
 }
 
-pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
-    let result = on_conn!(conn, c => diesel::insert_into(devices::table).values(row).execute(c));
-    match result {
-        Ok(_) => Ok(()),
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Err(Error::DeviceCodeTaken),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub fn list_devices(conn: &mut DbConn, project_id: &str) -> Result<Vec<DeviceRow>> {
-    Ok(on_conn!(conn, c => devices::table
-        .filter(devices::project_id.eq(project_id))
-        .order(devices::created_at.asc())
-        .select(DeviceRow::as_select())
-        .load(c))?)
-}
-
-pub fn device_by_code(
-    conn: &mut DbConn,
-    project_id: &str,
-    code: &str,
-) -> Result<Option<DeviceRow>> {
-    Ok(on_conn!(conn, c => devices::table
-        .filter(devices::project_id.eq(project_id))
-        .filter(devices::code.eq(code))
-        .select(DeviceRow::as_select())
-        .first(c)
-        .optional())?)
-}
-
 /// Records a request signature as seen until `expires_at`; false if it was seen before
 /// (a replay). Shared by every node on the database.
 pub fn record_signature(
     conn: &mut DbConn,
-    project_id: &str,
+    project_id: &ProjectId,
     signature_hash: &str,
     expires_at: i64,
 ) -> Result<bool> {
     use super::schema::seen_signatures as s;
-    let inserted = on_conn!(conn, c => diesel::insert_into(s::table)
+    let inserted = db_run!(conn, |c| diesel::insert_into(s::table)
         .values((
             s::project_id.eq(project_id),
             s::signature_hash.eq(signature_hash),
@@ -109,12 +98,15 @@ pub fn record_signature(
 /// Forgets signatures whose timestamp has left the window.
 pub fn purge_signatures(conn: &mut DbConn, now: i64) -> Result<usize> {
     use super::schema::seen_signatures as s;
-    Ok(on_conn!(conn, c => diesel::delete(s::table.filter(s::expires_at.lt(now))).execute(c))?)
+    Ok(db_run!(conn, |c| diesel::delete(
+        s::table.filter(s::expires_at.lt(now))
+    )
+    .execute(c))?)
 }
 
 /// Turns the replay guard of a project on or off.
-pub fn set_refuse_replays(conn: &mut DbConn, project_id: &str, on: bool) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(projects::table.find(project_id))
+pub fn set_refuse_replays(conn: &mut DbConn, project_id: &ProjectId, on: bool) -> Result<bool> {
+    let n = db_run!(conn, |c| diesel::update(projects::table.find(project_id))
         .set(projects::refuse_replays.eq(on))
         .execute(c))?;
     Ok(n == 1)

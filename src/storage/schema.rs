@@ -190,7 +190,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     session_leases
 );
 
-// --- whatsapp-rust device store (src/storage/device_store.rs) ---
+// --- whatsapp-rust device store (src/storage/devices/) ---
 
 diesel::table! {
     wa_store (device_id, kind, key) {

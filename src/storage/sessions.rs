@@ -1,22 +1,34 @@
-//! What the session supervisor persists: a session's account and state, inbound messages,
-//! and the acks and receipts of outbound ones — each change with its event, in one transaction.
+//! Sessions: one row of `devices` each (a session is also an RK device, addressed by its
+//! code). What the session supervisor persists — a session's account and state — each change
+//! with its `session.status` event in one transaction — and creating a session within its
+//! project's session cap.
 
 use diesel::prelude::*;
 
 use super::DbConn;
 use super::events;
-use super::models::NewMedia;
-use super::queue::{DELIVERED, QUEUED, READ, SENT};
-use super::schema::{devices, inbound_messages, media, messages};
-use crate::error::Result;
-use crate::events as ev;
-use crate::on_conn;
+use super::schema::{devices, projects};
+use super::webhooks::{self, WebhookRow};
+use crate::db_run;
+use crate::error::{Error, Result};
+use crate::values::{ProjectId, SessionId};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = devices)]
+pub struct DeviceRow {
+    pub id: SessionId,
+    pub project_id: ProjectId,
+    pub code: String,
+    pub name: String,
+    pub state: String,
+    pub created_at: i64,
+}
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = devices)]
 pub struct SessionRow {
-    pub id: String,
-    pub project_id: String,
+    pub id: SessionId,
+    pub project_id: ProjectId,
     pub code: String,
     pub name: String,
     pub state: String,
@@ -29,14 +41,16 @@ pub struct SessionRow {
     pub last_connected_at: Option<i64>,
 }
 
-pub fn get(conn: &mut DbConn, device_id: &str) -> Result<Option<SessionRow>> {
-    Ok(
-        on_conn!(conn, c => devices::table.find(device_id).select(SessionRow::as_select()).first(c).optional())?,
-    )
+pub fn get(conn: &mut DbConn, device_id: &SessionId) -> Result<Option<SessionRow>> {
+    Ok(db_run!(conn, |c| devices::table
+        .find(device_id)
+        .select(SessionRow::as_select())
+        .first(c)
+        .optional())?)
 }
 
-pub fn list(conn: &mut DbConn, project_id: &str) -> Result<Vec<SessionRow>> {
-    Ok(on_conn!(conn, c => devices::table
+pub fn list(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<SessionRow>> {
+    Ok(db_run!(conn, |c| devices::table
         .filter(devices::project_id.eq(project_id))
         .order(devices::created_at.asc())
         .select(SessionRow::as_select())
@@ -54,7 +68,7 @@ pub fn begin_run(
     now: i64,
 ) -> Result<Vec<SessionRow>> {
     conn.transaction(|conn| {
-        let linked: Vec<String> = on_conn!(conn, c => diesel::update(
+        let linked: Vec<SessionId> = db_run!(conn, |c| diesel::update(
             devices::table
                 .filter(devices::id.eq_any(device_ids))
                 .filter(devices::wa_jid.is_not_null())
@@ -70,7 +84,7 @@ pub fn begin_run(
         for id in &linked {
             events::session_status(conn, id, "connecting", Some(reason), None, now)?;
         }
-        let mut rows: Vec<SessionRow> = on_conn!(conn, c => devices::table
+        let mut rows: Vec<SessionRow> = db_run!(conn, |c| devices::table
             .filter(devices::id.eq_any(device_ids))
             .select(SessionRow::as_select())
             .load(c))?;
@@ -83,19 +97,23 @@ pub fn begin_run(
 /// `session.status` event in the same transaction.
 pub fn set_state(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     state: &str,
     reason: Option<&str>,
     now: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        let before: Option<(String, Option<String>)> = on_conn!(conn, c => devices::table
+        let before: Option<(String, Option<String>)> = db_run!(conn, |c| devices::table
             .find(device_id)
             .select((devices::state, devices::state_reason))
             .first(c)
             .optional())?;
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-            .set((devices::state.eq(state), devices::state_reason.eq(reason), devices::updated_at.eq(now)))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+            .set((
+                devices::state.eq(state),
+                devices::state_reason.eq(reason),
+                devices::updated_at.eq(now)
+            ))
             .execute(c))?;
         let changed = before.is_some_and(|(s, r)| s != state || r.as_deref() != reason);
         if changed {
@@ -106,10 +124,14 @@ pub fn set_state(
 }
 
 /// A new pairing QR code: state `qr` and a `session.status` event carrying the code.
-pub fn set_qr(conn: &mut DbConn, device_id: &str, code: &str, now: i64) -> Result<()> {
+pub fn set_qr(conn: &mut DbConn, device_id: &SessionId, code: &str, now: i64) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-            .set((devices::state.eq("qr"), devices::state_reason.eq(None::<String>), devices::updated_at.eq(now)))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+            .set((
+                devices::state.eq("qr"),
+                devices::state_reason.eq(None::<String>),
+                devices::updated_at.eq(now)
+            ))
             .execute(c))?;
         events::session_status(conn, device_id, "qr", None, Some(code), now)
     })
@@ -121,22 +143,26 @@ pub fn set_qr(conn: &mut DbConn, device_id: &str, code: &str, now: i64) -> Resul
 /// overwritten. Returns the ids that moved.
 pub fn set_states_from(
     conn: &mut DbConn,
-    device_ids: &[String],
+    device_ids: &[SessionId],
     from: &[&str],
     state: &str,
     reason: Option<&str>,
     now: i64,
-) -> Result<Vec<String>> {
+) -> Result<Vec<SessionId>> {
     if device_ids.is_empty() {
         return Ok(Vec::new());
     }
     conn.transaction(|conn| {
-        let moved: Vec<String> = on_conn!(conn, c => diesel::update(
+        let moved: Vec<SessionId> = db_run!(conn, |c| diesel::update(
             devices::table
                 .filter(devices::id.eq_any(device_ids))
                 .filter(devices::state.eq_any(from)),
         )
-        .set((devices::state.eq(state), devices::state_reason.eq(reason), devices::updated_at.eq(now)))
+        .set((
+            devices::state.eq(state),
+            devices::state_reason.eq(reason),
+            devices::updated_at.eq(now)
+        ))
         .returning(devices::id)
         .get_results(c))?;
         for id in &moved {
@@ -148,26 +174,31 @@ pub fn set_states_from(
 
 pub fn set_account(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     jid: &str,
     lid: Option<&str>,
     phone: &str,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(devices::table.find(device_id))
-        .set((devices::wa_jid.eq(jid), devices::wa_lid.eq(lid), devices::phone.eq(phone), devices::updated_at.eq(now)))
+    db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+        .set((
+            devices::wa_jid.eq(jid),
+            devices::wa_lid.eq(lid),
+            devices::phone.eq(phone),
+            devices::updated_at.eq(now)
+        ))
         .execute(c))?;
     Ok(())
 }
 
 pub fn set_connected(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     push_name: Option<&str>,
     now: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
             .set((
                 devices::state.eq("connected"),
                 devices::state_reason.eq(None::<String>),
@@ -176,7 +207,9 @@ pub fn set_connected(
             ))
             .execute(c))?;
         if let Some(name) = push_name {
-            on_conn!(conn, c => diesel::update(devices::table.find(device_id)).set(devices::push_name.eq(name)).execute(c))?;
+            db_run!(conn, |c| diesel::update(devices::table.find(device_id))
+                .set(devices::push_name.eq(name))
+                .execute(c))?;
         }
         events::session_status(conn, device_id, "connected", None, None, now)
     })
@@ -185,13 +218,13 @@ pub fn set_connected(
 /// Forgets the linked account (after a logout), keeping the session slot.
 pub fn clear_account(
     conn: &mut DbConn,
-    device_id: &str,
+    device_id: &SessionId,
     state: &str,
     reason: Option<&str>,
     now: i64,
 ) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(devices::table.find(device_id))
+        db_run!(conn, |c| diesel::update(devices::table.find(device_id))
             .set((
                 devices::wa_jid.eq(None::<String>),
                 devices::wa_lid.eq(None::<String>),
@@ -204,269 +237,101 @@ pub fn clear_account(
     })
 }
 
-pub fn delete(conn: &mut DbConn, device_id: &str) -> Result<bool> {
-    Ok(on_conn!(conn, c => diesel::delete(devices::table.find(device_id)).execute(c))? == 1)
-}
-
-/// Records the WhatsApp id a claimed message is about to be sent under (fenced).
-pub fn set_wa_id(
-    conn: &mut DbConn,
-    id: &str,
-    node: &str,
-    token: i64,
-    wa_message_id: &str,
-) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(
-        messages::table
-            .filter(messages::id.eq(id))
-            .filter(messages::claimed_by.eq(node))
-            .filter(messages::claim_token.eq(token))
-            .filter(messages::status.eq(QUEUED)),
+pub fn delete(conn: &mut DbConn, device_id: &SessionId) -> Result<bool> {
+    Ok(
+        db_run!(conn, |c| diesel::delete(devices::table.find(device_id))
+            .execute(c))?
+            == 1,
     )
-    .set(messages::wa_message_id.eq(wa_message_id))
-    .execute(c))?;
-    Ok(n == 1)
 }
 
-/// The message was written to WhatsApp under `wa_message_id`; it stays `queued` (and
-/// unclaimable) until the server acks it. If no ack comes by `ack_deadline` it becomes due
-/// again and is resent under the same id, which receivers de-duplicate.
-pub fn mark_dispatched(
+pub fn insert_device(conn: &mut DbConn, row: &DeviceRow) -> Result<()> {
+    let result = db_run!(conn, |c| diesel::insert_into(devices::table)
+        .values(row)
+        .execute(c));
+    match result {
+        Ok(_) => Ok(()),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Err(Error::DeviceCodeTaken),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn list_devices(conn: &mut DbConn, project_id: &ProjectId) -> Result<Vec<DeviceRow>> {
+    Ok(db_run!(conn, |c| devices::table
+        .filter(devices::project_id.eq(project_id))
+        .order(devices::created_at.asc())
+        .select(DeviceRow::as_select())
+        .load(c))?)
+}
+
+pub fn device_by_code(
     conn: &mut DbConn,
-    id: &str,
-    node: &str,
-    token: i64,
-    wa_message_id: &str,
-    ack_deadline: i64,
-) -> Result<bool> {
-    let n = on_conn!(conn, c => diesel::update(
-        messages::table
-            .filter(messages::id.eq(id))
-            .filter(messages::claimed_by.eq(node))
-            .filter(messages::claim_token.eq(token))
-            .filter(messages::status.eq(QUEUED)),
-    )
-    .set((
-        messages::wa_message_id.eq(wa_message_id),
-        messages::available_at.eq(ack_deadline),
-        messages::claimed_by.eq(None::<String>),
-        messages::claim_expires_at.eq(None::<i64>),
-    ))
-    .execute(c))?;
-    Ok(n == 1)
-}
-
-/// Server ack: `queued → sent`, with its `message.status` event. Returns the ids of the
-/// messages that changed.
-pub fn mark_acked(
-    conn: &mut DbConn,
-    device_id: &str,
-    wa_message_id: &str,
-    now: i64,
-) -> Result<Vec<String>> {
-    conn.transaction(|conn| {
-        let changed: Vec<String> = on_conn!(conn, c => diesel::update(
-            messages::table
-                .filter(messages::device_id.eq(device_id))
-                .filter(messages::wa_message_id.eq(wa_message_id))
-                .filter(messages::status.eq(QUEUED)),
-        )
-        .set((
-            messages::status.eq(SENT),
-            messages::sent_at.eq(now),
-            messages::claimed_by.eq(None::<String>),
-            messages::claim_expires_at.eq(None::<i64>),
-        ))
-        .returning(messages::id)
-        .get_results(c))?;
-        events::message_statuses(conn, &changed, now)?;
-        Ok(changed)
-    })
-}
-
-/// Delivery or read receipt; statuses only move forward. Returns the ids that changed, each
-/// with its `message.status` event.
-pub fn mark_receipt(
-    conn: &mut DbConn,
-    device_id: &str,
-    wa_ids: &[String],
-    read: bool,
-    now: i64,
-) -> Result<Vec<String>> {
-    let from: &[&str] = if read {
-        &[QUEUED, SENT, DELIVERED]
-    } else {
-        &[QUEUED, SENT]
-    };
-    let status = if read { READ } else { DELIVERED };
-    conn.transaction(|conn| {
-        let changed: Vec<String> = on_conn!(conn, c => diesel::update(
-            messages::table
-                .filter(messages::device_id.eq(device_id))
-                .filter(messages::wa_message_id.eq_any(wa_ids))
-                .filter(messages::status.eq_any(from)),
-        )
-        .set(messages::status.eq(status))
-        .returning(messages::id)
-        .get_results(c))?;
-        // Fill the times of the steps a receipt implies (a read implies delivered and sent);
-        // a step with no time yet was never reported (the receipt came before the server
-        // ack), so it gets its event too.
-        let unsent: Vec<String> = on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::sent_at.is_null()))
-            .set(messages::sent_at.eq(now)).returning(messages::id).get_results(c))?;
-        let undelivered: Vec<String> = on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)).filter(messages::delivered_at.is_null()))
-            .set(messages::delivered_at.eq(now)).returning(messages::id).get_results(c))?;
-        if read {
-            on_conn!(conn, c => diesel::update(messages::table.filter(messages::id.eq_any(&changed)))
-                .set(messages::read_at.eq(now)).execute(c))?;
-        }
-        events::implied_statuses(conn, &unsent, SENT, now)?;
-        if read {
-            events::implied_statuses(conn, &undelivered, DELIVERED, now)?;
-        }
-        events::message_statuses(conn, &changed, now)?;
-        Ok(changed)
-    })
-}
-
-/// A stored media file.
-#[derive(Debug, Clone, Queryable)]
-pub struct MediaBlob {
-    pub mime_type: String,
-    pub filename: Option<String>,
-    pub data: Vec<u8>,
-}
-
-/// A media file's bytes, unless they were dropped after the retention period.
-pub fn media_bytes(conn: &mut DbConn, media_id: &str) -> Result<Option<MediaBlob>> {
-    Ok(on_conn!(conn, c => media::table
-        .find(media_id)
-        .filter(media::purged_at.is_null())
-        .select((media::mime_type, media::filename, media::data))
+    project_id: &ProjectId,
+    code: &str,
+) -> Result<Option<DeviceRow>> {
+    Ok(db_run!(conn, |c| devices::table
+        .filter(devices::project_id.eq(project_id))
+        .filter(devices::code.eq(code))
+        .select(DeviceRow::as_select())
         .first(c)
         .optional())?)
 }
 
-/// A project's stored media file (the project check keeps tenants apart), with the time its
-/// bytes were dropped if the retention period is over.
-pub fn project_media(
-    conn: &mut DbConn,
-    project_id: &str,
-    media_id: &str,
-) -> Result<Option<(MediaBlob, Option<i64>)>> {
-    Ok(on_conn!(conn, c => media::table
-        .filter(media::id.eq(media_id))
-        .filter(media::project_id.eq(project_id))
-        .select(((media::mime_type, media::filename, media::data), media::purged_at))
-        .first(c)
-        .optional())?)
+/// A session to create with everything that must exist before it starts: its row, the hash
+/// of its API key, and the webhook registered with it (so that webhook gets the session's
+/// very first event).
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub device: DeviceRow,
+    pub key_hash: String,
+    pub webhook: Option<WebhookRow>,
 }
 
-/// Drops the bytes of up to `limit` media files stored before `before`, keeping those of
-/// messages still waiting to be sent; the rows (type, size, digest) stay for history.
-/// Returns how many were dropped.
-pub fn purge_media(conn: &mut DbConn, before: i64, now: i64, limit: i64) -> Result<usize> {
-    use super::schema::messages;
-    on_conn!(conn, c => {
-        let waiting = messages::table
-            .filter(messages::status.eq(super::queue::QUEUED))
-            .filter(messages::media_id.is_not_null())
-            .select(messages::media_id.assume_not_null());
-        let ids: Vec<String> = media::table
-            .filter(media::purged_at.is_null())
-            .filter(media::created_at.lt(before))
-            .filter(diesel::dsl::not(media::id.eq_any(waiting)))
-            .select(media::id)
-            .limit(limit)
-            .load(c)?;
-        Ok(diesel::update(media::table.filter(media::id.eq_any(&ids)))
-            .set((media::data.eq(Vec::<u8>::new()), media::purged_at.eq(now)))
-            .execute(c)?)
-    })
-}
-
-#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
-#[diesel(table_name = inbound_messages)]
-pub struct InboundRow {
-    pub id: String,
-    pub project_id: String,
-    pub device_id: String,
-    pub wa_message_id: String,
-    pub chat_jid: String,
-    pub sender_jid: String,
-    pub sender_phone: Option<String>,
-    pub sender_lid: Option<String>,
-    pub push_name: Option<String>,
-    pub kind: String,
-    pub body: Option<String>,
-    pub media_id: Option<String>,
-    pub sent_at: i64,
-    pub created_at: i64,
-}
-
-/// Stores an inbound message once (WhatsApp may deliver it again after a reconnect).
-/// Returns false for a duplicate.
-pub fn insert_inbound(
-    conn: &mut DbConn,
-    row: &InboundRow,
-    media_row: Option<&NewMedia>,
-) -> Result<bool> {
+/// Creates a session within its project's session cap, in one transaction that first takes
+/// the project row's lock: on PostgreSQL `SELECT … FOR NO KEY UPDATE`, on SQLite the write
+/// lock every [`DbConn::transaction`] takes at `BEGIN IMMEDIATE`. Concurrent creates for one
+/// project (on any number of nodes) therefore count one after another and can never pass
+/// the cap together.
+///
+/// `NO KEY`: the strength of `FOR UPDATE` that two creates need to exclude each other, minus
+/// the part that would also block every insert referencing the project meanwhile (messages,
+/// events: their foreign-key checks take `KEY SHARE` on the project row).
+pub fn create_capped(conn: &mut DbConn, new: &NewSession) -> Result<()> {
+    let project_id = &new.device.project_id;
     conn.transaction(|conn| {
-        let exists: i64 = on_conn!(conn, c => inbound_messages::table
-            .filter(inbound_messages::device_id.eq(&row.device_id))
-            .filter(inbound_messages::wa_message_id.eq(&row.wa_message_id))
+        let cap = lock_project_cap(conn, project_id)?.ok_or(Error::ProjectNotFound)?;
+        let count: i64 = db_run!(conn, |c| devices::table
+            .filter(devices::project_id.eq(project_id))
             .count()
             .get_result(c))?;
-        if exists > 0 {
-            return Ok(false);
+        if count >= cap {
+            return Err(Error::SessionLimitReached);
         }
-        if let Some(m) = media_row {
-            on_conn!(conn, c => diesel::insert_into(media::table).values(m).execute(c))?;
+        insert_device(conn, &new.device)?;
+        db_run!(conn, |c| diesel::update(
+            devices::table.find(&new.device.id)
+        )
+        .set(devices::session_key_hash.eq(&new.key_hash))
+        .execute(c))?;
+        if let Some(hook) = &new.webhook {
+            webhooks::insert(conn, hook)?;
         }
-        on_conn!(conn, c => diesel::insert_into(inbound_messages::table).values(row).execute(c))?;
-        let fields = ev::message_received(&ev::Inbound {
-            wa_message_id: &row.wa_message_id,
-            chat_jid: &row.chat_jid,
-            sender_jid: &row.sender_jid,
-            sender_phone: row.sender_phone.as_deref(),
-            sender_lid: row.sender_lid.as_deref(),
-            push_name: row.push_name.as_deref(),
-            kind: &row.kind,
-            body: row.body.as_deref(),
-            sent_at_ms: row.sent_at,
-            media: media_row.map(|m| ev::MediaRef {
-                id: &m.id,
-                mime_type: &m.mime_type,
-                size: m.size_bytes,
-                sha256: &m.sha256,
-                filename: m.filename.as_deref(),
-            }),
-        });
-        events::record(
-            conn,
-            ev::NewEvent {
-                project_id: row.project_id.clone(),
-                device_id: Some(row.device_id.clone()),
-                kind: ev::MESSAGE_RECEIVED,
-                fields,
-            },
-            row.created_at,
-        )?;
-        Ok(true)
+        Ok(())
     })
 }
 
-pub fn list_inbound(
-    conn: &mut DbConn,
-    device_id: &str,
-    limit: i64,
-    offset: i64,
-) -> Result<Vec<InboundRow>> {
-    Ok(on_conn!(conn, c => inbound_messages::table
-        .filter(inbound_messages::device_id.eq(device_id))
-        .order(inbound_messages::seq.desc())
-        .limit(limit)
-        .offset(offset)
-        .select(InboundRow::as_select())
-        .load(c))?)
+/// The project's session cap, read under the project row's lock (held to the end of the
+/// transaction); `None` if there is no such project.
+fn lock_project_cap(conn: &mut DbConn, project_id: &ProjectId) -> Result<Option<i64>> {
+    let cap = projects::table
+        .find(project_id)
+        .select(projects::max_sessions);
+    Ok(match conn {
+        DbConn::Postgres(c) => cap.for_no_key_update().first(c).optional()?,
+        // The transaction's BEGIN IMMEDIATE holds the database's write lock already.
+        DbConn::Sqlite(c) => cap.first(c).optional()?,
+    })
 }

@@ -1,4 +1,7 @@
-//! Webhook registrations, the delivery outbox's lanes and leases, and the delivery log.
+//! Webhook registrations, the delivery outbox's lanes and leases, and the delivery log. The
+//! outbox rows themselves are written by `events::record`, in the transaction of the change
+//! they report; everything after that — leasing a lane to one node, recording attempts,
+//! retries, redelivery — is here.
 
 use diesel::dsl::{exists, not};
 use diesel::prelude::*;
@@ -6,15 +9,16 @@ use diesel::prelude::*;
 use super::DbConn;
 use super::events::{DEAD, FAILED, PENDING};
 use super::schema::{events, webhook_attempts, webhook_deliveries, webhook_lanes, webhooks};
+use crate::db_run;
 use crate::error::Result;
-use crate::on_conn;
+use crate::values::{ProjectId, SessionId, WebhookId};
 
 #[derive(Debug, Clone, Insertable, Queryable, Selectable)]
 #[diesel(table_name = webhooks)]
 pub struct WebhookRow {
-    pub id: String,
-    pub project_id: String,
-    pub device_id: Option<String>,
+    pub id: WebhookId,
+    pub project_id: ProjectId,
+    pub device_id: Option<SessionId>,
     pub url: String,
     pub events: String,
     pub enabled: bool,
@@ -27,31 +31,41 @@ pub struct WebhookRow {
 }
 
 pub fn insert(conn: &mut DbConn, row: &WebhookRow) -> Result<()> {
-    on_conn!(conn, c => diesel::insert_into(webhooks::table).values(row).execute(c))?;
+    db_run!(conn, |c| diesel::insert_into(webhooks::table)
+        .values(row)
+        .execute(c))?;
     Ok(())
 }
 
 /// A project's webhooks; with `device_id`, that session's and the project-wide ones.
 pub fn list(
     conn: &mut DbConn,
-    project_id: &str,
-    device_id: Option<&str>,
+    project_id: &ProjectId,
+    device_id: Option<&SessionId>,
 ) -> Result<Vec<WebhookRow>> {
-    Ok(on_conn!(conn, c => {
+    Ok(db_run!(conn, |c| {
         let mut q = webhooks::table
             .filter(webhooks::project_id.eq(project_id.to_owned()))
             .order(webhooks::created_at.asc())
             .select(WebhookRow::as_select())
             .into_boxed();
         if let Some(d) = device_id {
-            q = q.filter(webhooks::device_id.is_null().or(webhooks::device_id.eq(d.to_owned())));
+            q = q.filter(
+                webhooks::device_id
+                    .is_null()
+                    .or(webhooks::device_id.eq(d.to_owned())),
+            );
         }
         q.load(c)
     })?)
 }
 
-pub fn get(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<WebhookRow>> {
-    Ok(on_conn!(conn, c => webhooks::table
+pub fn get(
+    conn: &mut DbConn,
+    project_id: &ProjectId,
+    id: &WebhookId,
+) -> Result<Option<WebhookRow>> {
+    Ok(db_run!(conn, |c| webhooks::table
         .filter(webhooks::id.eq(id))
         .filter(webhooks::project_id.eq(project_id))
         .select(WebhookRow::as_select())
@@ -60,8 +74,8 @@ pub fn get(conn: &mut DbConn, project_id: &str, id: &str) -> Result<Option<Webho
 }
 
 /// For the dispatcher, which acts for every project.
-pub fn get_any(conn: &mut DbConn, id: &str) -> Result<Option<WebhookRow>> {
-    Ok(on_conn!(conn, c => webhooks::table
+pub fn get_any(conn: &mut DbConn, id: &WebhookId) -> Result<Option<WebhookRow>> {
+    Ok(db_run!(conn, |c| webhooks::table
         .find(id)
         .select(WebhookRow::as_select())
         .first(c)
@@ -77,8 +91,8 @@ pub struct Changes {
 
 pub fn update(
     conn: &mut DbConn,
-    project_id: &str,
-    id: &str,
+    project_id: &ProjectId,
+    id: &WebhookId,
     ch: Changes,
     now: i64,
 ) -> Result<Option<WebhookRow>> {
@@ -99,7 +113,7 @@ pub fn update(
             row.enabled = enabled;
         }
         row.updated_at = now;
-        on_conn!(conn, c => diesel::update(webhooks::table.find(id))
+        db_run!(conn, |c| diesel::update(webhooks::table.find(id))
             .set((
                 webhooks::url.eq(&row.url),
                 webhooks::events.eq(&row.events),
@@ -112,9 +126,11 @@ pub fn update(
     })
 }
 
-pub fn delete(conn: &mut DbConn, project_id: &str, id: &str) -> Result<bool> {
-    Ok(on_conn!(conn, c => diesel::delete(
-        webhooks::table.filter(webhooks::id.eq(id)).filter(webhooks::project_id.eq(project_id)),
+pub fn delete(conn: &mut DbConn, project_id: &ProjectId, id: &WebhookId) -> Result<bool> {
+    Ok(db_run!(conn, |c| diesel::delete(
+        webhooks::table
+            .filter(webhooks::id.eq(id))
+            .filter(webhooks::project_id.eq(project_id)),
     )
     .execute(c))?
         == 1)
@@ -122,12 +138,12 @@ pub fn delete(conn: &mut DbConn, project_id: &str, id: &str) -> Result<bool> {
 
 pub fn set_secrets(
     conn: &mut DbConn,
-    id: &str,
+    id: &WebhookId,
     secret_enc: &str,
     previous: Option<(&str, i64)>,
     now: i64,
 ) -> Result<()> {
-    on_conn!(conn, c => diesel::update(webhooks::table.find(id))
+    db_run!(conn, |c| diesel::update(webhooks::table.find(id))
         .set((
             webhooks::secret_enc.eq(secret_enc),
             webhooks::previous_secret_enc.eq(previous.map(|p| p.0)),
@@ -139,16 +155,16 @@ pub fn set_secrets(
 }
 
 /// The receiver asked us to stop (410 Gone): no more deliveries, the open ones go dead.
-pub fn disable(conn: &mut DbConn, id: &str, reason: &str, now: i64) -> Result<()> {
+pub fn disable(conn: &mut DbConn, id: &WebhookId, reason: &str, now: i64) -> Result<()> {
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(webhooks::table.find(id))
+        db_run!(conn, |c| diesel::update(webhooks::table.find(id))
             .set((
                 webhooks::enabled.eq(false),
                 webhooks::disabled_reason.eq(reason),
                 webhooks::updated_at.eq(now),
             ))
             .execute(c))?;
-        on_conn!(conn, c => diesel::update(
+        db_run!(conn, |c| diesel::update(
             webhook_deliveries::table
                 .filter(webhook_deliveries::webhook_id.eq(id))
                 .filter(is_open()),
@@ -173,8 +189,17 @@ fn is_open() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql::<diesel::sql_types::Bool>("webhook_deliveries.state IN ('pending', 'failed')")
 }
 
+/// A delivery lane: one webhook's deliveries of one session, delivered one after another in
+/// the order their events were recorded. Leased to one node at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct Lane {
+    pub webhook_id: WebhookId,
+    /// The session whose events the lane carries; empty for project-wide events.
+    pub key: String,
+}
+
 /// Lanes with a due delivery that nobody holds and that are not waiting for a retry.
-pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<(String, String)>> {
+pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<Lane>> {
     let busy = webhook_lanes::table
         .filter(webhook_lanes::webhook_id.eq(webhook_deliveries::webhook_id))
         .filter(webhook_lanes::lane.eq(webhook_deliveries::lane))
@@ -183,7 +208,7 @@ pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<(String,
                 .gt(now)
                 .or(webhook_lanes::blocked_until.gt(now)),
         );
-    Ok(on_conn!(conn, c => webhook_deliveries::table
+    Ok(db_run!(conn, |c| webhook_deliveries::table
         .filter(is_open())
         .filter(webhook_deliveries::next_attempt_at.le(now))
         .filter(not(exists(busy)))
@@ -197,13 +222,13 @@ pub fn due_lanes(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<(String,
 /// the lane waits for a retry. Safe across nodes: the upsert is atomic.
 pub fn lease_lane(
     conn: &mut DbConn,
-    webhook_id: &str,
-    lane: &str,
+    lane: &Lane,
     owner: &str,
     now: i64,
     until: i64,
 ) -> Result<bool> {
-    let inserted = on_conn!(conn, c => diesel::insert_into(webhook_lanes::table)
+    let (webhook_id, lane) = (&lane.webhook_id, lane.key.as_str());
+    let inserted = db_run!(conn, |c| diesel::insert_into(webhook_lanes::table)
         .values((
             webhook_lanes::webhook_id.eq(webhook_id),
             webhook_lanes::lane.eq(lane),
@@ -216,14 +241,17 @@ pub fn lease_lane(
     if inserted == 1 {
         return Ok(true);
     }
-    let taken = on_conn!(conn, c => diesel::update(
+    let taken = db_run!(conn, |c| diesel::update(
         webhook_lanes::table
             .filter(webhook_lanes::webhook_id.eq(webhook_id))
             .filter(webhook_lanes::lane.eq(lane))
             .filter(webhook_lanes::lease_until.le(now))
             .filter(webhook_lanes::blocked_until.le(now)),
     )
-    .set((webhook_lanes::owner.eq(owner), webhook_lanes::lease_until.eq(until)))
+    .set((
+        webhook_lanes::owner.eq(owner),
+        webhook_lanes::lease_until.eq(until)
+    ))
     .execute(c))?;
     Ok(taken == 1)
 }
@@ -231,24 +259,22 @@ pub fn lease_lane(
 /// At start: lanes this node held when it stopped (or died) are free again at once, not
 /// only when their leases run out.
 pub fn release_all(conn: &mut DbConn, owner: &str) -> Result<usize> {
-    Ok(
-        on_conn!(conn, c => diesel::update(webhook_lanes::table.filter(webhook_lanes::owner.eq(owner)))
-        .set((webhook_lanes::owner.eq(None::<String>), webhook_lanes::lease_until.eq(0)))
-        .execute(c))?,
+    Ok(db_run!(conn, |c| diesel::update(
+        webhook_lanes::table.filter(webhook_lanes::owner.eq(owner))
     )
+    .set((
+        webhook_lanes::owner.eq(None::<String>),
+        webhook_lanes::lease_until.eq(0)
+    ))
+    .execute(c))?)
 }
 
 /// Gives a lane back; `blocked_until` holds it while its head waits for a retry — and its
 /// other open deliveries are moved to that time too, since none may go before the head.
-pub fn release_lane(
-    conn: &mut DbConn,
-    webhook_id: &str,
-    lane: &str,
-    owner: &str,
-    blocked_until: i64,
-) -> Result<()> {
+pub fn release_lane(conn: &mut DbConn, lane: &Lane, owner: &str, blocked_until: i64) -> Result<()> {
+    let (webhook_id, lane) = (&lane.webhook_id, lane.key.as_str());
     conn.transaction(|conn| {
-        on_conn!(conn, c => diesel::update(
+        db_run!(conn, |c| diesel::update(
             webhook_lanes::table
                 .filter(webhook_lanes::webhook_id.eq(webhook_id))
                 .filter(webhook_lanes::lane.eq(lane))
@@ -261,7 +287,7 @@ pub fn release_lane(
         ))
         .execute(c))?;
         if blocked_until > 0 {
-            on_conn!(conn, c => diesel::update(
+            db_run!(conn, |c| diesel::update(
                 webhook_deliveries::table
                     .filter(webhook_deliveries::webhook_id.eq(webhook_id))
                     .filter(webhook_deliveries::lane.eq(lane))
@@ -288,8 +314,9 @@ pub struct Job {
 }
 
 /// The open deliveries of a lane in order (the lane's head first).
-pub fn lane_jobs(conn: &mut DbConn, webhook_id: &str, lane: &str, limit: i64) -> Result<Vec<Job>> {
-    Ok(on_conn!(conn, c => webhook_deliveries::table
+pub fn lane_jobs(conn: &mut DbConn, lane: &Lane, limit: i64) -> Result<Vec<Job>> {
+    let (webhook_id, lane) = (&lane.webhook_id, lane.key.as_str());
+    Ok(db_run!(conn, |c| webhook_deliveries::table
         .inner_join(events::table.on(events::id.eq(webhook_deliveries::event_id)))
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::lane.eq(lane))
@@ -348,11 +375,13 @@ pub fn record_outcomes(conn: &mut DbConn, outcomes: &[Outcome]) -> Result<()> {
                 at: o.at,
             })
             .collect();
-        on_conn!(conn, c => diesel::insert_into(webhook_attempts::table).values(&attempts).execute(c))?;
+        db_run!(conn, |c| diesel::insert_into(webhook_attempts::table)
+            .values(&attempts)
+            .execute(c))?;
         for o in outcomes {
             let done = (o.state != FAILED).then_some(o.at);
             // Only an open delivery changes: a 410 may have closed it meanwhile.
-            on_conn!(conn, c => diesel::update(
+            db_run!(conn, |c| diesel::update(
                 webhook_deliveries::table
                     .filter(webhook_deliveries::id.eq(&o.delivery_id))
                     .filter(is_open()),
@@ -412,11 +441,11 @@ macro_rules! delivery_log {
 /// A webhook's deliveries, newest first, before `before_seq` when paging.
 pub fn deliveries(
     conn: &mut DbConn,
-    webhook_id: &str,
+    webhook_id: &WebhookId,
     before_seq: Option<i64>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>> {
-    Ok(on_conn!(conn, c => delivery_log!()
+    Ok(db_run!(conn, |c| delivery_log!()
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::seq.lt(before_seq.unwrap_or(i64::MAX)))
         .order(webhook_deliveries::seq.desc())
@@ -424,8 +453,12 @@ pub fn deliveries(
         .load(c))?)
 }
 
-pub fn delivery(conn: &mut DbConn, webhook_id: &str, id: &str) -> Result<Option<DeliveryRow>> {
-    Ok(on_conn!(conn, c => delivery_log!()
+pub fn delivery(
+    conn: &mut DbConn,
+    webhook_id: &WebhookId,
+    id: &str,
+) -> Result<Option<DeliveryRow>> {
+    Ok(db_run!(conn, |c| delivery_log!()
         .filter(webhook_deliveries::webhook_id.eq(webhook_id))
         .filter(webhook_deliveries::id.eq(id))
         .first(c)
@@ -433,7 +466,7 @@ pub fn delivery(conn: &mut DbConn, webhook_id: &str, id: &str) -> Result<Option<
 }
 
 pub fn attempts(conn: &mut DbConn, delivery_ids: &[String]) -> Result<Vec<AttemptRow>> {
-    Ok(on_conn!(conn, c => webhook_attempts::table
+    Ok(db_run!(conn, |c| webhook_attempts::table
         .filter(webhook_attempts::delivery_id.eq_any(delivery_ids))
         .order(webhook_attempts::seq.asc())
         .select((
@@ -449,7 +482,7 @@ pub fn attempts(conn: &mut DbConn, delivery_ids: &[String]) -> Result<Vec<Attemp
 /// Puts deliveries back in their lanes as due now, with a fresh attempt budget.
 macro_rules! requeue {
     ($conn:expr, $webhook_id:expr, $filter:expr, $now:expr) => {{
-        let n = on_conn!($conn, c => diesel::update(
+        let n = db_run!($conn, |c| diesel::update(
             webhook_deliveries::table
                 .filter(webhook_deliveries::webhook_id.eq($webhook_id))
                 .filter($filter),
@@ -464,12 +497,12 @@ macro_rules! requeue {
         .execute(c))?;
         // A lane waiting for a retry must not keep waiting for what is due now, nor keep
         // back the never-attempted deliveries it had postponed.
-        on_conn!($conn, c => diesel::update(
+        db_run!($conn, |c| diesel::update(
             webhook_lanes::table.filter(webhook_lanes::webhook_id.eq($webhook_id)),
         )
         .set(webhook_lanes::blocked_until.eq(0))
         .execute(c))?;
-        on_conn!($conn, c => diesel::update(
+        db_run!($conn, |c| diesel::update(
             webhook_deliveries::table
                 .filter(webhook_deliveries::webhook_id.eq($webhook_id))
                 .filter(webhook_deliveries::state.eq(PENDING))
@@ -482,14 +515,14 @@ macro_rules! requeue {
     }};
 }
 
-pub fn redeliver(conn: &mut DbConn, webhook_id: &str, id: &str, now: i64) -> Result<bool> {
+pub fn redeliver(conn: &mut DbConn, webhook_id: &WebhookId, id: &str, now: i64) -> Result<bool> {
     conn.transaction(|conn| Ok(requeue!(conn, webhook_id, webhook_deliveries::id.eq(id), now) == 1))
 }
 
 /// Everything of this webhook that failed (retrying or dead) since `since`.
 pub fn redeliver_failed(
     conn: &mut DbConn,
-    webhook_id: &str,
+    webhook_id: &WebhookId,
     since: i64,
     now: i64,
 ) -> Result<usize> {
@@ -507,7 +540,7 @@ pub fn redeliver_failed(
 
 /// Open deliveries, for metrics.
 pub fn open_count(conn: &mut DbConn) -> Result<i64> {
-    Ok(on_conn!(conn, c => webhook_deliveries::table
+    Ok(db_run!(conn, |c| webhook_deliveries::table
         .filter(is_open())
         .count()
         .get_result(c))?)

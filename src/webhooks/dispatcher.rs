@@ -12,7 +12,7 @@ use super::{Settings, signing};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::storage::events::{DEAD, FAILED, SUCCEEDED};
-use crate::storage::webhooks::{self as store, Job, Outcome, WebhookRow};
+use crate::storage::webhooks::{self as store, Job, Lane, Outcome, WebhookRow};
 use crate::storage::{Db, DbConn, now_ms};
 
 /// Deliveries taken from a lane per lease.
@@ -165,26 +165,26 @@ impl Dispatcher {
             .db
             .run(move |c| store::due_lanes(c, now_ms(), limit * 2))
             .await?;
-        for (webhook_id, lane) in lanes {
+        for lane in lanes {
             let Ok(total) = self.inner.total.clone().try_acquire_owned() else {
                 break;
             };
-            let Some(per) = self.webhook_permit(&webhook_id) else {
+            let Some(per) = self.webhook_permit(&lane.webhook_id) else {
                 continue;
             };
-            let (w, l, node) = (webhook_id.clone(), lane.clone(), self.inner.node.clone());
+            let (l, node) = (lane.clone(), self.inner.node.clone());
             let leased = self
                 .write(move |c| {
                     let now = now_ms();
-                    store::lease_lane(c, &w, &l, &node, now, now + LEASE.as_millis() as i64)
+                    store::lease_lane(c, &l, &node, now, now + LEASE.as_millis() as i64)
                 })
                 .await?;
             if leased {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.run_lane(&webhook_id, &lane).await;
+                    me.run_lane(&lane).await;
                     drop((total, per));
-                    me.forget_idle(&webhook_id);
+                    me.forget_idle(&lane.webhook_id);
                     me.inner.lane_done.notify_one();
                 });
             }
@@ -192,44 +192,35 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn run_lane(&self, webhook_id: &str, lane: &str) {
+    async fn run_lane(&self, lane: &Lane) {
         let mut blocked_until = 0;
-        if let Err(e) = self
-            .deliver_lane(webhook_id, lane, &mut blocked_until)
-            .await
-        {
-            tracing::warn!(webhook = webhook_id, error = %e, "webhook lane failed");
+        if let Err(e) = self.deliver_lane(lane, &mut blocked_until).await {
+            tracing::warn!(webhook = %lane.webhook_id, error = %e, "webhook lane failed");
         }
-        let (w, l, node) = (
-            webhook_id.to_owned(),
-            lane.to_owned(),
-            self.inner.node.clone(),
-        );
+        let (l, node) = (lane.clone(), self.inner.node.clone());
         if let Err(e) = self
-            .write(move |c| store::release_lane(c, &w, &l, &node, blocked_until))
+            .write(move |c| store::release_lane(c, &l, &node, blocked_until))
             .await
         {
-            tracing::warn!(webhook = webhook_id, error = %e, "cannot release webhook lane");
+            tracing::warn!(webhook = %lane.webhook_id, error = %e, "cannot release webhook lane");
         }
     }
 
     /// Delivers the lane's open deliveries in order; while it has a backlog (full batches)
     /// it keeps the lease and reloads, saving lease round trips, until the lane is drained,
     /// waits for a retry, or the run's time budget is spent.
-    async fn deliver_lane(
-        &self,
-        webhook_id: &str,
-        lane: &str,
-        blocked_until: &mut i64,
-    ) -> Result<()> {
+    async fn deliver_lane(&self, lane: &Lane, blocked_until: &mut i64) -> Result<()> {
         let started = Instant::now();
         loop {
-            let (w, l) = (webhook_id.to_owned(), lane.to_owned());
+            let l = lane.clone();
             // The webhook is read each round: a change applies to the next delivery.
             let (hook, jobs) = self
                 .inner
                 .db
-                .run(move |c| Ok((store::get_any(c, &w)?, store::lane_jobs(c, &w, &l, BATCH)?)))
+                .run(move |c| {
+                    let hook = store::get_any(c, &l.webhook_id)?;
+                    Ok((hook, store::lane_jobs(c, &l, BATCH)?))
+                })
                 .await?;
             let Some(hook) = hook.filter(|h| h.enabled) else {
                 return Ok(());

@@ -9,10 +9,10 @@ use whatsapp_rust::wacore::store::traits::{
 };
 
 use wagate::crypto::{MasterKey, SealKey};
-use wagate::on_conn;
+use wagate::db_run;
 use wagate::proto::v1::SessionState;
 use wagate::storage::Db;
-use wagate::storage::device_store::{self, DbDeviceStore};
+use wagate::storage::devices::{self, DbDeviceStore};
 use wagate::storage::schema::{wa_msg_secrets, wa_prekeys, wa_store};
 
 use crate::device_store::{fill, fixture, snapshot};
@@ -44,14 +44,23 @@ struct Raw {
 /// Every value of the three tables that hold private key material, read with plain SQL.
 async fn raw_rows(db: &Db) -> Vec<Raw> {
     db.run(|c| {
-        let kv: Vec<(String, String, String, Vec<u8>)> = on_conn!(c, c => wa_store::table
-            .select((wa_store::device_id, wa_store::kind, wa_store::key, wa_store::value))
+        let kv: Vec<(String, String, String, Vec<u8>)> = db_run!(c, |c| wa_store::table
+            .select((
+                wa_store::device_id,
+                wa_store::kind,
+                wa_store::key,
+                wa_store::value
+            ))
             .load(c))?;
-        let pk: Vec<(String, i64, Vec<u8>)> = on_conn!(c, c => wa_prekeys::table
+        let pk: Vec<(String, i64, Vec<u8>)> = db_run!(c, |c| wa_prekeys::table
             .select((wa_prekeys::device_id, wa_prekeys::id, wa_prekeys::record))
             .load(c))?;
-        let ms: Vec<(String, String, Vec<u8>)> = on_conn!(c, c => wa_msg_secrets::table
-            .select((wa_msg_secrets::device_id, wa_msg_secrets::msg_id, wa_msg_secrets::secret))
+        let ms: Vec<(String, String, Vec<u8>)> = db_run!(c, |c| wa_msg_secrets::table
+            .select((
+                wa_msg_secrets::device_id,
+                wa_msg_secrets::msg_id,
+                wa_msg_secrets::secret
+            ))
             .load(c))?;
         let mut out: Vec<Raw> = kv
             .into_iter()
@@ -251,11 +260,11 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
     // A sealed record copied into another session's row does not open there.
     let (from, to) = (f.a.clone(), f.b.clone());
     f.db.run(move |c| {
-        let value: Vec<u8> = on_conn!(c, c => wa_store::table
+        let value: Vec<u8> = db_run!(c, |c| wa_store::table
             .find((&from, "device", ""))
             .select(wa_store::value)
             .first(c))?;
-        on_conn!(c, c => diesel::insert_into(wa_store::table)
+        db_run!(c, |c| diesel::insert_into(wa_store::table)
             .values((
                 wa_store::device_id.eq(&to),
                 wa_store::kind.eq("device"),
@@ -273,7 +282,7 @@ async fn private_keys_are_not_stored_in_plain(t: TestDb) {
     // Nothing left to seal.
     let key = f.key.clone();
     let n =
-        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+        f.db.run(move |c| devices::seal_legacy_rows(c, &key))
             .await
             .unwrap();
     assert_eq!(n, 0);
@@ -305,7 +314,7 @@ async fn insert_plain_rows(db: &Db, dev: &str, device: &Device) {
             ("sync_key_latest", String::new(), b"kid".to_vec()),
         ];
         for (kind, key, value) in kv {
-            on_conn!(c, c => diesel::insert_into(wa_store::table)
+            db_run!(c, |c| diesel::insert_into(wa_store::table)
                 .values((
                     wa_store::device_id.eq(&dev),
                     wa_store::kind.eq(kind),
@@ -315,7 +324,7 @@ async fn insert_plain_rows(db: &Db, dev: &str, device: &Device) {
                 ))
                 .execute(c))?;
         }
-        on_conn!(c, c => diesel::insert_into(wa_prekeys::table)
+        db_run!(c, |c| diesel::insert_into(wa_prekeys::table)
             .values((
                 wa_prekeys::device_id.eq(&dev),
                 wa_prekeys::id.eq(3i64),
@@ -323,7 +332,7 @@ async fn insert_plain_rows(db: &Db, dev: &str, device: &Device) {
                 wa_prekeys::uploaded.eq(true),
             ))
             .execute(c))?;
-        on_conn!(c, c => diesel::insert_into(wa_msg_secrets::table)
+        db_run!(c, |c| diesel::insert_into(wa_msg_secrets::table)
             .values((
                 wa_msg_secrets::device_id.eq(&dev),
                 wa_msg_secrets::chat.eq("c"),
@@ -375,7 +384,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
 
     let key = f.key.clone();
     let sealed =
-        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+        f.db.run(move |c| devices::seal_legacy_rows(c, &key))
             .await
             .unwrap();
     assert_eq!(
@@ -404,7 +413,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     assert_eq!(plain_state(&s).await, before);
     let (dev, key) = (f.a.clone(), f.key.clone());
     let loaded =
-        f.db.run(move |c| device_store::load_device(c, &key, &dev))
+        f.db.run(move |c| devices::load_device(c, &key, &dev))
             .await
             .unwrap()
             .unwrap();
@@ -415,7 +424,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
     // Idempotent: a second start seals nothing and changes nothing.
     let key = f.key.clone();
     let again =
-        f.db.run(move |c| device_store::seal_legacy_rows(c, &key))
+        f.db.run(move |c| devices::seal_legacy_rows(c, &key))
             .await
             .unwrap();
     assert_eq!(again, 0);
@@ -495,13 +504,15 @@ async fn unseal_to_plain(db: &Db, key: &MasterKey, dev: &str) -> usize {
         for (kind, k, v) in plain {
             if kind == "prekey" {
                 let id: i64 = k.parse().unwrap();
-                on_conn!(c, c => diesel::update(wa_prekeys::table.find((&dev, id)))
+                db_run!(c, |c| diesel::update(wa_prekeys::table.find((&dev, id)))
                     .set(wa_prekeys::record.eq(&v))
                     .execute(c))?;
             } else {
-                on_conn!(c, c => diesel::update(wa_store::table.find((&dev, kind, &k)))
-                    .set(wa_store::value.eq(&v))
-                    .execute(c))?;
+                db_run!(c, |c| diesel::update(
+                    wa_store::table.find((&dev, kind, &k))
+                )
+                .set(wa_store::value.eq(&v))
+                .execute(c))?;
             }
         }
         Ok(())
@@ -539,7 +550,7 @@ async fn linked_session_survives_the_sealing_migration(db: TestDb) {
     assert_eq!(back.phone_number, phone);
     let db = Db::open(&t.db.url, 2).unwrap();
     let rows = raw_rows(&db).await;
-    let loaded = device_store::DbDeviceStore::new(db.clone(), &key, s.session_id.clone())
+    let loaded = devices::DbDeviceStore::new(db.clone(), &key, s.session_id.clone())
         .load()
         .await
         .unwrap()

@@ -11,9 +11,9 @@ use diesel::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wagate::crypto::MasterKey;
+use wagate::db_run;
 use wagate::domain::admin::{Admin, NewProject};
-use wagate::on_conn;
-use wagate::storage::device_store::{self, DbDeviceStore};
+use wagate::storage::devices::{self as device_store, DbDeviceStore};
 use wagate::storage::schema::{devices, wa_prekeys};
 use wagate::storage::{Db, now_ms};
 use whatsapp_rust::wacore::appstate::hash::HashState;
@@ -239,7 +239,7 @@ async fn signal_store_matches_in_memory(t: TestDb) {
     );
     // The in-memory store does not model the flag; the database must.
     let mut conn = f.db.get().unwrap();
-    let flags: Vec<(i64, bool)> = on_conn!(&mut *conn, c => wa_prekeys::table
+    let flags: Vec<(i64, bool)> = db_run!(&mut *conn, |c| wa_prekeys::table
         .filter(wa_prekeys::device_id.eq(&f.a))
         .filter(wa_prekeys::id.le(7))
         .order(wa_prekeys::id)
@@ -260,7 +260,7 @@ async fn signal_store_matches_in_memory(t: TestDb) {
     drop(conn);
     both!(p, s => s.store_prekey(4, b"pk4-again", false));
     let mut conn = f.db.get().unwrap();
-    let flag4: bool = on_conn!(&mut *conn, c => wa_prekeys::table
+    let flag4: bool = db_run!(&mut *conn, |c| wa_prekeys::table
         .find((&f.a, 4i64))
         .select(wa_prekeys::uploaded)
         .first(c))
@@ -968,7 +968,7 @@ async fn device_record_isolation_reopen_and_wipe(t: TestDb) {
     // Deleting the device row deletes its store.
     let id = f.b.clone();
     db2.run(move |c| {
-        on_conn!(c, c => diesel::delete(devices::table.find(&id)).execute(c))?;
+        db_run!(c, |c| diesel::delete(devices::table.find(&id)).execute(c))?;
         Ok(())
     })
     .await

@@ -224,7 +224,7 @@ impl WriterPlug {
             .expect("take the lock");
             let _ = held_tx.send(());
             let _ = released.recv_timeout(Duration::from_secs(30));
-            wagate::on_conn!(&mut conn, c => c.batch_execute("COMMIT")).expect("release");
+            wagate::db_run!(&mut conn, |c| c.batch_execute("COMMIT")).expect("release");
         });
         held.await.expect("lock held");
         WriterPlug { release, thread }

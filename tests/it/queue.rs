@@ -5,8 +5,10 @@ use std::collections::HashSet;
 use wagate::crypto::MasterKey;
 use wagate::domain::admin::{Admin, NewProject};
 use wagate::storage::accept::{AcceptItem, Limits, accept_batch};
-use wagate::storage::models::NewMessage;
-use wagate::storage::{Db, DbConn, messages, now_ms, queue};
+use wagate::storage::messages::queue::{self, Claim};
+use wagate::storage::messages::{self, NewMessage};
+use wagate::storage::{Db, DbConn, now_ms};
+use wagate::values::{MessageStatus, ProjectId, SessionId};
 
 use crate::on_both_backends;
 use crate::support::TestDb;
@@ -21,8 +23,8 @@ on_both_backends!(
 
 struct Fixture {
     db: Db,
-    project_id: String,
-    device_id: String,
+    project_id: ProjectId,
+    device_id: SessionId,
 }
 
 async fn fixture(t: &TestDb) -> Fixture {
@@ -44,8 +46,8 @@ async fn fixture(t: &TestDb) -> Fixture {
         .unwrap();
     Fixture {
         db,
-        project_id: p.project_id,
-        device_id: d.device_id,
+        project_id: ProjectId::from(p.project_id),
+        device_id: SessionId::from(d.device_id),
     }
 }
 
@@ -96,7 +98,7 @@ fn enqueue_to(
                 body: Some(format!("m{i}")),
                 media_id: None,
                 payload: None,
-                status: queue::QUEUED.into(),
+                status: MessageStatus::Queued,
                 max_attempts,
                 available_at: now,
                 created_at: now,
@@ -135,17 +137,7 @@ async fn claim_fence_retry_rescue(t: TestDb) {
     assert_eq!(second[0].id, ids[2]);
 
     // Sent: fenced on the claim token.
-    assert!(
-        queue::mark_sent(
-            &mut c,
-            &first[0].id,
-            "node-a",
-            first[0].claim_token,
-            "WA-1",
-            now
-        )
-        .unwrap()
-    );
+    assert!(queue::mark_sent(&mut c, &first[0].claim("node-a"), "WA-1", now).unwrap());
     let sent = messages::by_id(&mut c, &f.project_id, &first[0].id)
         .unwrap()
         .unwrap();
@@ -154,15 +146,7 @@ async fn claim_fence_retry_rescue(t: TestDb) {
         ("sent", Some("WA-1"))
     );
     assert!(
-        !queue::mark_sent(
-            &mut c,
-            &first[0].id,
-            "node-a",
-            first[0].claim_token,
-            "WA-1",
-            now
-        )
-        .unwrap(),
+        !queue::mark_sent(&mut c, &first[0].claim("node-a"), "WA-1", now).unwrap(),
         "completes once"
     );
 
@@ -192,28 +176,8 @@ async fn claim_fence_retry_rescue(t: TestDb) {
         [ids[2].as_str()]
     );
     assert!(rescued[0].claim_token > second[0].claim_token);
-    assert!(
-        !queue::mark_sent(
-            &mut c,
-            &second[0].id,
-            "node-b",
-            second[0].claim_token,
-            "WA-late",
-            later
-        )
-        .unwrap()
-    );
-    assert!(
-        queue::mark_sent(
-            &mut c,
-            &rescued[0].id,
-            "node-c",
-            rescued[0].claim_token,
-            "WA-3",
-            later
-        )
-        .unwrap()
-    );
+    assert!(!queue::mark_sent(&mut c, &second[0].claim("node-b"), "WA-late", later).unwrap());
+    assert!(queue::mark_sent(&mut c, &rescued[0].claim("node-c"), "WA-3", later).unwrap());
     let m3 = messages::by_id(&mut c, &f.project_id, &ids[2])
         .unwrap()
         .unwrap();
@@ -223,9 +187,7 @@ async fn claim_fence_retry_rescue(t: TestDb) {
     assert!(
         queue::fail(
             &mut c,
-            &again[0].id,
-            "node-a",
-            again[0].claim_token,
+            &again[0].claim("node-a"),
             "INVALID_RECIPIENT",
             "not on WhatsApp",
             later
@@ -313,15 +275,7 @@ async fn concurrent_claimers_never_share(t: TestDb) {
                     }
                     for m in batch {
                         assert!(
-                            queue::mark_sent(
-                                &mut conn,
-                                &m.id,
-                                &node,
-                                m.claim_token,
-                                "WA",
-                                now_ms()
-                            )
-                            .unwrap()
+                            queue::mark_sent(&mut conn, &m.claim(&node), "WA", now_ms()).unwrap()
                         );
                         got.push(m.id);
                     }
@@ -359,11 +313,13 @@ async fn one_recipient_in_order(t: TestDb) {
     );
     // Written to WhatsApp, waiting for the ack: the next one still waits.
     assert!(
-        wagate::storage::sessions::mark_dispatched(
+        queue::mark_dispatched(
             &mut c,
-            &same[0],
-            "n",
-            got[0].claim_token,
+            &Claim {
+                message_id: same[0].clone(),
+                node: "n".into(),
+                token: got[0].claim_token
+            },
             "WA-A",
             now + 60_000
         )
@@ -376,7 +332,7 @@ async fn one_recipient_in_order(t: TestDb) {
     );
     // Acked: sent, and the next message of that recipient is due.
     assert_eq!(
-        wagate::storage::sessions::mark_acked(&mut c, &f.device_id, "WA-A", now).unwrap(),
+        queue::mark_acked(&mut c, &f.device_id, "WA-A", now).unwrap(),
         vec![same[0].clone()]
     );
     let next = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
@@ -385,22 +341,24 @@ async fn one_recipient_in_order(t: TestDb) {
         vec![same[1].clone()]
     );
     // A permanent failure also lets the next one go.
-    assert!(queue::fail(&mut c, &next[0].id, "n", next[0].claim_token, "X", "x", now).unwrap());
+    assert!(queue::fail(&mut c, &next[0].claim("n"), "X", "x", now).unwrap());
     let last = queue::claim(&mut c, &f.device_id, "n", 10, LEASE, now).unwrap();
     assert_eq!(last[0].id, same[2]);
     // Receipts move statuses forward only.
     assert!(
-        wagate::storage::sessions::mark_dispatched(
+        queue::mark_dispatched(
             &mut c,
-            &same[2],
-            "n",
-            last[0].claim_token,
+            &Claim {
+                message_id: same[2].clone(),
+                node: "n".into(),
+                token: last[0].claim_token
+            },
             "WA-C",
             now + 60_000
         )
         .unwrap()
     );
-    let read = wagate::storage::sessions::mark_receipt(
+    let read = queue::mark_receipt(
         &mut c,
         &f.device_id,
         &["WA-C".into(), "WA-A".into()],
@@ -410,45 +368,41 @@ async fn one_recipient_in_order(t: TestDb) {
     .unwrap();
     assert_eq!(read.len(), 2);
     let delivered =
-        wagate::storage::sessions::mark_receipt(&mut c, &f.device_id, &["WA-C".into()], false, now)
-            .unwrap();
+        queue::mark_receipt(&mut c, &f.device_id, &["WA-C".into()], false, now).unwrap();
     assert!(delivered.is_empty(), "read is not downgraded to delivered");
     let m = messages::by_id(&mut c, &f.project_id, &same[2])
         .unwrap()
         .unwrap();
-    assert_eq!(m.status, "read");
+    assert_eq!(m.status.as_str(), "read");
     assert!(m.sent_at.is_some() && m.delivered_at.is_some() && m.read_at.is_some());
 }
 
 /// A receipt can arrive before the server ack: the steps it implies are reported too, once
 /// and in order, so a webhook subscriber always sees `sent` before `delivered` before `read`.
 async fn receipt_before_ack_reports_every_step(t: TestDb) {
-    use wagate::storage::{events, sessions};
+    use wagate::storage::events;
     let f = fixture(&t).await;
     let mut c = f.db.connect().unwrap();
     let ids = enqueue(&f, &mut c, 2, 5, 3_600_000);
     let now = now_ms();
     let claimed = queue::claim(&mut c, &f.device_id, "node-a", 2, LEASE, now).unwrap();
     for (m, wa) in claimed.iter().zip(["WA-1", "WA-2"]) {
-        assert!(
-            sessions::mark_dispatched(&mut c, &m.id, "node-a", m.claim_token, wa, now + LEASE)
-                .unwrap()
-        );
+        assert!(queue::mark_dispatched(&mut c, &m.claim("node-a"), wa, now + LEASE).unwrap());
     }
     // The first is read before anything else was heard of it; the second is acked, then
     // delivered, and a late duplicate receipt changes nothing.
-    sessions::mark_receipt(&mut c, &f.device_id, &["WA-1".into()], true, now).unwrap();
-    sessions::mark_acked(&mut c, &f.device_id, "WA-2", now).unwrap();
-    sessions::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
-    sessions::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
-    sessions::mark_acked(&mut c, &f.device_id, "WA-1", now).unwrap();
+    queue::mark_receipt(&mut c, &f.device_id, &["WA-1".into()], true, now).unwrap();
+    queue::mark_acked(&mut c, &f.device_id, "WA-2", now).unwrap();
+    queue::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
+    queue::mark_receipt(&mut c, &f.device_id, &["WA-2".into()], false, now).unwrap();
+    queue::mark_acked(&mut c, &f.device_id, "WA-1", now).unwrap();
 
     let steps = |id: &str| -> Vec<String> {
         events::after(
             &mut f.db.connect().unwrap(),
             &f.project_id,
             None,
-            (0, 0),
+            events::Cursor::default(),
             100,
         )
         .unwrap()

@@ -13,7 +13,8 @@ use crate::support::{
 
 on_both_backends!(
     sak_accounts_sessions_and_messages,
-    media_is_served_then_expires
+    media_is_served_then_expires,
+    concurrent_creates_stop_at_the_session_cap,
 );
 
 pub(crate) struct Sak<'a> {
@@ -402,8 +403,53 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
 /// Inbound media is downloadable by its reference, then, past the retention period, its bytes
 /// are dropped (`410 MEDIA_EXPIRED`) while the message stays in the history; a message still
 /// waiting to be sent keeps its file.
+/// Creates racing for a project's last session places: the count and the insert are one
+/// transaction under the project's lock, so exactly the cap succeed and every other create
+/// is refused with `SESSION_LIMIT_REACHED`, however the requests interleave.
+async fn concurrent_creates_stop_at_the_session_cap(db: TestDb) {
+    // A registered account's cap.
+    const CAP: usize = 10;
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let t = TestServer::start_sim(db, MasterKey::generate(), "node-cap", &sim).await;
+    let s = Sak { t: &t };
+    let bearer = s.register("cap@example.com").await;
+    let jwt = ("authorization", bearer.as_str());
+
+    let creates = (0..3 * CAP).map(|i| {
+        let s = &s;
+        async move {
+            s.post(
+                "/api/v1/sessions",
+                jwt,
+                json!({"name": format!("racer {i}")}),
+            )
+            .await
+        }
+    });
+    let answers = futures::future::join_all(creates).await;
+    let created = answers.iter().filter(|(code, _)| *code == 201).count();
+    assert_eq!(created, CAP, "exactly the cap is created: {answers:?}");
+    for refused in answers.iter().filter(|(code, _)| *code != 201) {
+        assert_error(refused, 403, "SESSION_LIMIT_REACHED");
+    }
+    let (code, list) = s.get("/api/v1/sessions", jwt).await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), CAP, "{list}");
+    assert_error(
+        &s.post("/api/v1/sessions", jwt, json!({"name": "after the race"}))
+            .await,
+        403,
+        "SESSION_LIMIT_REACHED",
+    );
+    t.server.shutdown().await;
+    sim.shutdown().await;
+}
+
 async fn media_is_served_then_expires(db: TestDb) {
-    use wagate::storage::{Db, sessions as store};
+    use wagate::storage::{Db, inbound, media};
+    use wagate::values::SessionId;
     let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -460,7 +506,7 @@ async fn media_is_served_then_expires(db: TestDb) {
         let (db, b) = (db.clone(), b.clone());
         async move {
             let rows = db
-                .run(move |c| store::list_inbound(c, &b, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &SessionId::from(b), 50, 0))
                 .await
                 .unwrap();
             rows.into_iter().find(|r| r.kind == "image")
@@ -488,7 +534,7 @@ async fn media_is_served_then_expires(db: TestDb) {
     eventually(40, "the media to expire", || {
         let (db, id) = (db.clone(), media_id.clone());
         async move {
-            let bytes = db.run(move |c| store::media_bytes(c, &id)).await.unwrap();
+            let bytes = db.run(move |c| media::media_bytes(c, &id)).await.unwrap();
             bytes.is_none().then_some(())
         }
     })
@@ -511,11 +557,11 @@ async fn media_is_served_then_expires(db: TestDb) {
             db.run(move |c| {
                 use diesel::prelude::*;
                 use wagate::storage::schema::messages;
-                let mid: Option<String> = wagate::on_conn!(c, c => messages::table
+                let mid: Option<String> = wagate::db_run!(c, |c| messages::table
                     .filter(messages::id.eq(&message_id))
                     .select(messages::media_id)
                     .first(c))?;
-                store::media_bytes(c, &mid.expect("media message"))
+                media::media_bytes(c, &mid.expect("media message"))
             })
             .await
             .unwrap()

@@ -10,7 +10,8 @@ use wagate::proto::v1::{
     CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, ListSessionsRequest,
     RestartSessionRequest, Session, SessionState,
 };
-use wagate::storage::{Db, sessions as store};
+use wagate::storage::{Db, inbound, media, sessions as store};
+use wagate::values::SessionId;
 
 use crate::on_both_backends;
 use crate::support::{
@@ -198,7 +199,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
         let bid = b.session_id.clone();
         async move {
             let rows = db
-                .run(move |c| store::list_inbound(c, &bid, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &SessionId::from(bid), 50, 0))
                 .await
                 .unwrap();
             rows.into_iter()
@@ -237,7 +238,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
         let bid = b.session_id.clone();
         async move {
             let rows = db
-                .run(move |c| store::list_inbound(c, &bid, 50, 0))
+                .run(move |c| inbound::list_inbound(c, &SessionId::from(bid), 50, 0))
                 .await
                 .unwrap();
             rows.into_iter().find(|r| r.kind == "image")
@@ -247,7 +248,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     assert_eq!(image.body.as_deref(), Some("Promo today"));
     let mid = image.media_id.clone().expect("media stored");
     let blob = db
-        .run(move |c| store::media_bytes(c, &mid))
+        .run(move |c| media::media_bytes(c, &mid))
         .await
         .unwrap()
         .unwrap();
@@ -337,7 +338,7 @@ pub(crate) async fn start_sim() -> (wasim::ServerHandle, wasim::client::Admin) {
 async fn stored_state(db: &Db, id: &str) -> (String, Option<String>) {
     let id = id.to_owned();
     let row = db
-        .run(move |c| store::get(c, &id))
+        .run(move |c| store::get(c, &SessionId::from(id)))
         .await
         .unwrap()
         .expect("session row");
@@ -363,7 +364,7 @@ async fn session_state_is_not_stale_after_restart(db: TestDb) {
     // As after a crash: the row still claims the connection of the gone process.
     {
         let id = id.clone();
-        db.run(move |c| store::set_state(c, &id, "connected", None, 1))
+        db.run(move |c| store::set_state(c, &SessionId::from(id), "connected", None, 1))
             .await
             .unwrap();
     }
@@ -548,7 +549,7 @@ async fn inbound_survives_a_refused_write(db: TestDb) {
         "B confirmed a message it did not store: {rec}"
     );
     let inbound = |db: Db, bid: String| async move {
-        db.run(move |c| store::list_inbound(c, &bid, 50, 0))
+        db.run(move |c| inbound::list_inbound(c, &SessionId::from(bid), 50, 0))
             .await
             .unwrap()
             .into_iter()

@@ -31,6 +31,7 @@ on_both_backends!(
     gone_disables_then_replay_delivers,
     event_stream_resumes_from_a_cursor,
     stored_loopback_receiver_is_refused_once_private_is_off,
+    session_webhook_gets_the_sessions_first_event,
 );
 
 // --- a real receiver ---
@@ -893,6 +894,65 @@ async fn next_event(s: &mut tonic::Streaming<StreamEventsResponse>) -> StreamEve
         .expect("an event in time")
         .expect("stream open")
         .expect("event")
+}
+
+/// A webhook created with its session is stored with it, before the session starts: the
+/// first event each session records (its first `session.status`) is delivered to its
+/// webhook. Several sessions are created at once, as a busy gateway would.
+async fn session_webhook_gets_the_sessions_first_event(db: TestDb) {
+    const SESSIONS: usize = 6;
+    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let t =
+        TestServer::start_sim_with(db, MasterKey::generate(), webhook_settings("n1"), &sim).await;
+    let rx = Receiver::start().await;
+    let s = Sak { t: &t };
+    let bearer = s.register("first@example.com").await;
+    let jwt = ("authorization", bearer.as_str());
+    let creates = (0..SESSIONS).map(|i| {
+        let (s, url) = (&s, rx.url(&format!("/first/{i}")));
+        async move {
+            s.post(
+                "/api/v1/sessions",
+                jwt,
+                json!({"name": format!("first {i}"), "webhook": {"url": url}}),
+            )
+            .await
+        }
+    });
+    let created = futures::future::join_all(creates).await;
+    let db = wagate::storage::Db::open(&t.db.url, 2).unwrap();
+    for (i, (code, created)) in created.iter().enumerate() {
+        assert_eq!(*code, 201, "{created}");
+        let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+        let secret = created["data"]["webhook"]["secret"].as_str().unwrap();
+        let path = format!("/first/{i}");
+        let first = eventually(20, "the session's first delivery", || async {
+            rx.delivered(&path).into_iter().next()
+        })
+        .await;
+        let body = verify(&first, secret);
+        // The session's first event, as the event log orders it.
+        let session = id.clone();
+        let first_event: String = db
+            .run(move |c| {
+                use diesel::prelude::*;
+                use wagate::storage::schema::events;
+                Ok(wagate::db_run!(c, |c| events::table
+                    .filter(events::device_id.eq(&session))
+                    .order((events::txid.asc(), events::seq.asc()))
+                    .select(events::id)
+                    .first::<String>(c))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(body["eventId"], first_event.as_str(), "{body}");
+        assert_eq!(body["event"], "session.status", "{body}");
+        assert_eq!(body["sessionId"], id.as_str(), "{body}");
+    }
+    t.server.shutdown().await;
+    sim.shutdown().await;
 }
 
 /// A receiver registered on loopback while private receivers were allowed is not reached once

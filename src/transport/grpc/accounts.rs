@@ -26,7 +26,7 @@ fn user(u: &UserView) -> User {
         id: u.id.clone(),
         email: u.email.clone(),
         name: u.name.clone(),
-        project_id: u.project_id.clone(),
+        project_id: u.project_id.to_string(),
         created_at: Some(timestamp(u.created_at)),
     }
 }
@@ -48,22 +48,22 @@ impl AccountsService for AccountsApi {
     ) -> Result<Response<RegisterResponse>, Status> {
         let m = req.into_inner();
         let name = non_empty(m.name);
-        let (u, token) = self
+        let signed_in = self
             .gw
             .register(&m.email, &m.password, name.as_deref())
             .await?;
         Ok(Response::new(RegisterResponse {
-            user: Some(user(&u)),
-            token,
+            user: Some(user(&signed_in.user)),
+            token: signed_in.token,
         }))
     }
 
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
         let m = req.into_inner();
-        let (u, token) = self.gw.login(&m.email, &m.password).await?;
+        let signed_in = self.gw.login(&m.email, &m.password).await?;
         Ok(Response::new(LoginResponse {
-            user: Some(user(&u)),
-            token,
+            user: Some(user(&signed_in.user)),
+            token: signed_in.token,
         }))
     }
 
@@ -73,13 +73,13 @@ impl AccountsService for AccountsApi {
     ) -> Result<Response<CreateApiKeyResponse>, Status> {
         let p = principal(&req)?;
         let name = non_empty(req.into_inner().name);
-        let (row, key) = self
+        let created = self
             .gw
             .create_user_api_key(p.account()?, name.as_deref())
             .await?;
         Ok(Response::new(CreateApiKeyResponse {
-            api_key: Some(api_key(row)),
-            key,
+            api_key: Some(api_key(created.key)),
+            key: created.api_key,
         }))
     }
 
@@ -99,11 +99,11 @@ impl AccountsService for AccountsApi {
         req: Request<GetCredentialsRequest>,
     ) -> Result<Response<GetCredentialsResponse>, Status> {
         let p = principal(&req)?;
-        let (project_id, api_key_prefix, secret) = self.gw.rk_credentials(p.account()?).await?;
+        let creds = self.gw.rk_credentials(p.account()?).await?;
         Ok(Response::new(GetCredentialsResponse {
-            project_id,
-            api_key_prefix,
-            api_secret: secret.to_string(),
+            project_id: creds.project_id.into(),
+            api_key_prefix: creds.api_key_prefix,
+            api_secret: creds.api_secret.to_string(),
         }))
     }
 
@@ -113,11 +113,11 @@ impl AccountsService for AccountsApi {
     ) -> Result<Response<RotateCredentialsResponse>, Status> {
         let p = principal(&req)?;
         let account = p.account()?;
-        let (api_key, api_secret) = self.gw.rotate_rk_credentials(account).await?;
+        let creds = self.gw.rotate_rk_credentials(account).await?;
         Ok(Response::new(RotateCredentialsResponse {
-            project_id: account.project_id.clone(),
-            api_key,
-            api_secret,
+            project_id: account.project_id.to_string(),
+            api_key: creds.api_key,
+            api_secret: creds.api_secret,
         }))
     }
 }

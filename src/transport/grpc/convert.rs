@@ -6,6 +6,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::proto::v1::{MessageStatus, MessageType, SessionState as PbState};
 use crate::sessions::SessionState;
+use crate::values::MessageStatus as Status;
 
 pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp {
@@ -76,29 +77,29 @@ fn json_to_value(v: Value) -> PbValue {
     PbValue { kind: Some(kind) }
 }
 
-pub fn status_to_proto(s: &str) -> MessageStatus {
+pub fn status_to_proto(s: Status) -> MessageStatus {
     match s {
-        "queued" => MessageStatus::Queued,
-        "sent" => MessageStatus::Sent,
-        "delivered" => MessageStatus::Delivered,
-        "read" => MessageStatus::Read,
-        "failed" => MessageStatus::Failed,
-        _ => MessageStatus::Unspecified,
+        Status::Queued => MessageStatus::Queued,
+        Status::Sent => MessageStatus::Sent,
+        Status::Delivered => MessageStatus::Delivered,
+        Status::Read => MessageStatus::Read,
+        Status::Failed => MessageStatus::Failed,
     }
 }
 
 /// The status a proto value names: `None` when unspecified, `"unknown"` for a number the
 /// enum does not have (the service layer refuses it with its own message).
 pub fn status_name(s: i32) -> Option<&'static str> {
-    Some(match MessageStatus::try_from(s) {
+    let status = match MessageStatus::try_from(s) {
         Ok(MessageStatus::Unspecified) => return None,
-        Ok(MessageStatus::Queued) => "queued",
-        Ok(MessageStatus::Sent) => "sent",
-        Ok(MessageStatus::Delivered) => "delivered",
-        Ok(MessageStatus::Read) => "read",
-        Ok(MessageStatus::Failed) => "failed",
-        Err(_) => "unknown",
-    })
+        Ok(MessageStatus::Queued) => Status::Queued,
+        Ok(MessageStatus::Sent) => Status::Sent,
+        Ok(MessageStatus::Delivered) => Status::Delivered,
+        Ok(MessageStatus::Read) => Status::Read,
+        Ok(MessageStatus::Failed) => Status::Failed,
+        Err(_) => return Some("unknown"),
+    };
+    Some(status.as_str())
 }
 
 /// The inverse of [`status_name`] for a REST filter: unset is unspecified, a name the enum
@@ -106,10 +107,7 @@ pub fn status_name(s: i32) -> Option<&'static str> {
 pub fn status_from_name(s: Option<&str>) -> i32 {
     match s.filter(|s| !s.is_empty()) {
         None => MessageStatus::Unspecified as i32,
-        Some(name) => match status_to_proto(name) {
-            MessageStatus::Unspecified => -1,
-            known => known as i32,
-        },
+        Some(name) => Status::parse(name).map_or(-1, |s| status_to_proto(s) as i32),
     }
 }
 

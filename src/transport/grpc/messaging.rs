@@ -43,7 +43,7 @@ fn metadata<T>(req: &Request<T>, name: &str) -> Option<String> {
 fn to_proto(m: MessageView) -> Message {
     Message {
         id: m.id,
-        status: status_to_proto(&m.status) as i32,
+        status: status_to_proto(m.status) as i32,
         recipient: m.recipient,
         device_code: m.device_code,
         r#type: kind_to_proto(&m.kind) as i32,
@@ -73,7 +73,7 @@ fn history_item(h: HistoryView) -> HistoryItem {
         to: h.to.unwrap_or_default(),
         r#type: h.kind,
         text: h.text.unwrap_or_default(),
-        status: h.status.as_deref().map(status_to_proto).unwrap_or_default() as i32,
+        status: h.status.map(status_to_proto).unwrap_or_default() as i32,
         push_name: h.push_name.unwrap_or_default(),
         time: Some(timestamp(h.at)),
     }
@@ -107,11 +107,11 @@ impl MessagingService for MessagingApi {
         let r = self.gw.send_as(&p, session.as_deref(), cmd).await?;
         Ok(Response::new(SendMessageResponse {
             id: r.id,
-            status: status_to_proto(&r.status) as i32,
+            status: status_to_proto(r.status) as i32,
             device: r.device_code,
             server_id: self.gw.node_id().to_owned(),
             recipient: r.recipient,
-            session_id: r.session_id,
+            session_id: r.session_id.into(),
             replayed: r.replayed,
         }))
     }

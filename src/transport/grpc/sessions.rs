@@ -26,7 +26,7 @@ impl SessionsApi {
 
 fn to_proto(v: SessionView) -> Session {
     Session {
-        session_id: v.session_id,
+        session_id: v.session_id.into(),
         device_code: v.device_code,
         name: v.name,
         state: state_to_proto(v.state) as i32,
@@ -53,22 +53,22 @@ impl SessionsService for SessionsApi {
             .webhook
             .as_ref()
             .map(|w| (w.url.as_str(), w.events.as_slice()));
-        let (s, api_key, hook) = self
+        let created = self
             .gw
-            .create_session_with_webhook(
+            .create_session(
                 p.manager()?,
                 non_empty(m.name),
                 non_empty(m.device_code),
                 hook,
             )
             .await?;
-        let (hook, webhook_secret) = match hook {
-            Some((view, secret)) => (Some(webhook(view)), secret),
+        let (hook, webhook_secret) = match created.webhook {
+            Some(h) => (Some(webhook(h.webhook)), h.secret),
             None => (None, String::new()),
         };
         Ok(Response::new(CreateSessionResponse {
-            session: Some(to_proto(s)),
-            api_key,
+            session: Some(to_proto(created.session)),
+            api_key: created.api_key,
             webhook: hook,
             webhook_secret,
         }))
@@ -139,13 +139,13 @@ impl SessionsService for SessionsApi {
     ) -> Result<Response<RequestPairingCodeResponse>, Status> {
         let p = principal(&req)?;
         let m = req.into_inner();
-        let (code, expires) = self
+        let pairing = self
             .gw
             .request_pairing_code(p.manager()?, &m.session_id, &m.phone_number)
             .await?;
         Ok(Response::new(RequestPairingCodeResponse {
-            code,
-            expires_at: Some(timestamp(expires)),
+            code: pairing.code,
+            expires_at: Some(timestamp(pairing.expires_at)),
         }))
     }
 
@@ -196,7 +196,8 @@ impl SessionsService for SessionsApi {
     ) -> Result<Response<WatchStream>, Status> {
         let p = principal(&req)?;
         let id = &req.get_ref().session_id;
-        let (row, rx) = self.gw.watch_session(p.reader_of(id)?, id).await?;
+        let watch = self.gw.watch_session(p.reader_of(id)?, id).await?;
+        let (row, rx) = (watch.session, watch.changes);
         let base = SessionView {
             session_id: row.id,
             device_code: row.code,

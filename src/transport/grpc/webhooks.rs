@@ -12,6 +12,7 @@ use crate::domain::Gateway;
 use crate::domain::webhooks::{DeliveryView, EventView, WebhookView};
 use crate::proto::v1::webhooks_service_server::WebhooksService;
 use crate::proto::v1::*;
+use crate::values::WebhookId;
 
 pub struct WebhooksApi {
     gw: Gateway,
@@ -25,8 +26,8 @@ impl WebhooksApi {
 
 pub(crate) fn webhook(v: WebhookView) -> Webhook {
     Webhook {
-        webhook_id: v.id,
-        session_id: v.session_id.unwrap_or_default(),
+        webhook_id: v.id.into(),
+        session_id: v.session_id.map(String::from).unwrap_or_default(),
         url: v.url,
         events: v.events,
         enabled: v.enabled,
@@ -64,7 +65,7 @@ fn event(e: EventView) -> StreamEventsResponse {
         event_id: e.id,
         r#type: e.kind,
         time: Some(timestamp(e.at)),
-        session_id: e.session_id.unwrap_or_default(),
+        session_id: e.session_id.map(String::from).unwrap_or_default(),
         data,
     }
 }
@@ -80,13 +81,13 @@ impl WebhooksService for WebhooksApi {
         let p = principal(&req)?;
         let c = p.manager()?;
         let m = req.into_inner();
-        let (w, secret) = self
+        let created = self
             .gw
             .create_webhook(c, non_empty(m.session_id), &m.url, &m.events)
             .await?;
         Ok(Response::new(CreateWebhookResponse {
-            webhook: Some(webhook(w)),
-            secret,
+            webhook: Some(webhook(created.webhook)),
+            secret: created.secret,
         }))
     }
 
@@ -109,7 +110,10 @@ impl WebhooksService for WebhooksApi {
     ) -> Result<Response<GetWebhookResponse>, Status> {
         let p = principal(&req)?;
         let c = p.manager()?;
-        let w = self.gw.get_webhook(c, &req.get_ref().webhook_id).await?;
+        let w = self
+            .gw
+            .get_webhook(c, &WebhookId::from(req.get_ref().webhook_id.as_str()))
+            .await?;
         Ok(Response::new(GetWebhookResponse {
             webhook: Some(webhook(w)),
         }))
@@ -131,7 +135,7 @@ impl WebhooksService for WebhooksApi {
             .gw
             .update_webhook(
                 c,
-                &m.webhook_id,
+                &WebhookId::from(m.webhook_id.as_str()),
                 masked("url").then_some(m.url.as_str()),
                 masked("events").then_some(m.events.as_slice()),
                 m.enabled.filter(|_| masked("enabled")),
@@ -148,7 +152,9 @@ impl WebhooksService for WebhooksApi {
     ) -> Result<Response<DeleteWebhookResponse>, Status> {
         let p = principal(&req)?;
         let c = p.manager()?;
-        self.gw.delete_webhook(c, &req.get_ref().webhook_id).await?;
+        self.gw
+            .delete_webhook(c, &WebhookId::from(req.get_ref().webhook_id.as_str()))
+            .await?;
         Ok(Response::new(DeleteWebhookResponse {}))
     }
 
@@ -162,13 +168,13 @@ impl WebhooksService for WebhooksApi {
         let overlap = m
             .overlap_seconds
             .map(|s| Duration::from_secs(s.max(0) as u64));
-        let (secret, expires) = self
+        let rotated = self
             .gw
-            .rotate_webhook_secret(c, &m.webhook_id, overlap)
+            .rotate_webhook_secret(c, &WebhookId::from(m.webhook_id.as_str()), overlap)
             .await?;
         Ok(Response::new(RotateWebhookSecretResponse {
-            secret,
-            previous_secret_expires_at: expires.map(timestamp),
+            secret: rotated.secret,
+            previous_secret_expires_at: rotated.previous_expires_at.map(timestamp),
         }))
     }
 
@@ -191,7 +197,7 @@ impl WebhooksService for WebhooksApi {
             .await?;
         Ok(Response::new(TestWebhookResponse {
             delivery_ids,
-            session_id: session.id.clone(),
+            session_id: session.id.to_string(),
         }))
     }
 
@@ -202,18 +208,18 @@ impl WebhooksService for WebhooksApi {
         let p = principal(&req)?;
         let c = p.manager()?;
         let m = req.into_inner();
-        let (list, next) = self
+        let page = self
             .gw
             .list_deliveries(
                 c,
-                &m.webhook_id,
+                &WebhookId::from(m.webhook_id.as_str()),
                 i64::from(m.page_size),
                 Some(&m.page_token),
             )
             .await?;
         Ok(Response::new(ListDeliveriesResponse {
-            deliveries: list.into_iter().map(delivery).collect(),
-            next_page_token: next.unwrap_or_default(),
+            deliveries: page.deliveries.into_iter().map(delivery).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
@@ -224,7 +230,10 @@ impl WebhooksService for WebhooksApi {
         let p = principal(&req)?;
         let c = p.manager()?;
         let m = req.into_inner();
-        let d = self.gw.redeliver(c, &m.webhook_id, &m.delivery_id).await?;
+        let d = self
+            .gw
+            .redeliver(c, &WebhookId::from(m.webhook_id.as_str()), &m.delivery_id)
+            .await?;
         Ok(Response::new(RedeliverDeliveryResponse {
             delivery: Some(delivery(d)),
         }))
@@ -238,7 +247,10 @@ impl WebhooksService for WebhooksApi {
         let c = p.manager()?;
         let m = req.into_inner();
         let since = m.since.as_ref().map(millis).unwrap_or(0);
-        let count = self.gw.redeliver_failed(c, &m.webhook_id, since).await?;
+        let count = self
+            .gw
+            .redeliver_failed(c, &WebhookId::from(m.webhook_id.as_str()), since)
+            .await?;
         Ok(Response::new(RedeliverFailedResponse {
             count: count as i64,
         }))
