@@ -4,10 +4,9 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use wagate::crypto::MasterKey;
 
 use crate::sak_api::Sak;
-use crate::support::{TestDb, TestServer, assert_error, read};
+use crate::support::{TestApp, TestDb, assert_error, read};
 
 /// Checks `v` against an OpenAPI schema: required properties present, no undocumented
 /// property, types as stated, recursively. `at` names the place for the failure message.
@@ -86,10 +85,11 @@ fn documented(doc: &Value, method: &str, path: &str, got: &(u16, Value)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_the_rest_surface() {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let t = TestServer::start_sim(TestDb::sqlite(), MasterKey::generate(), "node-oa", &sim).await;
+    let t = TestApp::init(TestDb::sqlite())
+        .with_wasim()
+        .node("node-oa")
+        .start()
+        .await;
     let s = Sak { t: &t };
     let (code, doc) = read(
         t.http
@@ -381,6 +381,5 @@ async fn openapi_describes_the_rest_surface() {
         .post("/api/v1/auth/credentials/rotate", jwt, json!({}))
         .await;
     documented(&doc, "post", "/api/v1/auth/credentials/rotate", &rotated);
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }
