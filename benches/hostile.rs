@@ -30,6 +30,9 @@
 //! the gateway process is killed when its guard drops (end, failure or panic; not on SIGKILL
 //! of the benchmark itself).
 
+// A benchmark, not product code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 #[path = "common/process.rs"]
 mod process;

@@ -8,6 +8,9 @@
 //!
 //! Everything runs on loopback, bounded by --seconds per scenario, and stops by itself.
 
+// A benchmark, not product code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{ScratchPg, flag};

@@ -25,6 +25,9 @@
 //! Everything runs on loopback, every wait is bounded, and the gateway process is killed when
 //! the benchmark ends, fails or panics.
 
+// A benchmark, not product code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 #[path = "common/process.rs"]
 mod process;

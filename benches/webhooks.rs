@@ -17,6 +17,9 @@
 //! Figures are printed, never asserted. Everything runs on loopback, every wait is bounded,
 //! and the process exits non-zero when deliveries are missing at the end.
 
+// A benchmark, not product code: a panic is its failure report.
+#![allow(clippy::unwrap_used)]
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 mod common;

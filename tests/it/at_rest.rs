@@ -17,8 +17,8 @@ use wagate::storage::schema::{wa_msg_secrets, wa_prekeys, wa_store};
 
 use crate::device_store::{fill, fixture, snapshot};
 use crate::on_both_backends;
-use crate::sessions::{client, linked, start_sim, wait_state};
-use crate::support::{TestDb, TestServer};
+use crate::support::session::wait_state;
+use crate::support::{TestApp, TestDb};
 
 on_both_backends!(
     private_keys_are_not_stored_in_plain,
@@ -438,7 +438,7 @@ async fn plain_rows_from_before_sealing_load_and_get_sealed(t: TestDb) {
 
 /// On SQLite: neither the database file nor its WAL contains any of `secrets`.
 fn assert_files_clean(t: &TestDb, secrets: &[Vec<u8>]) {
-    if t.url.starts_with("postgres") {
+    if t.is_postgres() {
         return;
     }
     for suffix in ["", "-wal"] {
@@ -525,15 +525,16 @@ async fn unseal_to_plain(db: &Db, key: &MasterKey, dev: &str) -> usize {
 /// A session linked at wasim whose store is turned back into the plain format of before
 /// sealing connects again after a restart, with no QR, and its records are sealed then.
 async fn linked_session_survives_the_sealing_migration(db: TestDb) {
-    let (sim, admin) = start_sim().await;
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
-    let mut c = client(&t).await;
-    let phone = "15550109001";
-    let s = linked(&mut c, &p, &admin, "A", phone).await;
-    let (dbh, key) = t.stop().await;
+    let t = TestApp::init(db)
+        .with_sessions(1)
+        .node("node-1")
+        .start()
+        .await;
+    let (p, s, key) = (t.project().clone(), t.session(0).clone(), t.key.clone());
+    let phone = s.phone_number.as_str();
+    let stopped = t.stop().await;
 
-    let db = Db::open(&dbh.url, 2).unwrap();
+    let db = stopped.db().open();
     let rewritten = unseal_to_plain(&db, &key, &s.session_id).await;
     assert!(
         rewritten >= 3,
@@ -544,11 +545,11 @@ async fn linked_session_survives_the_sealing_migration(db: TestDb) {
     assert!(contains(&device.bytes, b"noise_key"), "plain like before");
     drop(db);
 
-    let t = TestServer::start_sim(dbh, key.clone(), "node-2", &sim).await;
-    let mut c = client(&t).await;
+    let t = stopped.node("node-2").start().await;
+    let mut c = t.sessions_client().await;
     let back = wait_state(&mut c, &p, &s.session_id, SessionState::Connected, 20).await;
     assert_eq!(back.phone_number, phone);
-    let db = Db::open(&t.db.url, 2).unwrap();
+    let db = t.db.open();
     let rows = raw_rows(&db).await;
     let loaded = devices::DbDeviceStore::new(db.clone(), &key, s.session_id.clone())
         .load()
@@ -556,6 +557,5 @@ async fn linked_session_survives_the_sealing_migration(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_sealed(&rows, &device_secrets(&loaded));
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wagate::crypto::MasterKey;
 use wagate::domain::Settings;
-use wagate::domain::admin::NewProject;
 use wagate::proto::v1::{
     CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, LogoutSessionRequest,
     RequestPairingCodeRequest, RestartSessionRequest, Session, SessionState, WatchSessionRequest,
@@ -15,8 +13,8 @@ use wagate::proto::v1::{
 use wagate::storage::Db;
 use wagate::storage::cluster::{self, Fence};
 
-use crate::sessions::{Client, client};
-use crate::support::{TestDb, TestProject, TestServer, eventually, exec_sql, grpc_signed, read};
+use crate::support::session::{Client, link};
+use crate::support::{TestApp, TestDb, TestProject, eventually, exec_sql, grpc_signed, read};
 
 const SVC: &str = "/wagate.v1.SessionsService/";
 
@@ -32,7 +30,8 @@ pub fn node_settings(node: &str, moves_per_minute: u32) -> Settings {
             moves_per_minute,
             ..Default::default()
         },
-        ..crate::support::settings(node)
+        node_id: node.to_owned(),
+        ..Settings::default()
     }
 }
 
@@ -81,44 +80,22 @@ async fn create(c: &mut Client, p: &TestProject, name: &str) -> Session {
         .expect("session")
 }
 
-async fn project(t: &TestServer) -> TestProject {
-    project_and_id(t).await.0
-}
-
-async fn project_and_id(t: &TestServer) -> (TestProject, String) {
-    let p = t
-        .admin()
-        .create_project(NewProject {
-            name: "cluster".into(),
-            rate_limit_per_minute: 1000,
-            monthly_quota: 100_000,
-            max_sessions: 20,
-        })
-        .await
-        .expect("project");
-    (
-        TestProject {
-            api_key: p.api_key,
-            api_secret: p.api_secret,
-            device_code: String::new(),
-        },
-        p.project_id,
-    )
-}
-
 /// SQLite is one node: a second server on the same file refuses to start, and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_is_one_node() {
     let db = TestDb::sqlite();
     let url = db.url.clone();
-    let first = TestServer::start(db).await;
+    let first = TestApp::init(db).start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = wagate::app::launch(
         wagate::app::LaunchConfig {
             connector: None,
             database_url: url,
             master_key: first.key.clone(),
-            settings: crate::support::settings("second"),
+            settings: Settings {
+                node_id: "second".into(),
+                ..Settings::default()
+            },
             db_pool_size: 2,
             writer: None,
         },
@@ -140,8 +117,8 @@ async fn sqlite_is_one_node() {
 /// The fencing token: once another node claims a session's lease (the first one's expired),
 /// the first node's epoch is refused for every write and for release; the new owner's passes.
 async fn a_stale_owners_write_is_refused(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let (_, d) = project_and_id(&t).await;
+    let t = TestApp::init(db).start().await;
+    let d = t.create_project().await.project_id;
     let device = t.admin().create_device(&d, None, None).await.unwrap();
     let store: Db = Db::open(&t.db.url, 2).unwrap();
     let id = device.device_id.clone();
@@ -213,16 +190,19 @@ crate::on_both_backends!(a_stale_owners_write_is_refused);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_answers_for_a_session() {
     let Some(db) = TestDb::postgres() else { return };
-    let shared = db.shared();
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = wasim::client::Admin::new(sim.addr());
-    let key = MasterKey::generate();
-    let a = TestServer::start_sim_with(db, key.clone(), node_settings("node-a", 0), &sim).await;
-    let b = TestServer::start_sim_with(shared, key, node_settings("node-b", 0), &sim).await;
-    let p = project(&a).await;
-    let (mut ca, mut cb) = (client(&a).await, client(&b).await);
+    let a = TestApp::init(db)
+        .with_wasim()
+        .configure(|s| *s = node_settings("node-a", 0))
+        .start()
+        .await;
+    let b = a
+        .another_node("node-b")
+        .configure(|s| *s = node_settings("node-b", 0))
+        .start()
+        .await;
+    let admin = a.wa();
+    let p = a.create_project().await;
+    let (mut ca, mut cb) = (a.sessions_client().await, b.sessions_client().await);
 
     // Created on A: A runs it. B shows the same QR and names A as the owner.
     let s = create(&mut ca, &p, "one").await;
@@ -269,10 +249,7 @@ async fn any_node_answers_for_a_session() {
     // Sent through B, delivered by A's session.
     let (code_, sent) = b
         .send_json(
-            &TestProject {
-                device_code: s.device_code.clone(),
-                ..p.clone()
-            },
+            &p.via(&s),
             json!({"recipient": "15550111999", "message": "via node b"}),
         )
         .await;
@@ -393,12 +370,6 @@ async fn any_node_answers_for_a_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_sessions_over_at_once() {
     let Some(db) = TestDb::postgres() else { return };
-    let shared = db.shared();
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = wasim::client::Admin::new(sim.addr());
-    let key = MasterKey::generate();
     // Leases far longer than the wait below: a session that moves within it was released,
     // not left to expire.
     let long = |node: &str| {
@@ -407,23 +378,32 @@ async fn a_graceful_stop_hands_sessions_over_at_once() {
         s.cluster.lease_renew = Duration::from_secs(20);
         s
     };
-    let a = TestServer::start_sim_with(db, key.clone(), long("node-a"), &sim).await;
-    let p = project(&a).await;
-    let mut ca = client(&a).await;
+    let a = TestApp::init(db)
+        .with_wasim()
+        .configure(|s| *s = long("node-a"))
+        .start()
+        .await;
+    let admin = a.wa();
+    let p = a.create_project().await;
+    let mut ca = a.sessions_client().await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let s = crate::sessions::linked(
+        let s = link(
             &mut ca,
             &p,
-            &admin,
+            admin,
             &format!("s{i}"),
             &format!("1555012200{i}"),
         )
         .await;
         ids.push(s.session_id);
     }
-    let b = TestServer::start_sim_with(shared, key, long("node-b"), &sim).await;
-    let cb = client(&b).await;
+    let b = a
+        .another_node("node-b")
+        .configure(|s| *s = long("node-b"))
+        .start()
+        .await;
+    let cb = b.sessions_client().await;
     a.server.shutdown().await;
     for id in &ids {
         eventually(15, "the session connected on node-b", || {
@@ -444,18 +424,20 @@ async fn a_graceful_stop_hands_sessions_over_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_hands_its_sessions_over_and_keeps_serving() {
     let Some(db) = TestDb::postgres() else { return };
-    let shared = db.shared();
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = wasim::client::Admin::new(sim.addr());
-    let key = MasterKey::generate();
-    let a = TestServer::start_sim_with(db, key.clone(), node_settings("node-a", 0), &sim).await;
-    let p = project(&a).await;
-    let mut ca = client(&a).await;
-    let s = crate::sessions::linked(&mut ca, &p, &admin, "d", "15550144001").await;
-    let b = TestServer::start_sim_with(shared, key, node_settings("node-b", 0), &sim).await;
-    let operator = |t: &TestServer, path: &str| {
+    let a = TestApp::init(db)
+        .with_wasim()
+        .configure(|s| *s = node_settings("node-a", 0))
+        .start()
+        .await;
+    let p = a.create_project().await;
+    let mut ca = a.sessions_client().await;
+    let s = link(&mut ca, &p, a.wa(), "d", "15550144001").await;
+    let b = a
+        .another_node("node-b")
+        .configure(|s| *s = node_settings("node-b", 0))
+        .start()
+        .await;
+    let operator = |t: &TestApp, path: &str| {
         t.http
             .post(t.url(path))
             .header("Authorization", "Bearer operator-secret")

@@ -26,7 +26,7 @@ use whatsapp_rust::wacore::store::traits::{
 use whatsapp_rust::wacore::store::{Device, InMemoryBackend};
 
 use crate::on_both_backends;
-use crate::support::TestDb;
+use crate::support::{TestDb, seed_project};
 
 on_both_backends!(
     signal_store_matches_in_memory,
@@ -46,29 +46,16 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) async fn fixture(t: &TestDb) -> Fixture {
-    let db = Db::open(&t.url, 4).unwrap();
-    db.migrate().unwrap();
+    let db = t.migrated();
     let key = MasterKey::generate();
-    let admin = Admin::new(db.clone(), key.clone());
-    let p = admin
-        .create_project(NewProject {
-            name: "store".into(),
-            rate_limit_per_minute: 1000,
-            monthly_quota: 1000,
-            max_sessions: 10,
-        })
-        .await
-        .unwrap();
-    let a = admin
-        .create_device(&p.project_id, None, None)
-        .await
-        .unwrap()
-        .device_id;
-    let b = admin
-        .create_device(&p.project_id, None, None)
-        .await
-        .unwrap()
-        .device_id;
+    let project = NewProject {
+        name: "store".into(),
+        rate_limit_per_minute: 1000,
+        monthly_quota: 1000,
+        max_sessions: 10,
+    };
+    let devices = seed_project(&Admin::new(db.clone(), key.clone()), project, 2).await;
+    let [a, b] = [&devices[0], &devices[1]].map(|d| d.device_id.clone());
     Fixture { db, key, a, b }
 }
 
@@ -906,7 +893,7 @@ async fn device_record_isolation_reopen_and_wipe(t: TestDb) {
     // Persistence: a fresh Db handle (new pool, new connections) sees the same state.
     drop((a, b));
     drop(f.db);
-    let db2 = Db::open(&t.url, 2).unwrap();
+    let db2 = t.open();
     assert_eq!(db2.migrate().unwrap(), 0);
     let a = DbDeviceStore::new(db2.clone(), &f.key, f.a.clone());
     let b = DbDeviceStore::new(db2.clone(), &f.key, f.b.clone());

@@ -325,7 +325,7 @@ async fn owners(base: &str) -> HashMap<String, i64> {
 
 /// Waits until every session is connected and owned by one of `allowed`.
 async fn all_connected_on(
-    c: &crate::sessions::Client,
+    c: &crate::support::session::Client,
     p: &TestProject,
     ids: &[String],
     allowed: &[&str],
@@ -393,7 +393,8 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     let p = TestProject {
         api_key: project.api_key.clone(),
         api_secret: project.api_secret.clone(),
-        device_code: String::new(),
+        project_id: project.project_id.to_string(),
+        ..Default::default()
     };
 
     // The fourth node reaches PostgreSQL through a proxy the test can cut.
@@ -433,13 +434,10 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
                 .await
                 .unwrap();
         let phone = format!("1555013300{i}");
-        let s = crate::sessions::linked(&mut c, &p, &wa, &format!("s{i}"), &phone).await;
+        let s = crate::support::session::link(&mut c, &p, &wa, &format!("s{i}"), &phone).await;
         ids.push(s.session_id.clone());
         phones.push(phone);
-        routes.push(TestProject {
-            device_code: s.device_code.clone(),
-            ..p.clone()
-        });
+        routes.push(p.via(&s));
     }
     // Each session writes to the next one's phone: every message has a live recipient
     // device (a gateway session) that receipts it.
@@ -635,7 +633,7 @@ async fn nodes_fail_and_no_message_is_lost_or_doubled() {
     drop(n4);
 }
 
-async fn c3_again(n: &Node) -> crate::sessions::Client {
+async fn c3_again(n: &Node) -> crate::support::session::Client {
     wagate::proto::v1::sessions_service_client::SessionsServiceClient::connect(n.base.clone())
         .await
         .unwrap()

@@ -8,7 +8,7 @@ use wagate::proto::v1::{
 };
 
 use crate::on_both_backends;
-use crate::support::{TestDb, TestProject, TestServer, WebFrames, grpc_web_call};
+use crate::support::{TestApp, TestDb, TestProject, WebFrames, grpc_web_call};
 
 on_both_backends!(
     grpc_send_and_status,
@@ -24,7 +24,7 @@ fn signed<T: Message>(p: &TestProject, path: &str, msg: T) -> tonic::Request<T> 
     crate::support::grpc_signed(p, path, msg)
 }
 
-async fn connect(t: &TestServer) -> MessagingServiceClient<tonic::transport::Channel> {
+async fn connect(t: &TestApp) -> MessagingServiceClient<tonic::transport::Channel> {
     MessagingServiceClient::connect(t.base.clone())
         .await
         .expect("gRPC connect")
@@ -48,11 +48,11 @@ fn text(msg: &str) -> SendMessageRequest {
 }
 
 async fn grpc_send_and_status(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let mut c = connect(&t).await;
     let r = c
-        .send_message(signed(&p, SEND, text("over grpc")))
+        .send_message(signed(p, SEND, text("over grpc")))
         .await
         .expect("send")
         .into_inner();
@@ -62,7 +62,7 @@ async fn grpc_send_and_status(db: TestDb) {
 
     let st = c
         .get_message_status(signed(
-            &p,
+            p,
             STATUS,
             GetMessageStatusRequest { id: r.id.clone() },
         ))
@@ -76,15 +76,15 @@ async fn grpc_send_and_status(db: TestDb) {
     assert_eq!(st.r#type, MessageType::Text as i32);
     assert!(st.created_at.is_some());
     // One service layer: the REST view of the gRPC-sent message agrees.
-    let (code, rest) = t.status(&p, &r.id).await;
+    let (code, rest) = t.status(p, &r.id).await;
     assert_eq!(code, 200);
     assert_eq!(rest["data"]["payload"]["ref"], "g-1");
 
     // Idempotency through x-request-id metadata.
-    let mut a = signed(&p, SEND, text("same"));
+    let mut a = signed(p, SEND, text("same"));
     a.metadata_mut()
         .insert("x-request-id", MetadataValue::from_static("grpc-key-1"));
-    let mut b = signed(&p, SEND, text("same"));
+    let mut b = signed(p, SEND, text("same"));
     b.metadata_mut()
         .insert("x-request-id", MetadataValue::from_static("grpc-key-1"));
     let id_a = c.send_message(a).await.unwrap().into_inner().id;
@@ -155,18 +155,18 @@ fn error_code(s: &tonic::Status) -> &str {
 }
 
 async fn grpc_errors_carry_stable_codes(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let mut c = connect(&t).await;
     // Signature over other bytes than sent.
-    let mut req = signed(&p, SEND, text("signed"));
+    let mut req = signed(p, SEND, text("signed"));
     req.get_mut().message = "tampered".into();
     let e = c.send_message(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert_eq!(error_code(&e), "INVALID_SIGNATURE");
     // Signed for another method: no cross-method replay.
     let e = c
-        .send_message(signed(&p, STATUS, text("x")))
+        .send_message(signed(p, STATUS, text("x")))
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), "INVALID_SIGNATURE");
@@ -182,14 +182,14 @@ async fn grpc_errors_carry_stable_codes(db: TestDb) {
     // Validation.
     let mut bad = text("x");
     bad.recipient = "12".into();
-    let e = c.send_message(signed(&p, SEND, bad)).await.unwrap_err();
+    let e = c.send_message(signed(p, SEND, bad)).await.unwrap_err();
     assert_eq!(
         (e.code(), error_code(&e)),
         (tonic::Code::InvalidArgument, "INVALID_RECIPIENT")
     );
     let e = c
         .get_message_status(signed(
-            &p,
+            p,
             STATUS,
             GetMessageStatusRequest {
                 id: uuid::Uuid::new_v4().to_string(),
@@ -201,15 +201,15 @@ async fn grpc_errors_carry_stable_codes(db: TestDb) {
         (e.code(), error_code(&e)),
         (tonic::Code::NotFound, "MESSAGE_NOT_FOUND")
     );
-    assert!(t.message_ids(&p).await.is_empty());
+    assert!(t.message_ids(p).await.is_empty());
 }
 
 /// A browser's grpc-web call: HTTP/1.1, `application/grpc-web+proto`, trailers in the body.
 async fn grpc_web_send(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let msg = text("from a browser").encode_to_vec();
-    let resp = grpc_web_call(&t, &p, SEND, &msg).await;
+    let resp = grpc_web_call(&t, p, SEND, &msg).await;
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let body = resp.bytes().await.unwrap();
     // Data frame, then the trailers frame (flag 0x80).
@@ -220,7 +220,7 @@ async fn grpc_web_send(db: TestDb) {
     let trailers = &body[5 + len..];
     assert_eq!(trailers[0], 0x80);
     assert!(String::from_utf8_lossy(&trailers[5..]).contains("grpc-status:0"));
-    let (_, st) = t.status(&p, &out.id).await;
+    let (_, st) = t.status(p, &out.id).await;
     assert_eq!(st["data"]["status"], "queued");
 
     // The CORS preflight a browser sends first.
@@ -255,19 +255,20 @@ async fn grpc_web_watch_session(db: TestDb) {
         CreateSessionRequest, SessionState, WatchSessionRequest, WatchSessionResponse,
     };
     const SVC: &str = "/wagate.v1.SessionsService/";
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("wasim");
-    let admin = wasim::client::Admin::new(sim.addr());
-    let t = TestServer::start_sim(db, wagate::crypto::MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .with_project()
+        .node("node-1")
+        .start()
+        .await;
+    let p = t.project();
     let mut c = SessionsServiceClient::connect(t.base.clone())
         .await
         .expect("gRPC connect");
     let create = format!("{SVC}CreateSession");
     let s = c
         .create_session(signed(
-            &p,
+            p,
             &create,
             CreateSessionRequest {
                 name: "web".into(),
@@ -285,7 +286,7 @@ async fn grpc_web_watch_session(db: TestDb) {
         session_id: s.session_id.clone(),
     }
     .encode_to_vec();
-    let mut frames = WebFrames::new(grpc_web_call(&t, &p, &path, &msg).await);
+    let mut frames = WebFrames::new(grpc_web_call(&t, p, &path, &msg).await);
     // The current state first, for this session.
     let first = frames.message::<WatchSessionResponse>().await;
     let session = first.session.expect("session");
@@ -299,7 +300,7 @@ async fn grpc_web_watch_session(db: TestDb) {
     while qr.is_empty() {
         qr = frames.message::<WatchSessionResponse>().await.qr_code;
     }
-    admin.scan(&qr, "15550105001").await.expect("scan");
+    t.wa().scan(&qr, "15550105001").await.expect("scan");
     loop {
         let m = frames.message::<WatchSessionResponse>().await;
         let state = m.session.expect("session").state;
@@ -308,6 +309,5 @@ async fn grpc_web_watch_session(db: TestDb) {
         }
     }
     drop(frames);
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }

@@ -8,21 +8,21 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wagate::client;
-use wagate::crypto::MasterKey;
-use wagate::domain::Settings;
 use wagate::transport::limits::HttpSettings;
 
 use crate::on_both_backends;
 use crate::sak_api::Sak;
-use crate::support::{TestDb, TestServer, assert_error, read, settings};
+use crate::support::{TestApp, TestDb, assert_error, read};
 
 on_both_backends!(session_keys_act_only_for_their_session, replay_guard);
 
-fn with_http(http: HttpSettings) -> Settings {
-    Settings {
-        http,
-        ..settings("node-hard")
-    }
+/// A gateway on a SQLite database with `http` as its HTTP limits.
+async fn with_http(http: HttpSettings) -> TestApp {
+    TestApp::init(TestDb::sqlite())
+        .node("node-hard")
+        .configure(|s| s.http = http)
+        .start()
+        .await
 }
 
 /// Reads what the server answers on a raw connection until it closes or `secs` pass.
@@ -40,11 +40,11 @@ async fn answer(conn: &mut TcpStream, secs: u64) -> (String, bool) {
     }
 }
 
-fn addr(t: &TestServer) -> std::net::SocketAddr {
+fn addr(t: &TestApp) -> std::net::SocketAddr {
     t.server.addr
 }
 
-async fn metrics_text(t: &TestServer) -> String {
+async fn metrics_text(t: &TestApp) -> String {
     let r = t.http.get(t.url("/metrics")).send().await.unwrap();
     r.text().await.unwrap()
 }
@@ -52,7 +52,7 @@ async fn metrics_text(t: &TestServer) -> String {
 /// Unknown paths under the gRPC prefixes, and unknown methods, add no metric series.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metric_labels_are_bounded() {
-    let t = TestServer::start(TestDb::sqlite()).await;
+    let t = TestApp::init(TestDb::sqlite()).start().await;
     for i in 0..50 {
         let path = format!("/wagate.v1.Probe{i}/Method");
         let _ = t.http.get(t.url(&path)).send().await.unwrap();
@@ -81,7 +81,7 @@ async fn metric_labels_are_bounded() {
 /// Histogram samples are folded on an interval even when nothing scrapes `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_upkeep_runs_without_scrapes() {
-    let t = TestServer::start(TestDb::sqlite()).await;
+    let t = TestApp::init(TestDb::sqlite()).start().await;
     tokio::time::sleep(wagate::transport::metrics::UPKEEP_INTERVAL + Duration::from_secs(1)).await;
     let metrics = metrics_text(&t).await;
     assert!(
@@ -94,13 +94,17 @@ async fn metrics_upkeep_runs_without_scrapes() {
 /// `503 SERVER_BUSY` with `Retry-After` for the excess instead of hashing them all at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_hashing_is_bounded() {
-    let mut cfg = settings("node-hash");
-    cfg.hashing = wagate::domain::accounts::HashingSettings {
-        concurrency: 1,
-        queue: 1,
-        wait: Duration::from_millis(50),
-    };
-    let t = TestServer::start_with(TestDb::sqlite(), MasterKey::generate(), cfg).await;
+    let t = TestApp::init(TestDb::sqlite())
+        .node("node-hash")
+        .configure(|s| {
+            s.hashing = wagate::domain::accounts::HashingSettings {
+                concurrency: 1,
+                queue: 1,
+                wait: Duration::from_millis(50),
+            }
+        })
+        .start()
+        .await;
     let s = Sak { t: &t };
     s.register("burst@example.com").await;
     let logins = (2..18u8).map(|i| {
@@ -141,7 +145,7 @@ async fn password_hashing_is_bounded() {
 /// on grpc-web alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_keys_are_refused_before_the_body() {
-    let t = TestServer::start(TestDb::sqlite()).await;
+    let t = TestApp::init(TestDb::sqlite()).start().await;
     let ts = client::unix_now();
     let heads = [
         format!(
@@ -177,17 +181,13 @@ async fn unknown_keys_are_refused_before_the_body() {
 /// that never speaks is closed after the first-byte timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_and_silent_connections_are_cut() {
-    let t = TestServer::start_with(
-        TestDb::sqlite(),
-        MasterKey::generate(),
-        with_http(HttpSettings {
-            body_timeout: Duration::from_secs(1),
-            first_byte_timeout: Duration::from_secs(1),
-            ..HttpSettings::default()
-        }),
-    )
+    let t = with_http(HttpSettings {
+        body_timeout: Duration::from_secs(1),
+        first_byte_timeout: Duration::from_secs(1),
+        ..HttpSettings::default()
+    })
     .await;
-    let p = t.project().await;
+    let p = t.create_project().await;
     let ts = client::unix_now();
     let head = format!(
         "POST /api/v1/send HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
@@ -214,16 +214,12 @@ async fn slow_bodies_and_silent_connections_are_cut() {
 /// `503 SERVER_BUSY`; small requests pass meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_share_a_budget() {
-    let t = TestServer::start_with(
-        TestDb::sqlite(),
-        MasterKey::generate(),
-        with_http(HttpSettings {
-            body_budget_bytes: 1024 * 1024,
-            ..HttpSettings::default()
-        }),
-    )
+    let t = with_http(HttpSettings {
+        body_budget_bytes: 1024 * 1024,
+        ..HttpSettings::default()
+    })
     .await;
-    let p = t.project().await;
+    let p = t.create_project().await;
     let big = |len: usize| {
         format!(
             "POST /api/v1/send HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
@@ -257,14 +253,10 @@ async fn large_bodies_share_a_budget() {
 /// At most `max_connections` are open: the next waits until one closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped() {
-    let t = TestServer::start_with(
-        TestDb::sqlite(),
-        MasterKey::generate(),
-        with_http(HttpSettings {
-            max_connections: 3,
-            ..HttpSettings::default()
-        }),
-    )
+    let t = with_http(HttpSettings {
+        max_connections: 3,
+        ..HttpSettings::default()
+    })
     .await;
     // The test client's own pool counts too: use raw connections only.
     let mut held = Vec::new();
@@ -288,7 +280,7 @@ async fn connections_are_capped() {
 /// HTTP/1.1 gets a clear 400; a device code that is not text is named as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_errors_carry_the_envelope() {
-    let t = TestServer::start(TestDb::sqlite()).await;
+    let t = TestApp::init(TestDb::sqlite()).start().await;
     let cases = [
         (
             format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000)),
@@ -338,7 +330,7 @@ async fn protocol_errors_carry_the_envelope() {
         "{got:?}"
     );
 
-    let p = t.project().await;
+    let p = t.create_project().await;
     // grpc-web-text that is not base64: said so, not "message too large".
     let r = t
         .http
@@ -379,14 +371,10 @@ async fn protocol_errors_carry_the_envelope() {
 /// `/metrics` with a token needs it; with its own listener it is not on the API port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_private() {
-    let t = TestServer::start_with(
-        TestDb::sqlite(),
-        MasterKey::generate(),
-        with_http(HttpSettings {
-            metrics_token: Some("scrape-me".into()),
-            ..HttpSettings::default()
-        }),
-    )
+    let t = with_http(HttpSettings {
+        metrics_token: Some("scrape-me".into()),
+        ..HttpSettings::default()
+    })
     .await;
     assert_error(
         &read(t.http.get(t.url("/metrics")).send().await.unwrap()).await,
@@ -406,14 +394,10 @@ async fn metrics_can_be_private() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let t2 = TestServer::start_with(
-        TestDb::sqlite(),
-        MasterKey::generate(),
-        with_http(HttpSettings {
-            metrics_listen: Some(port),
-            ..HttpSettings::default()
-        }),
-    )
+    let t2 = with_http(HttpSettings {
+        metrics_listen: Some(port),
+        ..HttpSettings::default()
+    })
     .await;
     assert_error(
         &read(t2.http.get(t2.url("/metrics")).send().await.unwrap()).await,
@@ -432,7 +416,7 @@ async fn metrics_can_be_private() {
 /// `X-Forwarded-For` moves a client to another per-IP bucket only through a trusted proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_only_from_trusted_proxies() {
-    let login = |t: &TestServer, xff: String| {
+    let login = |t: &TestApp, xff: String| {
         t.http
             .post(t.url("/api/v1/auth/login"))
             .header("x-forwarded-for", xff)
@@ -440,7 +424,7 @@ async fn forwarded_for_only_from_trusted_proxies() {
             .send()
     };
     // Untrusted: a fresh X-Forwarded-For per request does not escape the 5/min auth limit.
-    let t = TestServer::start(TestDb::sqlite()).await;
+    let t = TestApp::init(TestDb::sqlite()).start().await;
     let mut codes = Vec::new();
     for i in 0..7 {
         codes.push(
@@ -453,14 +437,10 @@ async fn forwarded_for_only_from_trusted_proxies() {
     }
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 2, "{codes:?}");
     // Trusted loopback proxy: each forwarded client has its own bucket.
-    let t = TestServer::start_with(
-        TestDb::sqlite(),
-        MasterKey::generate(),
-        with_http(HttpSettings {
-            trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
-            ..HttpSettings::default()
-        }),
-    )
+    let t = with_http(HttpSettings {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..HttpSettings::default()
+    })
     .await;
     for i in 0..7 {
         let code = login(&t, format!("203.0.113.9, 198.51.100.{i}"))
@@ -474,10 +454,11 @@ async fn forwarded_for_only_from_trusted_proxies() {
 /// A session key is refused everywhere but its own session's messaging, history, status,
 /// QR and webhook test; the JWT and user keys manage the account.
 async fn session_keys_act_only_for_their_session(db: TestDb) {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("wasim");
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-scope", &sim).await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .node("node-scope")
+        .start()
+        .await;
     let s = Sak { t: &t };
     let bearer = s.register("scope@example.com").await;
     let jwt = ("authorization", bearer.as_str());
@@ -661,8 +642,8 @@ async fn session_keys_act_only_for_their_session(db: TestDb) {
 /// With the replay guard on, a signature works once; without it, a captured request works
 /// again within the window (what the RK scheme allows by design).
 async fn replay_guard(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project().clone();
     let ts = client::unix_now();
     let sig = client::rk_signature(&p.api_key, &p.api_secret, &ts, b"");
     let get = || {
@@ -685,8 +666,7 @@ async fn replay_guard(db: TestDb) {
     admin.set_refuse_replays(&project_id, true).await.unwrap();
     // The credential cache keeps the project's settings up to 30 s: a fresh server reads
     // them at once.
-    let (db, key) = t.stop().await;
-    let t = TestServer::start_with(db, key, settings("node-replay")).await;
+    let t = t.stop().await.node("node-replay").start().await;
     let ts = client::unix_now();
     let sig = client::rk_signature(&p.api_key, &p.api_secret, &ts, b"");
     let get = |path: &'static str| {

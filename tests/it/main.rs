@@ -1,4 +1,9 @@
 //! The one integration-test binary: every module below shares `support`.
+
+// A test binary: a panic is how a test reports, in helpers as in `#[test]` functions
+// (clippy's allow-unwrap-in-tests sees only the latter).
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod at_rest;

@@ -4,10 +4,9 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use wagate::crypto::MasterKey;
 
 use crate::sak_api::Sak;
-use crate::support::{TestDb, TestServer, assert_error, read};
+use crate::support::{TestApp, TestDb, assert_error, read};
 
 /// Checks `v` against an OpenAPI schema: required properties present, no undocumented
 /// property, types as stated, recursively. `at` names the place for the failure message.
@@ -86,16 +85,13 @@ fn documented(doc: &Value, method: &str, path: &str, got: &(u16, Value)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_the_rest_surface() {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
     // With an operator token, so the cluster endpoints are on (and answer 401 without it).
-    let settings = wagate::domain::Settings {
-        admin_token: Some("operator-token".into()),
-        ..crate::support::settings("node-oa")
-    };
-    let t =
-        TestServer::start_sim_with(TestDb::sqlite(), MasterKey::generate(), settings, &sim).await;
+    let t = TestApp::init(TestDb::sqlite())
+        .with_wasim()
+        .node("node-oa")
+        .configure(|s| s.admin_token = Some("operator-token".into()))
+        .start()
+        .await;
     let s = Sak { t: &t };
     let (code, doc) = read(
         t.http
@@ -387,6 +383,5 @@ async fn openapi_describes_the_rest_surface() {
         .post("/api/v1/auth/credentials/rotate", jwt, json!({}))
         .await;
     documented(&doc, "post", "/api/v1/auth/credentials/rotate", &rotated);
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }

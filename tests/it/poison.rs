@@ -12,7 +12,7 @@ use wagate::storage::{Db, DbConn};
 use crate::on_both_backends;
 use crate::sak_api::Sak;
 use crate::support::{
-    TestDb, TestProject, TestServer, assert_error, eventually, exec_sql, files, grpc_signed,
+    TestApp, TestDb, TestProject, assert_error, eventually, exec_sql, files, grpc_signed,
 };
 
 on_both_backends!(
@@ -30,8 +30,8 @@ fn assert_nul_refused(got: &(u16, serde_json::Value), field: &str) {
 }
 
 async fn nul_is_refused_on_every_surface(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let to = "6281234567890";
 
     // RK JSON: the text, the recipient, the payload's strings and keys at any depth.
@@ -51,7 +51,7 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
         ),
     ];
     for (body, field) in cases {
-        assert_nul_refused(&t.send_json(&p, body).await, field);
+        assert_nul_refused(&t.send_json(p, body).await, field);
     }
 
     // RK multipart: a text field, the payload field (a file name with NUL cannot be sent in
@@ -69,7 +69,7 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
         (form("x", r#"{"a":"\u0000"}"#), "payload"),
     ];
     for (f, field) in cases {
-        assert_nul_refused(&t.send_form(&p, f).await, field);
+        assert_nul_refused(&t.send_form(p, f).await, field);
     }
 
     // gRPC SendMessage: INVALID_ARGUMENT with the same code.
@@ -118,10 +118,7 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
             "file name",
         ),
     ] {
-        let e = c
-            .send_message(grpc_signed(&p, send, req))
-            .await
-            .unwrap_err();
+        let e = c.send_message(grpc_signed(p, send, req)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
         assert_eq!(
             e.metadata().get("x-error-code").unwrap().to_str().unwrap(),
@@ -129,7 +126,7 @@ async fn nul_is_refused_on_every_surface(db: TestDb) {
         );
         assert!(e.message().contains(field), "{e:?}");
     }
-    assert!(t.message_ids(&p).await.is_empty(), "nothing was stored");
+    assert!(t.message_ids(p).await.is_empty(), "nothing was stored");
 
     // SAK: register, login, key names, path ids, webhook URLs.
     let s = Sak { t: &t };
@@ -241,10 +238,10 @@ impl WriterPlug {
 /// refused one gets its own error (500: the database refused it for good, no retry will
 /// help), and the writers never retried a whole batch.
 async fn a_refused_item_is_isolated_at_once(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let (a, b) = (t.project().await, t.project().await);
+    let t = TestApp::init(db).start().await;
+    let (a, b) = (t.create_project().await, t.create_project().await);
     let refused = "6289999999999";
-    let db = Db::open(&t.db.url, 1).unwrap();
+    let db = t.db.open();
     exec_sql(
         &db,
         "CREATE TRIGGER refuse_recipient BEFORE INSERT ON messages \
@@ -268,11 +265,7 @@ async fn a_refused_item_is_isolated_at_once(db: TestDb) {
         (to == refused, r)
     };
     // Bounded below SQLite's busy_timeout (10 s), past which a plugged writer would fail.
-    let wait = if t.db.url.starts_with("postgres") {
-        25
-    } else {
-        8
-    };
+    let wait = if t.db.is_postgres() { 25 } else { 8 };
     let backlog = || gw.accept_backlog();
     // B's 50 first: the writers take what comes first and block on the plug; the rest
     // queue. Once the backlog holds still, every writer is busy.

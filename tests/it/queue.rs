@@ -11,7 +11,7 @@ use wagate::storage::{Db, DbConn, now_ms};
 use wagate::values::{MessageStatus, ProjectId, SessionId};
 
 use crate::on_both_backends;
-use crate::support::TestDb;
+use crate::support::{TestDb, seed_project};
 
 on_both_backends!(
     claim_fence_retry_rescue,
@@ -28,26 +28,19 @@ struct Fixture {
 }
 
 async fn fixture(t: &TestDb) -> Fixture {
-    let db = Db::open(&t.url, 4).unwrap();
-    db.migrate().unwrap();
+    let db = t.migrated();
+    let project = NewProject {
+        name: "q".into(),
+        rate_limit_per_minute: 1_000_000,
+        monthly_quota: 1_000_000,
+        max_sessions: 1,
+    };
     let admin = Admin::new(db.clone(), MasterKey::generate());
-    let p = admin
-        .create_project(NewProject {
-            name: "q".into(),
-            rate_limit_per_minute: 1_000_000,
-            monthly_quota: 1_000_000,
-            max_sessions: 1,
-        })
-        .await
-        .unwrap();
-    let d = admin
-        .create_device(&p.project_id, None, None)
-        .await
-        .unwrap();
+    let p = seed_project(&admin, project, 1).await.remove(0);
     Fixture {
         db,
         project_id: ProjectId::from(p.project_id),
-        device_id: SessionId::from(d.device_id),
+        device_id: SessionId::from(p.device_id),
     }
 }
 

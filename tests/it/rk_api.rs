@@ -4,7 +4,7 @@ use serde_json::json;
 use wagate::client::{self, Multipart};
 
 use crate::on_both_backends;
-use crate::support::{TestDb, TestServer, assert_error, files, read};
+use crate::support::{TestApp, TestDb, assert_error, files, read};
 
 on_both_backends!(
     rk_text_example_and_status,
@@ -26,11 +26,11 @@ fn is_rfc3339_with_offset(s: &str) -> bool {
 }
 
 async fn rk_text_example_and_status(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     // The document's exact JSON body, plus the optional payload.
     let (code, body) = t
-        .send_json(&p, json!({"recipient": "6281234567890", "type": "text", "message": "Hello from RK Connect", "payload": {"order_id": 42, "tags": ["a"]}}))
+        .send_json(p, json!({"recipient": "6281234567890", "type": "text", "message": "Hello from RK Connect", "payload": {"order_id": 42, "tags": ["a"]}}))
         .await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["success"], true);
@@ -40,7 +40,7 @@ async fn rk_text_example_and_status(db: TestDb) {
     let id = body["data"]["id"].as_str().unwrap();
     assert!(uuid::Uuid::parse_str(id).is_ok());
 
-    let (code, st) = t.status(&p, id).await;
+    let (code, st) = t.status(p, id).await;
     assert_eq!(code, 200, "{st}");
     let d = &st["data"];
     assert_eq!(d["id"], id);
@@ -68,8 +68,8 @@ async fn rk_text_example_and_status(db: TestDb) {
 }
 
 async fn rk_media_examples(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let cases: [(&str, &str, &str, &[u8]); 6] = [
         ("image", "image.jpg", "image/jpeg", files::JPEG),
         ("image", "image.png", "image/png", files::PNG),
@@ -85,17 +85,17 @@ async fn rk_media_examples(db: TestDb) {
             .text("message", "Promo today")
             .text("payload", r#"{"campaign":"nov"}"#)
             .file("media", name, mime, data);
-        let (code, body) = t.send_form(&p, form).await;
+        let (code, body) = t.send_form(p, form).await;
         assert_eq!(code, 201, "{kind} {name}: {body}");
-        let (_, st) = t.status(&p, body["data"]["id"].as_str().unwrap()).await;
+        let (_, st) = t.status(p, body["data"]["id"].as_str().unwrap()).await;
         assert_eq!(st["data"]["type"], kind);
         assert_eq!(st["data"]["payload"]["campaign"], "nov");
     }
 }
 
 async fn media_is_judged_by_bytes(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let form = |kind: &str, name: &str, mime: &str, data: &[u8]| {
         Multipart::new()
             .text("recipient", "6281234567890")
@@ -104,14 +104,14 @@ async fn media_is_judged_by_bytes(db: TestDb) {
     };
     // An executable that claims to be a JPEG.
     assert_error(
-        &t.send_form(&p, form("image", "cat.jpg", "image/jpeg", files::EXE))
+        &t.send_form(p, form("image", "cat.jpg", "image/jpeg", files::EXE))
             .await,
         415,
         "UNSUPPORTED_MEDIA_TYPE",
     );
     // A real PDF sent as an image.
     assert_error(
-        &t.send_form(&p, form("image", "x.jpg", "image/jpeg", files::PDF))
+        &t.send_form(p, form("image", "x.jpg", "image/jpeg", files::PDF))
             .await,
         415,
         "UNSUPPORTED_MEDIA_TYPE",
@@ -120,7 +120,7 @@ async fn media_is_judged_by_bytes(db: TestDb) {
     let mut big = files::JPEG.to_vec();
     big.resize(10 * 1024 * 1024 + 1, 0);
     assert_error(
-        &t.send_form(&p, form("image", "big.jpg", "image/jpeg", &big))
+        &t.send_form(p, form("image", "big.jpg", "image/jpeg", &big))
             .await,
         413,
         "MEDIA_TOO_LARGE",
@@ -129,24 +129,24 @@ async fn media_is_judged_by_bytes(db: TestDb) {
     let no_file = Multipart::new()
         .text("recipient", "6281234567890")
         .text("type", "image");
-    assert_error(&t.send_form(&p, no_file).await, 400, "MEDIA_REQUIRED");
+    assert_error(&t.send_form(p, no_file).await, 400, "MEDIA_REQUIRED");
     // Far over the request limit: rejected before it is read whole.
     let huge = vec![0u8; 12 * 1024 * 1024];
     assert_error(
-        &t.send_form(&p, form("image", "huge.jpg", "image/jpeg", &huge))
+        &t.send_form(p, form("image", "huge.jpg", "image/jpeg", &huge))
             .await,
         413,
         "PAYLOAD_TOO_LARGE",
     );
     assert!(
-        t.message_ids(&p).await.is_empty(),
+        t.message_ids(p).await.is_empty(),
         "rejected uploads must create nothing"
     );
 }
 
 async fn auth_failures(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let body = json!({"recipient": "6281234567890", "type": "text", "message": "hi"}).to_string();
     let post = || {
         t.http
@@ -242,7 +242,7 @@ async fn auth_failures(db: TestDb) {
         "MISSING_SIGNATURE_HEADERS",
     );
     // None of these created anything; the correctly signed request does.
-    assert!(t.message_ids(&p).await.is_empty());
+    assert!(t.message_ids(p).await.is_empty());
     let (code, _) = read(with(&p.api_key, &ts, &good_sig).send().await.unwrap()).await;
     assert_eq!(code, 201);
     // No secret in any answer.
@@ -251,8 +251,8 @@ async fn auth_failures(db: TestDb) {
 }
 
 async fn qontak_hmac_scheme(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let body =
         json!({"recipient": "6281234567890", "type": "text", "message": "via qontak"}).to_string();
     let post = |signed: client::QontakSigned, date: String| {
@@ -409,18 +409,18 @@ async fn qontak_hmac_scheme(db: TestDb) {
     )
     .await;
     assert_eq!(code, 200);
-    assert_eq!(t.message_ids(&p).await.len(), 1);
+    assert_eq!(t.message_ids(p).await.len(), 1);
 }
 
 async fn idempotency(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let body = json!({"recipient": "6281234567890", "type": "text", "message": "once"});
     let send = |key: &'static str, body: serde_json::Value| {
         t.signed(
             reqwest::Method::POST,
             "/api/v1/send",
-            &p,
+            p,
             body.to_string().into_bytes(),
         )
         .header("Content-Type", "application/json")
@@ -448,12 +448,12 @@ async fn idempotency(db: TestDb) {
         ids.insert(b["data"]["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(ids.len(), 1, "one message for one key");
-    assert_eq!(t.message_ids(&p).await.len(), 2);
+    assert_eq!(t.message_ids(p).await.len(), 2);
 }
 
 async fn rate_limit_cannot_be_overshot(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project_with(5, 1000).await;
+    let t = TestApp::init(db).start().await;
+    let p = t.create_project_with(5, 1000).await;
     crate::support::clear_of_minute_boundary().await;
     let futs = (0..12).map(|i| {
         t.send_json(
@@ -490,8 +490,8 @@ async fn rate_limit_cannot_be_overshot(db: TestDb) {
 }
 
 async fn monthly_quota(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project_with(1000, 3).await;
+    let t = TestApp::init(db).start().await;
+    let p = t.create_project_with(1000, 3).await;
     for i in 0..3 {
         let (code, b) = t
             .send_json(
@@ -512,9 +512,9 @@ async fn monthly_quota(db: TestDb) {
 }
 
 async fn tenant_isolation(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let a = t.project().await;
-    let b = t.project().await;
+    let t = TestApp::init(db).start().await;
+    let a = t.create_project().await;
+    let b = t.create_project().await;
     let (_, sent) = t
         .send_json(
             &a,
@@ -546,14 +546,14 @@ async fn tenant_isolation(db: TestDb) {
 }
 
 async fn malformed_input_is_rejected_and_creates_nothing(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project();
     let raw = |body: &str, ct: &str| {
         let req = t
             .signed(
                 reqwest::Method::POST,
                 "/api/v1/send",
-                &p,
+                p,
                 body.as_bytes().to_vec(),
             )
             .header("Content-Type", ct.to_owned());
@@ -613,7 +613,7 @@ async fn malformed_input_is_rejected_and_creates_nothing(db: TestDb) {
         ),
     ];
     for (body, status, code) in cases {
-        assert_error(&t.send_json(&p, body).await, status, code);
+        assert_error(&t.send_json(p, body).await, status, code);
     }
     let no_device = crate::support::TestProject {
         device_code: String::new(),
@@ -641,7 +641,7 @@ async fn malformed_input_is_rejected_and_creates_nothing(db: TestDb) {
         404,
         "DEVICE_NOT_FOUND",
     );
-    assert_error(&t.status(&p, "not-a-uuid").await, 404, "MESSAGE_NOT_FOUND");
+    assert_error(&t.status(p, "not-a-uuid").await, 404, "MESSAGE_NOT_FOUND");
     // Unknown routes and methods answer with the envelope too.
     assert_error(
         &read(t.http.get(t.url("/api/v1/nope")).send().await.unwrap()).await,
@@ -654,19 +654,19 @@ async fn malformed_input_is_rejected_and_creates_nothing(db: TestDb) {
         "METHOD_NOT_ALLOWED",
     );
     assert!(
-        t.message_ids(&p).await.is_empty(),
+        t.message_ids(p).await.is_empty(),
         "nothing rejected was stored"
     );
     // A JSON number as recipient is accepted (clients send both).
     let (code, _) = t
-        .send_json(&p, json!({"recipient": 6281234567890u64, "message": "x"}))
+        .send_json(p, json!({"recipient": 6281234567890u64, "message": "x"}))
         .await;
     assert_eq!(code, 201);
 }
 
 async fn accepted_messages_survive_restart(db: TestDb) {
-    let t = TestServer::start(db).await;
-    let p = t.project().await;
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project().clone();
     let futs = (0..50).map(|i| {
         t.send_json(
             &p,
@@ -681,8 +681,7 @@ async fn accepted_messages_survive_restart(db: TestDb) {
             b["data"]["id"].as_str().unwrap().to_owned()
         })
         .collect();
-    let (db, key) = t.stop().await;
-    let t = TestServer::start_with(db, key, crate::support::settings("node-2")).await;
+    let t = t.stop().await.node("node-2").start().await;
     for id in &ids {
         let (code, st) = t.status(&p, id).await;
         assert_eq!(code, 200);
@@ -705,15 +704,9 @@ mod limits_hold_across_nodes {
 }
 
 async fn limits_hold_across_nodes(db: TestDb) {
-    let second = db.shared();
-    let a = TestServer::start_with(
-        db,
-        wagate::crypto::MasterKey::generate(),
-        crate::support::settings("node-a"),
-    )
-    .await;
-    let b = TestServer::start_with(second, a.key.clone(), crate::support::settings("node-b")).await;
-    let p = a.project_with(10, 1000).await;
+    let a = TestApp::init(db).node("node-a").start().await;
+    let b = a.another_node("node-b").start().await;
+    let p = a.create_project_with(10, 1000).await;
     crate::support::clear_of_minute_boundary().await;
     let futs = (0..30).map(|i| {
         let node = if i % 2 == 0 { &a } else { &b };
@@ -727,8 +720,8 @@ async fn limits_hold_across_nodes(db: TestDb) {
     assert_eq!(accepted.len(), 10, "{results:?}");
     assert!(results.iter().all(|(c, _)| *c == 201 || *c == 429));
 
-    let q = b.project_with(1000, 1000).await;
-    let key_req = |t: &TestServer| {
+    let q = b.create_project_with(1000, 1000).await;
+    let key_req = |t: &TestApp| {
         t.signed(
             reqwest::Method::POST,
             "/api/v1/send",

@@ -4,12 +4,9 @@
 
 use serde_json::{Value, json};
 use wagate::client::Multipart;
-use wagate::crypto::MasterKey;
 
 use crate::on_both_backends;
-use crate::support::{
-    TestDb, TestProject, TestServer, assert_error, eventually, files, read, settings,
-};
+use crate::support::{TestApp, TestDb, TestProject, assert_error, eventually, files, read};
 
 on_both_backends!(
     sak_accounts_sessions_and_messages,
@@ -18,7 +15,7 @@ on_both_backends!(
 );
 
 pub(crate) struct Sak<'a> {
-    pub t: &'a TestServer,
+    pub t: &'a TestApp,
 }
 
 impl Sak<'_> {
@@ -54,20 +51,15 @@ impl Sak<'_> {
     }
 }
 
-pub(crate) async fn link(
-    s: &Sak<'_>,
-    auth: (&str, &str),
-    id: &str,
-    phone: &str,
-    admin: &wasim::client::Admin,
-) {
+/// Links a SAK session by scanning its QR at wasim's simulated phone.
+pub(crate) async fn link(s: &Sak<'_>, auth: (&str, &str), id: &str, phone: &str) {
     let qr = eventually(15, "a QR code", || async {
         let (code, b) = s.get(&format!("/api/v1/sessions/{id}/qr"), auth).await;
         assert_eq!(code, 200, "{b}");
         b["data"]["qrCode"].as_str().map(str::to_owned)
     })
     .await;
-    admin.scan(&qr, phone).await.expect("scan");
+    s.t.wa().scan(&qr, phone).await.expect("scan");
     eventually(20, "connected", || async {
         // Sparingly: these calls count against the document's per-IP limit (100 a minute).
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
@@ -78,11 +70,11 @@ pub(crate) async fn link(
 }
 
 async fn sak_accounts_sessions_and_messages(db: TestDb) {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = wasim::client::Admin::new(sim.addr());
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-sak", &sim).await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .node("node-sak")
+        .start()
+        .await;
     let s = Sak { t: &t };
     let none = ("", "");
 
@@ -186,7 +178,7 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
     let (_, b) = s.post("/api/v1/sessions", jwt, json!({"name": "B"})).await;
     let b_id = b["data"]["sessionId"].as_str().unwrap().to_owned();
     let b_key = b["data"]["apiKey"].as_str().unwrap().to_owned();
-    link(&s, master, &a_id, "15550301001", &admin).await;
+    link(&s, master, &a_id, "15550301001").await;
     let png = s
         .req(
             reqwest::Method::GET,
@@ -208,7 +200,7 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
         .await
         .unwrap();
     assert!(svg.text().await.unwrap().contains("<svg"));
-    link(&s, jwt, &b_id, "15550301002", &admin).await;
+    link(&s, jwt, &b_id, "15550301002").await;
     let (_, st) = s.get(&format!("/api/v1/sessions/{a_id}/status"), jwt).await;
     assert_eq!(st["data"]["phoneNumber"], "15550301001");
     assert!(st["data"]["lastConnectedAt"].is_string());
@@ -324,6 +316,7 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
         api_key: creds["data"]["apiKey"].as_str().unwrap().to_owned(),
         api_secret: creds["data"]["apiSecret"].as_str().unwrap().to_owned(),
         device_code: a_status["data"]["deviceCode"].as_str().unwrap().to_owned(),
+        ..TestProject::default()
     };
     let (code, sent) = t
         .send_json(
@@ -382,22 +375,20 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
 
     // Restart while WhatsApp holds logins: A's status is not the stored "connected" of the
     // stopped process; it reads connecting until A is let in.
-    admin.hold_logins(true).await.unwrap();
-    let (dbh, key) = t.stop().await;
-    let t = TestServer::start_sim(dbh, key, "node-sak-2", &sim).await;
+    t.wa().hold_logins(true).await.unwrap();
+    let t = t.stop().await.node("node-sak-2").start().await;
     let s = Sak { t: &t };
     let (code, st) = s.get(&format!("/api/v1/sessions/{a_id}/status"), jwt).await;
     assert_eq!(code, 200, "{st}");
     assert_eq!(st["data"]["status"], "connecting", "{st}");
     assert_eq!(st["data"]["connected"], false, "{st}");
-    admin.hold_logins(false).await.unwrap();
+    t.wa().hold_logins(false).await.unwrap();
     eventually(20, "A connected again", || async {
         let (_, b) = s.get(&format!("/api/v1/sessions/{a_id}/status"), jwt).await;
         (b["data"]["connected"] == true).then_some(())
     })
     .await;
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }
 
 /// Inbound media is downloadable by its reference, then, past the retention period, its bytes
@@ -409,10 +400,7 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
 async fn concurrent_creates_stop_at_the_session_cap(db: TestDb) {
     // A registered account's cap.
     const CAP: usize = 10;
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-cap", &sim).await;
+    let t = TestApp::init(db).with_wasim().node("node-cap").start().await;
     let s = Sak { t: &t };
     let bearer = s.register("cap@example.com").await;
     let jwt = ("authorization", bearer.as_str());
@@ -443,25 +431,23 @@ async fn concurrent_creates_stop_at_the_session_cap(db: TestDb) {
         403,
         "SESSION_LIMIT_REACHED",
     );
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }
 
 async fn media_is_served_then_expires(db: TestDb) {
-    use wagate::storage::{Db, inbound, media};
+    use wagate::storage::{inbound, media};
     use wagate::values::SessionId;
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = wasim::client::Admin::new(sim.addr());
     // Long enough for the first download on a loaded machine.
     let retention = std::time::Duration::from_secs(15);
-    let cfg = wagate::domain::Settings {
-        media_retention: Some(retention),
-        janitor_interval: std::time::Duration::from_millis(200),
-        ..settings("node-media")
-    };
-    let t = TestServer::start_sim_with(db, MasterKey::generate(), cfg, &sim).await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .node("node-media")
+        .configure(|s| {
+            s.media_retention = Some(retention);
+            s.janitor_interval = std::time::Duration::from_millis(200);
+        })
+        .start()
+        .await;
     let s = Sak { t: &t };
     let bearer = s.register("media@example.com").await;
     let jwt = ("authorization", bearer.as_str());
@@ -479,8 +465,8 @@ async fn media_is_served_then_expires(db: TestDb) {
         unreachable!()
     };
     let (pa, pb) = ("15550305001", "15550305002");
-    link(&s, jwt, a, pa, &admin).await;
-    link(&s, jwt, b, pb, &admin).await;
+    link(&s, jwt, a, pa).await;
+    link(&s, jwt, b, pb).await;
 
     let send_image = |key: String, to: &'static str| {
         let (ct, body) = Multipart::new()
@@ -501,7 +487,7 @@ async fn media_is_served_then_expires(db: TestDb) {
     let (code, waiting) = send_image(c_key.clone(), pb).await;
     assert_eq!(code, 201, "{waiting}");
 
-    let db = Db::open(&t.db.url, 2).unwrap();
+    let db = t.db.open();
     let inbound = eventually(20, "B's inbound image", || {
         let (db, b) = (db.clone(), b.clone());
         async move {
@@ -579,6 +565,5 @@ async fn media_is_served_then_expires(db: TestDb) {
         .await
         .expect("the waiting file is kept");
     assert_eq!(kept.data, files::JPEG);
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }

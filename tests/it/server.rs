@@ -4,12 +4,12 @@
 use std::process::Command;
 use wagate::crypto::MasterKey;
 
-use crate::support::{TestDb, TestServer, read, settings};
+use crate::support::{TestApp, TestDb, read};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics() {
-    let t = TestServer::start(TestDb::sqlite()).await;
-    let p = t.project().await;
+    let t = TestApp::init(TestDb::sqlite()).with_project().start().await;
+    let p = t.project();
     let (code, h) = read(t.http.get(t.url("/health")).send().await.unwrap()).await;
     assert_eq!((code, h["status"].as_str()), (200, Some("ok")));
     let (code, _) = read(t.http.get(t.url("/ready")).send().await.unwrap()).await;
@@ -17,7 +17,7 @@ async fn health_and_metrics() {
 
     let (code, _) = t
         .send_json(
-            &p,
+            p,
             serde_json::json!({"recipient": "6281234567890", "message": "m"}),
         )
         .await;
@@ -109,7 +109,11 @@ async fn cli_quick_start() {
     }
     let master = MasterKey::parse(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
     let db = TestDb::sqlite_at(dir.path().join("wagate.db").to_string_lossy().into_owned());
-    let t = TestServer::start_with(db, master, settings("node-01")).await;
+    let t = TestApp::init(db)
+        .with_key(master)
+        .node("node-01")
+        .start()
+        .await;
 
     let send = wagate(
         dir.path(),

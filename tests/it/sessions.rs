@@ -4,18 +4,14 @@
 
 use serde_json::json;
 use wagate::client::Multipart;
-use wagate::crypto::MasterKey;
-use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
-use wagate::proto::v1::{
-    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, ListSessionsRequest,
-    RestartSessionRequest, Session, SessionState,
-};
+use wagate::proto::v1::{ListSessionsRequest, RestartSessionRequest, Session, SessionState};
 use wagate::storage::{Db, inbound, media, sessions as store};
 use wagate::values::SessionId;
 
 use crate::on_both_backends;
+use crate::support::session::{Client, get, wait_state};
 use crate::support::{
-    TestDb, TestProject, TestServer, eventually, exec_sql, files, grpc_signed, read,
+    TestApp, TestDb, TestProject, eventually, exec_sql, files, grpc_signed, read,
 };
 
 on_both_backends!(
@@ -28,101 +24,11 @@ on_both_backends!(
 
 const SVC: &str = "/wagate.v1.SessionsService/";
 
-pub(crate) type Client = SessionsServiceClient<tonic::transport::Channel>;
-
-pub(crate) async fn client(t: &TestServer) -> Client {
-    SessionsServiceClient::connect(t.base.clone())
-        .await
-        .expect("gRPC connect")
-}
-
-async fn get(c: &mut Client, p: &TestProject, id: &str) -> Session {
-    let req = grpc_signed(
-        p,
-        &format!("{SVC}GetSession"),
-        GetSessionRequest {
-            session_id: id.into(),
-        },
-    );
-    c.get_session(req)
-        .await
-        .expect("get session")
-        .into_inner()
-        .session
-        .expect("session")
-}
-
-pub(crate) async fn wait_state(
-    c: &mut Client,
-    p: &TestProject,
-    id: &str,
-    want: SessionState,
-    secs: u64,
-) -> Session {
-    let what = format!("session {id} to be {want:?}");
-    eventually(secs, &what, || {
-        let mut c = c.clone();
-        async move {
-            let s = get(&mut c, p, id).await;
-            (s.state == want as i32).then_some(s)
-        }
-    })
-    .await
-}
-
-/// Creates a session over gRPC and links it by scanning its QR at wasim's simulated phone.
-pub(crate) async fn linked(
-    c: &mut Client,
-    p: &TestProject,
-    admin: &wasim::client::Admin,
-    name: &str,
-    phone: &str,
-) -> Session {
-    let req = grpc_signed(
-        p,
-        &format!("{SVC}CreateSession"),
-        CreateSessionRequest {
-            name: name.into(),
-            ..Default::default()
-        },
-    );
-    let s = c
-        .create_session(req)
-        .await
-        .expect("create")
-        .into_inner()
-        .session
-        .expect("session");
-    let qr = eventually(15, "a QR code", || {
-        let mut c = c.clone();
-        let id = s.session_id.clone();
-        async move {
-            let req = grpc_signed(
-                p,
-                &format!("{SVC}GetQrCode"),
-                GetQrCodeRequest {
-                    session_id: id,
-                    ..Default::default()
-                },
-            );
-            let q = c.get_qr_code(req).await.expect("qr").into_inner();
-            (!q.qr_code.is_empty()).then_some(q)
-        }
-    })
-    .await;
-    assert!(qr.png.starts_with(b"\x89PNG"), "PNG rendering");
-    assert!(qr.svg.contains("<svg"), "SVG rendering");
-    admin.scan(&qr.qr_code, phone).await.expect("scan");
-    let s = wait_state(c, p, &s.session_id, SessionState::Connected, 20).await;
-    assert_eq!(s.phone_number, phone);
-    s
-}
-
-async fn status_of(t: &TestServer, p: &TestProject, id: &str) -> serde_json::Value {
+async fn status_of(t: &TestApp, p: &TestProject, id: &str) -> serde_json::Value {
     t.status(p, id).await.1["data"].clone()
 }
 
-async fn wait_status(t: &TestServer, p: &TestProject, id: &str, want: &str) -> serde_json::Value {
+async fn wait_status(t: &TestApp, p: &TestProject, id: &str, want: &str) -> serde_json::Value {
     eventually(20, &format!("message {id} to be {want}"), || async {
         let s = status_of(t, p, id).await;
         (s["status"] == want || (want == "delivered" && s["status"] == "read")).then_some(s)
@@ -130,54 +36,19 @@ async fn wait_status(t: &TestServer, p: &TestProject, id: &str, want: &str) -> s
     .await
 }
 
-/// A gateway on wasim with two sessions of one project, A and B, linked by QR.
-struct Pair {
-    sim: wasim::ServerHandle,
-    admin: wasim::client::Admin,
-    t: TestServer,
-    p: TestProject,
-    a: Session,
-    b: Session,
-    /// The project's credentials addressing session A (its device code).
-    via_a: TestProject,
-}
-
-async fn two_linked(db: TestDb, pa: &str, pb: &str) -> Pair {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("wasim");
-    let admin = wasim::client::Admin::new(sim.addr());
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
-    let mut c = client(&t).await;
-    let a = linked(&mut c, &p, &admin, "A", pa).await;
-    let b = linked(&mut c, &p, &admin, "B", pb).await;
-    let via_a = TestProject {
-        device_code: a.device_code.clone(),
-        ..p.clone()
-    };
-    Pair {
-        sim,
-        admin,
-        t,
-        p,
-        a,
-        b,
-        via_a,
-    }
-}
-
 async fn sessions_link_send_receive_restart(db: TestDb) {
-    let (pa, pb) = ("15550101001", "15550101002");
-    let Pair {
-        sim,
-        admin,
-        t,
-        p,
-        a,
-        b,
-        via_a,
-    } = two_linked(db, pa, pb).await;
+    let t = TestApp::init(db)
+        .with_sessions(2)
+        .node("node-1")
+        .start()
+        .await;
+    let (p, a, b) = (
+        t.project().clone(),
+        t.session(0).clone(),
+        t.session(1).clone(),
+    );
+    let (pa, pb) = (a.phone_number.as_str(), b.phone_number.as_str());
+    let via_a = p.via(&a);
 
     // Text through the RK endpoint: queued → sent → delivered, and B stores it.
     let (code, body) = t
@@ -193,7 +64,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
         st["sent_at"].is_string() && st["delivered_at"].is_string(),
         "{st}"
     );
-    let db = Db::open(&t.db.url, 2).unwrap();
+    let db = t.db.open();
     let inbound = eventually(10, "B's inbound message", || {
         let db = db.clone();
         let bid = b.session_id.clone();
@@ -256,9 +127,8 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
 
     // Restart the gateway: both sessions come back connected with no QR; messages accepted
     // while they reconnect are sent exactly once.
-    let (dbh, key) = t.stop().await;
-    let t = TestServer::start_sim(dbh, key, "node-2", &sim).await;
-    let mut c = client(&t).await;
+    let t = t.stop().await.node("node-2").start().await;
+    let mut c = t.sessions_client().await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let (code, body) = t
@@ -275,7 +145,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     for id in &ids {
         wait_status(&t, &via_a, id, "delivered").await;
     }
-    let log = admin.messages().await.unwrap();
+    let log = t.wa().messages().await.unwrap();
     for id in ids.iter().chain([&id]) {
         let wa = wagate::sessions::wa_message_id(id);
         let rec = log
@@ -298,7 +168,7 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     // state from before the kick).
     let connected_at = |s: &Session| s.last_connected_at.as_ref().map(|t| (t.seconds, t.nanos));
     let before = connected_at(&get(&mut c, &p, &a.session_id).await);
-    admin.kick(pa).await.unwrap();
+    t.wa().kick(pa).await.unwrap();
     eventually(20, "a new connection after the kick", || {
         let (mut c, p, id) = (c.clone(), &p, &a.session_id);
         async move {
@@ -320,19 +190,10 @@ async fn sessions_link_send_receive_restart(db: TestDb) {
     .await;
 
     // Logged out from the phone: the session says so, with the reason.
-    admin.logout(pb).await.unwrap();
+    t.wa().logout(pb).await.unwrap();
     let s = wait_state(&mut c, &p, &b.session_id, SessionState::LoggedOut, 20).await;
     assert!(!s.reason.is_empty());
-    t.server.shutdown().await;
-    sim.shutdown().await;
-}
-
-pub(crate) async fn start_sim() -> (wasim::ServerHandle, wasim::client::Admin) {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("wasim");
-    let admin = wasim::client::Admin::new(sim.addr());
-    (sim, admin)
+    t.shutdown().await;
 }
 
 async fn stored_state(db: &Db, id: &str) -> (String, Option<String>) {
@@ -348,15 +209,16 @@ async fn stored_state(db: &Db, id: &str) -> (String, Option<String>) {
 /// After a restart the stored state from before it is never reported as current: a graceful
 /// stop records `disconnected`, and a restored session reads `connecting` until it logs in.
 async fn session_state_is_not_stale_after_restart(db: TestDb) {
-    let (sim, admin) = start_sim().await;
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
-    let mut c = client(&t).await;
-    let a = linked(&mut c, &p, &admin, "A", "15550102001").await;
-    let id = a.session_id.clone();
+    let t = TestApp::init(db)
+        .with_sessions(1)
+        .node("node-1")
+        .start()
+        .await;
+    let p = t.project().clone();
+    let id = t.session(0).session_id.clone();
 
-    let (dbh, key) = t.stop().await;
-    let db = Db::open(&dbh.url, 2).unwrap();
+    let stopped = t.stop().await;
+    let db = stopped.db().open();
     assert_eq!(
         stored_state(&db, &id).await,
         ("disconnected".into(), Some("gateway stopped".into()))
@@ -370,9 +232,9 @@ async fn session_state_is_not_stale_after_restart(db: TestDb) {
     }
 
     // WhatsApp does not let the session in yet, so it cannot be connected.
-    admin.hold_logins(true).await.unwrap();
-    let t = TestServer::start_sim(dbh, key, "node-2", &sim).await;
-    let mut c = client(&t).await;
+    stopped.sim().admin.hold_logins(true).await.unwrap();
+    let t = stopped.node("node-2").start().await;
+    let mut c = t.sessions_client().await;
     assert_eq!(stored_state(&db, &id).await.0, "connecting");
     let s = get(&mut c, &p, &id).await;
     assert_eq!(s.state, SessionState::Connecting as i32, "{s:?}");
@@ -385,7 +247,7 @@ async fn session_state_is_not_stale_after_restart(db: TestDb) {
     let s = listed.iter().find(|s| s.session_id == id).expect("listed");
     assert_eq!(s.state, SessionState::Connecting as i32, "{s:?}");
 
-    admin.hold_logins(false).await.unwrap();
+    t.wa().hold_logins(false).await.unwrap();
     wait_state(&mut c, &p, &id, SessionState::Connected, 20).await;
     eventually(10, "connected stored", || {
         let db = db.clone();
@@ -393,8 +255,7 @@ async fn session_state_is_not_stale_after_restart(db: TestDb) {
         async move { (stored_state(&db, &id).await.0 == "connected").then_some(()) }
     })
     .await;
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }
 
 /// Long enough for a supervisor that (wrongly) restarted a session to have reconnected it:
@@ -427,49 +288,52 @@ async fn restart_session(c: &mut Client, p: &TestProject, id: &str) {
 /// A ban at WhatsApp shows as `banned` with its reason, and the session is not restarted
 /// (even once the ban is lifted) until asked to.
 async fn banned_session_stays_banned(db: TestDb) {
-    let (sim, admin) = start_sim().await;
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
-    let mut c = client(&t).await;
-    let phone = "15550103001";
-    let a = linked(&mut c, &p, &admin, "A", phone).await;
+    let t = TestApp::init(db)
+        .with_sessions(1)
+        .node("node-1")
+        .start()
+        .await;
+    let (p, a, admin) = (t.project(), t.session(0), t.wa());
+    let phone = a.phone_number.as_str();
+    let mut c = t.sessions_client().await;
 
     admin.ban(phone, 3600).await.unwrap();
-    let s = wait_state(&mut c, &p, &a.session_id, SessionState::Banned, 20).await;
+    let s = wait_state(&mut c, p, &a.session_id, SessionState::Banned, 20).await;
     assert!(s.reason.starts_with("temporarily banned"), "{s:?}");
     assert!(s.reason.contains(" for "), "the ban's duration: {s:?}");
-    let db = Db::open(&t.db.url, 2).unwrap();
+    let db = t.db.open();
     assert_eq!(stored_state(&db, &a.session_id).await.0, "banned");
 
     admin.ban(phone, 0).await.unwrap();
     tokio::time::sleep(RESTART_CHANCE).await;
-    assert!(!connected_at_wasim(&admin, phone).await, "not restarted");
-    let s = get(&mut c, &p, &a.session_id).await;
+    assert!(!connected_at_wasim(admin, phone).await, "not restarted");
+    let s = get(&mut c, p, &a.session_id).await;
     assert_eq!(s.state, SessionState::Banned as i32, "{s:?}");
 
     // Restarted on request, it connects again.
-    restart_session(&mut c, &p, &a.session_id).await;
-    wait_state(&mut c, &p, &a.session_id, SessionState::Connected, 20).await;
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    restart_session(&mut c, p, &a.session_id).await;
+    wait_state(&mut c, p, &a.session_id, SessionState::Connected, 20).await;
+    t.shutdown().await;
 }
 
 /// WhatsApp refusing the client version (405) shows as `failed` ("client outdated…"), and
 /// the session is not restarted: the same build would only be refused again.
 async fn outdated_client_fails_for_good(db: TestDb) {
-    let (sim, admin) = start_sim().await;
-    let t = TestServer::start_sim(db, MasterKey::generate(), "node-1", &sim).await;
-    let p = t.project().await;
-    let mut c = client(&t).await;
-    let phone = "15550104001";
-    let a = linked(&mut c, &p, &admin, "A", phone).await;
+    let t = TestApp::init(db)
+        .with_sessions(1)
+        .node("node-1")
+        .start()
+        .await;
+    let (p, a, admin) = (t.project().clone(), t.session(0).clone(), t.wa().clone());
+    let phone = a.phone_number.as_str();
+    let mut c = t.sessions_client().await;
 
     let (x, y, z) = wasim::client::CLIENT_VERSION;
     admin.min_version(Some((x, y, z + 1))).await.unwrap();
     admin.kick(phone).await.unwrap();
     let s = wait_state(&mut c, &p, &a.session_id, SessionState::Failed, 20).await;
     assert!(s.reason.starts_with("client outdated"), "{s:?}");
-    let db = Db::open(&t.db.url, 2).unwrap();
+    let db = t.db.open();
     assert_eq!(stored_state(&db, &a.session_id).await.0, "failed");
 
     admin.min_version(None).await.unwrap();
@@ -478,28 +342,26 @@ async fn outdated_client_fails_for_good(db: TestDb) {
     let s = get(&mut c, &p, &a.session_id).await;
     assert_eq!(s.state, SessionState::Failed as i32, "{s:?}");
     // A graceful stop records running sessions as disconnected, but keeps this one's reason.
-    let (dbh, _) = t.stop().await;
-    let db = Db::open(&dbh.url, 2).unwrap();
+    let stopped = t.stop().await;
+    let db = stopped.db().open();
     let (state, reason) = stored_state(&db, &a.session_id).await;
     assert_eq!(state, "failed");
     assert!(reason.unwrap_or_default().starts_with("client outdated"));
-    sim.shutdown().await;
+    stopped.shutdown().await;
 }
 
 /// A message is acknowledged to WhatsApp only once it is stored: while the database refuses
 /// inbound rows, WhatsApp keeps the message; once it accepts them again, it arrives, once.
 async fn inbound_survives_a_refused_write(db: TestDb) {
-    let (pa, pb) = ("15550105001", "15550105002");
-    let Pair {
-        sim,
-        admin,
-        t,
-        p: _,
-        a: _,
-        b,
-        via_a,
-    } = two_linked(db, pa, pb).await;
-    let db = Db::open(&t.db.url, 2).unwrap();
+    let t = TestApp::init(db)
+        .with_sessions(2)
+        .node("node-1")
+        .start()
+        .await;
+    let (b, admin) = (t.session(1), t.wa());
+    let via_a = t.project().via(t.session(0));
+    let pb = b.phone_number.as_str();
+    let db = t.db.open();
     exec_sql(
         &db,
         "CREATE TRIGGER refuse_inbound BEFORE INSERT ON inbound_messages \
@@ -577,6 +439,5 @@ async fn inbound_survives_a_refused_write(db: TestDb) {
         1,
         "stored once"
     );
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use prost_reflect::{DescriptorPool, Value as PbValue};
 use tonic::metadata::MetadataValue;
-use wagate::crypto::MasterKey;
 use wagate::proto::v1::accounts_service_client::AccountsServiceClient;
 use wagate::proto::v1::messaging_service_client::MessagingServiceClient;
 use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
@@ -15,7 +14,7 @@ use wagate::proto::v1::{
     MessageType, RegisterRequest, SendMessageRequest,
 };
 
-use crate::support::{TestDb, TestServer, read};
+use crate::support::{TestApp, TestDb, read};
 
 const VERBS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
@@ -86,7 +85,7 @@ fn http_bindings() -> (BTreeSet<(String, String, String)>, BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_route_is_a_grpc_method_and_every_binding_is_routed() {
-    let t = TestServer::start(TestDb::sqlite()).await;
+    let t = TestApp::init(TestDb::sqlite()).start().await;
     let (code, doc) = read(
         t.http
             .get(t.url("/api/v1/openapi.json"))
@@ -162,12 +161,11 @@ fn keyed<T>(key: &str, msg: T) -> tonic::Request<T> {
 /// over REST: one implementation per operation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_and_session_keys_work_over_grpc() {
-    let t = TestServer::start_with(TestDb::sqlite(), MasterKey::generate(), {
-        let mut s = crate::support::settings("node-tc");
-        s.default_country_code = "62".into();
-        s
-    })
-    .await;
+    let t = TestApp::init(TestDb::sqlite())
+        .node("node-tc")
+        .configure(|s| s.default_country_code = "62".into())
+        .start()
+        .await;
     let mut accounts = AccountsServiceClient::connect(t.base.clone())
         .await
         .unwrap();

@@ -3,12 +3,10 @@
 //! (an inbound message at wasim, sends, session states) and from the test endpoint.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use base64::Engine;
 use futures::StreamExt;
 use hmac::{KeyInit, Mac};
@@ -20,8 +18,8 @@ use wagate::proto::v1::*;
 use crate::on_both_backends;
 use crate::sak_api::{Sak, link};
 use crate::support::{
-    TestDb, TestProject, TestServer, WebFrames, assert_error, eventually, grpc_signed,
-    grpc_web_call, webhook_settings,
+    Hit, TestApp, TestDb, TestProject, WebFrames, assert_error, eventually, grpc_signed,
+    grpc_web_call,
 };
 
 on_both_backends!(
@@ -33,107 +31,6 @@ on_both_backends!(
     stored_loopback_receiver_is_refused_once_private_is_off,
     session_webhook_gets_the_sessions_first_event,
 );
-
-// --- a real receiver ---
-
-#[derive(Debug, Clone)]
-struct Hit {
-    path: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    answered: u16,
-}
-
-impl Hit {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-struct Receiver {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-    answer: Arc<AtomicU16>,
-    delay_ms: Arc<AtomicU64>,
-    /// TCP connections accepted, requests or not.
-    connections: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        Self::start_on("127.0.0.1:0".parse().unwrap()).await
-    }
-
-    async fn start_on(addr: SocketAddr) -> Receiver {
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let answer = Arc::new(AtomicU16::new(200));
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let (h, a, d) = (hits.clone(), answer.clone(), delay_ms.clone());
-        let app = axum::Router::new().fallback(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
-                let (h, a, d) = (h.clone(), a.clone(), d.clone());
-                async move {
-                    let delay = d.load(Ordering::SeqCst);
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    let code = a.load(Ordering::SeqCst);
-                    h.lock().unwrap().push(Hit {
-                        path: uri.path().to_owned(),
-                        headers,
-                        body: body.to_vec(),
-                        answered: code,
-                    });
-                    (
-                        axum::http::StatusCode::from_u16(code).unwrap(),
-                        "receiver says hi",
-                    )
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicU64::new(0));
-        let counted = connections.clone();
-        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
-            counted.fetch_add(1, Ordering::SeqCst);
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver {
-            addr,
-            hits,
-            answer,
-            delay_ms,
-            connections,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    /// Bodies of the requests answered 2xx at `path`.
-    fn delivered(&self, path: &str) -> Vec<Hit> {
-        self.hits()
-            .into_iter()
-            .filter(|h| h.path == path && (200..300).contains(&h.answered))
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
@@ -192,36 +89,16 @@ fn verify(h: &Hit, secret: &str) -> Value {
 type Hooks = WebhooksServiceClient<tonic::transport::Channel>;
 const SVC: &str = "/wagate.v1.WebhooksService/";
 
-async fn hooks(t: &TestServer) -> Hooks {
+async fn hooks(t: &TestApp) -> Hooks {
     WebhooksServiceClient::connect(t.base.clone())
         .await
         .expect("gRPC connect")
 }
 
-/// A project and one of its sessions (not started), with gRPC credentials.
-async fn project_and_session(t: &TestServer) -> (TestProject, String) {
-    let admin = t.admin();
-    let p = admin
-        .create_project(wagate::domain::admin::NewProject {
-            name: "hooks".into(),
-            rate_limit_per_minute: 10_000,
-            monthly_quota: 1_000_000,
-            max_sessions: 10,
-        })
-        .await
-        .unwrap();
-    let d = admin
-        .create_device(&p.project_id, None, None)
-        .await
-        .unwrap();
-    (
-        TestProject {
-            api_key: p.api_key,
-            api_secret: p.api_secret,
-            device_code: String::new(),
-        },
-        d.device_id,
-    )
+/// The project's gRPC credentials (no device code: project-wide) and its one session.
+fn project_and_session(t: &TestApp) -> (TestProject, String) {
+    let p = t.project();
+    (p.project_wide(), p.device_id.clone())
 }
 
 async fn create_hook(
@@ -291,13 +168,13 @@ fn labels(hits: &[Hit]) -> Vec<String> {
 /// endpoint with the session key; an inbound message at wasim arrives as the documented
 /// `message.received`; a send produces `message.status`; QR rotations `session.status`.
 async fn sak_webhooks_inbound_statuses_and_signatures(db: TestDb) {
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let wa = wasim::client::Admin::new(sim.addr());
-    let t =
-        TestServer::start_sim_with(db, MasterKey::generate(), webhook_settings("n1"), &sim).await;
-    let rx = Receiver::start().await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await;
+    let (rx, wa) = (t.receiver(), t.wa());
     let s = Sak { t: &t };
     let bearer = s.register("hooks@example.com").await;
     let jwt = ("authorization", bearer.as_str());
@@ -390,7 +267,7 @@ async fn sak_webhooks_inbound_statuses_and_signatures(db: TestDb) {
     assert!(qr_event["qrCode"].as_str().is_some_and(|q| !q.is_empty()));
 
     // Link the session; a WhatsApp user (a real whatsapp-rust client at wasim) writes to it.
-    link(&s, jwt, &session, "919800000001", &wa).await;
+    link(&s, jwt, &session, "919800000001").await;
     let connected = eventually(10, "session.status connected", || async {
         rx.delivered("/all")
             .into_iter()
@@ -400,7 +277,7 @@ async fn sak_webhooks_inbound_statuses_and_signatures(db: TestDb) {
     .await;
     assert_eq!(connected["phoneNumber"], "919800000001");
     let mut user = wasim::client::TestClient::start(
-        sim.addr(),
+        t.sim().addr(),
         Arc::new(wasim::wacore::store::in_memory::InMemoryBackend::new()),
         wasim::client::ClientOptions {
             push_name: Some("Customer Name".into()),
@@ -487,10 +364,15 @@ async fn sak_webhooks_inbound_statuses_and_signatures(db: TestDb) {
 /// The receiver fails for a while, then recovers: every event arrives, and within a lane
 /// no event is attempted before the one ahead of it succeeded (the ordering guarantee).
 async fn receiver_down_then_up_gets_every_event_in_order(db: TestDb) {
-    let t = TestServer::start_with(db, MasterKey::generate(), webhook_settings("n1")).await;
-    let rx = Receiver::start().await;
+    let t = TestApp::init(db)
+        .with_project()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await;
+    let rx = t.receiver();
     rx.answer.store(503, Ordering::SeqCst);
-    let (p, session) = project_and_session(&t).await;
+    let (p, session) = project_and_session(&t);
     let mut c = hooks(&t).await;
     let (hook, secret) = create_hook(&mut c, &p, rx.url("/h"), &["*"]).await;
     let n = 20;
@@ -598,14 +480,19 @@ async fn restart_during_deliveries_loses_nothing(db: TestDb) {
         l.local_addr().unwrap().port()
     };
     // Schema and project first (the server migrates too; this only needs the tables).
-    let t = TestServer::start_with(db, key, webhook_settings("setup")).await;
-    let (p, session) = project_and_session(&t).await;
-    let (db, _) = t.stop().await;
-
-    let rx = Receiver::start().await;
+    let t = TestApp::init(db)
+        .with_key(key)
+        .with_project()
+        .with_receiver()
+        .node("setup")
+        .start()
+        .await;
+    let (p, session) = project_and_session(&t);
+    let stopped = t.stop().await;
+    let (db, rx) = (stopped.db(), stopped.receiver());
     // Slow enough that the events are all recorded long before they are all delivered.
     rx.delay_ms.store(200, Ordering::SeqCst);
-    let mut gw = Gateway::spawn(&db, &key_hex, free_port()).await;
+    let mut gw = Gateway::spawn(db, &key_hex, free_port()).await;
     let mut c = WebhooksServiceClient::connect(gw.base.clone())
         .await
         .unwrap();
@@ -623,7 +510,7 @@ async fn restart_during_deliveries_loses_nothing(db: TestDb) {
     assert!(before.len() < n, "killed mid-way ({} of {n})", before.len());
 
     rx.delay_ms.store(0, Ordering::SeqCst);
-    let _gw = Gateway::spawn(&db, &key_hex, free_port()).await;
+    let _gw = Gateway::spawn(db, &key_hex, free_port()).await;
     let got = eventually(60, "every event after the restart", || async {
         let labels: HashSet<String> = labels(&rx.delivered("/r")).into_iter().collect();
         (labels.len() == n).then_some(labels)
@@ -634,12 +521,17 @@ async fn restart_during_deliveries_loses_nothing(db: TestDb) {
 
 /// 410 Gone disables the webhook and kills what was pending; replay sends it again.
 async fn gone_disables_then_replay_delivers(db: TestDb) {
-    let t = TestServer::start_with(db, MasterKey::generate(), webhook_settings("n1")).await;
-    let rx = Receiver::start().await;
+    let t = TestApp::init(db)
+        .with_project()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await;
+    let rx = t.receiver();
     rx.answer.store(410, Ordering::SeqCst);
     // A slow first answer, so both events are usually queued before the 410 arrives.
     rx.delay_ms.store(300, Ordering::SeqCst);
-    let (p, session) = project_and_session(&t).await;
+    let (p, session) = project_and_session(&t);
     let mut c = hooks(&t).await;
     let (hook, secret) = create_hook(&mut c, &p, rx.url("/g"), &["*"]).await;
     fire(&mut c, &p, &session, "a").await;
@@ -781,8 +673,13 @@ async fn gone_disables_then_replay_delivers(db: TestDb) {
 /// A stream resumed from the last event id it saw gets everything after it, once, in order,
 /// then live events.
 async fn event_stream_resumes_from_a_cursor(db: TestDb) {
-    let t = TestServer::start_with(db, MasterKey::generate(), webhook_settings("n1")).await;
-    let (p, session) = project_and_session(&t).await;
+    let t = TestApp::init(db)
+        .with_project()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await;
+    let (p, session) = project_and_session(&t);
     let mut c = hooks(&t).await;
     let open = |c: &mut Hooks, after: String| {
         let req = grpc_signed(
@@ -867,7 +764,7 @@ async fn event_stream_resumes_from_a_cursor(db: TestDb) {
 
 /// Reads `n` events of a StreamEvents call made the way a browser makes it (grpc-web).
 async fn grpc_web_events(
-    t: &TestServer,
+    t: &TestApp,
     p: &TestProject,
     session: &str,
     after: &str,
@@ -901,12 +798,13 @@ async fn next_event(s: &mut tonic::Streaming<StreamEventsResponse>) -> StreamEve
 /// webhook. Several sessions are created at once, as a busy gateway would.
 async fn session_webhook_gets_the_sessions_first_event(db: TestDb) {
     const SESSIONS: usize = 6;
-    let sim = wasim::Server::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let t =
-        TestServer::start_sim_with(db, MasterKey::generate(), webhook_settings("n1"), &sim).await;
-    let rx = Receiver::start().await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await;
+    let rx = t.receiver();
     let s = Sak { t: &t };
     let bearer = s.register("first@example.com").await;
     let jwt = ("authorization", bearer.as_str());
@@ -951,25 +849,31 @@ async fn session_webhook_gets_the_sessions_first_event(db: TestDb) {
         assert_eq!(body["event"], "session.status", "{body}");
         assert_eq!(body["sessionId"], id.as_str(), "{body}");
     }
-    t.server.shutdown().await;
-    sim.shutdown().await;
+    t.shutdown().await;
 }
 
 /// A receiver registered on loopback while private receivers were allowed is not reached once
 /// the gateway restarts without the setting: every attempt is refused before connecting, the
 /// delivery log says why (without the URL's token), and the delivery stays up for retry.
 async fn stored_loopback_receiver_is_refused_once_private_is_off(db: TestDb) {
-    let t = TestServer::start_with(db, MasterKey::generate(), webhook_settings("n1")).await;
-    let rx = Receiver::start().await;
-    let (p, session) = project_and_session(&t).await;
+    let t = TestApp::init(db)
+        .with_project()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await;
+    let rx = t.receiver();
+    let (p, session) = project_and_session(&t);
     let mut c = hooks(&t).await;
     let (hook, _) = create_hook(&mut c, &p, rx.url("/h?token=s3cret"), &["*"]).await;
     drop(c);
-    let (db, key) = t.stop().await;
-
-    let mut strict = webhook_settings("n1");
-    strict.webhooks.allow_private = false;
-    let t = TestServer::start_with(db, key, strict).await;
+    let t = t
+        .stop()
+        .await
+        .configure(|s| s.webhooks.allow_private = false)
+        .start()
+        .await;
+    let rx = t.receiver();
     let c = hooks(&t).await;
     assert_eq!(fire(&mut c.clone(), &p, &session, "x").await.len(), 1);
     let refused = eventually(
@@ -1002,8 +906,8 @@ async fn stored_loopback_receiver_is_refused_once_private_is_off(db: TestDb) {
 /// Without WAGATE_WEBHOOK_ALLOW_PRIVATE, loopback and private receivers are refused.
 #[tokio::test]
 async fn private_receivers_are_refused_by_default() {
-    let t = TestServer::start(TestDb::sqlite()).await;
-    let (p, _) = project_and_session(&t).await;
+    let t = TestApp::init(TestDb::sqlite()).with_project().start().await;
+    let (p, _) = project_and_session(&t);
     let mut c = hooks(&t).await;
     for url in [
         "http://127.0.0.1:9/x",
