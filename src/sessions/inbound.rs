@@ -113,7 +113,9 @@ pub(super) async fn store(
         sent_at: info.timestamp.timestamp_millis(),
         created_at: now,
     };
-    slot.write(&inner.db, move |c| inbound::insert_inbound(c, &row, media_row.as_ref()))
-        .await
-        .map(|_| ())
+    slot.write(&inner.db, move |c| {
+        inbound::insert_inbound(c, &row, media_row.as_ref())
+    })
+    .await
+    .map(|_| ())
 }

@@ -83,7 +83,10 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
     let claim = m.claim(&inner.node);
     // Record the id first: the server ack may arrive before `send` returns.
     let (fence, w) = (claim.clone(), wa_id.clone());
-    match slot.write(&inner.db, move |c| queue::set_wa_id(c, &fence, &w)).await {
+    match slot
+        .write(&inner.db, move |c| queue::set_wa_id(c, &fence, &w))
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return, // the claim was lost (lease expired): someone else has it
         Err(e) => {
@@ -100,8 +103,10 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
     let outcome = match result {
         // Written: wait for the server ack; without one in time it is resent (same id).
         Ok(()) => {
-            slot.write(&inner.db, move |c| queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS))
-                .await
+            slot.write(&inner.db, move |c| {
+                queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
+            })
+            .await
         }
         Err(Failure::Permanent(code, msg)) => {
             slot.write(&inner.db, move |c| queue::fail(c, &claim, code, &msg, now))
@@ -110,8 +115,10 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
         Err(Failure::Transient(msg)) => {
             tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
             let retry_at = now + queue::backoff_ms(m.attempts);
-            slot.write(&inner.db, move |c| queue::retry_later(c, &m, &claim.node, &msg, retry_at, now))
-                .await
+            slot.write(&inner.db, move |c| {
+                queue::retry_later(c, &m, &claim.node, &msg, retry_at, now)
+            })
+            .await
         }
     };
     if let Err(e) = outcome {

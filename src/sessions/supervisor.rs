@@ -340,7 +340,8 @@ async fn on_event(
         }
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
             let (id, wa) = (device.clone(), ack.id.clone());
-            if let Err(e) = slot.write(&inner.db, move |c| queue::mark_acked(c, &id, &wa, now_ms()))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| queue::mark_acked(c, &id, &wa, now_ms()))
                 .await
             {
                 tracing::warn!(device = %device, error = %e, "cannot record server ack");
@@ -355,7 +356,10 @@ async fn on_event(
             };
             let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
             let id = device.clone();
-            if let Err(e) = slot.write(&inner.db, move |c| queue::mark_receipt(c, &id, &ids, read, now_ms()))
+            if let Err(e) = slot
+                .write(&inner.db, move |c| {
+                    queue::mark_receipt(c, &id, &ids, read, now_ms())
+                })
                 .await
             {
                 tracing::warn!(device = %device, error = %e, "cannot record receipt");

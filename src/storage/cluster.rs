@@ -13,8 +13,8 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::DbConn;
 use super::schema::{nodes, session_leases};
-use crate::error::{Error, Result};
 use crate::db_run;
+use crate::error::{Error, Result};
 
 /// Who may write for a session: the owner and epoch of the lease it runs under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,15 +306,17 @@ pub fn claim_one(
             })),
             Some(_) if expires_at >= now => Ok(None),
             previous => {
-                let epoch: i64 = db_run!(conn, |c| diesel::update(session_leases::table.find(device_id))
-                    .set((
-                        session_leases::owner.eq(node),
-                        session_leases::epoch.eq(session_leases::epoch + 1),
-                        session_leases::expires_at.eq(now + ttl_ms),
-                        session_leases::acquired_at.eq(now),
-                    ))
-                    .returning(session_leases::epoch)
-                    .get_result(c))?;
+                let epoch: i64 = db_run!(conn, |c| diesel::update(
+                    session_leases::table.find(device_id)
+                )
+                .set((
+                    session_leases::owner.eq(node),
+                    session_leases::epoch.eq(session_leases::epoch + 1),
+                    session_leases::expires_at.eq(now + ttl_ms),
+                    session_leases::acquired_at.eq(now),
+                ))
+                .returning(session_leases::epoch)
+                .get_result(c))?;
                 Ok(Some(Held {
                     device_id: device_id.to_owned(),
                     epoch,
@@ -340,7 +342,10 @@ pub fn want(conn: &mut DbConn, device_id: &str) -> Result<()> {
 
 /// The session should not run anywhere (stopped, logged out, deleted).
 pub fn unwant(conn: &mut DbConn, device_id: &str) -> Result<()> {
-    db_run!(conn, |c| diesel::delete(session_leases::table.find(device_id)).execute(c))?;
+    db_run!(conn, |c| diesel::delete(
+        session_leases::table.find(device_id)
+    )
+    .execute(c))?;
     Ok(())
 }
 
@@ -388,17 +393,18 @@ pub fn leave(conn: &mut DbConn, node: &str, instance: &str) -> Result<usize> {
 /// Who runs the session, if it should run at all (`None`: no lease row).
 pub fn lease_of(conn: &mut DbConn, device_id: &str) -> Result<Option<LeaseView>> {
     let now = db_now(conn)?;
-    let row: Option<(Option<String>, i64, i64, Option<String>)> = db_run!(conn, |c| session_leases::table
-        .left_join(nodes::table.on(nodes::id.nullable().eq(session_leases::owner)))
-        .filter(session_leases::device_id.eq(device_id))
-        .select((
-            session_leases::owner,
-            session_leases::epoch,
-            session_leases::expires_at,
-            nodes::advertise_url.nullable(),
-        ))
-        .first(c)
-        .optional())?;
+    let row: Option<(Option<String>, i64, i64, Option<String>)> =
+        db_run!(conn, |c| session_leases::table
+            .left_join(nodes::table.on(nodes::id.nullable().eq(session_leases::owner)))
+            .filter(session_leases::device_id.eq(device_id))
+            .select((
+                session_leases::owner,
+                session_leases::epoch,
+                session_leases::expires_at,
+                nodes::advertise_url.nullable(),
+            ))
+            .first(c)
+            .optional())?;
     Ok(row.map(|(owner, epoch, expires_at, owner_url)| LeaseView {
         live: owner.is_some() && expires_at >= now,
         owner,
@@ -476,7 +482,9 @@ pub fn nodes(conn: &mut DbConn) -> Result<Vec<NodeStatus>> {
 
 /// How many sessions should run (lease rows).
 pub fn wanted_count(conn: &mut DbConn) -> Result<i64> {
-    Ok(db_run!(conn, |c| session_leases::table.count().get_result(c))?)
+    Ok(db_run!(conn, |c| session_leases::table
+        .count()
+        .get_result(c))?)
 }
 
 /// Marks a node draining (it hands its sessions over and claims none) or not. False when no
@@ -517,11 +525,13 @@ pub fn owner_urls(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(Strin
 
 /// Releases every lease recorded under `node` (they belong to an earlier process of it).
 pub fn release_all(conn: &mut DbConn, node: &str) -> Result<()> {
-    db_run!(conn, |c| diesel::update(session_leases::table.filter(session_leases::owner.eq(node)))
-        .set((
-            session_leases::owner.eq(None::<String>),
-            session_leases::expires_at.eq(0),
-        ))
-        .execute(c))?;
+    db_run!(conn, |c| diesel::update(
+        session_leases::table.filter(session_leases::owner.eq(node))
+    )
+    .set((
+        session_leases::owner.eq(None::<String>),
+        session_leases::expires_at.eq(0),
+    ))
+    .execute(c))?;
     Ok(())
 }

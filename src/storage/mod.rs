@@ -98,8 +98,9 @@ impl DbConn {
         f: impl FnOnce(&mut DbConn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         // Nested in a transaction (a fenced write around a storage call): a savepoint.
-        let nested = db_run!(self, |c| AnsiTransactionManager::transaction_manager_status_mut(c)
-            .transaction_depth())?
+        let nested = db_run!(self, |c| {
+            AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()
+        })?
         .is_some();
         match self {
             DbConn::Sqlite(c) if !nested => {

@@ -400,7 +400,11 @@ async fn sak_accounts_sessions_and_messages(db: TestDb) {
 async fn concurrent_creates_stop_at_the_session_cap(db: TestDb) {
     // A registered account's cap.
     const CAP: usize = 10;
-    let t = TestApp::init(db).with_wasim().node("node-cap").start().await;
+    let t = TestApp::init(db)
+        .with_wasim()
+        .node("node-cap")
+        .start()
+        .await;
     let s = Sak { t: &t };
     let bearer = s.register("cap@example.com").await;
     let jwt = ("authorization", bearer.as_str());

@@ -50,11 +50,11 @@ use diesel::upsert::excluded;
 use whatsapp_rust::wacore::store::Device;
 use whatsapp_rust::wacore::store::error::{Result as StoreResult, StoreError};
 
+use super::cluster::Fence;
 use super::schema::{
     wa_app_state_macs, wa_lid_mappings, wa_msg_secrets, wa_prekeys, wa_sender_key_devices,
     wa_store, wa_tc_tokens,
 };
-use super::cluster::Fence;
 use super::{Db, DbConn, now_ms};
 use crate::crypto::{MasterKey, SealKey};
 use crate::db_run;

@@ -333,17 +333,6 @@ pub fn backoff_ms(attempt: i32) -> i64 {
     exp - jitter_span + (2 * jitter_span * r) / i64::from(u16::MAX)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postgres_claims_skip_locked_rows() {
-        assert_eq!(CLAIM.matches("/* row lock */").count(), 1);
-        assert!(CLAIM_SKIP_LOCKED.contains("LIMIT $5\n    FOR UPDATE SKIP LOCKED\n)"));
-    }
-}
-
 /// A node took these sessions over: the claims other nodes hold on their queued messages
 /// are void (their workers ran under the previous lease, whose writes are fenced now), so
 /// the new owner sends them at once rather than after the claims' own lease. A message the
@@ -359,4 +348,15 @@ pub fn void_claims(conn: &mut DbConn, device_ids: &[String], node: &str) -> Resu
     )
     .set(messages::claim_expires_at.eq(None::<i64>))
     .execute(c))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_claims_skip_locked_rows() {
+        assert_eq!(CLAIM.matches("/* row lock */").count(), 1);
+        assert!(CLAIM_SKIP_LOCKED.contains("LIMIT $5\n    FOR UPDATE SKIP LOCKED\n)"));
+    }
 }
