@@ -164,6 +164,16 @@ fn labels(hits: &[Hit]) -> Vec<String> {
 
 // --- scenarios ---
 
+/// The gateway most scenarios use: a project and a receiver, node `n1`.
+async fn with_receiver(db: TestDb) -> TestApp {
+    TestApp::init(db)
+        .with_project()
+        .with_receiver()
+        .node("n1")
+        .start()
+        .await
+}
+
 /// The SAK flow: webhook inside session creation, `POST /webhooks` with the JWT, the test
 /// endpoint with the session key; an inbound message at wasim arrives as the documented
 /// `message.received`; a send produces `message.status`; QR rotations `session.status`.
@@ -364,12 +374,7 @@ async fn sak_webhooks_inbound_statuses_and_signatures(db: TestDb) {
 /// The receiver fails for a while, then recovers: every event arrives, and within a lane
 /// no event is attempted before the one ahead of it succeeded (the ordering guarantee).
 async fn receiver_down_then_up_gets_every_event_in_order(db: TestDb) {
-    let t = TestApp::init(db)
-        .with_project()
-        .with_receiver()
-        .node("n1")
-        .start()
-        .await;
+    let t = with_receiver(db).await;
     let rx = t.receiver();
     rx.answer.store(503, Ordering::SeqCst);
     let (p, session) = project_and_session(&t);
@@ -521,12 +526,7 @@ async fn restart_during_deliveries_loses_nothing(db: TestDb) {
 
 /// 410 Gone disables the webhook and kills what was pending; replay sends it again.
 async fn gone_disables_then_replay_delivers(db: TestDb) {
-    let t = TestApp::init(db)
-        .with_project()
-        .with_receiver()
-        .node("n1")
-        .start()
-        .await;
+    let t = with_receiver(db).await;
     let rx = t.receiver();
     rx.answer.store(410, Ordering::SeqCst);
     // A slow first answer, so both events are usually queued before the 410 arrives.
@@ -673,12 +673,7 @@ async fn gone_disables_then_replay_delivers(db: TestDb) {
 /// A stream resumed from the last event id it saw gets everything after it, once, in order,
 /// then live events.
 async fn event_stream_resumes_from_a_cursor(db: TestDb) {
-    let t = TestApp::init(db)
-        .with_project()
-        .with_receiver()
-        .node("n1")
-        .start()
-        .await;
+    let t = with_receiver(db).await;
     let (p, session) = project_and_session(&t);
     let mut c = hooks(&t).await;
     let open = |c: &mut Hooks, after: String| {
@@ -856,12 +851,7 @@ async fn session_webhook_gets_the_sessions_first_event(db: TestDb) {
 /// the gateway restarts without the setting: every attempt is refused before connecting, the
 /// delivery log says why (without the URL's token), and the delivery stays up for retry.
 async fn stored_loopback_receiver_is_refused_once_private_is_off(db: TestDb) {
-    let t = TestApp::init(db)
-        .with_project()
-        .with_receiver()
-        .node("n1")
-        .start()
-        .await;
+    let t = with_receiver(db).await;
     let rx = t.receiver();
     let (p, session) = project_and_session(&t);
     let mut c = hooks(&t).await;
