@@ -16,12 +16,24 @@ pub fn free_port() -> SocketAddr {
 /// comes from `WAGATE_BENCH_LOG` (default warn).
 pub fn spawn_gateway(db_url: &str, key: &str, extra: &[&str], log: &Path) -> (Child, SocketAddr) {
     let addr = free_port();
+    (spawn_gateway_on(addr, db_url, key, extra, log), addr)
+}
+
+/// [`spawn_gateway`] on a given address (a node of a cluster that advertises its port, or
+/// one restarted on the port it had).
+pub fn spawn_gateway_on(
+    addr: SocketAddr,
+    db_url: &str,
+    key: &str,
+    extra: &[&str],
+    log: &Path,
+) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("gateway log");
-    let child = Command::new(GATEWAY)
+    Command::new(GATEWAY)
         .args(["serve", "--listen", &addr.to_string()])
         .args(["--database-url", db_url, "--master-key", key])
         .args(extra)
@@ -33,8 +45,9 @@ pub fn spawn_gateway(db_url: &str, key: &str, extra: &[&str], log: &Path) -> (Ch
         .stdout(out.try_clone().expect("log handle"))
         .stderr(out)
         .spawn()
-        .expect("start the gateway (sessions bench: built with --features simulator?)");
-    (child, addr)
+        .expect(
+            "start the gateway (sessions and failover benches: built with --features simulator?)",
+        )
 }
 
 /// The last 40 lines of a log, for a failure message.
