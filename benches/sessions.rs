@@ -273,7 +273,6 @@ async fn link(
                 "GetSession",
                 GetSessionRequest {
                     session_id: id.clone(),
-                    ..Default::default()
                 },
             ))
             .await

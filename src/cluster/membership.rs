@@ -378,7 +378,8 @@ impl Membership {
     }
 }
 
-/// At most `per_minute` hand-overs per minute (a token bucket).
+/// At most `per_minute` hand-overs per minute, evenly spaced: a bucket of one token, so a
+/// quiet period saves no burst of moves up.
 struct MoveBudget {
     per_minute: u32,
     tokens: f64,
@@ -398,7 +399,7 @@ impl MoveBudget {
         let now = Instant::now();
         let rate = self.per_minute as f64 / 60.0;
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate)
-            .min(self.per_minute.max(1) as f64);
+            .min(1.0);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
