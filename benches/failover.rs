@@ -30,6 +30,9 @@
 //! Everything runs on loopback, every wait is bounded, and the node processes are killed
 //! when the benchmark ends, fails or panics. It asserts nothing: it prints figures.
 
+// A benchmark panics on a broken setup: unwrap is its assertion.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 #[path = "common/process.rs"]
 #[allow(dead_code)] // `spawn_gateway` picks its own port; these nodes advertise theirs.
@@ -63,6 +66,8 @@ struct Opts {
     ttl: u64,
     renew: u64,
     concurrency: usize,
+    /// The operator token every node is started with (`--admin-token`) and this process uses.
+    token: String,
 }
 
 fn opts() -> Opts {
@@ -74,6 +79,10 @@ fn opts() -> Opts {
         ttl,
         renew: flag("--renew", renew_default).clamp(1, ttl / 2),
         concurrency: flag("--concurrency", 6).clamp(1, 64) as usize,
+        token: std::env::var("WAGATE_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| hex::encode(wagate::crypto::random_bytes::<16>())),
     }
 }
 
@@ -107,6 +116,8 @@ impl Node {
             &o.ttl.to_string(),
             "--lease-renew-secs",
             &o.renew.to_string(),
+            "--admin-token",
+            &o.token,
             // Three nodes share a PostgreSQL server other work may use too.
             "--db-pool-size",
             "6",
@@ -851,19 +862,6 @@ async fn run(pg: &ScratchPg, o: &Opts, token: &str) {
 
 fn main() {
     let o = opts();
-    // Before any thread starts: the default database, and the operator token every node and
-    // this process use (the nodes inherit WAGATE_ADMIN_TOKEN).
-    let token = std::env::var("WAGATE_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| hex::encode(wagate::crypto::random_bytes::<16>()));
-    // SAFETY: single-threaded here, nothing reads the environment concurrently.
-    unsafe {
-        if std::env::var_os("WAGATE_BENCH_DATABASE_URL").is_none() {
-            std::env::set_var("WAGATE_BENCH_DATABASE_URL", DEFAULT_PG);
-        }
-        std::env::set_var("WAGATE_ADMIN_TOKEN", &token);
-    }
     // This process's HTTP client (the cluster view).
     wagate::webhooks::http::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -886,6 +884,8 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let pg = ScratchPg::from_env(&["WAGATE_BENCH_DATABASE_URL"]).expect("a database URL");
-    rt.block_on(run(&pg, &o, &token));
+    let admin_url =
+        std::env::var("WAGATE_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG.to_owned());
+    let pg = ScratchPg::at(&admin_url);
+    rt.block_on(run(&pg, &o, &o.token));
 }

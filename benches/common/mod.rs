@@ -28,21 +28,27 @@ pub struct ScratchPg {
 
 impl ScratchPg {
     /// `None` (and a line saying PostgreSQL was skipped) when no variable is set.
+    #[allow(dead_code)] // the failover benchmark always has a database (`at`)
     pub fn from_env(vars: &[&str]) -> Option<ScratchPg> {
         let Some(admin_url) = vars.iter().find_map(|v| std::env::var(v).ok()) else {
             println!("PostgreSQL skipped: set WAGATE_BENCH_DATABASE_URL");
             return None;
         };
+        Some(Self::at(&admin_url))
+    }
+
+    /// A scratch database on the server `admin_url` names.
+    pub fn at(admin_url: &str) -> ScratchPg {
         let name = format!(
             "wagate_bench_{}",
             hex::encode(wagate::crypto::random_bytes::<4>())
         );
-        let mut admin = diesel::PgConnection::establish(&admin_url).expect("PostgreSQL");
+        let mut admin = diesel::PgConnection::establish(admin_url).expect("PostgreSQL");
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .unwrap();
         let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-        Some(ScratchPg { admin, name, url })
+        ScratchPg { admin, name, url }
     }
 }
 

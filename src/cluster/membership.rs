@@ -398,8 +398,7 @@ impl MoveBudget {
     fn take(&mut self) -> bool {
         let now = Instant::now();
         let rate = self.per_minute as f64 / 60.0;
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate)
-            .min(1.0);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(1.0);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
