@@ -156,16 +156,27 @@ impl Peers {
         )))
     }
 
-    pub async fn snapshot(&self, url: &str, device_id: &str) -> Result<Option<Snapshot>> {
-        let mut c = self.client(url)?;
-        let req = pb::GetSnapshotRequest {
-            session_id: device_id.to_owned(),
-        };
-        let r = tokio::time::timeout(Duration::from_secs(2), c.get_snapshot(req))
+    /// One forwarded call, bounded by `limit`, its failure as the owner's error.
+    async fn unary<R, F, Fut>(&self, url: &str, limit: Duration, call: F) -> Result<R>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let c = self.client(url)?;
+        Ok(tokio::time::timeout(limit, call(c))
             .await
             .map_err(|_| unreachable_owner())?
             .map_err(remote_error)?
-            .into_inner();
+            .into_inner())
+    }
+
+    pub async fn snapshot(&self, url: &str, device_id: &str) -> Result<Option<Snapshot>> {
+        let session_id = device_id.to_owned();
+        let r = self
+            .unary(url, Duration::from_secs(2), |mut c| async move {
+                c.get_snapshot(pb::GetSnapshotRequest { session_id }).await
+            })
+            .await?;
         Ok(r.running
             .then(|| r.snapshot.map(from_proto).unwrap_or_default()))
     }
@@ -206,55 +217,43 @@ impl Peers {
     }
 
     pub async fn pairing_code(&self, url: &str, device_id: &str, phone: &str) -> Result<String> {
-        let mut c = self.client(url)?;
-        let req = pb::RequestPairingCodeRequest {
-            session_id: device_id.to_owned(),
-            phone: phone.to_owned(),
-        };
-        Ok(
-            tokio::time::timeout(PAIRING_TIMEOUT, c.request_pairing_code(req))
-                .await
-                .map_err(|_| unreachable_owner())?
-                .map_err(remote_error)?
-                .into_inner()
-                .code,
-        )
+        let (session_id, phone) = (device_id.to_owned(), phone.to_owned());
+        let r = self
+            .unary(url, PAIRING_TIMEOUT, |mut c| async move {
+                let req = pb::RequestPairingCodeRequest { session_id, phone };
+                c.request_pairing_code(req).await
+            })
+            .await?;
+        Ok(r.code)
     }
 
     pub async fn restart(&self, url: &str, device_id: &str) -> Result<()> {
-        let mut c = self.client(url)?;
-        let req = pb::RestartSessionRequest {
-            session_id: device_id.to_owned(),
-        };
-        tokio::time::timeout(CALL_TIMEOUT, c.restart_session(req))
-            .await
-            .map_err(|_| unreachable_owner())?
-            .map_err(remote_error)?;
-        Ok(())
+        let session_id = device_id.to_owned();
+        self.unary(url, CALL_TIMEOUT, |mut c| async move {
+            c.restart_session(pb::RestartSessionRequest { session_id })
+                .await
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn stop(&self, url: &str, device_id: &str) -> Result<()> {
-        let mut c = self.client(url)?;
-        let req = pb::StopSessionRequest {
-            session_id: device_id.to_owned(),
-        };
-        tokio::time::timeout(CALL_TIMEOUT, c.stop_session(req))
-            .await
-            .map_err(|_| unreachable_owner())?
-            .map_err(remote_error)?;
-        Ok(())
+        let session_id = device_id.to_owned();
+        self.unary(url, CALL_TIMEOUT, |mut c| async move {
+            c.stop_session(pb::StopSessionRequest { session_id }).await
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn logout(&self, url: &str, device_id: &str) -> Result<()> {
-        let mut c = self.client(url)?;
-        let req = pb::LogoutSessionRequest {
-            session_id: device_id.to_owned(),
-        };
-        tokio::time::timeout(CALL_TIMEOUT, c.logout_session(req))
-            .await
-            .map_err(|_| unreachable_owner())?
-            .map_err(remote_error)?;
-        Ok(())
+        let session_id = device_id.to_owned();
+        self.unary(url, CALL_TIMEOUT, |mut c| async move {
+            c.logout_session(pb::LogoutSessionRequest { session_id })
+                .await
+        })
+        .await
+        .map(drop)
     }
 
     /// Wakes a node's balancing at once (sessions were released); best effort.
