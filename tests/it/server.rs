@@ -197,3 +197,51 @@ async fn cli_quick_start() {
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["data"]["id"], id);
 }
+
+/// `wagate cluster status|drain|resume` read and change the node registry every node shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_cli_shows_and_drains_nodes() {
+    let t = TestApp::init(TestDb::sqlite())
+        .node("node-cli")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = t.db.url.clone();
+    let state = || {
+        let v = wagate(
+            dir.path(),
+            &["cluster", "status", "--json", "--database-url", &url],
+        );
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == "node-cli")
+            .map(|n| n["state"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("node-cli registered: {v}"))
+    };
+    assert_eq!(state(), "live");
+    let out = wagate(
+        dir.path(),
+        &["cluster", "drain", "node-cli", "--database-url", &url],
+    );
+    assert!(out.as_str().unwrap().contains("drains"), "{out}");
+    assert_eq!(state(), "draining");
+    wagate(
+        dir.path(),
+        &["cluster", "resume", "node-cli", "--database-url", &url],
+    );
+    assert_eq!(state(), "live");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_wagate"))
+        .args(["cluster", "drain", "nope", "--database-url", &url])
+        .env_remove("WAGATE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("node not found"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    t.shutdown().await;
+}
