@@ -267,10 +267,16 @@ async fn a_refused_item_is_isolated_at_once(db: TestDb) {
     // Bounded below SQLite's busy_timeout (10 s), past which a plugged writer would fail.
     let wait = if t.db.is_postgres() { 25 } else { 8 };
     let backlog = || gw.accept_backlog();
-    // B's 50 first: the writers take what comes first and block on the plug; the rest
-    // queue. Once the backlog holds still, every writer is busy.
-    let goods =
-        futures::future::join_all((0..50).map(|i| send(b.clone(), format!("62812{i:08}"), i)));
+    // B's 50 first, 20 ms apart: each idle writer takes what has arrived and blocks on the
+    // plug; the rest queue (sent all at once, one writer could drain the whole burst into
+    // its batch and leave nothing queued). Once the backlog holds still, every writer is busy.
+    let goods = futures::future::join_all((0..50).map(|i| {
+        let b = b.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            send(b, format!("62812{i:08}"), i).await
+        }
+    }));
     tokio::pin!(goods);
     let last = std::cell::Cell::new(0);
     tokio::select! {
