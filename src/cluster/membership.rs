@@ -317,7 +317,7 @@ impl Membership {
 
     /// Stops a session here gracefully and releases its lease for another node.
     pub async fn release_one(&self, device_id: &str) {
-        if let Some(fence) = self.local.hand_over(device_id).await {
+        if let Some(fence) = self.local.stop(device_id).await {
             ::metrics::counter!("wagate_session_handovers_total", "side" => "given").increment(1);
             self.release(fence).await;
         }

@@ -2,7 +2,6 @@
 //! [`Operator`] (the operator token) may read or change it.
 
 use super::Gateway;
-use crate::cluster::peers::NodeKey;
 use crate::error::{Error, Result};
 use crate::storage::cluster::{self, NodeStatus};
 
@@ -103,9 +102,8 @@ impl Gateway {
 
     /// Checks a node-to-node token for `path` (the internal gRPC service).
     pub fn verify_node_token(&self, token: Option<&str>, path: &str) -> Result<()> {
-        let key = NodeKey::from_master(self.master_key());
         token
-            .and_then(|t| key.verify(t, path, crate::storage::now_ms()))
+            .and_then(|t| self.node_key().verify(t, path, crate::storage::now_ms()))
             .map(drop)
             .ok_or(Error::InvalidToken)
     }

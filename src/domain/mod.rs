@@ -89,6 +89,8 @@ struct Inner {
     /// Open event streams on this node (each holds a task and polls the database).
     streams: Arc<tokio::sync::Semaphore>,
     hashing: accounts::PasswordHasherPool,
+    /// Signs and checks node-to-node calls; derived once from the master key.
+    node_key: crate::cluster::peers::NodeKey,
 }
 
 /// Event streams one node serves at once.
@@ -106,6 +108,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 auth: auth::AuthCache::new(settings.credential_cache_ttl),
                 hashing: accounts::PasswordHasherPool::new(&settings.hashing),
+                node_key: crate::cluster::peers::NodeKey::from_master(&key),
                 db,
                 settings,
                 key,
@@ -143,8 +146,8 @@ impl Gateway {
             .map(drop)
     }
 
-    pub(crate) fn master_key(&self) -> &MasterKey {
-        &self.inner.key
+    pub(crate) fn node_key(&self) -> &crate::cluster::peers::NodeKey {
+        &self.inner.node_key
     }
 
     pub fn admin(&self) -> admin::Admin {

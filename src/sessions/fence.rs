@@ -32,13 +32,6 @@ impl LeaseClock {
         }
     }
 
-    /// A clock that is always valid: a node without leases to lose (tests of one node).
-    pub fn always_valid() -> Self {
-        let c = Self::new();
-        c.valid_until_ms.store(u64::MAX, Ordering::Release);
-        c
-    }
-
     /// A renewal sent at `sent` succeeded: the leases hold until `sent + ttl - margin`.
     pub fn renewed(&self, sent: Instant, valid_for: Duration) {
         let until = (sent.saturating_duration_since(self.origin) + valid_for).as_millis() as u64;

@@ -316,12 +316,6 @@ impl SessionManager {
         futures::future::join_all(ids.iter().map(|id| self.cut(id))).await;
     }
 
-    /// Stops a session gracefully so another node can take it over; answers the lease to
-    /// release.
-    pub async fn hand_over(&self, device_id: &str) -> Option<Fence> {
-        self.stop_slot(device_id).await
-    }
-
     /// Stops every session (graceful shutdown), in parallel, and records the live ones as
     /// `disconnected` (a QR that can no longer be scanned as `pending`) so their stored state
     /// does not claim a connection nobody holds. Terminal states (banned, failed, …) stay:
@@ -372,6 +366,7 @@ impl SessionManager {
 
     // -- what callers ask of a session running here (routed by `cluster::ClusterSessions`)
 
+    /// Stops a session gracefully (also to hand it over); answers the lease it ran under.
     pub async fn stop(&self, device_id: &str) -> Option<Fence> {
         self.stop_slot(device_id).await
     }

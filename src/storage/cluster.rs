@@ -11,8 +11,8 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
-use super::DbConn;
 use super::schema::{nodes, session_leases};
+use super::{Backend, DbConn};
 use crate::db_run;
 use crate::error::{Error, Result};
 
@@ -224,9 +224,9 @@ pub fn claim(conn: &mut DbConn, node: &str, limit: i64, ttl_ms: i64) -> Result<V
             .bind::<Text, _>(node)
             .bind::<BigInt, _>(ttl_ms)
             .load::<Held>(c)?,
-            DbConn::Sqlite(c) => {
+            DbConn::Sqlite(_) => {
                 // One writer (the transaction is BEGIN IMMEDIATE): read, then update.
-                let free: Vec<(String, Option<String>)> = session_leases::table
+                let free: Vec<(String, Option<String>)> = db_run!(conn, |c| session_leases::table
                     .filter(
                         session_leases::owner
                             .is_null()
@@ -235,18 +235,10 @@ pub fn claim(conn: &mut DbConn, node: &str, limit: i64, ttl_ms: i64) -> Result<V
                     .order(session_leases::expires_at.asc())
                     .limit(limit)
                     .select((session_leases::device_id, session_leases::owner))
-                    .load(c)?;
+                    .load(c))?;
                 let mut held = Vec::with_capacity(free.len());
                 for (device_id, previous) in free {
-                    let epoch: i64 = diesel::update(session_leases::table.find(&device_id))
-                        .set((
-                            session_leases::owner.eq(node),
-                            session_leases::epoch.eq(session_leases::epoch + 1),
-                            session_leases::expires_at.eq(now + ttl_ms),
-                            session_leases::acquired_at.eq(now),
-                        ))
-                        .returning(session_leases::epoch)
-                        .get_result(c)?;
+                    let epoch = take(conn, &device_id, node, now, ttl_ms)?;
                     held.push(Held {
                         device_id,
                         epoch,
@@ -271,14 +263,7 @@ pub fn claim_one(
     conn.transaction(|conn| {
         let now = db_now(conn)?;
         want(conn, device_id)?;
-        let lock = match conn {
-            DbConn::Postgres(_) => " FOR UPDATE",
-            DbConn::Sqlite(_) => "",
-        };
         let current: Option<(Option<String>, i64, i64)> = {
-            let sql = format!(
-                "SELECT owner, epoch, expires_at FROM session_leases WHERE device_id = $1{lock}"
-            );
             #[derive(QueryableByName)]
             struct Row {
                 #[diesel(sql_type = Nullable<Text>)]
@@ -288,8 +273,15 @@ pub fn claim_one(
                 #[diesel(sql_type = BigInt)]
                 expires_at: i64,
             }
-            let sql = portable(conn, &sql);
-            let row: Option<Row> = db_run!(conn, |c| diesel::sql_query(sql.as_str())
+            let sql = conn.portable_sql(match conn.backend() {
+                Backend::Postgres => {
+                    "SELECT owner, epoch, expires_at FROM session_leases WHERE device_id = $1 FOR UPDATE"
+                }
+                Backend::Sqlite => {
+                    "SELECT owner, epoch, expires_at FROM session_leases WHERE device_id = $1"
+                }
+            });
+            let row: Option<Row> = db_run!(conn, |c| diesel::sql_query(sql.as_ref())
                 .bind::<Text, _>(device_id)
                 .get_result(c)
                 .optional())?;
@@ -306,17 +298,7 @@ pub fn claim_one(
             })),
             Some(_) if expires_at >= now => Ok(None),
             previous => {
-                let epoch: i64 = db_run!(conn, |c| diesel::update(
-                    session_leases::table.find(device_id)
-                )
-                .set((
-                    session_leases::owner.eq(node),
-                    session_leases::epoch.eq(session_leases::epoch + 1),
-                    session_leases::expires_at.eq(now + ttl_ms),
-                    session_leases::acquired_at.eq(now),
-                ))
-                .returning(session_leases::epoch)
-                .get_result(c))?;
+                let epoch = take(conn, device_id, node, now, ttl_ms)?;
                 Ok(Some(Held {
                     device_id: device_id.to_owned(),
                     epoch,
@@ -325,6 +307,21 @@ pub fn claim_one(
             }
         }
     })
+}
+
+/// Makes `node` the owner of a lease it was allowed to claim, with a new epoch; answers it.
+fn take(conn: &mut DbConn, device_id: &str, node: &str, now: i64, ttl_ms: i64) -> Result<i64> {
+    Ok(db_run!(conn, |c| diesel::update(
+        session_leases::table.find(device_id)
+    )
+    .set((
+        session_leases::owner.eq(node),
+        session_leases::epoch.eq(session_leases::epoch + 1),
+        session_leases::expires_at.eq(now + ttl_ms),
+        session_leases::acquired_at.eq(now),
+    ))
+    .returning(session_leases::epoch)
+    .get_result(c))?)
 }
 
 /// The session should run somewhere: its lease row exists (unowned if new).
@@ -379,14 +376,7 @@ pub fn leave(conn: &mut DbConn, node: &str, instance: &str) -> Result<usize> {
         if mine == 0 {
             return Ok(0);
         }
-        Ok(db_run!(conn, |c| diesel::update(
-            session_leases::table.filter(session_leases::owner.eq(node)),
-        )
-        .set((
-            session_leases::owner.eq(None::<String>),
-            session_leases::expires_at.eq(0),
-        ))
-        .execute(c))?)
+        release_all(conn, node)
     })
 }
 
@@ -413,35 +403,21 @@ pub fn lease_of(conn: &mut DbConn, device_id: &str) -> Result<Option<LeaseView>>
     }))
 }
 
-/// The owners of several sessions (live leases only), for listings.
-pub fn owners(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(String, String)>> {
-    let now = db_now(conn)?;
-    let rows: Vec<(String, Option<String>)> = db_run!(conn, |c| session_leases::table
-        .filter(session_leases::device_id.eq_any(device_ids))
-        .filter(session_leases::expires_at.ge(now))
-        .select((session_leases::device_id, session_leases::owner))
-        .load(c))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(d, o)| o.map(|o| (d, o)))
-        .collect())
-}
-
 /// Refuses (`SessionMoved`) unless `fence` still holds the session's lease. Call it inside
 /// the transaction of the write it guards.
 pub fn check_fence(conn: &mut DbConn, fence: &Fence) -> Result<()> {
-    let sql = match conn {
-        DbConn::Postgres(_) => {
+    let sql = conn.portable_sql(match conn.backend() {
+        Backend::Postgres => {
             "SELECT epoch FROM session_leases WHERE device_id = $1 AND owner = $2 FOR SHARE"
         }
-        DbConn::Sqlite(_) => "SELECT epoch FROM session_leases WHERE device_id = ?1 AND owner = ?2",
-    };
+        Backend::Sqlite => "SELECT epoch FROM session_leases WHERE device_id = $1 AND owner = $2",
+    });
     #[derive(QueryableByName)]
     struct Epoch {
         #[diesel(sql_type = BigInt)]
         epoch: i64,
     }
-    let found: Option<Epoch> = db_run!(conn, |c| diesel::sql_query(sql)
+    let found: Option<Epoch> = db_run!(conn, |c| diesel::sql_query(sql.as_ref())
         .bind::<Text, _>(&fence.device_id)
         .bind::<Text, _>(&fence.node)
         .get_result(c)
@@ -496,22 +472,6 @@ pub fn set_draining(conn: &mut DbConn, node: &str, draining: bool) -> Result<boo
     Ok(n == 1)
 }
 
-/// Forgets nodes stopped or dead for longer than `older_than_ms` (they own nothing).
-pub fn forget_nodes(conn: &mut DbConn, older_than_ms: i64) -> Result<usize> {
-    let now = db_now(conn)?;
-    Ok(db_run!(conn, |c| diesel::delete(
-        nodes::table.filter(nodes::heartbeat_at.lt(now - older_than_ms)),
-    )
-    .execute(c))?)
-}
-
-fn portable(conn: &DbConn, sql: &str) -> String {
-    match conn {
-        DbConn::Postgres(_) => sql.to_owned(),
-        DbConn::Sqlite(_) => sql.replace('$', "?"),
-    }
-}
-
 /// Where the live owners of these sessions answer: `(device_id, advertise_url)`.
 pub fn owner_urls(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(String, String)>> {
     let now = db_now(conn)?;
@@ -523,15 +483,15 @@ pub fn owner_urls(conn: &mut DbConn, device_ids: &[String]) -> Result<Vec<(Strin
         .load(c))?)
 }
 
-/// Releases every lease recorded under `node` (they belong to an earlier process of it).
-pub fn release_all(conn: &mut DbConn, node: &str) -> Result<()> {
-    db_run!(conn, |c| diesel::update(
+/// Releases every lease recorded under `node` (at its graceful stop, or at start: they belong
+/// to an earlier process of it); answers how many.
+pub fn release_all(conn: &mut DbConn, node: &str) -> Result<usize> {
+    Ok(db_run!(conn, |c| diesel::update(
         session_leases::table.filter(session_leases::owner.eq(node))
     )
     .set((
         session_leases::owner.eq(None::<String>),
         session_leases::expires_at.eq(0),
     ))
-    .execute(c))?;
-    Ok(())
+    .execute(c))?)
 }
