@@ -315,6 +315,15 @@ impl Membership {
         Ok(())
     }
 
+    /// Stops a session for good: stopped here if it runs here, and its lease dropped so no
+    /// node takes it (what a stop asked by a caller means, here or forwarded from another
+    /// node).
+    pub async fn stop_for_good(&self, device_id: &str) -> Result<()> {
+        self.local.stop(device_id).await;
+        let id = device_id.to_owned();
+        self.db.run(move |c| cluster::unwant(c, &id)).await
+    }
+
     /// Stops a session here gracefully and releases its lease for another node.
     pub async fn release_one(&self, device_id: &str) {
         if let Some(fence) = self.local.stop(device_id).await {

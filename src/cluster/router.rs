@@ -203,14 +203,11 @@ impl SessionControl for ClusterSessions {
 
     async fn stop(&self, device_id: &str) -> Result<()> {
         match self.place(device_id).await? {
-            Place::Here => {
-                self.member.local().stop(device_id).await;
+            Place::There(url) => self.member.peers().stop(&url, device_id).await,
+            Place::Here | Place::Unowned | Place::Nowhere => {
+                self.member.stop_for_good(device_id).await
             }
-            Place::There(url) => return self.member.peers().stop(&url, device_id).await,
-            Place::Unowned | Place::Nowhere => {}
         }
-        let id = device_id.to_owned();
-        self.member.db().run(move |c| cluster::unwant(c, &id)).await
     }
 
     async fn restart(&self, device_id: &str) -> Result<()> {

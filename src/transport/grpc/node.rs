@@ -100,12 +100,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<StopSessionRequest>,
     ) -> Result<Response<StopSessionResponse>, Status> {
-        let id = req.into_inner().session_id;
-        self.member.local().stop(&id).await;
-        self.member
-            .db()
-            .run(move |c| crate::storage::cluster::unwant(c, &id))
-            .await?;
+        self.member.stop_for_good(&req.get_ref().session_id).await?;
         Ok(Response::new(StopSessionResponse {}))
     }
 
