@@ -3,7 +3,9 @@
 //! and concurrent requests (on any number of nodes) cannot overshoot a limit.
 //!
 //! Requests are group-committed: writer threads take whatever is waiting (up to a batch
-//! limit) and commit it in one transaction. On PostgreSQL each batch first locks the
+//! limit) and commit it in one transaction, without waiting for the disk; one flusher
+//! makes the commits durable (`durable`) before their callers are answered, so a writer
+//! runs its next batch while the last one's fsync is under way. On PostgreSQL each batch first locks the
 //! counter rows of its projects in a fixed order, which serialises batches of one project
 //! across nodes without deadlocks (idempotency keys are per project, so they are covered).
 //!
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+use super::durable::{Flusher, Mode};
 use super::media::NewMedia;
 use super::messages::NewMessage;
 use super::schema::{idempotency_keys, media, messages, usage_counters};
@@ -561,20 +564,35 @@ impl AcceptWriter {
         let (tx, rx) = mpsc::channel::<Job>(cfg.capacity);
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(Stats::default());
-        for n in 0..cfg.writers.max(1) {
-            let conn = db.connect()?;
+        let writers = cfg.writers.max(1);
+        let mut first = db.connect()?;
+        let (mode, flusher) = Mode::of(db, &mut first)?;
+        // A few committed batches may wait for the flusher; past that a writer waits too.
+        let (settle, settled) = std::sync::mpsc::sync_channel::<Settle>(writers * 4);
+        let mut first = Some(first);
+        for n in 0..writers {
+            let mut conn = match first.take() {
+                Some(c) => c,
+                None => db.connect()?,
+            };
+            mode.prepare(&mut conn)?;
             let w = Writer {
                 db: db.clone(),
                 conn,
+                mode,
                 stats: stats.clone(),
             };
-            let rx = rx.clone();
+            let (rx, settle) = (rx.clone(), settle.clone());
             let max_batch = cfg.max_batch.max(1);
             std::thread::Builder::new()
                 .name(format!("wagate-accept-{n}"))
-                .spawn(move || writer_loop(w, rx, max_batch))
+                .spawn(move || writer_loop(w, rx, settle, max_batch))
                 .map_err(Error::internal)?;
         }
+        std::thread::Builder::new()
+            .name("wagate-accept-flush".into())
+            .spawn(move || flush_loop(flusher, settled))
+            .map_err(Error::internal)?;
         Ok(AcceptWriter {
             tx,
             enqueue_timeout: cfg.enqueue_timeout,
@@ -614,10 +632,20 @@ impl AcceptWriter {
 struct Writer {
     db: Db,
     conn: DbConn,
+    /// How its connections commit (the flusher waits for the disk).
+    mode: Mode,
     stats: Arc<Stats>,
 }
 
-fn writer_loop(mut w: Writer, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+/// A committed batch's answers, held until the flusher has its commit on disk.
+type Settle = Vec<(oneshot::Sender<Result<Accepted>>, Result<Accepted>)>;
+
+fn writer_loop(
+    mut w: Writer,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    settle: std::sync::mpsc::SyncSender<Settle>,
+    max_batch: usize,
+) {
     loop {
         let batch = {
             let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -640,8 +668,33 @@ fn writer_loop(mut w: Writer, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: us
         metrics::histogram!("wagate_accept_batch_size").record(batch.len() as f64);
         let items: Vec<AcceptItem> = batch.iter().map(|j| j.item.clone()).collect();
         let outcomes = w.commit(&items);
-        for (job, outcome) in batch.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome);
+        let answers = batch.into_iter().map(|j| j.reply).zip(outcomes).collect();
+        if settle.send(answers).is_err() {
+            return; // the flusher is gone: shutting down
+        }
+    }
+}
+
+/// Answers committed batches once they are durable: one flush for all that are waiting.
+/// When the flush fails, nothing is known of what was accepted: each such answer becomes
+/// a 503 (the client retries with its idempotency key, a replay if the row was durable).
+fn flush_loop(mut flusher: Flusher, settled: std::sync::mpsc::Receiver<Settle>) {
+    while let Ok(first) = settled.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(settled.try_iter());
+        let flushed = flusher.flush();
+        metrics::histogram!("wagate_accept_flush_batches").record(waiting.len() as f64);
+        if let Err(e) = &flushed {
+            tracing::warn!(error = %e, "accepted batches could not be made durable");
+        }
+        for (reply, outcome) in waiting.into_iter().flatten() {
+            let outcome = match &flushed {
+                Ok(()) => outcome,
+                Err(_) => outcome.and(Err(Error::Unavailable(
+                    "the database did not confirm the write".into(),
+                ))),
+            };
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -684,7 +737,11 @@ impl Writer {
                 metrics::counter!("wagate_accept_batch_retries_total").increment(1);
             }
             if broken || attempt > 0 {
-                match self.db.connect() {
+                match self
+                    .db
+                    .connect()
+                    .and_then(|mut c| self.mode.prepare(&mut c).map(|()| c))
+                {
                     Ok(fresh) => self.conn = fresh,
                     Err(e) => {
                         last = Some(Failure {

@@ -15,6 +15,7 @@ pub mod accept;
 pub mod accounts;
 pub mod cluster;
 pub mod devices;
+pub mod durable;
 pub mod events;
 pub mod inbound;
 pub mod media;
