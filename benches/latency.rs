@@ -103,7 +103,11 @@ struct Hooks {
 
 type SharedHooks = Arc<Mutex<Hooks>>;
 
-async fn hook(State(seen): State<SharedHooks>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn hook(
+    State(seen): State<SharedHooks>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     let at = Instant::now();
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return StatusCode::OK;
@@ -217,8 +221,12 @@ async fn wa_send(client: &Client, to: &str, id: &str) -> bool {
         conversation: Some(format!("latency {id}")),
         ..Default::default()
     };
-    let send = client.send_message_with_options(jid(to), msg, SendOptions::default().with_message_id(id));
-    matches!(tokio::time::timeout(Duration::from_secs(30), send).await, Ok(Ok(_)))
+    let send =
+        client.send_message_with_options(jid(to), msg, SendOptions::default().with_message_id(id));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(30), send).await,
+        Ok(Ok(_))
+    )
 }
 
 /// WhatsApp ids unique to this run: `3EB0` + 16 hex digits, like the clients' own.
@@ -263,7 +271,11 @@ async fn rk_send(
     if status != 201 {
         return Err(format!("{status}: {v}"));
     }
-    Ok((v["data"]["id"].as_str().unwrap_or_default().to_owned(), t0, t1))
+    Ok((
+        v["data"]["id"].as_str().unwrap_or_default().to_owned(),
+        t0,
+        t1,
+    ))
 }
 
 /// Waits until `done` holds, at most `limit`; answers whether it did.
@@ -443,9 +455,16 @@ async fn run_backend(
     let mut warm_ids = Vec::new();
     for s in linked.iter() {
         for r in recipients {
-            let (id, _, _) = rk_send(&http, &send_url, &project, &s.device_code, &r.phone, "warm-up".into())
-                .await
-                .unwrap();
+            let (id, _, _) = rk_send(
+                &http,
+                &send_url,
+                &project,
+                &s.device_code,
+                &r.phone,
+                "warm-up".into(),
+            )
+            .await
+            .unwrap();
             warm_ids.push(id);
         }
     }
@@ -473,7 +492,12 @@ async fn run_backend(
     let total = n as u64 * o.rate * o.seconds;
     let started = Instant::now();
     let answers = steady(total, n as u64 * o.rate, o.in_flight, |i| {
-        let (http, url, p, linked) = (http.clone(), send_url.clone(), project.clone(), linked.clone());
+        let (http, url, p, linked) = (
+            http.clone(),
+            send_url.clone(),
+            project.clone(),
+            linked.clone(),
+        );
         let to = recipients[(i as usize / n) % r_count].phone.clone();
         async move {
             let s = &linked[i as usize % n];
@@ -482,26 +506,47 @@ async fn run_backend(
     })
     .await;
     let sending = started.elapsed();
-    let accepted: Vec<(String, Instant, Instant)> = answers.iter().filter_map(|a| a.as_ref().ok().cloned()).collect();
+    let accepted: Vec<(String, Instant, Instant)> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().cloned())
+        .collect();
     let refused: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
     until(DRAIN, || {
         let h = hooks.lock().unwrap();
-        accepted.iter().all(|(id, _, _)| h.delivered.contains_key(id))
+        accepted
+            .iter()
+            .all(|(id, _, _)| h.delivered.contains_key(id))
     })
     .await;
     gw.check_alive();
     let (answer, to_sent, to_delivered, missing_sent, missing_delivered) = {
         let h = hooks.lock().unwrap();
         let answer = dist(accepted.iter().map(|(_, a, b)| ms(*a, *b)).collect());
-        let to_sent = dist(accepted.iter().filter_map(|(id, _, b)| h.sent.get(id).map(|t| ms(*b, *t))).collect());
+        let to_sent = dist(
+            accepted
+                .iter()
+                .filter_map(|(id, _, b)| h.sent.get(id).map(|t| ms(*b, *t)))
+                .collect(),
+        );
         let to_delivered = dist(
             accepted
                 .iter()
                 .filter_map(|(id, _, b)| h.delivered.get(id).map(|t| ms(*b, *t)))
                 .collect(),
         );
-        let missing = |m: &HashMap<String, Instant>| accepted.iter().filter(|(id, _, _)| !m.contains_key(id)).count();
-        (answer, to_sent, to_delivered, missing(&h.sent), missing(&h.delivered))
+        let missing = |m: &HashMap<String, Instant>| {
+            accepted
+                .iter()
+                .filter(|(id, _, _)| !m.contains_key(id))
+                .count()
+        };
+        (
+            answer,
+            to_sent,
+            to_delivered,
+            missing(&h.sent),
+            missing(&h.delivered),
+        )
     };
     println!(
         "[{label}] outbound: {} accepted, {} refused, sent in {:.1} s ({:.0} msg/s; {n} sessions x {} msg/s to {r_count} recipients)",
@@ -547,8 +592,16 @@ async fn run_backend(
     gw.check_alive();
     let (inbound, missing_in, duplicates) = {
         let h = hooks.lock().unwrap();
-        let d = dist(sent_in.iter().filter_map(|(id, t0)| h.received.get(id).map(|t| ms(*t0, *t))).collect());
-        let missing = sent_in.iter().filter(|(id, _)| !h.received.contains_key(id)).count();
+        let d = dist(
+            sent_in
+                .iter()
+                .filter_map(|(id, t0)| h.received.get(id).map(|t| ms(*t0, *t)))
+                .collect(),
+        );
+        let missing = sent_in
+            .iter()
+            .filter(|(id, _)| !h.received.contains_key(id))
+            .count();
         (d, missing, h.duplicates)
     };
     println!(
@@ -557,12 +610,17 @@ async fn run_backend(
         o.inbound_rate
     );
     println!("[{label}]   send -> webhook:     {inbound}");
-    println!("[{label}]   without webhook: {missing_in}; duplicate webhook deliveries: {duplicates}");
+    println!(
+        "[{label}]   without webhook: {missing_in}; duplicate webhook deliveries: {duplicates}"
+    );
 
     drop(c);
     drop(webhooks);
     let stopped = gw.stop();
-    println!("[{label}] gateway stopped (SIGTERM) in {:.2} s", stopped.as_secs_f64());
+    println!(
+        "[{label}] gateway stopped (SIGTERM) in {:.2} s",
+        stopped.as_secs_f64()
+    );
     assert_eq!(
         (missing_sent, missing_delivered, missing_in, duplicates),
         (0, 0, 0, 0),
@@ -576,7 +634,13 @@ async fn run_backend(
 }
 
 /// The floor: the recipients sending to each other at `per_sec`, no gateway in between.
-async fn reference(recipients: &[Recipient], per_sec: u64, seconds: u64, in_flight: usize, run: u32) {
+async fn reference(
+    recipients: &[Recipient],
+    per_sec: u64,
+    seconds: u64,
+    in_flight: usize,
+    run: u32,
+) {
     let r = recipients.len();
     if r < 2 {
         println!("[reference] skipped: needs 2 recipients or more");
@@ -601,21 +665,32 @@ async fn reference(recipients: &[Recipient], per_sec: u64, seconds: u64, in_flig
             let to = &peers[(a + 1) % peers.len()].1;
             let id = wa_id(run, 3, i);
             let t0 = Instant::now();
-            wa_send(client, to, &id).await.then_some((id, a, (a + 1) % peers.len(), t0))
+            wa_send(client, to, &id)
+                .await
+                .then_some((id, a, (a + 1) % peers.len(), t0))
         }
     })
     .await;
     let sent: Vec<_> = sends.into_iter().flatten().collect();
     until(DRAIN, || {
-        sent.iter()
-            .all(|(id, from, _, _)| recipients[*from].seen.lock().unwrap().delivered.contains_key(id))
+        sent.iter().all(|(id, from, _, _)| {
+            recipients[*from]
+                .seen
+                .lock()
+                .unwrap()
+                .delivered
+                .contains_key(id)
+        })
     })
     .await;
     let pick = |f: &dyn Fn(&Seen) -> &HashMap<String, Instant>, side: bool| {
         dist(
             sent.iter()
                 .filter_map(|(id, from, to, t0)| {
-                    let s = recipients[if side { *to } else { *from }].seen.lock().unwrap();
+                    let s = recipients[if side { *to } else { *from }]
+                        .seen
+                        .lock()
+                        .unwrap();
                     f(&s).get(id).map(|t| ms(*t0, *t))
                 })
                 .collect(),
@@ -625,9 +700,18 @@ async fn reference(recipients: &[Recipient], per_sec: u64, seconds: u64, in_flig
         "[reference] {} client-to-client messages at {per_sec} msg/s, no gateway:",
         sent.len()
     );
-    println!("[reference]   send -> server ack:   {}", pick(&|s| &s.acked, false));
-    println!("[reference]   send -> receipt:      {}", pick(&|s| &s.delivered, false));
-    println!("[reference]   send -> peer message: {}", pick(&|s| &s.received, true));
+    println!(
+        "[reference]   send -> server ack:   {}",
+        pick(&|s| &s.acked, false)
+    );
+    println!(
+        "[reference]   send -> receipt:      {}",
+        pick(&|s| &s.delivered, false)
+    );
+    println!(
+        "[reference]   send -> peer message: {}",
+        pick(&|s| &s.received, true)
+    );
 }
 
 fn verdict(p99: f64) -> &'static str {

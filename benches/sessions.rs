@@ -79,7 +79,12 @@ fn mib(kib: f64) -> f64 {
 /// connection must also be newer than the process.
 async fn connected(c: &mut Sessions, p: &Project, since: i64) -> Option<(usize, usize)> {
     let l = c
-        .list_sessions(signed(p, SVC, "ListSessions", ListSessionsRequest::default()))
+        .list_sessions(signed(
+            p,
+            SVC,
+            "ListSessions",
+            ListSessionsRequest::default(),
+        ))
         .await
         .ok()?
         .into_inner();

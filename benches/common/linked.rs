@@ -23,6 +23,7 @@ pub struct Gateway {
     child: Option<Child>,
     pub addr: std::net::SocketAddr,
     log: PathBuf,
+    #[allow(dead_code)] // the sessions benchmark times its restart from it
     pub started: Instant,
 }
 
