@@ -29,23 +29,18 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/linked.rs"]
+mod linked;
 #[path = "common/process.rs"]
 mod process;
-use process::{GATEWAY, spawn_gateway, tail};
 
 use common::{ScratchPg, flag};
 use futures::StreamExt;
-use prost::Message;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use linked::{Gateway, Project, Sessions, create_project, link, signed};
 use std::time::{Duration, Instant};
-use wagate::client;
-use wagate::proto::v1::sessions_service_client::SessionsServiceClient;
-use wagate::proto::v1::{
-    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, ListSessionsRequest, SessionState,
-};
+use wagate::proto::v1::{ListSessionsRequest, SessionState};
 
-const SVC: &str = "/wagate.v1.SessionsService/";
+const SVC: &str = "wagate.v1.SessionsService";
 
 struct Opts {
     sessions: usize,
@@ -58,102 +53,6 @@ fn opts() -> Opts {
         sessions: flag("--sessions", 200).clamp(1, 2000) as usize,
         concurrency: flag("--concurrency", 16).clamp(1, 256) as usize,
         idle: flag("--idle", 5).clamp(1, 120),
-    }
-}
-
-/// The gateway process; killed (SIGKILL) when dropped, so a failing or panicking benchmark
-/// never leaves it behind.
-struct Gateway {
-    child: Option<Child>,
-    addr: std::net::SocketAddr,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Gateway {
-    fn spawn(db_url: &str, key: &str, ws_url: &str, log: &Path) -> Gateway {
-        let started = Instant::now();
-        let (child, addr) = spawn_gateway(
-            db_url,
-            key,
-            &["--whatsapp-url", ws_url, "--node-id", "bench"],
-            log,
-        );
-        Gateway {
-            child: Some(child),
-            addr,
-            log: log.to_owned(),
-            started,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn check_alive(&mut self) {
-        if let Some(status) = self
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            panic!(
-                "the gateway exited with {status}; its log:\n{}",
-                tail(&self.log)
-            );
-        }
-    }
-
-    /// Waits until the gateway answers gRPC, at most 30 s.
-    async fn connect(&mut self) -> Sessions {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://{}", self.addr);
-        loop {
-            self.check_alive();
-            if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                return SessionsServiceClient::new(ch);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not listen within 30 s; its log:\n{}",
-                tail(&self.log)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for a graceful exit (at most 30 s, then SIGKILL).
-    fn stop(&mut self) -> Duration {
-        let t0 = Instant::now();
-        let Some(mut child) = self.child.take() else {
-            return Duration::ZERO;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return t0.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("the gateway did not stop within 30 s of SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-        t0.elapsed()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -174,132 +73,18 @@ fn mib(kib: f64) -> f64 {
     kib / 1024.0
 }
 
-type Sessions = SessionsServiceClient<tonic::transport::Channel>;
-
-#[derive(Clone)]
-struct Project {
-    api_key: String,
-    api_secret: String,
-}
-
-fn signed<T: Message>(p: &Project, method: &str, msg: T) -> tonic::Request<T> {
-    let ts = client::unix_now();
-    let path = format!("{SVC}{method}");
-    let sig = client::grpc_signature(&p.api_key, &p.api_secret, &ts, &path, &msg.encode_to_vec());
-    let mut req = tonic::Request::new(msg);
-    let md = req.metadata_mut();
-    md.insert("x-api-key", p.api_key.parse().unwrap());
-    md.insert("x-timestamp", ts.parse().unwrap());
-    md.insert("x-signature", sig.parse().unwrap());
-    req
-}
-
-/// `wagate project create --json` on the benchmark's database.
-fn create_project(db_url: &str, key: &str, max_sessions: usize) -> Project {
-    let out = Command::new(GATEWAY)
-        .args(["project", "create", "--json", "--name", "bench-sessions"])
-        .args(["--max-sessions", &max_sessions.to_string()])
-        .args(["--database-url", db_url, "--master-key", key])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("wagate project create");
-    assert!(
-        out.status.success(),
-        "wagate project create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("project JSON");
-    Project {
-        api_key: v["api_key"].as_str().expect("api_key").into(),
-        api_secret: v["api_secret"].as_str().expect("api_secret").into(),
-    }
-}
-
-/// Creates one session, waits for its QR, has wasim's phone `phone` scan it and waits until
-/// the session reports connected. Returns how long that took.
-async fn link(
-    mut c: Sessions,
-    p: &Project,
-    admin: &wasim::client::Admin,
-    i: usize,
-    phone: String,
-) -> Duration {
-    let t0 = Instant::now();
-    let s = c
-        .create_session(signed(
-            p,
-            "CreateSession",
-            CreateSessionRequest {
-                name: format!("bench-{i}"),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("CreateSession {i}: {e}"))
-        .into_inner()
-        .session
-        .expect("session");
-    let id = s.session_id;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let qr = loop {
-        let q = c
-            .get_qr_code(signed(
-                p,
-                "GetQrCode",
-                GetQrCodeRequest {
-                    session_id: id.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("GetQrCode {i}: {e}"))
-            .into_inner();
-        if !q.qr_code.is_empty() {
-            break q.qr_code;
-        }
-        assert!(Instant::now() < deadline, "no QR for session {i} in 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    admin
-        .scan(&qr, &phone)
-        .await
-        .unwrap_or_else(|e| panic!("scan for session {i}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = c
-            .get_session(signed(
-                p,
-                "GetSession",
-                GetSessionRequest {
-                    session_id: id.clone(),
-                },
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("GetSession {i}: {e}"))
-            .into_inner()
-            .session
-            .expect("session");
-        if s.state == SessionState::Connected as i32 {
-            return t0.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "session {i} not connected 60 s after the scan (state {}, {})",
-            s.state,
-            s.reason
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Number of the project's sessions that report connected since `since` (Unix ms), and the
 /// total. A session not yet started by this process answers the state stored before the
 /// restart (often "connected"), so the state alone does not prove a reconnect: the
 /// connection must also be newer than the process.
 async fn connected(c: &mut Sessions, p: &Project, since: i64) -> Option<(usize, usize)> {
     let l = c
-        .list_sessions(signed(p, "ListSessions", ListSessionsRequest::default()))
+        .list_sessions(signed(
+            p,
+            SVC,
+            "ListSessions",
+            ListSessionsRequest::default(),
+        ))
         .await
         .ok()?
         .into_inner();
@@ -355,10 +140,11 @@ async fn run_backend(
     let key = hex::encode(wagate::crypto::random_bytes::<32>());
     let ws_url = sim.ws_url();
     let admin = wasim::client::Admin::new(sim.addr());
-    let project = create_project(db_url, &key, n + 10);
+    let max = (n + 10).to_string();
+    let project = create_project(db_url, &key, "bench-sessions", &["--max-sessions", &max]);
 
     // Baseline: the gateway up, migrated, serving, with no session.
-    let mut gw = Gateway::spawn(db_url, &key, &ws_url, &log);
+    let mut gw = Gateway::spawn(db_url, &key, &ws_url, &[], &log);
     let mut c = gw.connect().await;
     connected(&mut c, &project, 0).await.expect("ListSessions");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -374,7 +160,8 @@ async fn run_backend(
     let mut times: Vec<Duration> = futures::stream::iter(0..n)
         .map(|i| {
             let phone = format!("{phones}{i:04}");
-            link(c.clone(), &project, &admin, i, phone)
+            let (c, project, admin) = (c.clone(), &project, &admin);
+            async move { link(c, project, admin, i, phone).await.1 }
         })
         .buffer_unordered(o.concurrency)
         .collect()
@@ -416,7 +203,7 @@ async fn run_backend(
         stopped.as_secs_f64()
     );
     let restart_ms = unix_ms();
-    let mut gw = Gateway::spawn(db_url, &key, &ws_url, &log);
+    let mut gw = Gateway::spawn(db_url, &key, &ws_url, &[], &log);
     let mut c = gw.connect().await;
     let listening = gw.started.elapsed();
     let deadline = Duration::from_secs(120);
@@ -430,7 +217,7 @@ async fn run_backend(
                 gw.started.elapsed() < deadline,
                 "only {up}/{n} sessions connected {} s after the restart; gateway log:\n{}",
                 deadline.as_secs(),
-                tail(&log)
+                gw.log_tail()
             );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
