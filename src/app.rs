@@ -272,7 +272,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     let upkeep_gw = gw.clone();
     let dispatch_stop = stopped.clone();
     let janitor_stop = stopped.clone();
-    let (member_stop, nudge_stop) = (stopped.clone(), stopped.clone());
+    let (member_stop, nudge_stop, due_stop) = (stopped.clone(), stopped.clone(), stopped.clone());
     let upkeep = tokio::spawn(async move {
         let gauges = async {
             let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -293,6 +293,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
     }
     tokio::spawn(member.clone().run(member_stop));
     tokio::spawn(peers.run_nudges(nudge_stop));
+    tokio::spawn(member.local().clone().run_due_scan(due_stop));
     tracing::info!(%addr, node = gw.node_id(), backend = ?gw.db().backend(), "wagate listening (REST, gRPC, grpc-web)");
     Ok(Server {
         addr,

@@ -59,15 +59,36 @@ impl Slot {
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
     {
+        self.write_as(db, false, f).await
+    }
+
+    /// [`Self::write`] whose commit does not wait for the disk: for what a replay repairs
+    /// (see [`Db::run_relaxed`]).
+    pub async fn write_relaxed<T, F>(&self, db: &Db, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        self.write_as(db, true, f).await
+    }
+
+    async fn write_as<T, F>(&self, db: &Db, relaxed: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
         let fence = self.fence.clone();
-        let r = db
-            .run(move |c| {
-                c.transaction(|c| {
-                    cluster::check_fence(c, &fence)?;
-                    f(c)
-                })
+        let fenced = move |c: &mut DbConn| {
+            c.transaction(|c| {
+                cluster::check_fence(c, &fence)?;
+                f(c)
             })
-            .await;
+        };
+        let r = if relaxed {
+            db.run_relaxed(fenced).await
+        } else {
+            db.run(fenced).await
+        };
         if matches!(r, Err(Error::SessionMoved)) {
             self.lost.notify_one();
         }
@@ -102,6 +123,12 @@ impl Inner {
 pub struct SessionManager {
     inner: Arc<Inner>,
 }
+
+/// How often the node looks for sessions with a message due (retries, ack deadlines, accepts
+/// whose wake did not reach this node): the longest such a message waits.
+const DUE_SCAN: Duration = Duration::from_secs(2);
+/// Sessions woken per scan at most (the rest on the next one).
+const DUE_SCAN_LIMIT: i64 = 10_000;
 
 /// How long a graceful stop of one session may take before it is aborted.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,6 +187,33 @@ impl SessionManager {
 
     pub fn runs(&self, device_id: &str) -> bool {
         self.slot(device_id).is_some()
+    }
+
+    /// Wakes the outbound worker of every session running here that has a message due, every
+    /// [`DUE_SCAN`], until `stop`: one query for the whole node instead of a timer per session.
+    pub async fn run_due_scan(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(DUE_SCAN) => {}
+                _ = stop.changed() => return,
+            }
+            if self.count() == 0 {
+                continue;
+            }
+            let due = self
+                .inner
+                .db
+                .run(|c| queue::due_sessions(c, now_ms(), DUE_SCAN_LIMIT))
+                .await;
+            match due {
+                Ok(ids) => {
+                    for id in ids {
+                        self.notify_outbound(&id);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "due-message scan failed"),
+            }
+        }
     }
 
     /// Sessions running here that are connected and linked: the ones a rebalance moves
@@ -256,13 +310,17 @@ impl SessionManager {
                 })
             })
             .await?;
+        let epochs: HashMap<&str, i64> = held
+            .iter()
+            .map(|h| (h.device_id.as_str(), h.epoch))
+            .collect();
         let mut started = 0;
         for row in rows {
-            if let Some(h) = held.iter().find(|h| h.device_id == row.id.as_str()) {
+            if let Some(&epoch) = epochs.get(row.id.as_str()) {
                 let fence = Fence {
                     device_id: row.id.to_string(),
                     node: self.inner.node.clone(),
-                    epoch: h.epoch,
+                    epoch,
                 };
                 self.start_row(row, fence);
                 started += 1;

@@ -22,8 +22,8 @@ const LEASE_MS: i64 = 180_000;
 const SEND_TIMEOUT: Duration = Duration::from_secs(120);
 /// After this long without a server ack a written message is sent again (same id).
 const ACK_TIMEOUT_MS: i64 = 60_000;
-/// Polling interval when nothing woke the worker (other nodes may have accepted).
-const POLL: Duration = Duration::from_secs(2);
+/// Pause after a failed claim (the database is down or busy).
+const CLAIM_RETRY: Duration = Duration::from_secs(2);
 /// Largest inbound media downloaded into storage.
 const MAX_INBOUND_MEDIA: u64 = 16 * 1024 * 1024;
 
@@ -51,23 +51,30 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             continue;
         }
         let (device, node) = (slot.device_id.clone(), inner.node.clone());
+        // The claim records each message's WhatsApp id in its own (durable) commit: the
+        // server ack may arrive before `send` returns, and must find the message by it.
         let batch = match slot
             .write(&inner.db, move |c| {
-                queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms())
+                let batch = queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms())?;
+                for m in &batch {
+                    queue::set_wa_id(c, &m.claim(&node), &wa_message_id(&m.id))?;
+                }
+                Ok(batch)
             })
             .await
         {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(device = %slot.device_id, error = %e, "claim failed");
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(CLAIM_RETRY).await;
                 continue;
             }
         };
         if batch.is_empty() {
+            // No timer: an accept here, a forwarded wake or the node's due scan
+            // (`SessionManager::run_due_scan`) wakes an idle worker.
             tokio::select! {
                 _ = slot.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
                 _ = state.changed() => {}
             }
             continue;
@@ -81,19 +88,6 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
 async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow) {
     let wa_id = wa_message_id(&m.id);
     let claim = m.claim(&inner.node);
-    // Record the id first: the server ack may arrive before `send` returns.
-    let (fence, w) = (claim.clone(), wa_id.clone());
-    match slot
-        .write(&inner.db, move |c| queue::set_wa_id(c, &fence, &w))
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return, // the claim was lost (lease expired): someone else has it
-        Err(e) => {
-            tracing::warn!(message = %m.id, error = %e, "cannot record the WhatsApp id");
-            return;
-        }
-    }
     let result = match tokio::time::timeout(SEND_TIMEOUT, send_one(inner, client, &m, &wa_id)).await
     {
         Ok(r) => r,
@@ -102,20 +96,22 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
     let now = now_ms();
     let outcome = match result {
         // Written: wait for the server ack; without one in time it is resent (same id).
+        // Outcomes commit relaxed (`Db::run_relaxed`): one lost to a crash leaves the
+        // message queued under its claim, and it is sent again under the same id.
         Ok(()) => {
-            slot.write(&inner.db, move |c| {
+            slot.write_relaxed(&inner.db, move |c| {
                 queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
             })
             .await
         }
         Err(Failure::Permanent(code, msg)) => {
-            slot.write(&inner.db, move |c| queue::fail(c, &claim, code, &msg, now))
+            slot.write_relaxed(&inner.db, move |c| queue::fail(c, &claim, code, &msg, now))
                 .await
         }
         Err(Failure::Transient(msg)) => {
             tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
             let retry_at = now + queue::backoff_ms(m.attempts);
-            slot.write(&inner.db, move |c| {
+            slot.write_relaxed(&inner.db, move |c| {
                 queue::retry_later(c, &m, &claim.node, &msg, retry_at, now)
             })
             .await

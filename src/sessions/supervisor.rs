@@ -15,12 +15,15 @@ use crate::storage::messages::queue;
 use crate::storage::{now_ms, sessions};
 
 /// Events buffered between the client and the supervisor. The client's ordered mailbox
-/// waits on this channel, so a slow supervisor first fills this, then that mailbox.
-const EVENT_BUFFER: usize = 1024;
-/// whatsapp-rust's own ordered mailbox in front of our channel; past it the library drops
+/// waits on this channel, so a slow supervisor first fills this, then that mailbox. tokio's
+/// channel allocates its slots in small blocks as they fill, so an idle session's costs
+/// nothing: the capacity is here, not in the mailbox.
+const EVENT_BUFFER: usize = 8192;
+/// whatsapp-rust's own ordered mailbox in front of our channel; past both the library drops
 /// events (it never blocks its receive loop). Inbound messages are not at risk: they are
 /// committed by the durability hook before they are acknowledged, whatever happens here.
-const CLIENT_MAILBOX: usize = 8192;
+/// Small, because its ring is allocated whole up front (16 bytes a slot, per session).
+const CLIENT_MAILBOX: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A run of the client at least this long resets the restart back-off.
 const HEALTHY_RUN: Duration = Duration::from_secs(120);
@@ -116,8 +119,17 @@ async fn persist_state(inner: &Inner, slot: &Slot, state: SessionState, reason: 
 async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     let (tx, mut events) = mpsc::channel::<Arc<Event>>(EVENT_BUFFER);
     let store_failed = Arc::new(Notify::new());
+    let store = inner.stores.open(&slot.fence);
+    let cache = whatsapp_rust::CacheConfig {
+        cache_stores: whatsapp_rust::CacheStores {
+            lid_pn_cache: Some(Arc::new(super::lid_cache::LidCache::new(store.clone()))),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let mut builder = Bot::builder()
-        .with_backend_arc(inner.stores.open(&slot.fence))
+        .with_backend_arc(store)
+        .with_cache_config(cache)
         .with_transport_factory(slot.gate.factory(inner.connector.transport.clone()))
         .with_http_client(SharedHttp(inner.connector.http.clone()))
         .with_runtime(TokioRuntime)
@@ -341,7 +353,7 @@ async fn on_event(
         Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
             let (id, wa) = (device.clone(), ack.id.clone());
             if let Err(e) = slot
-                .write(&inner.db, move |c| queue::mark_acked(c, &id, &wa, now_ms()))
+                .write_relaxed(&inner.db, move |c| queue::mark_acked(c, &id, &wa, now_ms()))
                 .await
             {
                 tracing::warn!(device = %device, error = %e, "cannot record server ack");
@@ -356,8 +368,9 @@ async fn on_event(
             };
             let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
             let id = device.clone();
+            // Relaxed: a receipt lost to a machine crash leaves the status a step behind.
             if let Err(e) = slot
-                .write(&inner.db, move |c| {
+                .write_relaxed(&inner.db, move |c| {
                     queue::mark_receipt(c, &id, &ids, read, now_ms())
                 })
                 .await

@@ -347,10 +347,44 @@ impl Db {
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
     }
 
+    /// [`Db::run`] for writes a crash of the machine may take back, because replaying them
+    /// repairs the loss: a session's queue transitions after its claim (a lost one sends the
+    /// message again under the same WhatsApp id, which receivers de-duplicate), receipts,
+    /// acks, the WhatsApp device store (the protocol re-keys). Their commits do not wait for
+    /// the disk (SQLite `synchronous = NORMAL`, PostgreSQL `synchronous_commit = off`), so
+    /// a session's steady traffic does not pay one fsync per step; a crash of the process
+    /// alone loses nothing, and the next durable commit makes them durable too.
+    pub async fn run_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        self.run(move |c| {
+            relax_commits(c, true)?;
+            let out = f(c);
+            let restored = relax_commits(c, false);
+            let out = out?;
+            restored.map(|()| out)
+        })
+        .await
+    }
+
     /// Changes whenever events were recorded on this node.
     pub fn event_signal(&self) -> watch::Receiver<u64> {
         self.events.subscribe()
     }
+}
+
+/// Switches a pooled connection's commits between not waiting for the disk and waiting.
+pub(crate) fn relax_commits(conn: &mut DbConn, relaxed: bool) -> Result<()> {
+    use diesel::connection::SimpleConnection;
+    let sql = match (&conn, relaxed) {
+        (DbConn::Sqlite(_), true) => "PRAGMA synchronous = NORMAL",
+        (DbConn::Sqlite(_), false) => "PRAGMA synchronous = FULL",
+        (DbConn::Postgres(_), true) => "SET synchronous_commit TO off",
+        (DbConn::Postgres(_), false) => "SET synchronous_commit TO on",
+    };
+    Ok(db_run!(conn, |c| c.batch_execute(sql))?)
 }
 
 /// Makes the SQLite database owner-only (0600): it holds the sealed secrets and everything

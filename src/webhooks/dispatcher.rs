@@ -109,7 +109,8 @@ impl Dispatcher {
             let mut guard = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
                 let mut c = inner.db.connect()?;
-                relax_durability(&mut c)?;
+                // Bookkeeping commits need not wait for the disk (see `Inner::writer`).
+                crate::storage::relax_commits(&mut c, true)?;
                 *guard = Some(c);
             }
             let out = f(guard.as_mut().expect("connection opened above"));
@@ -409,14 +410,4 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         format!("{kind}: {detail}")
     }
-}
-
-/// Bookkeeping commits need not wait for the disk (see `Inner::writer`).
-fn relax_durability(c: &mut DbConn) -> Result<()> {
-    use diesel::connection::SimpleConnection;
-    match c {
-        DbConn::Sqlite(c) => c.batch_execute("PRAGMA synchronous = NORMAL")?,
-        DbConn::Postgres(c) => c.batch_execute("SET synchronous_commit = off")?,
-    }
-    Ok(())
 }

@@ -33,7 +33,7 @@ impl DeviceStore for DbDeviceStore {
     /// session, so the "generated id" is always 1.
     async fn create(&self) -> StoreResult<i32> {
         let fresh = self.seal_kv(K_DEVICE, "", to_json(&Device::new())?);
-        self.write(move |c, dev| {
+        self.write_durable(move |c, dev| {
             use wa_store::dsl as s;
             db_run!(c, |c| diesel::insert_into(s::wa_store)
                 .values((

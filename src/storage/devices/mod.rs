@@ -161,25 +161,49 @@ impl DbDeviceStore {
     }
 
     /// [`Self::run`] for a write: in one transaction with the check of the lease, when the
-    /// store is fenced.
+    /// store is fenced. Its commit does not wait for the disk (`Db::run_relaxed`): the store
+    /// changes with every message (ratchets, sender keys), a record lost to a machine crash
+    /// is repaired by the protocol's retries and re-keying, and an fsync per change would
+    /// bound every session's throughput by the disk. The identity is the exception
+    /// ([`Self::write_durable`]).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn, &str) -> Result<T> + Send + 'static,
     {
-        let Some(fence) = self.fence.clone() else {
-            return self.run(f).await;
-        };
+        self.write_as(true, f).await
+    }
+
+    /// [`Self::write`] that commits durably: the device record (identity and noise keys),
+    /// whose loss would unlink the session.
+    async fn write_durable<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn, &str) -> Result<T> + Send + 'static,
+    {
+        self.write_as(false, f).await
+    }
+
+    async fn write_as<T, F>(&self, relaxed: bool, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn, &str) -> Result<T> + Send + 'static,
+    {
         let dev = self.device_id.clone();
-        self.db
-            .run(move |c| {
-                c.transaction(|c| {
-                    crate::storage::cluster::check_fence(c, &fence)?;
-                    f(c, &dev)
-                })
-            })
-            .await
-            .map_err(store_err)
+        let fence = self.fence.clone();
+        let fenced = move |c: &mut DbConn| match fence {
+            None => f(c, &dev),
+            Some(fence) => c.transaction(|c| {
+                crate::storage::cluster::check_fence(c, &fence)?;
+                f(c, &dev)
+            }),
+        };
+        let r = if relaxed {
+            self.db.run_relaxed(fenced).await
+        } else {
+            self.db.run(fenced).await
+        };
+        r.map_err(store_err)
     }
 
     /// `value` as stored: sealed when its kind holds private key material.
@@ -214,8 +238,12 @@ impl DbDeviceStore {
         value: Vec<u8>,
     ) -> StoreResult<()> {
         let value = self.seal_kv(kind, &key, value);
-        self.write(move |c, dev| kv_put(c, dev, kind, &key, &value))
-            .await
+        let put = move |c: &mut DbConn, dev: &str| kv_put(c, dev, kind, &key, &value);
+        if kind == K_DEVICE {
+            self.write_durable(put).await
+        } else {
+            self.write(put).await
+        }
     }
 
     fn seal_prekey(&self, id: u32, record: &[u8]) -> Vec<u8> {

@@ -333,6 +333,27 @@ pub fn backoff_ms(attempt: i32) -> i64 {
     exp - jitter_span + (2 * jitter_span * r) / i64::from(u16::MAX)
 }
 
+/// Sessions with a message due now (the same conditions as [`claim`] but for the recipient
+/// order), at most `limit`: the node-wide scan that wakes the workers of those it runs, so an
+/// idle session's worker needs no timer of its own (retries, ack deadlines and messages
+/// accepted where no wake reached this node all come due here).
+pub fn due_sessions(conn: &mut DbConn, now: i64, limit: i64) -> Result<Vec<String>> {
+    Ok(db_run!(conn, |c| messages::table
+        .filter(messages::status.eq(MessageStatus::Queued))
+        .filter(messages::available_at.le(now))
+        .filter(
+            messages::claim_expires_at
+                .is_null()
+                .or(messages::claim_expires_at.lt(now))
+        )
+        .filter(messages::attempts.lt(messages::max_attempts))
+        .filter(messages::expires_at.gt(now))
+        .select(messages::device_id)
+        .distinct()
+        .limit(limit)
+        .load::<String>(c))?)
+}
+
 /// A node took these sessions over: the claims other nodes hold on their queued messages
 /// are void (their workers ran under the previous lease, whose writes are fenced now), so
 /// the new owner sends them at once rather than after the claims' own lease. A message the

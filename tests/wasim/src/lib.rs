@@ -21,7 +21,7 @@ mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
 pub use conns::{ConnRecord, EndReason, Overlap, overlaps};
@@ -31,6 +31,9 @@ pub use sim::Sim;
 /// bots and messages with the exact versions wasim speaks to.
 pub use {wacore, waproto, whatsapp_rust};
 
+/// Pending connections the listener queues (the kernel caps it at `net.core.somaxconn`).
+const ACCEPT_BACKLOG: u32 = 8192;
+
 /// A running wasim server.
 pub struct Server;
 
@@ -39,7 +42,16 @@ impl Server {
     /// websocket at `/ws/chat`, the admin API under `/admin/`, and the media
     /// host under `/mms/` and `/v/`, all on that one port.
     pub async fn start(addr: SocketAddr) -> std::io::Result<ServerHandle> {
-        let listener = TcpListener::bind(addr).await?;
+        // A deep accept queue: a gateway restoring thousands of sessions connects them all at
+        // once, and connections past a full queue wait out a SYN retransmit (1 s, then 3 s).
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(ACCEPT_BACKLOG)?;
         let addr = listener.local_addr()?;
         let sim = Sim::new();
         *sim.media_host.lock().unwrap_or_else(|p| p.into_inner()) = addr.to_string();
