@@ -54,6 +54,7 @@ impl Slot {
 
     /// Runs a write of this session in one transaction with the check of its lease: a
     /// node that lost the lease writes nothing (`SessionMoved`), and its supervisor stops.
+    /// Returns once the commit is on disk.
     pub async fn write<T, F>(&self, db: &Db, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -84,11 +85,15 @@ impl Slot {
                 f(c)
             })
         };
-        let r = if relaxed {
-            db.run_relaxed(fenced).await
-        } else {
-            db.run(fenced).await
-        };
+        // A durable write commits relaxed too, then waits for the shared flush: on SQLite
+        // no session holds the write lock across an fsync, and waits that overlap share one.
+        let mut r = db.run_relaxed(fenced).await;
+        if !relaxed
+            && r.is_ok()
+            && let Err(e) = db.make_durable().await
+        {
+            r = Err(e);
+        }
         if matches!(r, Err(Error::SessionMoved)) {
             self.lost.notify_one();
         }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::durable::{Flusher, Mode};
+use super::durable::{GroupFlush, Mode};
 use super::media::NewMedia;
 use super::messages::NewMessage;
 use super::schema::{idempotency_keys, media, messages, usage_counters};
@@ -566,7 +566,8 @@ impl AcceptWriter {
         let stats = Arc::new(Stats::default());
         let writers = cfg.writers.max(1);
         let mut first = db.connect()?;
-        let (mode, flusher) = Mode::of(db, &mut first)?;
+        let mode = Mode::of(&mut first)?;
+        let group = db.group_flush()?;
         // A few committed batches may wait for the flusher; past that a writer waits too.
         let (settle, settled) = std::sync::mpsc::sync_channel::<Settle>(writers * 4);
         let mut first = Some(first);
@@ -579,7 +580,7 @@ impl AcceptWriter {
             let w = Writer {
                 db: db.clone(),
                 conn,
-                mode,
+                mode: mode.clone(),
                 stats: stats.clone(),
             };
             let (rx, settle) = (rx.clone(), settle.clone());
@@ -591,7 +592,7 @@ impl AcceptWriter {
         }
         std::thread::Builder::new()
             .name("wagate-accept-flush".into())
-            .spawn(move || flush_loop(flusher, settled))
+            .spawn(move || flush_loop(&group, settled))
             .map_err(Error::internal)?;
         Ok(AcceptWriter {
             tx,
@@ -678,11 +679,11 @@ fn writer_loop(
 /// Answers committed batches once they are durable: one flush for all that are waiting.
 /// When the flush fails, nothing is known of what was accepted: each such answer becomes
 /// a 503 (the client retries with its idempotency key, a replay if the row was durable).
-fn flush_loop(mut flusher: Flusher, settled: std::sync::mpsc::Receiver<Settle>) {
+fn flush_loop(group: &GroupFlush, settled: std::sync::mpsc::Receiver<Settle>) {
     while let Ok(first) = settled.recv() {
         let mut waiting = vec![first];
         waiting.extend(settled.try_iter());
-        let flushed = flusher.flush();
+        let flushed = group.flush();
         metrics::histogram!("wagate_accept_flush_batches").record(waiting.len() as f64);
         if let Err(e) = &flushed {
             tracing::warn!(error = %e, "accepted batches could not be made durable");

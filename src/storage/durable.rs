@@ -7,20 +7,25 @@
 //! of their callers is answered. A 201 still means the row is on disk.
 //!
 //! Rows are visible to other connections a moment before they are durable. Nothing acts
-//! on that: a session claims a message in a transaction of its own that commits
-//! synchronously, and that commit makes every earlier one durable too (both WAL files are
-//! written in order), so no message is sent that a crash could still take back.
+//! on that: a session claims a message and waits for a flush after its claim before it
+//! sends, and that flush makes every earlier commit durable too (both WAL files are written
+//! in order), so no message is sent that a crash could still take back.
+//!
+//! The wait is shared ([`GroupFlush`]): the writers' flusher and every session write that
+//! must be durable before the session acts (`Slot::write`) commit without waiting and then
+//! join the next flush, so on SQLite nobody holds the write lock across an fsync.
 
 use diesel::connection::SimpleConnection;
 use diesel::{QueryableByName, RunQueryDsl};
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
 
-use super::{Db, DbConn};
+use super::{DbConn, Manager};
 use crate::error::{Error, Result};
 
 /// How the accept writers' commits are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// PostgreSQL: commits do not wait for the WAL flush; the flusher's own synchronous
     /// commit of a transaction that writes WAL under an xid flushes the log up to its
@@ -30,7 +35,8 @@ pub enum Mode {
     /// SQLite in WAL mode: commits at `synchronous = NORMAL` do not fsync; the flusher's
     /// fsync of the `-wal` file does (checkpoints sync it before they copy frames into the
     /// database and sync the database after, so frames a checkpoint moved are durable there).
-    SqliteWal,
+    /// Holds the path of the `-wal` file.
+    SqliteWal(PathBuf),
     /// The writers' own commits wait for the disk (an in-memory database, another journal
     /// mode): nothing to wait for after them.
     Synchronous,
@@ -43,19 +49,10 @@ struct Text {
 }
 
 impl Mode {
-    /// Chooses how the commits made on `conn`'s database are made durable, and the flusher
-    /// that does it.
-    pub fn of(db: &Db, conn: &mut DbConn) -> Result<(Mode, Flusher)> {
+    /// How the commits made on `conn`'s database are made durable.
+    pub fn of(conn: &mut DbConn) -> Result<Mode> {
         let c = match conn {
-            DbConn::Postgres(_) => {
-                return Ok((
-                    Mode::Postgres,
-                    Flusher::Postgres {
-                        db: db.clone(),
-                        conn: None,
-                    },
-                ));
-            }
+            DbConn::Postgres(_) => return Ok(Mode::Postgres),
             DbConn::Sqlite(c) => c,
         };
         let mode: Vec<Text> =
@@ -64,25 +61,36 @@ impl Mode {
             diesel::sql_query("SELECT file AS value FROM pragma_database_list WHERE name = 'main'")
                 .load(c)?;
         Ok(match (mode.first(), file.first()) {
-            (Some(m), Some(f)) if m.value.eq_ignore_ascii_case("wal") && !f.value.is_empty() => (
-                Mode::SqliteWal,
-                Flusher::SqliteWal {
-                    path: PathBuf::from(format!("{}-wal", f.value)),
-                    file: None,
-                },
-            ),
-            _ => (Mode::Synchronous, Flusher::Synchronous),
+            (Some(m), Some(f)) if m.value.eq_ignore_ascii_case("wal") && !f.value.is_empty() => {
+                Mode::SqliteWal(PathBuf::from(format!("{}-wal", f.value)))
+            }
+            _ => Mode::Synchronous,
         })
+    }
+
+    /// The flusher that waits for the disk in this mode.
+    pub fn flusher(&self, manager: &Manager) -> Flusher {
+        match self {
+            Mode::Postgres => Flusher::Postgres {
+                manager: manager.clone(),
+                conn: None,
+            },
+            Mode::SqliteWal(path) => Flusher::SqliteWal {
+                path: path.clone(),
+                file: None,
+            },
+            Mode::Synchronous => Flusher::Synchronous,
+        }
     }
 
     /// Sets a writer connection (the first, or one opened after a failure) up to commit
     /// without waiting for the disk, where the flusher waits instead.
-    pub fn prepare(self, writer: &mut DbConn) -> Result<()> {
+    pub fn prepare(&self, writer: &mut DbConn) -> Result<()> {
         match (self, writer) {
             (Mode::Postgres, DbConn::Postgres(c)) => {
                 c.batch_execute("SET synchronous_commit TO OFF")?
             }
-            (Mode::SqliteWal, DbConn::Sqlite(c)) => {
+            (Mode::SqliteWal(_), DbConn::Sqlite(c)) => {
                 c.batch_execute("PRAGMA synchronous = NORMAL")?
             }
             _ => {}
@@ -93,8 +101,14 @@ impl Mode {
 
 /// Waits for the disk on the writers' behalf.
 pub enum Flusher {
-    Postgres { db: Db, conn: Option<DbConn> },
-    SqliteWal { path: PathBuf, file: Option<File> },
+    Postgres {
+        manager: Manager,
+        conn: Option<DbConn>,
+    },
+    SqliteWal {
+        path: PathBuf,
+        file: Option<File>,
+    },
     Synchronous,
 }
 
@@ -103,11 +117,14 @@ impl Flusher {
     pub fn flush(&mut self) -> Result<()> {
         match self {
             Flusher::Synchronous => Ok(()),
-            Flusher::Postgres { db, conn } => {
-                let c = match conn {
-                    Some(c) => c,
-                    None => conn.insert(db.connect()?),
-                };
+            Flusher::Postgres { manager, conn } => {
+                let c =
+                    match conn {
+                        Some(c) => c,
+                        None => conn.insert(manager.open().map_err(|e| {
+                            Error::Unavailable(format!("cannot open database: {e}"))
+                        })?),
+                    };
                 let done = match c {
                     DbConn::Postgres(pg) => {
                         pg.batch_execute("SELECT pg_logical_emit_message(true, 'wagate.flush', '')")
@@ -142,9 +159,79 @@ impl Flusher {
     }
 }
 
+/// One wait for the disk on behalf of everyone waiting at once: the accept writers' flusher
+/// and every session whose write must be durable before it acts on it (a claim before its
+/// send, an inbound message before its ack). Those commit without waiting for the disk
+/// (so, on SQLite, nobody holds the write lock across an fsync) and then call [`Self::flush`],
+/// which returns once a flush that started after the call has finished: callers that arrive
+/// while a flush runs share the next one.
+pub struct GroupFlush {
+    flusher: Mutex<Flusher>,
+    tickets: Mutex<Tickets>,
+    finished: Condvar,
+}
+
+#[derive(Default)]
+struct Tickets {
+    /// Requests so far; each caller's is its number.
+    issued: u64,
+    /// Every request up to this one is covered by a finished flush.
+    covered: u64,
+    /// A flush runs now.
+    running: bool,
+}
+
+impl GroupFlush {
+    pub fn new(flusher: Flusher) -> Self {
+        GroupFlush {
+            flusher: Mutex::new(flusher),
+            tickets: Mutex::default(),
+            finished: Condvar::new(),
+        }
+    }
+
+    fn tickets(&self) -> std::sync::MutexGuard<'_, Tickets> {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once every commit made on the database before the call is on disk.
+    pub fn flush(&self) -> Result<()> {
+        let mut t = self.tickets();
+        t.issued += 1;
+        let mine = t.issued;
+        loop {
+            if t.covered >= mine {
+                return Ok(());
+            }
+            if !t.running {
+                // Everyone who asked before now is covered by this flush.
+                t.running = true;
+                let upto = t.issued;
+                drop(t);
+                let r = self
+                    .flusher
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flush();
+                t = self.tickets();
+                t.running = false;
+                if r.is_ok() {
+                    t.covered = t.covered.max(upto);
+                }
+                self.finished.notify_all();
+                // On failure the others try their own flush.
+                r?;
+                continue;
+            }
+            t = self.finished.wait(t).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Db;
 
     #[derive(QueryableByName)]
     struct Level {
@@ -167,8 +254,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("d.db").to_str().unwrap(), 2).unwrap();
         let mut writer = db.connect().unwrap();
-        let (mode, mut flusher) = Mode::of(&db, &mut writer).unwrap();
-        assert_eq!(mode, Mode::SqliteWal);
+        let mode = Mode::of(&mut writer).unwrap();
+        assert!(matches!(mode, Mode::SqliteWal(_)));
+        let mut flusher = mode.flusher(db.manager());
         mode.prepare(&mut writer).unwrap();
         assert_eq!(synchronous(&mut writer), 1);
         assert_eq!(synchronous(&mut db.connect().unwrap()), 2);
@@ -186,8 +274,37 @@ mod tests {
     fn sqlite_in_memory_is_synchronous() {
         let db = Db::open(":memory:", 1).unwrap();
         let mut c = db.connect().unwrap();
-        let (mode, mut flusher) = Mode::of(&db, &mut c).unwrap();
+        let mode = Mode::of(&mut c).unwrap();
         assert_eq!(mode, Mode::Synchronous);
-        flusher.flush().unwrap();
+        mode.flusher(db.manager()).flush().unwrap();
+    }
+
+    /// Many callers at once: each returns, none before a flush that covers its call.
+    #[test]
+    fn concurrent_callers_share_flushes() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("g.db").to_str().unwrap(), 2).unwrap();
+        let group = db.group_flush().unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (group, done) = (group.clone(), done.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        group.flush().unwrap();
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(done.load(Ordering::Relaxed), 8);
+        let t = group.tickets.lock().unwrap();
+        assert_eq!((t.issued, t.covered), (400, 400));
+        assert!(!t.running);
     }
 }

@@ -33,7 +33,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -234,6 +234,8 @@ pub struct Db {
     /// Bumped after a [`Db::run`] that recorded events returns (i.e. after its commit): wakes
     /// webhook delivery and event streams on this node at once. Other nodes poll.
     events: Arc<watch::Sender<u64>>,
+    /// The shared wait for the disk (see [`durable::GroupFlush`]), set up at first use.
+    durable: Arc<OnceLock<Arc<durable::GroupFlush>>>,
 }
 
 thread_local! {
@@ -294,11 +296,38 @@ impl Db {
             pool,
             manager,
             events: Arc::new(watch::channel(0).0),
+            durable: Arc::default(),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.manager.backend
+    }
+
+    #[cfg(test)]
+    pub(crate) fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// The database's shared wait for the disk.
+    pub(crate) fn group_flush(&self) -> Result<Arc<durable::GroupFlush>> {
+        if let Some(g) = self.durable.get() {
+            return Ok(g.clone());
+        }
+        let mut conn = self.get()?;
+        let mode = durable::Mode::of(&mut conn)?;
+        let group = Arc::new(durable::GroupFlush::new(mode.flusher(&self.manager)));
+        Ok(self.durable.get_or_init(|| group).clone())
+    }
+
+    /// Returns once every commit made on this database before the call is on disk (one
+    /// flush shared by all who wait at once): after [`Db::run_relaxed`] for a write that
+    /// must be durable before the caller acts on it, without holding anything meanwhile.
+    pub async fn make_durable(&self) -> Result<()> {
+        let group = self.group_flush()?;
+        tokio::task::spawn_blocking(move || group.flush())
+            .await
+            .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
     }
 
     /// Applies pending migrations of this backend; returns how many ran.

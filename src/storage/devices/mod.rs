@@ -198,11 +198,10 @@ impl DbDeviceStore {
                 f(c, &dev)
             }),
         };
-        let r = if relaxed {
-            self.db.run_relaxed(fenced).await
-        } else {
-            self.db.run(fenced).await
-        };
+        let r = self.db.run_relaxed(fenced).await;
+        if !relaxed && r.is_ok() {
+            self.db.make_durable().await.map_err(store_err)?;
+        }
         r.map_err(store_err)
     }
 
