@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     pub connector: Connector,
     pub stores: Arc<dyn DeviceStores>,
     pub clock: Arc<LeaseClock>,
+    /// Logins in progress at once (see [`LOGINS_AT_ONCE`]).
+    pub logins: Arc<tokio::sync::Semaphore>,
     slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
 }
 
@@ -135,6 +137,11 @@ const DUE_SCAN: Duration = Duration::from_secs(2);
 /// Sessions woken per scan at most (the rest on the next one).
 const DUE_SCAN_LIMIT: i64 = 10_000;
 
+/// Sessions logging in at once. A node restoring thousands of sessions would otherwise start
+/// every handshake together: each then takes longer than WhatsApp's timeouts, fails, and
+/// retries with the rest. A queue of logins finishes them at the rate the CPU allows.
+pub(crate) const LOGINS_AT_ONCE: usize = 128;
+
 /// How long a graceful stop of one session may take before it is aborted.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -153,6 +160,7 @@ impl SessionManager {
                 connector,
                 stores,
                 clock,
+                logins: Arc::new(tokio::sync::Semaphore::new(LOGINS_AT_ONCE)),
                 slots: Mutex::default(),
             }),
         }

@@ -24,6 +24,8 @@ const EVENT_BUFFER: usize = 8192;
 /// committed by the durability hook before they are acknowledged, whatever happens here.
 /// Small, because its ring is allocated whole up front (16 bytes a slot, per session).
 const CLIENT_MAILBOX: usize = 64;
+/// The longest a login holds its turn (the handshake's own timeout is 20 s).
+const LOGIN_TURN: Duration = Duration::from_secs(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A run of the client at least this long resets the restart back-off.
 const HEALTHY_RUN: Duration = Duration::from_secs(120);
@@ -154,6 +156,15 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     if let Some(v) = inner.connector.version {
         builder = builder.with_version(v);
     }
+    // A login's turn (see `LOGINS_AT_ONCE`): held until the session connects, shows a QR code,
+    // or `LOGIN_TURN` passes, whichever comes first.
+    let mut stop = slot.stop.subscribe();
+    let mut turn = tokio::select! {
+        p = inner.logins.clone().acquire_owned() => p.ok(),
+        _ = until_stopped(&mut stop) => return End::Final,
+    };
+    let turn_over = tokio::time::sleep(LOGIN_TURN);
+    tokio::pin!(turn_over);
     let bot = match builder.build().await {
         Ok(b) => b,
         Err(e) => {
@@ -165,18 +176,21 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     *slot.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
     let handle = bot.spawn();
     let worker = tokio::spawn(outbound::run(inner.clone(), slot.clone(), client.clone()));
-    let mut stop = slot.stop.subscribe();
 
     let end = loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => {
+                    if matches!(*ev, Event::Connected(_) | Event::PairingQrCode(_)) {
+                        turn = None;
+                    }
                     if let Some(end) = on_event(&inner, &slot, &client, &ev).await {
                         break end;
                     }
                 }
                 None => break End::Restart,
             },
+            _ = &mut turn_over, if turn.is_some() => turn = None,
             _ = until_stopped(&mut stop) => break End::Final,
             _ = slot.lost.notified() => break End::Moved,
             _ = store_failed.notified() => {
