@@ -667,9 +667,11 @@ fn writer_loop(
             batch
         };
         metrics::histogram!("wagate_accept_batch_size").record(batch.len() as f64);
-        let items: Vec<AcceptItem> = batch.iter().map(|j| j.item.clone()).collect();
+        // Taken apart, not cloned: an item may carry a whole media upload.
+        let (items, replies): (Vec<AcceptItem>, Vec<_>) =
+            batch.into_iter().map(|j| (j.item, j.reply)).unzip();
         let outcomes = w.commit(&items);
-        let answers = batch.into_iter().map(|j| j.reply).zip(outcomes).collect();
+        let answers = replies.into_iter().zip(outcomes).collect();
         if settle.send(answers).is_err() {
             return; // the flusher is gone: shutting down
         }
