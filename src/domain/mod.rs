@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod broadcasts;
 pub mod cluster;
 pub mod janitor;
 pub mod media;

@@ -23,6 +23,7 @@ pub mod messages;
 pub mod projects;
 pub mod schema;
 pub mod sessions;
+pub mod templates;
 pub mod webhooks;
 
 use diesel::Connection;

@@ -342,3 +342,18 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_lanes,
     devices
 );
+
+// --- broadcasts (src/storage/templates.rs) ---
+
+diesel::table! {
+    templates (id) {
+        id -> Text,
+        project_id -> Text,
+        name -> Text,
+        category -> Text,
+        status -> Text,
+        variants -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

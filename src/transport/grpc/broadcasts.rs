@@ -1,0 +1,264 @@
+//! `wagate.v1.BroadcastsService` over the service layer: templates and the render preview.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::principal;
+use super::convert::timestamp;
+use crate::domain::Gateway;
+use crate::domain::broadcasts::model::{
+    Button, ButtonKind, Header, HeaderFormat, TemplateSpec, Variant,
+};
+use crate::domain::broadcasts::render::Params;
+use crate::domain::broadcasts::templates::TemplateView;
+use crate::error::Error;
+use crate::proto::v1::broadcasts_service_server::BroadcastsService;
+use crate::proto::v1::*;
+use crate::values::TemplateId;
+
+/// Templates per page when a request names no size.
+const DEFAULT_PAGE: i64 = 20;
+
+pub struct BroadcastsApi {
+    gw: Gateway,
+}
+
+impl BroadcastsApi {
+    pub fn new(gw: Gateway) -> Self {
+        BroadcastsApi { gw }
+    }
+}
+
+pub(crate) fn template(v: TemplateView) -> Template {
+    Template {
+        template_id: v.id.into(),
+        name: v.name,
+        category: v.category,
+        status: v.status,
+        variants: v.variants.into_iter().map(variant_to_proto).collect(),
+        created_at: Some(timestamp(v.created_at)),
+        updated_at: Some(timestamp(v.updated_at)),
+    }
+}
+
+fn variant_to_proto(v: Variant) -> TemplateVariant {
+    TemplateVariant {
+        language: v.language,
+        header: v.header.map(|h| TemplateHeader {
+            format: h.format.as_str().into(),
+            text: h.text,
+            media_url: h.media_url,
+        }),
+        body: v.body,
+        footer: v.footer,
+        buttons: v
+            .buttons
+            .into_iter()
+            .map(|b| TemplateButton {
+                r#type: b.kind.as_str().into(),
+                text: b.text,
+                url: b.url,
+                phone_number: b.phone_number,
+            })
+            .collect(),
+    }
+}
+
+fn variant_from_proto(v: TemplateVariant) -> Result<Variant, Error> {
+    let header = match v.header {
+        Some(h) if !(h.format.is_empty() && h.text.is_empty() && h.media_url.is_empty()) => {
+            let format = if h.format.is_empty() && !h.text.is_empty() {
+                HeaderFormat::Text
+            } else {
+                HeaderFormat::parse(&h.format)?
+            };
+            Some(Header {
+                format,
+                text: h.text,
+                media_url: h.media_url,
+            })
+        }
+        _ => None,
+    };
+    let buttons = v
+        .buttons
+        .into_iter()
+        .map(|b| {
+            Ok(Button {
+                kind: ButtonKind::parse(&b.r#type)?,
+                text: b.text,
+                url: b.url,
+                phone_number: b.phone_number,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(Variant {
+        language: v.language,
+        header,
+        body: v.body,
+        footer: v.footer,
+        buttons,
+    })
+}
+
+pub(crate) fn spec(
+    name: String,
+    category: String,
+    variants: Vec<TemplateVariant>,
+) -> Result<TemplateSpec, Error> {
+    Ok(TemplateSpec {
+        name,
+        category,
+        variants: variants
+            .into_iter()
+            .map(variant_from_proto)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub(crate) fn params(p: Option<TemplateParameters>) -> Params {
+    let p = p.unwrap_or_default();
+    Params {
+        body: p.body,
+        header: p.header,
+        buttons: p
+            .buttons
+            .into_iter()
+            .map(|(k, v)| (k as usize, v))
+            .collect(),
+        media_url: p.media_url,
+        filename: p.filename,
+    }
+}
+
+/// A page token is the number of templates before the page.
+fn skip_of(token: &str) -> Result<i64, Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Error::InvalidRequest("page_token is not one this server gave".into()))
+}
+
+#[tonic::async_trait]
+impl BroadcastsService for BroadcastsApi {
+    async fn create_template(
+        &self,
+        req: Request<CreateTemplateRequest>,
+    ) -> Result<Response<CreateTemplateResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.into_inner();
+        let t = self
+            .gw
+            .create_template(c, spec(m.name, m.category, m.variants)?)
+            .await?;
+        Ok(Response::new(CreateTemplateResponse {
+            template: Some(template(t)),
+        }))
+    }
+
+    async fn list_templates(
+        &self,
+        req: Request<ListTemplatesRequest>,
+    ) -> Result<Response<ListTemplatesResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.get_ref();
+        let skip = skip_of(&m.page_token)?;
+        let limit = if m.page_size <= 0 {
+            DEFAULT_PAGE
+        } else {
+            i64::from(m.page_size)
+        };
+        let page = self
+            .gw
+            .list_templates(c, Some(m.query.as_str()), skip, limit)
+            .await?;
+        let end = skip + page.templates.len() as i64;
+        Ok(Response::new(ListTemplatesResponse {
+            next_page_token: if end < page.total {
+                end.to_string()
+            } else {
+                String::new()
+            },
+            total: page.total,
+            templates: page.templates.into_iter().map(template).collect(),
+        }))
+    }
+
+    async fn get_template(
+        &self,
+        req: Request<GetTemplateRequest>,
+    ) -> Result<Response<GetTemplateResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let id = TemplateId::from(req.get_ref().template_id.as_str());
+        let t = self.gw.get_template(c, &id).await?;
+        Ok(Response::new(GetTemplateResponse {
+            template: Some(template(t)),
+        }))
+    }
+
+    async fn update_template(
+        &self,
+        req: Request<UpdateTemplateRequest>,
+    ) -> Result<Response<UpdateTemplateResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.into_inner();
+        let id = TemplateId::from(m.template_id);
+        let t = self
+            .gw
+            .update_template(c, &id, spec(m.name, m.category, m.variants)?)
+            .await?;
+        Ok(Response::new(UpdateTemplateResponse {
+            template: Some(template(t)),
+        }))
+    }
+
+    async fn delete_template(
+        &self,
+        req: Request<DeleteTemplateRequest>,
+    ) -> Result<Response<DeleteTemplateResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let id = TemplateId::from(req.get_ref().template_id.as_str());
+        self.gw.delete_template(c, &id).await?;
+        Ok(Response::new(DeleteTemplateResponse {}))
+    }
+
+    async fn render_template(
+        &self,
+        req: Request<RenderTemplateRequest>,
+    ) -> Result<Response<RenderTemplateResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.into_inner();
+        let id = TemplateId::from(m.template_id);
+        let r = self
+            .gw
+            .render_template(c, &id, &m.language, &params(m.parameters))
+            .await?;
+        let media = r
+            .media
+            .unwrap_or_else(|| crate::domain::broadcasts::render::MediaHeader {
+                format: HeaderFormat::Text,
+                url: String::new(),
+                filename: String::new(),
+            });
+        Ok(Response::new(RenderTemplateResponse {
+            language: r.language,
+            text: r.text,
+            media_format: if media.url.is_empty() {
+                String::new()
+            } else {
+                media.format.as_str().into()
+            },
+            media_url: media.url,
+            filename: media.filename,
+        }))
+    }
+}
