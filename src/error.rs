@@ -219,6 +219,10 @@ pub enum Error {
     InvalidTemplate(String),
     #[error("template not found")]
     TemplateNotFound,
+    #[error("contact list not found")]
+    ContactListNotFound,
+    #[error("this number is not on the suppression list")]
+    SuppressionNotFound,
     #[error("a template with this name already exists in this project")]
     TemplateNameTaken,
     /// Qontak's own words for a send whose body parameters do not match the template.
@@ -296,6 +300,8 @@ impl Error {
             Error::DeviceCodeTaken => "DEVICE_CODE_TAKEN",
             Error::InvalidTemplate(_) => "INVALID_TEMPLATE",
             Error::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            Error::ContactListNotFound => "CONTACT_LIST_NOT_FOUND",
+            Error::SuppressionNotFound => "SUPPRESSION_NOT_FOUND",
             Error::TemplateNameTaken => "TEMPLATE_NAME_TAKEN",
             Error::TemplateVariables(_) => "TEMPLATE_VARIABLES_MISMATCH",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -352,7 +358,9 @@ impl Error {
             | Error::ProjectNotFound
             | Error::NodeNotFound
             | Error::OperatorApiDisabled
-            | Error::TemplateNotFound => Kind::NotFound,
+            | Error::TemplateNotFound
+            | Error::ContactListNotFound
+            | Error::SuppressionNotFound => Kind::NotFound,
             Error::MediaExpired => Kind::Gone,
             Error::SessionLimitReached | Error::QuotaExceeded => Kind::LimitReached,
             Error::RateLimited { .. } => Kind::RateLimited,

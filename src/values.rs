@@ -135,6 +135,11 @@ text_id! {
     TemplateId
 }
 
+text_id! {
+    /// An imported contact list: `contact_lists.id`.
+    ContactListId
+}
+
 /// Where an outbound message is: `queued` until the server acks it, then `sent`,
 /// `delivered`, `read`; or `failed` for good. Statuses only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]

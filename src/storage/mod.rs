@@ -14,6 +14,7 @@
 pub mod accept;
 pub mod accounts;
 pub mod cluster;
+pub mod contact_lists;
 pub mod devices;
 pub mod durable;
 pub mod events;
@@ -23,6 +24,7 @@ pub mod messages;
 pub mod projects;
 pub mod schema;
 pub mod sessions;
+pub mod suppressions;
 pub mod templates;
 pub mod webhooks;
 

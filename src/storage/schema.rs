@@ -357,3 +357,52 @@ diesel::table! {
         updated_at -> BigInt,
     }
 }
+
+diesel::table! {
+    contact_lists (id) {
+        id -> Text,
+        project_id -> Text,
+        name -> Text,
+        source_type -> Text,
+        progress -> Text,
+        node_id -> Text,
+        rows_total -> BigInt,
+        accepted -> BigInt,
+        rejected -> BigInt,
+        duplicates -> BigInt,
+        variables -> Text,
+        error_message -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    contact_list_contacts (list_id, phone) {
+        list_id -> Text,
+        phone -> Text,
+        full_name -> Text,
+        variables -> Text,
+        row_no -> BigInt,
+    }
+}
+
+diesel::table! {
+    contact_list_rejects (list_id, row_no) {
+        list_id -> Text,
+        row_no -> BigInt,
+        phone -> Text,
+        reason -> Text,
+    }
+}
+
+diesel::table! {
+    suppressions (project_id, phone) {
+        project_id -> Text,
+        phone -> Text,
+        reason -> Text,
+        detail -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}

@@ -5,18 +5,22 @@
 use serde_json::{Value, json};
 use wagate::proto::v1::broadcasts_service_client::BroadcastsServiceClient;
 use wagate::proto::v1::{
-    CreateTemplateRequest, GetTemplateRequest, ListTemplatesRequest, RenderTemplateRequest,
-    TemplateButton, TemplateHeader, TemplateParameters, TemplateVariant,
+    AddSuppressionRequest, CreateTemplateRequest, GetTemplateRequest, ListSuppressionsRequest,
+    ListTemplatesRequest, RemoveSuppressionRequest, RenderTemplateRequest, TemplateButton,
+    TemplateHeader, TemplateParameters, TemplateVariant,
 };
 
 use crate::on_both_backends;
 use crate::sak_api::Sak;
 use crate::support::qontak::{Qontak, assert_qontak_error};
-use crate::support::{TestApp, TestDb, assert_error, grpc_signed};
+use crate::support::{TestApp, TestDb, assert_error, eventually, grpc_signed, read};
 
 on_both_backends!(
     templates_over_grpc_and_rest_render_the_same_text,
     qontak_surface_signed_like_the_mekari_sdk,
+    contact_list_import_reports_every_row,
+    qontak_contact_list_of_100k_rows_is_streamed,
+    stop_keyword_suppresses_the_sender,
 );
 
 const CREATE: &str = "/wagate.v1.BroadcastsService/CreateTemplate";
@@ -419,5 +423,308 @@ async fn qontak_surface_signed_like_the_mekari_sdk(db: TestDb) {
     )
     .await;
     assert_qontak_error(&moved, 401, "INVALID_SIGNATURE");
+    t.shutdown().await;
+}
+
+/// Polls a contact list (through `get`) until its import ended.
+async fn finished<F, Fut>(what: &str, mut get: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (u16, Value)>,
+{
+    eventually(120, what, || {
+        let f = get();
+        async move {
+            let (code, body) = f.await;
+            assert_eq!(code, 200, "{body}");
+            let data = body["data"].clone();
+            (data["progress"] != "processing").then_some(data)
+        }
+    })
+    .await
+}
+
+async fn contact_list_import_reports_every_row(db: TestDb) {
+    let t = TestApp::init(db).start().await;
+    let s = Sak { t: &t };
+    let bearer = s.register("lists@example.com").await;
+    let jwt = ("authorization", bearer.as_str());
+    let csv = "full_name,phone_number,city\n\
+               Ana,+62 812-3456-7890,Bandung\n\
+               Budi,6281111111111,Jakarta\n\
+               No Phone,,Medan\n\
+               Local,081234567890,Solo\n\
+               Letters,62abc,Bogor\n\
+               Ana Again,6281234567890,Depok\n\
+               \"Quoted, Name\",6282222222222,\"Yogya, DIY\"\n";
+    let (ct, body) = wagate::client::Multipart::new()
+        .file("file", "contacts.csv", "text/csv", csv.as_bytes())
+        .text("name", "customers")
+        .finish();
+    let (code, made) = read(
+        s.req(reqwest::Method::POST, "/api/v1/contact-lists")
+            .header(jwt.0, jwt.1)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["data"]["progress"], "processing");
+    assert_eq!(made["data"]["name"], "customers");
+    let id = made["data"]["contactListId"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/contact-lists/{id}");
+    let list = finished("the import", || s.get(&path, jwt)).await;
+    assert_eq!(list["progress"], "success", "{list}");
+    for (field, want) in [
+        ("rowsTotal", 7),
+        ("accepted", 3),
+        ("rejected", 3),
+        ("duplicates", 1),
+    ] {
+        assert_eq!(list[field], want, "{field}: {list}");
+    }
+    assert_eq!(list["variables"], json!(["city"]));
+    let rejections = list["rejections"].as_array().unwrap();
+    let rows: Vec<i64> = rejections
+        .iter()
+        .map(|r| r["row"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rows, vec![4, 5, 6]);
+    assert_eq!(rejections[0]["reason"], "phone_number is empty");
+    assert!(
+        rejections[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("country code")
+    );
+    assert_eq!(rejections[2]["phoneNumber"], "62abc");
+    // The contacts, merged: the later Ana row's values won.
+    let db = t.db.open();
+    let lid = wagate::values::ContactListId::from(id.as_str());
+    let contacts = db
+        .run(move |c| wagate::storage::contact_lists::contacts(c, &lid, "", 100))
+        .await
+        .unwrap();
+    let phones: Vec<&str> = contacts.iter().map(|c| c.phone.as_str()).collect();
+    assert_eq!(
+        phones,
+        vec!["6281111111111", "6281234567890", "6282222222222"]
+    );
+    assert_eq!(contacts[1].full_name, "Ana Again");
+    assert_eq!(contacts[1].variables, r#"{"city":"Depok"}"#);
+    assert_eq!(contacts[2].variables, r#"{"city":"Yogya, DIY"}"#);
+
+    // A file without a phone_number column fails with why; a form without a file is refused.
+    let (ct, body) = wagate::client::Multipart::new()
+        .text("name", "bad")
+        .file("file", "x.csv", "text/csv", b"full_name,city\nA,B\n")
+        .finish();
+    let (_, bad) = read(
+        s.req(reqwest::Method::POST, "/api/v1/contact-lists")
+            .header(jwt.0, jwt.1)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let bad_id = bad["data"]["contactListId"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/contact-lists/{bad_id}");
+    let failed = finished("the bad import", || s.get(&path, jwt)).await;
+    assert_eq!(failed["progress"], "failed");
+    assert_eq!(
+        failed["errorMessage"],
+        "the file has no phone_number column"
+    );
+    let (ct, body) = wagate::client::Multipart::new().text("name", "x").finish();
+    let none = read(
+        s.req(reqwest::Method::POST, "/api/v1/contact-lists")
+            .header(jwt.0, jwt.1)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(&none, 400, "VALIDATION_ERROR");
+    let (code, all) = s.get("/api/v1/contact-lists", jwt).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        all["data"]["total"], 2,
+        "the refused form created nothing: {all}"
+    );
+    assert_error(
+        &s.get("/api/v1/contact-lists/nope", jwt).await,
+        404,
+        "CONTACT_LIST_NOT_FOUND",
+    );
+    t.shutdown().await;
+}
+
+async fn qontak_contact_list_of_100k_rows_is_streamed(db: TestDb) {
+    let t = TestApp::init(db).with_project().start().await;
+    let p = t.project().clone();
+    let q = Qontak::new(&t, &p);
+    let mut csv = String::from("phone_number,full_name,customer_name,company\n");
+    for i in 0..100_000u64 {
+        csv.push_str(&format!(
+            "62812{:08},Name {i},Customer {i},Co {}\n",
+            i,
+            i % 7
+        ));
+    }
+    // Every thousandth row twice (merged), and one bad row.
+    for i in (0..100_000u64).step_by(1000) {
+        csv.push_str(&format!("62812{:08},Again {i},C,Co\n", i));
+    }
+    csv.push_str("not-a-number,Bad,C,Co\n");
+    let (ct, body) = wagate::client::Multipart::new()
+        .text("name", "big list")
+        .text("source_type", "spreadsheet")
+        .file("file", "big.csv", "text/csv", csv.as_bytes())
+        .finish();
+    let (code, made) = read(
+        q.request(
+            reqwest::Method::POST,
+            "/qontak/chat/v1/contacts/contact_lists/async",
+        )
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["status"], "success");
+    let id = made["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/qontak/chat/v1/contacts/contact_lists/{id}");
+    let list = finished("the 100k import", || q.get(&path)).await;
+    assert_eq!(list["progress"], "success", "{list}");
+    assert_eq!(list["contacts_count"], 100_101);
+    assert_eq!(list["contacts_count_success"], 100_000);
+    assert_eq!(list["contacts_count_failed"], 1);
+    assert_eq!(list["contacts_count_duplicate"], 100);
+    assert_eq!(
+        list["contact_variables"],
+        json!(["customer_name", "company"])
+    );
+    assert_eq!(list["organization_id"], p.project_id.as_str());
+    assert!(list["finished_at"].is_string());
+    let errors = list["error_messages"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].as_str().unwrap().starts_with("row 100102: "),
+        "{errors:?}"
+    );
+    let (code, all) = q
+        .get("/qontak/chat/v1/contacts/contact_lists?offset=1&limit=10")
+        .await;
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["data"][0]["id"], id.as_str());
+    assert_eq!(all["meta"]["pagination"]["total"], 1);
+    assert_qontak_error(
+        &q.get("/qontak/chat/v1/contacts/contact_lists/nope").await,
+        404,
+        "CONTACT_LIST_NOT_FOUND",
+    );
+    t.shutdown().await;
+}
+
+async fn stop_keyword_suppresses_the_sender(db: TestDb) {
+    let t = TestApp::init(db).with_sessions(2).start().await;
+    let (p, a, b) = (
+        t.project().clone(),
+        t.session(0).clone(),
+        t.session(1).clone(),
+    );
+    let list = "/wagate.v1.BroadcastsService/ListSuppressions";
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    // A writes "Stop." to B (a session of the same project): A's number is suppressed.
+    for text in ["stop it please", "Stop."] {
+        let (code, body) = t
+            .send_json(
+                &p.via(&a),
+                json!({"recipient": b.phone_number, "message": text}),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let pw = p.project_wide();
+    let found = eventually(30, "A suppressed", || {
+        let mut grpc = grpc.clone();
+        let pw = pw.clone();
+        async move {
+            let r = grpc
+                .list_suppressions(grpc_signed(&pw, list, ListSuppressionsRequest::default()))
+                .await
+                .unwrap()
+                .into_inner();
+            r.suppressions.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!(found.phone_number, a.phone_number);
+    assert_eq!(
+        (found.reason.as_str(), found.detail.as_str()),
+        ("STOP_KEYWORD", "STOP")
+    );
+
+    // Added and removed by hand.
+    let added = grpc
+        .add_suppression(grpc_signed(
+            &pw,
+            "/wagate.v1.BroadcastsService/AddSuppression",
+            AddSuppressionRequest {
+                phone_number: "+62 899-0000-1111".into(),
+                note: "asked by phone".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .suppression
+        .unwrap();
+    assert_eq!(
+        (added.phone_number.as_str(), added.reason.as_str()),
+        ("6289900001111", "MANUAL")
+    );
+    let all = grpc
+        .list_suppressions(grpc_signed(&pw, list, ListSuppressionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.total, 2);
+    let remove = "/wagate.v1.BroadcastsService/RemoveSuppression";
+    grpc.remove_suppression(grpc_signed(
+        &pw,
+        remove,
+        RemoveSuppressionRequest {
+            phone_number: a.phone_number.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    let again = grpc
+        .remove_suppression(grpc_signed(
+            &pw,
+            remove,
+            RemoveSuppressionRequest {
+                phone_number: a.phone_number.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.metadata().get("x-error-code").unwrap(),
+        "SUPPRESSION_NOT_FOUND"
+    );
     t.shutdown().await;
 }

@@ -3,6 +3,8 @@
 //! `BroadcastsService`, its REST transcoding under `/api/v1`, the Qontak surface — calls
 //! these methods.
 
+pub mod contacts;
 pub mod model;
 pub mod render;
+pub mod suppressions;
 pub mod templates;

@@ -1,19 +1,25 @@
-//! `wagate.v1.BroadcastsService` over the service layer: templates and the render preview.
+//! `wagate.v1.BroadcastsService` over the service layer: templates and the render preview,
+//! contact lists, suppressions.
 
-use tonic::{Request, Response, Status};
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::principal;
 use super::convert::timestamp;
 use crate::domain::Gateway;
+use crate::domain::broadcasts::contacts::{ContactListView, Spooled, spool};
 use crate::domain::broadcasts::model::{
     Button, ButtonKind, Header, HeaderFormat, TemplateSpec, Variant,
 };
 use crate::domain::broadcasts::render::Params;
+use crate::domain::broadcasts::suppressions::SuppressionView;
 use crate::domain::broadcasts::templates::TemplateView;
+use crate::domain::principal::Principal;
 use crate::error::Error;
 use crate::proto::v1::broadcasts_service_server::BroadcastsService;
 use crate::proto::v1::*;
-use crate::values::TemplateId;
+use crate::values::{ContactListId, TemplateId};
 
 /// Templates per page when a request names no size.
 const DEFAULT_PAGE: i64 = 20;
@@ -130,6 +136,74 @@ pub(crate) fn params(p: Option<TemplateParameters>) -> Params {
     }
 }
 
+pub(crate) fn contact_list(v: ContactListView) -> ContactList {
+    ContactList {
+        contact_list_id: v.id.into(),
+        name: v.name,
+        source_type: v.source_type,
+        progress: v.progress,
+        rows_total: v.rows_total,
+        accepted: v.accepted,
+        rejected: v.rejected,
+        duplicates: v.duplicates,
+        variables: v.variables,
+        error_message: v.error_message.unwrap_or_default(),
+        rejections: v
+            .rejections
+            .into_iter()
+            .map(|(row, phone_number, reason)| ContactListRejection {
+                row,
+                phone_number,
+                reason,
+            })
+            .collect(),
+        created_at: Some(timestamp(v.created_at)),
+        updated_at: Some(timestamp(v.updated_at)),
+        finished_at: v.finished_at.map(timestamp),
+    }
+}
+
+fn suppression(v: SuppressionView) -> Suppression {
+    Suppression {
+        phone_number: v.phone,
+        reason: v.reason,
+        detail: v.detail.unwrap_or_default(),
+        created_at: Some(timestamp(v.created_at)),
+    }
+}
+
+fn page_size(size: i32, default: i64) -> i64 {
+    if size <= 0 { default } else { i64::from(size) }
+}
+
+fn next_token(skip: i64, got: usize, total: i64) -> String {
+    let end = skip + got as i64;
+    if end < total {
+        end.to_string()
+    } else {
+        String::new()
+    }
+}
+
+impl BroadcastsApi {
+    /// `ImportContactList` once its stream is on disk: the REST surfaces spool their
+    /// multipart file part ([`spool`]) and call this, as the gRPC method does with its chunks.
+    pub async fn import_contact_list_from(
+        &self,
+        principal: &Principal,
+        name: &str,
+        source_type: &str,
+        upload: Spooled,
+    ) -> Result<ContactList, Error> {
+        let c = principal.manager()?;
+        let list = self
+            .gw
+            .import_contact_list(c, name, source_type, upload)
+            .await?;
+        Ok(contact_list(list))
+    }
+}
+
 /// A page token is the number of templates before the page.
 fn skip_of(token: &str) -> Result<i64, Error> {
     if token.is_empty() {
@@ -168,22 +242,13 @@ impl BroadcastsService for BroadcastsApi {
         let c = p.manager()?;
         let m = req.get_ref();
         let skip = skip_of(&m.page_token)?;
-        let limit = if m.page_size <= 0 {
-            DEFAULT_PAGE
-        } else {
-            i64::from(m.page_size)
-        };
+        let limit = page_size(m.page_size, DEFAULT_PAGE);
         let page = self
             .gw
             .list_templates(c, Some(m.query.as_str()), skip, limit)
             .await?;
-        let end = skip + page.templates.len() as i64;
         Ok(Response::new(ListTemplatesResponse {
-            next_page_token: if end < page.total {
-                end.to_string()
-            } else {
-                String::new()
-            },
+            next_page_token: next_token(skip, page.templates.len(), page.total),
             total: page.total,
             templates: page.templates.into_iter().map(template).collect(),
         }))
@@ -260,5 +325,112 @@ impl BroadcastsService for BroadcastsApi {
             media_url: media.url,
             filename: media.filename,
         }))
+    }
+
+    async fn import_contact_list(
+        &self,
+        req: Request<Streaming<ImportContactListRequest>>,
+    ) -> Result<Response<ImportContactListResponse>, Status> {
+        let p = principal(&req)?;
+        p.manager()?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Error::InvalidRequest("the first message names the list".into()))?;
+        let chunks = futures::stream::once(async move { Ok(Bytes::from(first.chunk)) })
+            .chain(stream.map(|m| {
+                m.map(|m| Bytes::from(m.chunk))
+                    .map_err(|s| Error::InvalidRequest(format!("upload stream: {}", s.message())))
+            }))
+            .boxed();
+        let upload = spool(chunks).await?;
+        let list = self
+            .import_contact_list_from(&p, &first.name, &first.source_type, upload)
+            .await?;
+        Ok(Response::new(ImportContactListResponse {
+            contact_list: Some(list),
+        }))
+    }
+
+    async fn list_contact_lists(
+        &self,
+        req: Request<ListContactListsRequest>,
+    ) -> Result<Response<ListContactListsResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.get_ref();
+        let skip = skip_of(&m.page_token)?;
+        let (lists, total) = self
+            .gw
+            .list_contact_lists(c, skip, page_size(m.page_size, DEFAULT_PAGE))
+            .await?;
+        Ok(Response::new(ListContactListsResponse {
+            next_page_token: next_token(skip, lists.len(), total),
+            total,
+            contact_lists: lists.into_iter().map(contact_list).collect(),
+        }))
+    }
+
+    async fn get_contact_list(
+        &self,
+        req: Request<GetContactListRequest>,
+    ) -> Result<Response<GetContactListResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let id = ContactListId::from(req.get_ref().contact_list_id.as_str());
+        let list = self.gw.get_contact_list(c, &id).await?;
+        Ok(Response::new(GetContactListResponse {
+            contact_list: Some(contact_list(list)),
+        }))
+    }
+
+    async fn list_suppressions(
+        &self,
+        req: Request<ListSuppressionsRequest>,
+    ) -> Result<Response<ListSuppressionsResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.get_ref();
+        let limit = page_size(m.page_size, 100);
+        let (rows, total) = self.gw.list_suppressions(c, &m.page_token, limit).await?;
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|r| r.phone.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListSuppressionsResponse {
+            suppressions: rows.into_iter().map(suppression).collect(),
+            next_page_token,
+            total,
+        }))
+    }
+
+    async fn add_suppression(
+        &self,
+        req: Request<AddSuppressionRequest>,
+    ) -> Result<Response<AddSuppressionResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.get_ref();
+        let s = self
+            .gw
+            .add_suppression(c, &m.phone_number, Some(m.note.as_str()))
+            .await?;
+        Ok(Response::new(AddSuppressionResponse {
+            suppression: Some(suppression(s)),
+        }))
+    }
+
+    async fn remove_suppression(
+        &self,
+        req: Request<RemoveSuppressionRequest>,
+    ) -> Result<Response<RemoveSuppressionResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        self.gw
+            .remove_suppression(c, &req.get_ref().phone_number)
+            .await?;
+        Ok(Response::new(RemoveSuppressionResponse {}))
     }
 }

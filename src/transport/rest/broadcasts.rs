@@ -1,5 +1,6 @@
 //! The native broadcast API under `/api/v1` in the SAK style (`{success, data}`, camelCase):
-//! templates and the render preview, transcoded onto `wagate.v1.BroadcastsService`. Same
+//! templates and the render preview, contact lists (CSV upload, streamed), suppressions;
+//! transcoded onto `wagate.v1.BroadcastsService`. Same
 //! credentials as the other management routes (the account's JWT or a user API key).
 
 use std::collections::HashMap;
@@ -13,15 +14,18 @@ use utoipa_axum::routes;
 
 use super::auth::{SakManager, secured};
 use super::call;
+use super::envelope::ApiError;
 use super::envelope::{ApiResult, ErrorBody, Success, success};
 use super::extract::{Json, OptionalJson, Path, Query};
-use super::rfc3339_of;
+use super::upload::{UploadError, csv_form};
+use super::{rfc3339_of, rfc3339_opt};
 use crate::domain::Gateway;
 use crate::proto::v1::broadcasts_service_server::BroadcastsService;
 use crate::proto::v1::{
-    CreateTemplateRequest, DeleteTemplateRequest, GetTemplateRequest, ListTemplatesRequest,
-    RenderTemplateRequest, Template, TemplateButton, TemplateHeader, TemplateParameters,
-    TemplateVariant, UpdateTemplateRequest,
+    AddSuppressionRequest, ContactList, CreateTemplateRequest, DeleteTemplateRequest,
+    GetContactListRequest, GetTemplateRequest, ListContactListsRequest, ListSuppressionsRequest,
+    ListTemplatesRequest, RemoveSuppressionRequest, RenderTemplateRequest, Suppression, Template,
+    TemplateButton, TemplateHeader, TemplateParameters, TemplateVariant, UpdateTemplateRequest,
 };
 use crate::transport::grpc::broadcasts::BroadcastsApi;
 use crate::transport::grpc::convert::non_empty;
@@ -31,6 +35,10 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .routes(secured::<SakManager, _>(routes!(create, list)))
         .routes(secured::<SakManager, _>(routes!(get, update, remove)))
         .routes(secured::<SakManager, _>(routes!(render)))
+        .routes(secured::<SakManager, _>(routes!(upload_list, lists)))
+        .routes(secured::<SakManager, _>(routes!(get_list)))
+        .routes(secured::<SakManager, _>(routes!(suppressions, suppress)))
+        .routes(secured::<SakManager, _>(routes!(unsuppress)))
 }
 
 fn api(gw: &Gateway) -> BroadcastsApi {
@@ -404,6 +412,324 @@ pub async fn render(
         media_format: non_empty(r.media_format),
         media_url: non_empty(r.media_url),
         filename: non_empty(r.filename),
+    };
+    Ok(success(StatusCode::OK, gw.node_id(), data))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionData {
+    /// The row of the file (the header is row 1).
+    row: i64,
+    /// The number as given.
+    phone_number: String,
+    reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactListData {
+    contact_list_id: String,
+    name: String,
+    source_type: String,
+    /// processing, success or failed.
+    progress: String,
+    /// Data rows read so far.
+    rows_total: i64,
+    /// Contacts (one per number).
+    accepted: i64,
+    /// Rows refused (each with its reason; the first 100 in `rejections`).
+    rejected: i64,
+    /// Rows merged into an earlier row with the same number (the later values win).
+    duplicates: i64,
+    /// The variable columns.
+    variables: Vec<String>,
+    error_message: Option<String>,
+    rejections: Vec<RejectionData>,
+    created_at: String,
+    updated_at: String,
+    finished_at: Option<String>,
+}
+
+impl From<ContactList> for ContactListData {
+    fn from(l: ContactList) -> Self {
+        ContactListData {
+            contact_list_id: l.contact_list_id,
+            name: l.name,
+            source_type: l.source_type,
+            progress: l.progress,
+            rows_total: l.rows_total,
+            accepted: l.accepted,
+            rejected: l.rejected,
+            duplicates: l.duplicates,
+            variables: l.variables,
+            error_message: non_empty(l.error_message),
+            rejections: l
+                .rejections
+                .into_iter()
+                .map(|r| RejectionData {
+                    row: r.row,
+                    phone_number: r.phone_number,
+                    reason: r.reason,
+                })
+                .collect(),
+            created_at: rfc3339_of(l.created_at),
+            updated_at: rfc3339_of(l.updated_at),
+            finished_at: rfc3339_opt(l.finished_at),
+        }
+    }
+}
+
+/// The upload form.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the form; the handler streams its parts
+pub struct ContactListForm {
+    name: String,
+    /// "spreadsheet" by default.
+    source_type: Option<String>,
+    /// CSV with a header row: `phone_number`, `full_name`, any other column a variable; at
+    /// most 64 MiB and 200,000 rows.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+fn upload_error(e: UploadError) -> ApiError {
+    match e {
+        UploadError::Transport(r) => r.into(),
+        UploadError::Domain(e) => e.into(),
+    }
+}
+
+/// Upload a contact list (CSV, streamed to disk); it is imported in the background.
+#[utoipa::path(
+    post, path = "/api/v1/contact-lists", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/ImportContactList"))),
+    request_body(content = ContactListForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "the list, `processing`", body = inline(Success<ContactListData>)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+    )
+)]
+pub async fn upload_list(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    req: axum::extract::Request,
+) -> ApiResult {
+    let (parts, body) = req.into_parts();
+    let form = csv_form(&gw, &parts.headers, body)
+        .await
+        .map_err(upload_error)?;
+    let list = api(&gw)
+        .import_contact_list_from(&p, &form.name, &form.source_type, form.file)
+        .await?;
+    Ok(success(
+        StatusCode::CREATED,
+        gw.node_id(),
+        ContactListData::from(list),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct PageParams {
+    /// At most 100 (suppressions: 1000).
+    page_size: Option<i32>,
+    /// From the previous page's `nextPageToken`.
+    page_token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactListPage {
+    contact_lists: Vec<ContactListData>,
+    next_page_token: Option<String>,
+    total: i64,
+}
+
+/// The project's contact lists, oldest first.
+#[utoipa::path(
+    get, path = "/api/v1/contact-lists", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/ListContactLists"))),
+    params(PageParams),
+    responses((status = 200, body = inline(Success<ContactListPage>)), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub async fn lists(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Query(q): Query<PageParams>,
+) -> ApiResult {
+    let msg = ListContactListsRequest {
+        page_size: q.page_size.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let r = call::answer(
+        api(&gw)
+            .list_contact_lists(call::request(Some(p), msg))
+            .await,
+    )?;
+    let data = ContactListPage {
+        contact_lists: r.contact_lists.into_iter().map(Into::into).collect(),
+        next_page_token: non_empty(r.next_page_token),
+        total: r.total,
+    };
+    Ok(success(StatusCode::OK, gw.node_id(), data))
+}
+
+/// One contact list: its progress, counts and the first refused rows.
+#[utoipa::path(
+    get, path = "/api/v1/contact-lists/{id}", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/GetContactList"))),
+    params(("id" = String, Path, description = "contact list id")),
+    responses(
+        (status = 200, body = inline(Success<ContactListData>)),
+        (status = 401, body = ErrorBody), (status = 404, description = "CONTACT_LIST_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub async fn get_list(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let msg = GetContactListRequest {
+        contact_list_id: id,
+    };
+    let r = call::answer(api(&gw).get_contact_list(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        ContactListData::from(r.contact_list.unwrap_or_default()),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuppressionData {
+    phone_number: String,
+    /// STOP_KEYWORD or MANUAL.
+    reason: String,
+    /// The keyword, or the note given.
+    detail: Option<String>,
+    created_at: String,
+}
+
+impl From<Suppression> for SuppressionData {
+    fn from(s: Suppression) -> Self {
+        SuppressionData {
+            phone_number: s.phone_number,
+            reason: s.reason,
+            detail: non_empty(s.detail),
+            created_at: rfc3339_of(s.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuppressionPage {
+    suppressions: Vec<SuppressionData>,
+    next_page_token: Option<String>,
+    total: i64,
+}
+
+/// The project's suppressed numbers, by number.
+#[utoipa::path(
+    get, path = "/api/v1/suppressions", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/ListSuppressions"))),
+    params(PageParams),
+    responses((status = 200, body = inline(Success<SuppressionPage>)), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub async fn suppressions(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Query(q): Query<PageParams>,
+) -> ApiResult {
+    let msg = ListSuppressionsRequest {
+        page_size: q.page_size.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let r = call::answer(
+        api(&gw)
+            .list_suppressions(call::request(Some(p), msg))
+            .await,
+    )?;
+    let data = SuppressionPage {
+        suppressions: r.suppressions.into_iter().map(Into::into).collect(),
+        next_page_token: non_empty(r.next_page_token),
+        total: r.total,
+    };
+    Ok(success(StatusCode::OK, gw.node_id(), data))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSuppression {
+    #[schema(example = "6281234567890")]
+    phone_number: String,
+    note: Option<String>,
+}
+
+/// Suppress a number: campaigns skip it.
+#[utoipa::path(
+    post, path = "/api/v1/suppressions", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/AddSuppression"))),
+    request_body = NewSuppression,
+    responses(
+        (status = 201, body = inline(Success<SuppressionData>)),
+        (status = 400, description = "INVALID_PHONE_NUMBER", body = ErrorBody), (status = 401, body = ErrorBody),
+    )
+)]
+pub async fn suppress(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Json(req): Json<NewSuppression>,
+) -> ApiResult {
+    let msg = AddSuppressionRequest {
+        phone_number: req.phone_number,
+        note: req.note.unwrap_or_default(),
+    };
+    let r = call::answer(api(&gw).add_suppression(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::CREATED,
+        gw.node_id(),
+        SuppressionData::from(r.suppression.unwrap_or_default()),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Unsuppressed {
+    phone_number: String,
+    removed: bool,
+}
+
+/// Remove a number from the suppression list.
+#[utoipa::path(
+    delete, path = "/api/v1/suppressions/{phone}", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/RemoveSuppression"))),
+    params(("phone" = String, Path, description = "the number")),
+    responses(
+        (status = 200, body = inline(Success<Unsuppressed>)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "SUPPRESSION_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub async fn unsuppress(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(phone): Path<String>,
+) -> ApiResult {
+    let msg = RemoveSuppressionRequest {
+        phone_number: phone.clone(),
+    };
+    call::answer(
+        api(&gw)
+            .remove_suppression(call::request(Some(p), msg))
+            .await,
+    )?;
+    let data = Unsuppressed {
+        phone_number: phone,
+        removed: true,
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
 }

@@ -20,6 +20,7 @@ pub mod qontak;
 pub mod ratelimit;
 pub mod rk;
 pub mod sak;
+pub mod upload;
 
 use std::sync::Arc;
 

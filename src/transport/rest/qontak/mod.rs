@@ -6,6 +6,7 @@
 //! stable code). Every request is signed with the Mekari `Authorization: hmac …` scheme
 //! ([`Mekari`]): client id = the project's API key, secret = its API secret.
 
+pub mod contacts;
 pub mod integrations;
 pub mod templates;
 
@@ -48,6 +49,7 @@ pub fn routes() -> OpenApiRouter<Gateway> {
     OpenApiRouter::new()
         .merge(integrations::routes())
         .merge(templates::routes())
+        .merge(contacts::routes())
 }
 
 /// An error as Qontak answers it.
@@ -276,37 +278,65 @@ pub struct Mekari<const LIMIT: usize> {
     pub body: Bytes,
 }
 
+/// The signature's first half, from the request head alone.
+async fn begin(
+    gw: &Gateway,
+    parts: &Parts,
+) -> Result<crate::domain::auth::Unverified, QontakError> {
+    let headers = &parts.headers;
+    let auth = header_str(headers, header::AUTHORIZATION.as_str())
+        .filter(|a| a.len() > 5 && a[..5].eq_ignore_ascii_case("hmac "))
+        .ok_or(Error::InvalidAuthorizationHeader(
+            "send Authorization: hmac username=\"…\", algorithm=\"hmac-sha256\", headers=\"date request-line\", signature=\"…\"",
+        ))?;
+    Ok(gw
+        .begin_qontak(QontakHead {
+            authorization: auth,
+            date: header_str(headers, header::DATE.as_str()),
+            digest: header_str(headers, "digest"),
+            method: parts.method.as_str(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+            unsigned_body: true,
+        })
+        .await?)
+}
+
 impl<const LIMIT: usize> FromRequest<Gateway> for Mekari<LIMIT> {
     type Rejection = QontakError;
 
     async fn from_request(req: Request, gw: &Gateway) -> Result<Self, QontakError> {
         let (parts, body) = req.into_parts();
-        let headers = &parts.headers;
-        let auth = header_str(headers, header::AUTHORIZATION.as_str())
-            .filter(|a| a.len() > 5 && a[..5].eq_ignore_ascii_case("hmac "))
-            .ok_or(Error::InvalidAuthorizationHeader(
-                "send Authorization: hmac username=\"…\", algorithm=\"hmac-sha256\", headers=\"date request-line\", signature=\"…\"",
-            ))?;
-        let pending = gw
-            .begin_qontak(QontakHead {
-                authorization: auth,
-                date: header_str(headers, header::DATE.as_str()),
-                digest: header_str(headers, "digest"),
-                method: parts.method.as_str(),
-                path_and_query: parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/"),
-                unsigned_body: true,
-            })
-            .await?;
+        let pending = begin(gw, &parts).await?;
         let body = read_body(gw, body, LIMIT).await?;
         let caller = pending.verify(gw, &[&body]).await?;
-        Ok(Mekari {
+        Result::Ok(Mekari {
             principal: Principal::Project(caller),
             body,
         })
+    }
+}
+
+/// [`Mekari`] from the head alone, for an upload streamed after it (a listed `Digest`
+/// cannot be checked before the body is read, so an upload signs the date and request line).
+pub struct MekariHead(pub Principal);
+
+impl FromRequestParts<Gateway> for MekariHead {
+    type Rejection = QontakError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, QontakError> {
+        let pending = begin(gw, parts).await?;
+        let caller = pending.verify(gw, &[]).await?;
+        Result::Ok(MekariHead(Principal::Project(caller)))
+    }
+}
+
+impl Scheme for MekariHead {
+    fn declare(op: &mut Operation) {
+        Mekari::<0>::declare(op);
     }
 }
 
