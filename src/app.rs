@@ -276,6 +276,9 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
             })
             .await
     });
+    let broadcasts_gw = gw.clone();
+    let broadcasts_stop = stopped.clone();
+    tokio::spawn(async move { broadcasts_gw.run_broadcasts(broadcasts_stop).await });
     let upkeep_gw = gw.clone();
     let dispatch_stop = stopped.clone();
     let janitor_stop = stopped.clone();

@@ -223,6 +223,11 @@ pub enum Error {
     ContactListNotFound,
     #[error("this number is not on the suppression list")]
     SuppressionNotFound,
+    #[error("broadcast not found")]
+    BroadcastNotFound,
+    /// Pause, resume or cancel asked of a broadcast in a state that does not allow it.
+    #[error("{0}")]
+    BroadcastState(String),
     #[error("a template with this name already exists in this project")]
     TemplateNameTaken,
     /// Qontak's own words for a send whose body parameters do not match the template.
@@ -302,6 +307,8 @@ impl Error {
             Error::TemplateNotFound => "TEMPLATE_NOT_FOUND",
             Error::ContactListNotFound => "CONTACT_LIST_NOT_FOUND",
             Error::SuppressionNotFound => "SUPPRESSION_NOT_FOUND",
+            Error::BroadcastNotFound => "BROADCAST_NOT_FOUND",
+            Error::BroadcastState(_) => "BROADCAST_STATE_CONFLICT",
             Error::TemplateNameTaken => "TEMPLATE_NAME_TAKEN",
             Error::TemplateVariables(_) => "TEMPLATE_VARIABLES_MISMATCH",
             Error::RateLimited { .. } => "RATE_LIMITED",
@@ -360,7 +367,9 @@ impl Error {
             | Error::OperatorApiDisabled
             | Error::TemplateNotFound
             | Error::ContactListNotFound
-            | Error::SuppressionNotFound => Kind::NotFound,
+            | Error::SuppressionNotFound
+            | Error::BroadcastNotFound => Kind::NotFound,
+            Error::BroadcastState(_) => Kind::Conflict,
             Error::MediaExpired => Kind::Gone,
             Error::SessionLimitReached | Error::QuotaExceeded => Kind::LimitReached,
             Error::RateLimited { .. } => Kind::RateLimited,

@@ -140,6 +140,11 @@ text_id! {
     ContactListId
 }
 
+text_id! {
+    /// A broadcast campaign: `broadcasts.id`.
+    BroadcastId
+}
+
 /// Where an outbound message is: `queued` until the server acks it, then `sent`,
 /// `delivered`, `read`; or `failed` for good. Statuses only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]

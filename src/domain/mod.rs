@@ -92,6 +92,8 @@ struct Inner {
     hashing: accounts::PasswordHasherPool,
     /// Signs and checks node-to-node calls; derived once from the master key.
     node_key: crate::cluster::peers::NodeKey,
+    /// Wakes this node's broadcast dispatcher (a campaign created or resumed here).
+    broadcasts_wake: tokio::sync::Notify,
 }
 
 /// Event streams one node serves at once.
@@ -116,6 +118,7 @@ impl Gateway {
                 writer,
                 sessions,
                 streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
+                broadcasts_wake: tokio::sync::Notify::new(),
             }),
         }
     }

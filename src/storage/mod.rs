@@ -13,6 +13,7 @@
 
 pub mod accept;
 pub mod accounts;
+pub mod broadcasts;
 pub mod cluster;
 pub mod contact_lists;
 pub mod devices;

@@ -406,3 +406,49 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+diesel::table! {
+    broadcasts (id) {
+        id -> Text,
+        project_id -> Text,
+        name -> Text,
+        template_id -> Text,
+        language -> Text,
+        kind -> Text,
+        contact_list_id -> Nullable<Text>,
+        session_ids -> Text,
+        parameters -> Text,
+        state -> Text,
+        execute_type -> Text,
+        send_at -> BigInt,
+        recipients_total -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    broadcast_recipients (broadcast_id, seq) {
+        broadcast_id -> Text,
+        seq -> BigInt,
+        phone -> Text,
+        full_name -> Text,
+        variables -> Text,
+        session_slot -> Integer,
+        state -> Text,
+        available_at -> BigInt,
+        claimed_by -> Nullable<Text>,
+        claim_expires_at -> Nullable<BigInt>,
+        message_id -> Nullable<Text>,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        held_reason -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(broadcast_recipients -> broadcasts (broadcast_id));
+diesel::allow_tables_to_appear_in_same_query!(broadcasts, broadcast_recipients, messages);

@@ -21,6 +21,7 @@ on_both_backends!(
     contact_list_import_reports_every_row,
     qontak_contact_list_of_100k_rows_is_streamed,
     stop_keyword_suppresses_the_sender,
+    broadcasts_reach_recipients_with_the_rendered_text,
 );
 
 const CREATE: &str = "/wagate.v1.BroadcastsService/CreateTemplate";
@@ -726,5 +727,344 @@ async fn stop_keyword_suppresses_the_sender(db: TestDb) {
         again.metadata().get("x-error-code").unwrap(),
         "SUPPRESSION_NOT_FOUND"
     );
+    t.shutdown().await;
+}
+
+/// The texts a session received so far.
+async fn received(t: &TestApp, session_id: &str) -> Vec<String> {
+    let db = t.db.open();
+    let id = wagate::values::SessionId::from(session_id);
+    db.run(move |c| wagate::storage::inbound::list_inbound(c, &id, 100, 0))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.body)
+        .collect()
+}
+
+async fn broadcasts_reach_recipients_with_the_rendered_text(db: TestDb) {
+    let t = TestApp::init(db).with_sessions(3).start().await;
+    let (p, a, b, c) = (
+        t.project().clone(),
+        t.session(0).clone(),
+        t.session(1).clone(),
+        t.session(2).clone(),
+    );
+    let q = Qontak::new(&t, &p);
+    let template = json!({
+        "name": "invoice", "category": "UTILITY", "language": "id",
+        "components": [
+            {"type": "HEADER", "format": "TEXT", "text": "Invoice"},
+            {"type": "BODY", "text": "Hi {{1}}, your bill is {{2}}."},
+            {"type": "FOOTER", "text": "Reply STOP to opt out"},
+            {"type": "BUTTONS", "buttons": [{"type": "URL", "text": "Pay", "url": "https://pay.example/{{1}}"}]}
+        ]
+    });
+    let (code, made) = q
+        .post("/qontak/chat/v1/templates/whatsapp", &template)
+        .await;
+    assert_eq!(code, 201, "{made}");
+    let tid = made["data"]["id"].as_str().unwrap().to_owned();
+
+    // Direct, as Qontak clients send it; a wrong count is the 422 and creates nothing.
+    let mut direct = json!({
+        "to_number": b.phone_number, "to_name": "Budi",
+        "message_template_id": tid, "channel_integration_id": a.session_id,
+        "language": {"code": "id"},
+        "parameters": {
+            "body": [
+                {"key": "1", "value": "customer_name", "value_text": "Budi"},
+                {"key": 2, "value": "amount", "value_text": "Rp 50.000"}
+            ],
+            "buttons": [{"index": "0", "type": "url", "value": "inv-1"}]
+        }
+    });
+    let mut short = direct.clone();
+    short["parameters"]["body"].as_array_mut().unwrap().pop();
+    let wrong = q
+        .post("/qontak/chat/v1/broadcasts/whatsapp/direct", &short)
+        .await;
+    assert_qontak_error(&wrong, 422, "TEMPLATE_VARIABLES_MISMATCH");
+    assert_eq!(
+        wrong.1["error"]["messages"][0],
+        "Message Template has 2 variable, please adjust your payload."
+    );
+    let (code, sent) = q
+        .post("/qontak/chat/v1/broadcasts/whatsapp/direct", &direct)
+        .await;
+    assert_eq!(code, 201, "{sent}");
+    let d = &sent["data"];
+    assert_eq!(
+        d["message_status_count"],
+        json!({"failed": 0, "delivered": 0, "read": 0, "pending": 0, "sent": 0})
+    );
+    assert_eq!(
+        d["parameters"]["body"],
+        json!({"1": "customer_name", "2": "amount"})
+    );
+    assert_eq!(
+        d["contact_extra"],
+        json!({"customer_name": "Budi", "amount": "Rp 50.000"})
+    );
+    assert_eq!(d["message_template"]["id"], tid.as_str());
+    assert_eq!(d["channel_integration_id"], a.session_id.as_str());
+    assert_eq!(
+        (
+            d["execute_type"].as_str(),
+            d["message_broadcast_error"].as_str()
+        ),
+        (Some("immediately"), Some("n/a"))
+    );
+    let direct_id = d["id"].as_str().unwrap().to_owned();
+    let text = "*Invoice*\n\nHi Budi, your bill is Rp 50.000.\n\nPay: https://pay.example/inv-1\n\n_Reply STOP to opt out_";
+    eventually(30, "B got the direct broadcast", || async {
+        received(&t, &b.session_id)
+            .await
+            .iter()
+            .any(|m| m == text)
+            .then_some(())
+    })
+    .await;
+    let log_path = format!("/qontak/chat/v1/broadcasts/{direct_id}/whatsapp/log");
+    let entry = eventually(30, "the log says delivered", || async {
+        let (code, log) = q.get(&log_path).await;
+        assert_eq!(code, 200, "{log}");
+        let e = log["data"][0].clone();
+        matches!(e["status"].as_str(), Some("delivered" | "read")).then_some(e)
+    })
+    .await;
+    assert_eq!(entry["contact_phone_number"], b.phone_number.as_str());
+    assert_eq!(entry["contact_full_name"], "Budi");
+    assert_eq!(entry["whatsapp_error_message"], "n/a");
+    assert_eq!(entry["is_pacing"], false);
+    assert_eq!(entry["messages_broadcast_id"], direct_id.as_str());
+    assert!(entry["whatsapp_message_id"].is_string(), "{entry}");
+    let (_, detail) = q
+        .get(&format!("/qontak/chat/v1/broadcasts/{direct_id}/whatsapp"))
+        .await;
+    let counts = &detail["data"]["message_status_count"];
+    assert_eq!(
+        counts["delivered"].as_i64().unwrap() + counts["read"].as_i64().unwrap(),
+        1,
+        "{detail}"
+    );
+
+    // A contact list (B, C and a suppressed number) through the native gRPC call.
+    let csv = format!(
+        "phone_number,full_name,amount\n{},Budi,Rp 1\n{},Cici,Rp 2\n6289900001111,Dodi,Rp 3\n",
+        b.phone_number, c.phone_number
+    );
+    let (ct, body) = wagate::client::Multipart::new()
+        .text("name", "customers")
+        .file("file", "c.csv", "text/csv", csv.as_bytes())
+        .finish();
+    let (code, list) = read(
+        q.request(
+            reqwest::Method::POST,
+            "/qontak/chat/v1/contacts/contact_lists/async",
+        )
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{list}");
+    let list_id = list["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/qontak/chat/v1/contacts/contact_lists/{list_id}");
+    finished("the list", || q.get(&path)).await;
+    let pw = p.project_wide();
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    grpc.add_suppression(grpc_signed(
+        &pw,
+        "/wagate.v1.BroadcastsService/AddSuppression",
+        AddSuppressionRequest {
+            phone_number: "6289900001111".into(),
+            note: String::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    let bulk = json!({
+        "name": "December", "message_template_id": tid, "contact_list_id": list_id,
+        "channel_integration_id": a.session_id, "language": {"code": "id"},
+        "parameters": {
+            "body": [{"key": "1", "value": "full_name"}, {"key": "2", "value": "amount"}],
+            "buttons": [{"index": "0", "type": "url", "value": "phone_number"}]
+        }
+    });
+    let (code, made) = q.post("/qontak/chat/v1/broadcasts/whatsapp", &bulk).await;
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["data"]["recipients_total"], 3);
+    assert_eq!(made["data"]["contact_list_id"], list_id.as_str());
+    let bulk_id = made["data"]["id"].as_str().unwrap().to_owned();
+    let to = |name: &str, amount: &str, phone: &str| {
+        format!(
+            "*Invoice*\n\nHi {name}, your bill is {amount}.\n\nPay: https://pay.example/{phone}\n\n_Reply STOP to opt out_"
+        )
+    };
+    for (session, want) in [
+        (&b, to("Budi", "Rp 1", &b.phone_number)),
+        (&c, to("Cici", "Rp 2", &c.phone_number)),
+    ] {
+        eventually(30, "the list broadcast arrives", || async {
+            received(&t, &session.session_id)
+                .await
+                .contains(&want)
+                .then_some(())
+        })
+        .await;
+    }
+    let log = eventually(30, "the list log settles", || {
+        let mut grpc = grpc.clone();
+        let pw = pw.clone();
+        let bulk_id = bulk_id.clone();
+        async move {
+            let r = grpc
+                .list_broadcast_recipients(grpc_signed(
+                    &pw,
+                    "/wagate.v1.BroadcastsService/ListBroadcastRecipients",
+                    wagate::proto::v1::ListBroadcastRecipientsRequest {
+                        broadcast_id: bulk_id,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            r.recipients
+                .iter()
+                .all(|x| matches!(x.status.as_str(), "delivered" | "read" | "failed"))
+                .then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(log.total, 3);
+    let dodi = log
+        .recipients
+        .iter()
+        .find(|x| x.full_name == "Dodi")
+        .unwrap();
+    assert_eq!(
+        (dodi.status.as_str(), dodi.error_code.as_str()),
+        ("failed", "OPTED_OUT")
+    );
+    let got = grpc
+        .get_broadcast(grpc_signed(
+            &pw,
+            "/wagate.v1.BroadcastsService/GetBroadcast",
+            wagate::proto::v1::GetBroadcastRequest {
+                broadcast_id: bulk_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .broadcast
+        .unwrap();
+    let counts = got.counts.unwrap();
+    assert_eq!((counts.delivered + counts.read, counts.failed), (2, 1));
+    let done = eventually(10, "completed", || async {
+        let (_, d) = q
+            .get(&format!("/qontak/chat/v1/broadcasts/{bulk_id}/whatsapp"))
+            .await;
+        (d["data"]["execute_status"] == "done").then_some(d)
+    })
+    .await;
+    assert_eq!(done["data"]["state"], "completed");
+
+    // Scheduled, paused, resumed (still scheduled), cancelled: nothing is sent.
+    direct["send_at"] = json!(
+        (chrono::Utc::now() + chrono::Duration::hours(1))
+            .with_timezone(&chrono::FixedOffset::east_opt(7 * 3600).unwrap())
+            .to_rfc3339()
+    );
+    let (code, later) = q
+        .post("/qontak/chat/v1/broadcasts/whatsapp/direct", &direct)
+        .await;
+    assert_eq!(code, 201, "{later}");
+    assert_eq!(later["data"]["execute_status"], "todo");
+    assert_eq!(later["data"]["execute_type"], "specific");
+    let later_id = later["data"]["id"].as_str().unwrap().to_owned();
+    let act = |m: &'static str| {
+        let mut grpc = grpc.clone();
+        let (pw, id) = (pw.clone(), later_id.clone());
+        async move {
+            let path = format!("/wagate.v1.BroadcastsService/{m}Broadcast");
+            match m {
+                "Pause" => grpc
+                    .pause_broadcast(grpc_signed(
+                        &pw,
+                        &path,
+                        wagate::proto::v1::PauseBroadcastRequest { broadcast_id: id },
+                    ))
+                    .await
+                    .map(|r| r.into_inner().broadcast.unwrap().state),
+                "Resume" => grpc
+                    .resume_broadcast(grpc_signed(
+                        &pw,
+                        &path,
+                        wagate::proto::v1::ResumeBroadcastRequest { broadcast_id: id },
+                    ))
+                    .await
+                    .map(|r| r.into_inner().broadcast.unwrap().state),
+                _ => grpc
+                    .cancel_broadcast(grpc_signed(
+                        &pw,
+                        &path,
+                        wagate::proto::v1::CancelBroadcastRequest { broadcast_id: id },
+                    ))
+                    .await
+                    .map(|r| r.into_inner().broadcast.unwrap().state),
+            }
+        }
+    };
+    assert_eq!(act("Pause").await.unwrap(), "paused");
+    assert_eq!(act("Resume").await.unwrap(), "scheduled");
+    assert_eq!(act("Cancel").await.unwrap(), "cancelled");
+    let again = act("Cancel").await.unwrap_err();
+    assert_eq!(
+        again.metadata().get("x-error-code").unwrap(),
+        "BROADCAST_STATE_CONFLICT"
+    );
+    let (_, log) = q
+        .get(&format!(
+            "/qontak/chat/v1/broadcasts/{later_id}/whatsapp/log"
+        ))
+        .await;
+    assert_eq!(log["data"][0]["status"], "failed");
+    assert!(
+        log["data"][0]["whatsapp_error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("CANCELLED")
+    );
+
+    // Scheduled a few seconds ahead: starts on time.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    direct["send_at"] = json!(at.to_rfc3339());
+    direct["to_number"] = json!(c.phone_number);
+    direct["parameters"]["body"][0]["value_text"] = json!("Later");
+    let (code, soon) = q
+        .post("/qontak/chat/v1/broadcasts/whatsapp/direct", &direct)
+        .await;
+    assert_eq!(code, 201, "{soon}");
+    let want = "*Invoice*\n\nHi Later, your bill is Rp 50.000.\n\nPay: https://pay.example/inv-1\n\n_Reply STOP to opt out_".to_owned();
+    eventually(40, "the scheduled broadcast arrives", || async {
+        received(&t, &c.session_id)
+            .await
+            .contains(&want)
+            .then_some(())
+    })
+    .await;
+    assert!(chrono::Utc::now() >= at, "not before its time");
+    let (code, all) = q
+        .get("/qontak/chat/v1/broadcasts/whatsapp?offset=1&limit=10")
+        .await;
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["meta"]["pagination"]["total"], 4);
     t.shutdown().await;
 }

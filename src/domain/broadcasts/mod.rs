@@ -3,6 +3,7 @@
 //! `BroadcastsService`, its REST transcoding under `/api/v1`, the Qontak surface — calls
 //! these methods.
 
+pub mod campaigns;
 pub mod contacts;
 pub mod model;
 pub mod render;

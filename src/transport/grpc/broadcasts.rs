@@ -6,8 +6,12 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::principal;
+use super::convert::millis;
 use super::convert::timestamp;
 use crate::domain::Gateway;
+use crate::domain::broadcasts::campaigns::{
+    BroadcastAction, BroadcastSpec, BroadcastView, Mapping, RecipientView, Target,
+};
 use crate::domain::broadcasts::contacts::{ContactListView, Spooled, spool};
 use crate::domain::broadcasts::model::{
     Button, ButtonKind, Header, HeaderFormat, TemplateSpec, Variant,
@@ -19,7 +23,7 @@ use crate::domain::principal::Principal;
 use crate::error::Error;
 use crate::proto::v1::broadcasts_service_server::BroadcastsService;
 use crate::proto::v1::*;
-use crate::values::{ContactListId, TemplateId};
+use crate::values::{BroadcastId, ContactListId, TemplateId};
 
 /// Templates per page when a request names no size.
 const DEFAULT_PAGE: i64 = 20;
@@ -160,6 +164,71 @@ pub(crate) fn contact_list(v: ContactListView) -> ContactList {
         created_at: Some(timestamp(v.created_at)),
         updated_at: Some(timestamp(v.updated_at)),
         finished_at: v.finished_at.map(timestamp),
+    }
+}
+
+fn mapping_to_proto(m: Mapping) -> BroadcastParameters {
+    BroadcastParameters {
+        body: m.body,
+        header: m.header,
+        buttons: m.buttons.into_iter().map(|(k, v)| (k as u32, v)).collect(),
+        media_url: m.media_url,
+        filename: m.filename,
+        labels: m.labels,
+    }
+}
+
+pub(crate) fn broadcast(v: BroadcastView) -> Broadcast {
+    let r = v.row;
+    let c = v.counts;
+    Broadcast {
+        broadcast_id: r.id.into(),
+        name: r.name,
+        template_id: r.template_id,
+        language: r.language,
+        kind: r.kind,
+        contact_list_id: r.contact_list_id.unwrap_or_default(),
+        session_ids: v.session_ids,
+        parameters: Some(mapping_to_proto(v.mapping)),
+        state: r.state,
+        execute_type: r.execute_type,
+        send_at: Some(timestamp(r.send_at)),
+        recipients_total: r.recipients_total,
+        counts: Some(BroadcastCounts {
+            created: c.created,
+            pending: c.pending,
+            sent: c.sent,
+            delivered: c.delivered,
+            read: c.read,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        }),
+        created_at: Some(timestamp(r.created_at)),
+        updated_at: Some(timestamp(r.updated_at)),
+        started_at: r.started_at.map(timestamp),
+        finished_at: r.finished_at.map(timestamp),
+        template: v.template.map(template),
+    }
+}
+
+fn recipient(v: RecipientView) -> BroadcastRecipient {
+    BroadcastRecipient {
+        seq: v.seq,
+        phone_number: v.phone,
+        full_name: v.full_name,
+        status: v.status.into(),
+        session_id: v.session_id,
+        message_id: v.message_id.unwrap_or_default(),
+        wa_message_id: v.wa_message_id.unwrap_or_default(),
+        error_code: v.error_code.unwrap_or_default(),
+        error_message: v.error_message.unwrap_or_default(),
+        held_reason: v.held.unwrap_or_default(),
+        created_at: Some(timestamp(v.created_at)),
+        updated_at: Some(timestamp(v.updated_at)),
+        sent_at: v.sent_at.map(timestamp),
+        delivered_at: v.delivered_at.map(timestamp),
+        read_at: v.read_at.map(timestamp),
+        failed_at: v.failed_at.map(timestamp),
     }
 }
 
@@ -432,5 +501,153 @@ impl BroadcastsService for BroadcastsApi {
             .remove_suppression(c, &req.get_ref().phone_number)
             .await?;
         Ok(Response::new(RemoveSuppressionResponse {}))
+    }
+
+    async fn create_broadcast(
+        &self,
+        req: Request<CreateBroadcastRequest>,
+    ) -> Result<Response<CreateBroadcastResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.into_inner();
+        let target = match (m.to_number.is_empty(), m.contact_list_id.is_empty()) {
+            (false, true) => Target::Direct {
+                phone: m.to_number,
+                name: m.to_name,
+            },
+            (true, false) => Target::List {
+                contact_list_id: ContactListId::from(m.contact_list_id),
+            },
+            _ => {
+                return Err(Error::InvalidRequest(
+                    "give either to_number (direct) or contact_list_id".into(),
+                )
+                .into());
+            }
+        };
+        let params = m.parameters.unwrap_or_default();
+        let spec = BroadcastSpec {
+            name: m.name,
+            template_id: TemplateId::from(m.template_id),
+            language: m.language,
+            session_ids: m.session_ids,
+            target,
+            mapping: Mapping {
+                body: params.body,
+                header: params.header,
+                buttons: params
+                    .buttons
+                    .into_iter()
+                    .map(|(k, v)| (k as usize, v))
+                    .collect(),
+                media_url: params.media_url,
+                filename: params.filename,
+                labels: params.labels,
+            },
+            send_at: m.send_at.as_ref().map(millis),
+        };
+        let b = self.gw.create_broadcast(c, spec).await?;
+        Ok(Response::new(CreateBroadcastResponse {
+            broadcast: Some(broadcast(b)),
+        }))
+    }
+
+    async fn list_broadcasts(
+        &self,
+        req: Request<ListBroadcastsRequest>,
+    ) -> Result<Response<ListBroadcastsResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.get_ref();
+        let skip = skip_of(&m.page_token)?;
+        let (rows, total) = self
+            .gw
+            .list_broadcasts(c, skip, page_size(m.page_size, DEFAULT_PAGE))
+            .await?;
+        Ok(Response::new(ListBroadcastsResponse {
+            next_page_token: next_token(skip, rows.len(), total),
+            total,
+            broadcasts: rows.into_iter().map(broadcast).collect(),
+        }))
+    }
+
+    async fn get_broadcast(
+        &self,
+        req: Request<GetBroadcastRequest>,
+    ) -> Result<Response<GetBroadcastResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let id = BroadcastId::from(req.get_ref().broadcast_id.as_str());
+        let b = self.gw.get_broadcast(c, &id).await?;
+        Ok(Response::new(GetBroadcastResponse {
+            broadcast: Some(broadcast(b)),
+        }))
+    }
+
+    async fn list_broadcast_recipients(
+        &self,
+        req: Request<ListBroadcastRecipientsRequest>,
+    ) -> Result<Response<ListBroadcastRecipientsResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.get_ref();
+        let after = skip_of(&m.page_token)?;
+        let limit = page_size(m.page_size, 100);
+        let id = BroadcastId::from(m.broadcast_id.as_str());
+        let (rows, total) = self.gw.broadcast_log(c, &id, after, limit).await?;
+        let next_page_token = match rows.last() {
+            Some(r) if (rows.len() as i64) == limit && r.seq < total => r.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListBroadcastRecipientsResponse {
+            recipients: rows.into_iter().map(recipient).collect(),
+            next_page_token,
+            total,
+        }))
+    }
+
+    async fn pause_broadcast(
+        &self,
+        req: Request<PauseBroadcastRequest>,
+    ) -> Result<Response<PauseBroadcastResponse>, Status> {
+        let p = principal(&req)?;
+        let id = BroadcastId::from(req.get_ref().broadcast_id.as_str());
+        let b = self
+            .gw
+            .change_broadcast(p.manager()?, &id, BroadcastAction::Pause)
+            .await?;
+        Ok(Response::new(PauseBroadcastResponse {
+            broadcast: Some(broadcast(b)),
+        }))
+    }
+
+    async fn resume_broadcast(
+        &self,
+        req: Request<ResumeBroadcastRequest>,
+    ) -> Result<Response<ResumeBroadcastResponse>, Status> {
+        let p = principal(&req)?;
+        let id = BroadcastId::from(req.get_ref().broadcast_id.as_str());
+        let b = self
+            .gw
+            .change_broadcast(p.manager()?, &id, BroadcastAction::Resume)
+            .await?;
+        Ok(Response::new(ResumeBroadcastResponse {
+            broadcast: Some(broadcast(b)),
+        }))
+    }
+
+    async fn cancel_broadcast(
+        &self,
+        req: Request<CancelBroadcastRequest>,
+    ) -> Result<Response<CancelBroadcastResponse>, Status> {
+        let p = principal(&req)?;
+        let id = BroadcastId::from(req.get_ref().broadcast_id.as_str());
+        let b = self
+            .gw
+            .change_broadcast(p.manager()?, &id, BroadcastAction::Cancel)
+            .await?;
+        Ok(Response::new(CancelBroadcastResponse {
+            broadcast: Some(broadcast(b)),
+        }))
     }
 }

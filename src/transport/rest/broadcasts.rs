@@ -39,6 +39,15 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .routes(secured::<SakManager, _>(routes!(get_list)))
         .routes(secured::<SakManager, _>(routes!(suppressions, suppress)))
         .routes(secured::<SakManager, _>(routes!(unsuppress)))
+        .routes(secured::<SakManager, _>(routes!(
+            create_broadcast,
+            list_broadcasts
+        )))
+        .routes(secured::<SakManager, _>(routes!(get_broadcast)))
+        .routes(secured::<SakManager, _>(routes!(broadcast_recipients)))
+        .routes(secured::<SakManager, _>(routes!(pause_broadcast)))
+        .routes(secured::<SakManager, _>(routes!(resume_broadcast)))
+        .routes(secured::<SakManager, _>(routes!(cancel_broadcast)))
 }
 
 fn api(gw: &Gateway) -> BroadcastsApi {
@@ -732,4 +741,381 @@ pub async fn unsuppress(
         removed: true,
     };
     Ok(success(StatusCode::OK, gw.node_id(), data))
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BroadcastParams {
+    /// Direct: the body values, `{{1}}` first. Contact list: the column of each (or
+    /// `full_name`, `phone_number`).
+    #[serde(default)]
+    body: Vec<String>,
+    #[serde(default)]
+    header: Vec<String>,
+    /// By button index: a URL suffix or an OTP code (a column for a list).
+    #[serde(default)]
+    buttons: HashMap<u32, String>,
+    #[serde(default)]
+    media_url: String,
+    #[serde(default)]
+    filename: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewBroadcast {
+    #[serde(default)]
+    name: String,
+    template_id: String,
+    /// The template variant's language.
+    #[serde(default)]
+    language: String,
+    /// One or several sessions; recipient n goes through session n mod count.
+    session_ids: Vec<String>,
+    /// Direct: the number and its name.
+    to_number: Option<String>,
+    to_name: Option<String>,
+    /// Or a contact list that imported successfully.
+    contact_list_id: Option<String>,
+    #[serde(default)]
+    parameters: BroadcastParams,
+    /// RFC 3339 with its offset (`2026-12-05T09:00:00+07:00`); absent or past: now.
+    send_at: Option<String>,
+}
+
+/// An RFC 3339 time with its offset, as a proto timestamp.
+pub(crate) fn parse_send_at(s: Option<&str>) -> Result<Option<prost_types::Timestamp>, ApiError> {
+    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| {
+        crate::error::Error::InvalidRequest(
+            "send_at must be an RFC 3339 time with its offset, e.g. 2026-12-05T09:00:00+07:00"
+                .into(),
+        )
+    })?;
+    Ok(Some(crate::transport::grpc::convert::timestamp(
+        t.timestamp_millis(),
+    )))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CountsData {
+    created: i64,
+    pending: i64,
+    sent: i64,
+    delivered: i64,
+    read: i64,
+    failed: i64,
+    cancelled: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BroadcastData {
+    broadcast_id: String,
+    name: String,
+    template_id: String,
+    language: String,
+    /// direct or contact_list.
+    kind: String,
+    contact_list_id: Option<String>,
+    session_ids: Vec<String>,
+    /// scheduled, running, paused, completed, cancelled.
+    state: String,
+    /// immediately or specific.
+    execute_type: String,
+    send_at: String,
+    recipients_total: i64,
+    counts: CountsData,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl From<crate::proto::v1::Broadcast> for BroadcastData {
+    fn from(b: crate::proto::v1::Broadcast) -> Self {
+        let c = b.counts.unwrap_or_default();
+        BroadcastData {
+            broadcast_id: b.broadcast_id,
+            name: b.name,
+            template_id: b.template_id,
+            language: b.language,
+            kind: b.kind,
+            contact_list_id: non_empty(b.contact_list_id),
+            session_ids: b.session_ids,
+            state: b.state,
+            execute_type: b.execute_type,
+            send_at: rfc3339_of(b.send_at),
+            recipients_total: b.recipients_total,
+            counts: CountsData {
+                created: c.created,
+                pending: c.pending,
+                sent: c.sent,
+                delivered: c.delivered,
+                read: c.read,
+                failed: c.failed,
+                cancelled: c.cancelled,
+            },
+            created_at: rfc3339_of(b.created_at),
+            started_at: rfc3339_opt(b.started_at),
+            finished_at: rfc3339_opt(b.finished_at),
+        }
+    }
+}
+
+/// Start a broadcast: a template to one number or to a contact list, now or at `sendAt`.
+#[utoipa::path(
+    post, path = "/api/v1/broadcasts", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/CreateBroadcast"))),
+    request_body = NewBroadcast,
+    responses(
+        (status = 201, body = inline(Success<BroadcastData>)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "TEMPLATE_VARIABLES_MISMATCH", body = ErrorBody),
+    )
+)]
+pub async fn create_broadcast(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Json(req): Json<NewBroadcast>,
+) -> ApiResult {
+    let msg = crate::proto::v1::CreateBroadcastRequest {
+        name: req.name,
+        template_id: req.template_id,
+        language: req.language,
+        session_ids: req.session_ids,
+        to_number: req.to_number.unwrap_or_default(),
+        to_name: req.to_name.unwrap_or_default(),
+        contact_list_id: req.contact_list_id.unwrap_or_default(),
+        parameters: Some(crate::proto::v1::BroadcastParameters {
+            body: req.parameters.body,
+            header: req.parameters.header,
+            buttons: req.parameters.buttons.into_iter().collect(),
+            media_url: req.parameters.media_url,
+            filename: req.parameters.filename,
+            labels: Vec::new(),
+        }),
+        send_at: parse_send_at(req.send_at.as_deref())?,
+    };
+    let r = call::answer(api(&gw).create_broadcast(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::CREATED,
+        gw.node_id(),
+        BroadcastData::from(r.broadcast.unwrap_or_default()),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BroadcastPage {
+    broadcasts: Vec<BroadcastData>,
+    next_page_token: Option<String>,
+    total: i64,
+}
+
+/// The project's broadcasts, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/broadcasts", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/ListBroadcasts"))),
+    params(PageParams),
+    responses((status = 200, body = inline(Success<BroadcastPage>)), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+)]
+pub async fn list_broadcasts(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Query(q): Query<PageParams>,
+) -> ApiResult {
+    let msg = crate::proto::v1::ListBroadcastsRequest {
+        page_size: q.page_size.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let r = call::answer(api(&gw).list_broadcasts(call::request(Some(p), msg)).await)?;
+    let data = BroadcastPage {
+        broadcasts: r.broadcasts.into_iter().map(Into::into).collect(),
+        next_page_token: non_empty(r.next_page_token),
+        total: r.total,
+    };
+    Ok(success(StatusCode::OK, gw.node_id(), data))
+}
+
+/// One broadcast with its progress.
+#[utoipa::path(
+    get, path = "/api/v1/broadcasts/{id}", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/GetBroadcast"))),
+    params(("id" = String, Path, description = "broadcast id")),
+    responses(
+        (status = 200, body = inline(Success<BroadcastData>)),
+        (status = 401, body = ErrorBody), (status = 404, description = "BROADCAST_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub async fn get_broadcast(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let msg = crate::proto::v1::GetBroadcastRequest { broadcast_id: id };
+    let r = call::answer(api(&gw).get_broadcast(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        BroadcastData::from(r.broadcast.unwrap_or_default()),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientData {
+    seq: i64,
+    phone_number: String,
+    full_name: String,
+    /// created, pending, sent, delivered, read, failed, cancelled.
+    status: String,
+    session_id: String,
+    message_id: Option<String>,
+    wa_message_id: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    /// Why it waits, while held.
+    held_reason: Option<String>,
+    created_at: String,
+    sent_at: Option<String>,
+    delivered_at: Option<String>,
+    read_at: Option<String>,
+    failed_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientPage {
+    recipients: Vec<RecipientData>,
+    next_page_token: Option<String>,
+    total: i64,
+}
+
+/// A broadcast's per-recipient log.
+#[utoipa::path(
+    get, path = "/api/v1/broadcasts/{id}/recipients", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/ListBroadcastRecipients"))),
+    params(("id" = String, Path, description = "broadcast id"), PageParams),
+    responses(
+        (status = 200, body = inline(Success<RecipientPage>)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
+)]
+pub async fn broadcast_recipients(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(id): Path<String>,
+    Query(q): Query<PageParams>,
+) -> ApiResult {
+    let msg = crate::proto::v1::ListBroadcastRecipientsRequest {
+        broadcast_id: id,
+        page_size: q.page_size.unwrap_or_default(),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let r = call::answer(
+        api(&gw)
+            .list_broadcast_recipients(call::request(Some(p), msg))
+            .await,
+    )?;
+    let data = RecipientPage {
+        recipients: r
+            .recipients
+            .into_iter()
+            .map(|x| RecipientData {
+                seq: x.seq,
+                phone_number: x.phone_number,
+                full_name: x.full_name,
+                status: x.status,
+                session_id: x.session_id,
+                message_id: non_empty(x.message_id),
+                wa_message_id: non_empty(x.wa_message_id),
+                error_code: non_empty(x.error_code),
+                error_message: non_empty(x.error_message),
+                held_reason: non_empty(x.held_reason),
+                created_at: rfc3339_of(x.created_at),
+                sent_at: rfc3339_opt(x.sent_at),
+                delivered_at: rfc3339_opt(x.delivered_at),
+                read_at: rfc3339_opt(x.read_at),
+                failed_at: rfc3339_opt(x.failed_at),
+            })
+            .collect(),
+        next_page_token: non_empty(r.next_page_token),
+        total: r.total,
+    };
+    Ok(success(StatusCode::OK, gw.node_id(), data))
+}
+
+/// Pause a scheduled or running broadcast.
+#[utoipa::path(
+    post, path = "/api/v1/broadcasts/{id}/pause", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/PauseBroadcast"))),
+    params(("id" = String, Path, description = "broadcast id")),
+    responses(
+        (status = 200, body = inline(Success<BroadcastData>)),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "BROADCAST_STATE_CONFLICT", body = ErrorBody),
+    )
+)]
+pub async fn pause_broadcast(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let msg = crate::proto::v1::PauseBroadcastRequest { broadcast_id: id };
+    let r = call::answer(api(&gw).pause_broadcast(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        BroadcastData::from(r.broadcast.unwrap_or_default()),
+    ))
+}
+
+/// Resume a paused broadcast.
+#[utoipa::path(
+    post, path = "/api/v1/broadcasts/{id}/resume", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/ResumeBroadcast"))),
+    params(("id" = String, Path, description = "broadcast id")),
+    responses(
+        (status = 200, body = inline(Success<BroadcastData>)),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    )
+)]
+pub async fn resume_broadcast(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let msg = crate::proto::v1::ResumeBroadcastRequest { broadcast_id: id };
+    let r = call::answer(api(&gw).resume_broadcast(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        BroadcastData::from(r.broadcast.unwrap_or_default()),
+    ))
+}
+
+/// Cancel a broadcast: recipients not yet handed to the queue are cancelled.
+#[utoipa::path(
+    post, path = "/api/v1/broadcasts/{id}/cancel", tag = "broadcasts",
+    extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/CancelBroadcast"))),
+    params(("id" = String, Path, description = "broadcast id")),
+    responses(
+        (status = 200, body = inline(Success<BroadcastData>)),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    )
+)]
+pub async fn cancel_broadcast(
+    State(gw): State<Gateway>,
+    SakManager(p): SakManager,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let msg = crate::proto::v1::CancelBroadcastRequest { broadcast_id: id };
+    let r = call::answer(api(&gw).cancel_broadcast(call::request(Some(p), msg)).await)?;
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        BroadcastData::from(r.broadcast.unwrap_or_default()),
+    ))
 }

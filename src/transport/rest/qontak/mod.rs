@@ -6,6 +6,7 @@
 //! stable code). Every request is signed with the Mekari `Authorization: hmac …` scheme
 //! ([`Mekari`]): client id = the project's API key, secret = its API secret.
 
+pub mod broadcasts;
 pub mod contacts;
 pub mod integrations;
 pub mod templates;
@@ -50,6 +51,7 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .merge(integrations::routes())
         .merge(templates::routes())
         .merge(contacts::routes())
+        .merge(broadcasts::routes())
 }
 
 /// An error as Qontak answers it.
