@@ -50,6 +50,8 @@ pub struct Settings {
     pub cluster: crate::cluster::ClusterSettings,
     /// The operator token of the cluster endpoints; they are off without one.
     pub admin_token: Option<String>,
+    /// Campaign pacing defaults and the reply window.
+    pub broadcasts: broadcasts::campaigns::BroadcastSettings,
 }
 
 impl Default for Settings {
@@ -70,6 +72,7 @@ impl Default for Settings {
             http: crate::transport::limits::HttpSettings::default(),
             cluster: crate::cluster::ClusterSettings::default(),
             admin_token: None,
+            broadcasts: broadcasts::campaigns::BroadcastSettings::default(),
         }
     }
 }

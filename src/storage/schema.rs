@@ -421,6 +421,9 @@ diesel::table! {
         state -> Text,
         execute_type -> Text,
         send_at -> BigInt,
+        pacing_min_ms -> BigInt,
+        pacing_max_ms -> BigInt,
+        daily_cap -> BigInt,
         recipients_total -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
@@ -447,6 +450,15 @@ diesel::table! {
         held_reason -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    session_pacing (device_id) {
+        device_id -> Text,
+        next_at -> BigInt,
+        day -> Text,
+        sent_today -> BigInt,
     }
 }
 

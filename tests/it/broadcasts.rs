@@ -634,6 +634,44 @@ async fn qontak_contact_list_of_100k_rows_is_streamed(db: TestDb) {
         404,
         "CONTACT_LIST_NOT_FOUND",
     );
+
+    // A campaign over it is expanded into 100,000 recipients at once (scheduled ahead, then
+    // cancelled: nothing is sent).
+    let template = json!({"name": "hi", "category": "MARKETING", "language": "id",
+        "components": [{"type": "BODY", "text": "Hi {{1}} from {{2}}"}]});
+    let (code, made) = q
+        .post("/qontak/chat/v1/templates/whatsapp", &template)
+        .await;
+    assert_eq!(code, 201, "{made}");
+    let bulk = json!({
+        "message_template_id": made["data"]["id"], "contact_list_id": id,
+        "channel_integration_id": p.device_id, "language": {"code": "id"},
+        "send_at": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339(),
+        "parameters": {"body": [{"key": "1", "value": "full_name"}, {"key": "2", "value": "company"}]}
+    });
+    let started = std::time::Instant::now();
+    let (code, b) = q.post("/qontak/chat/v1/broadcasts/whatsapp", &bulk).await;
+    let took = started.elapsed();
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(b["data"]["recipients_total"], 100_000);
+    eprintln!("expanded 100,000 recipients in {took:?}");
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    let cancelled = grpc
+        .cancel_broadcast(grpc_signed(
+            &p.project_wide(),
+            "/wagate.v1.BroadcastsService/CancelBroadcast",
+            wagate::proto::v1::CancelBroadcastRequest {
+                broadcast_id: b["data"]["id"].as_str().unwrap().to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .broadcast
+        .unwrap();
+    assert_eq!(cancelled.counts.unwrap().cancelled, 100_000);
     t.shutdown().await;
 }
 
@@ -743,7 +781,15 @@ async fn received(t: &TestApp, session_id: &str) -> Vec<String> {
 }
 
 async fn broadcasts_reach_recipients_with_the_rendered_text(db: TestDb) {
-    let t = TestApp::init(db).with_sessions(3).start().await;
+    // Test-sized pacing by default; the contact-list campaign asks for its own.
+    let t = TestApp::init(db)
+        .configure(|s| {
+            s.broadcasts.pacing_min = std::time::Duration::ZERO;
+            s.broadcasts.pacing_max = std::time::Duration::ZERO;
+        })
+        .with_sessions(3)
+        .start()
+        .await;
     let (p, a, b, c) = (
         t.project().clone(),
         t.session(0).clone(),
@@ -839,6 +885,19 @@ async fn broadcasts_reach_recipients_with_the_rendered_text(db: TestDb) {
     assert_eq!(entry["is_pacing"], false);
     assert_eq!(entry["messages_broadcast_id"], direct_id.as_str());
     assert!(entry["whatsapp_message_id"].is_string(), "{entry}");
+    // B writes back: the recipient has replied (not a count of Qontak's own).
+    let (code, body) = t
+        .send_json(
+            &p.via(&b),
+            json!({"recipient": a.phone_number, "message": "thanks!"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    eventually(30, "the log says replied", || async {
+        let (_, log) = q.get(&log_path).await;
+        (log["data"][0]["status"] == "replied").then_some(())
+    })
+    .await;
     let (_, detail) = q
         .get(&format!("/qontak/chat/v1/broadcasts/{direct_id}/whatsapp"))
         .await;
@@ -894,7 +953,8 @@ async fn broadcasts_reach_recipients_with_the_rendered_text(db: TestDb) {
         "parameters": {
             "body": [{"key": "1", "value": "full_name"}, {"key": "2", "value": "amount"}],
             "buttons": [{"index": "0", "type": "url", "value": "phone_number"}]
-        }
+        },
+        "pacing": {"min_delay_ms": 700, "max_delay_ms": 900}
     });
     let (code, made) = q.post("/qontak/chat/v1/broadcasts/whatsapp", &bulk).await;
     assert_eq!(code, 201, "{made}");
@@ -943,6 +1003,22 @@ async fn broadcasts_reach_recipients_with_the_rendered_text(db: TestDb) {
     })
     .await;
     assert_eq!(log.total, 3);
+    // Paced: the second message through A went at least the campaign's gap after the first.
+    let sent: Vec<i64> = log
+        .recipients
+        .iter()
+        .filter_map(|x| {
+            x.sent_at
+                .as_ref()
+                .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        })
+        .collect();
+    assert_eq!(sent.len(), 2, "{log:?}");
+    assert!(
+        (sent[1] - sent[0]).abs() >= 600,
+        "gap {} ms",
+        (sent[1] - sent[0]).abs()
+    );
     let dodi = log
         .recipients
         .iter()

@@ -21,6 +21,11 @@ CREATE TABLE broadcasts (
     -- immediately or specific
     execute_type TEXT NOT NULL,
     send_at BIGINT NOT NULL,
+    -- Pacing of each session for this campaign: a random gap between messages in
+    -- [pacing_min_ms, pacing_max_ms], at most daily_cap messages per session and UTC day.
+    pacing_min_ms BIGINT NOT NULL,
+    pacing_max_ms BIGINT NOT NULL,
+    daily_cap BIGINT NOT NULL,
     recipients_total BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
@@ -55,3 +60,14 @@ CREATE TABLE broadcast_recipients (
 );
 CREATE INDEX broadcast_recipients_due ON broadcast_recipients (broadcast_id, state, available_at, seq);
 CREATE INDEX broadcast_recipients_message ON broadcast_recipients (message_id);
+
+-- Each session's pacing state, shared by every node and kept across restarts: when its next
+-- campaign message may go, and how many went on the current UTC day.
+CREATE TABLE session_pacing (
+    device_id TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+    next_at BIGINT NOT NULL,
+    day TEXT NOT NULL,
+    sent_today BIGINT NOT NULL
+);
+-- A campaign recipient's reply (`replied`): its inbound messages on the session, by sender.
+CREATE INDEX inbound_by_sender ON inbound_messages (device_id, sender_phone, created_at);

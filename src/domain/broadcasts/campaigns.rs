@@ -48,6 +48,61 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long a recipient held by the rate limit waits at least.
 const MIN_HOLD_MS: i64 = 1_000;
 
+/// Campaign defaults (a campaign may ask for its own pacing).
+#[derive(Debug, Clone)]
+pub struct BroadcastSettings {
+    /// The gap between two campaign messages of one session is random in this range: steady
+    /// machine-like intervals and bursts are what gets numbers banned.
+    pub pacing_min: Duration,
+    pub pacing_max: Duration,
+    /// Campaign messages one session sends per UTC day at most (0: no cap).
+    pub daily_cap: i64,
+    /// A recipient who writes back on the session within this long after the message was
+    /// sent counts as `replied`.
+    pub reply_window: Duration,
+}
+
+impl Default for BroadcastSettings {
+    fn default() -> Self {
+        BroadcastSettings {
+            pacing_min: Duration::from_secs(4),
+            pacing_max: Duration::from_secs(12),
+            daily_cap: 1000,
+            reply_window: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// A campaign's own pacing (each field: the default when `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pacing {
+    pub min_ms: Option<i64>,
+    pub max_ms: Option<i64>,
+    pub daily_cap: Option<i64>,
+}
+
+/// Longest gap a campaign may ask for between two messages of a session.
+const MAX_GAP_MS: i64 = 3600 * 1000;
+
+/// A random gap in `[min, max]`.
+fn gap_ms(min: i64, max: i64) -> i64 {
+    if max <= min {
+        return min;
+    }
+    let r = i64::from(u32::from_le_bytes(crate::crypto::random_bytes::<4>()));
+    min + r % (max - min + 1)
+}
+
+/// The UTC day of `now` and when the next one starts.
+fn utc_day(now: i64) -> (String, i64) {
+    const DAY: i64 = 24 * 3600 * 1000;
+    let start = now - now.rem_euclid(DAY);
+    let day = chrono::DateTime::from_timestamp_millis(start)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    (day, start + DAY)
+}
+
 /// What a send fills the template with: values (direct) or column names (contact list).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mapping {
@@ -85,6 +140,7 @@ pub struct BroadcastSpec {
     pub mapping: Mapping,
     /// Unix ms; `None` or past: now.
     pub send_at: Option<i64>,
+    pub pacing: Pacing,
 }
 
 /// Recipients by status: `created` (not handed over yet), `pending` (queued, or held),
@@ -98,6 +154,9 @@ pub struct StatusCounts {
     pub read: i64,
     pub failed: i64,
     pub cancelled: i64,
+    /// Of those sent: how many wrote back within the reply window (not a status of its own
+    /// in the counts above, as on Qontak).
+    pub replied: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +293,23 @@ impl Gateway {
         let now = now_ms();
         let send_at = spec.send_at.filter(|t| *t > now);
         let id = BroadcastId::new(uuid::Uuid::now_v7().to_string());
+        let defaults = &self.settings().broadcasts;
+        let pacing_min_ms = spec
+            .pacing
+            .min_ms
+            .unwrap_or(defaults.pacing_min.as_millis() as i64);
+        let pacing_max_ms = spec
+            .pacing
+            .max_ms
+            .unwrap_or(defaults.pacing_max.as_millis() as i64)
+            .max(pacing_min_ms);
+        let daily_cap = spec.pacing.daily_cap.unwrap_or(defaults.daily_cap);
+        if !(0..=MAX_GAP_MS).contains(&pacing_min_ms) || pacing_max_ms > MAX_GAP_MS || daily_cap < 0
+        {
+            return Err(Error::InvalidRequest(format!(
+                "pacing: gaps are 0 to {MAX_GAP_MS} ms, the daily cap 0 (none) or more"
+            )));
+        }
         let (kind, list_id, recipients) = match &spec.target {
             Target::Direct { phone, name } => {
                 let phone = normalize_phone(phone, &self.settings().default_country_code)?;
@@ -324,6 +400,9 @@ impl Gateway {
             }
             .into(),
             send_at: send_at.unwrap_or(now),
+            pacing_min_ms,
+            pacing_max_ms,
+            daily_cap,
             recipients_total: 0,
             created_at: now,
             updated_at: now,
@@ -349,14 +428,16 @@ impl Gateway {
     pub async fn get_broadcast(&self, caller: &Caller, id: &BroadcastId) -> Result<BroadcastView> {
         no_nul("broadcast id", id)?;
         let (p, bid) = (caller.project.row.id.clone(), id.clone());
-        let (row, counts) = self
+        let window = self.settings().broadcasts.reply_window.as_millis() as i64;
+        let (row, counts, replied) = self
             .db()
             .run(move |c| {
                 let Some(row) = store::get(c, &p, &bid)? else {
                     return Ok(None);
                 };
                 let counts = store::counts(c, &bid)?;
-                Ok(Some((row, counts)))
+                let replied = store::replied(c, &bid, window)?;
+                Ok(Some((row, counts, replied)))
             })
             .await?
             .ok_or(Error::BroadcastNotFound)?;
@@ -367,7 +448,10 @@ impl Gateway {
         Ok(BroadcastView {
             session_ids: serde_json::from_str(&row.session_ids).unwrap_or_default(),
             mapping: serde_json::from_str(&row.parameters).unwrap_or_default(),
-            counts: counts_of(counts),
+            counts: StatusCounts {
+                replied,
+                ..counts_of(counts)
+            },
             template,
             row,
         })
@@ -382,13 +466,17 @@ impl Gateway {
     ) -> Result<(Vec<BroadcastView>, i64)> {
         let p = caller.project.row.id.clone();
         let (skip, limit) = (skip.max(0), limit.clamp(1, 100));
+        let window = self.settings().broadcasts.reply_window.as_millis() as i64;
         let (rows, total) = self
             .db()
             .run(move |c| {
                 let (rows, total) = store::list(c, &p, skip, limit)?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
-                    let counts = store::counts(c, &r.id)?;
+                    let counts = StatusCounts {
+                        replied: store::replied(c, &r.id, window)?,
+                        ..counts_of(store::counts(c, &r.id)?)
+                    };
                     out.push((r, counts));
                 }
                 Ok((out, total))
@@ -407,7 +495,7 @@ impl Gateway {
             views.push(BroadcastView {
                 session_ids: serde_json::from_str(&row.session_ids).unwrap_or_default(),
                 mapping: serde_json::from_str(&row.parameters).unwrap_or_default(),
-                counts: counts_of(counts),
+                counts,
                 template: templates.get(&row.template_id).cloned().flatten(),
                 row,
             });
@@ -426,9 +514,10 @@ impl Gateway {
         let b = self.get_broadcast(caller, id).await?;
         let bid = id.clone();
         let limit = limit.clamp(1, MAX_PAGE);
+        let window = self.settings().broadcasts.reply_window.as_millis() as i64;
         let rows = self
             .db()
-            .run(move |c| store::log(c, &bid, after.max(0), limit))
+            .run(move |c| store::log(c, &bid, after.max(0), limit, window))
             .await?;
         let now = now_ms();
         let total = b.row.recipients_total;
@@ -438,8 +527,12 @@ impl Gateway {
                 let held = (r.state == CREATED && r.available_at > now)
                     .then(|| r.held_reason.clone())
                     .flatten();
+                let status = match status_of(&r.state, r.m_status.as_deref(), held.is_some()) {
+                    "sent" | "delivered" | "read" if r.replied => "replied",
+                    other => other,
+                };
                 RecipientView {
-                    status: status_of(&r.state, r.m_status.as_deref(), held.is_some()),
+                    status,
                     session_id: b
                         .session_ids
                         .get(r.session_slot as usize)
@@ -633,6 +726,29 @@ impl Gateway {
                 "templates with a media header are not sent by broadcasts yet".into(),
             )
             .await;
+        }
+        // Pacing: a slot of this session now, or wait for it (held, with why).
+        let (day, next_day) = utc_day(now);
+        let (gap, cap) = (
+            gap_ms(c.row.pacing_min_ms, c.row.pacing_max_ms),
+            c.row.daily_cap,
+        );
+        let device = device_id.to_string();
+        let pace = self
+            .db()
+            .run(move |db| store::reserve(db, &device, now, gap, cap, &day, next_day))
+            .await?;
+        if let store::Pace::Wait { until, capped } = pace {
+            let reason = if capped {
+                format!("pacing: the session's daily cap of {cap} campaign messages is reached")
+            } else {
+                "pacing: the session's gap between campaign messages".to_owned()
+            };
+            return self
+                .db()
+                .run(move |db| store::hold(db, &bid, seq, &node, &reason, until, now))
+                .await
+                .map(drop);
         }
         let s = self.settings();
         let project = &c.caller.project.row;

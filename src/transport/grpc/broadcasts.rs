@@ -10,7 +10,7 @@ use super::convert::millis;
 use super::convert::timestamp;
 use crate::domain::Gateway;
 use crate::domain::broadcasts::campaigns::{
-    BroadcastAction, BroadcastSpec, BroadcastView, Mapping, RecipientView, Target,
+    BroadcastAction, BroadcastSpec, BroadcastView, Mapping, Pacing, RecipientView, Target,
 };
 use crate::domain::broadcasts::contacts::{ContactListView, Spooled, spool};
 use crate::domain::broadcasts::model::{
@@ -202,12 +202,16 @@ pub(crate) fn broadcast(v: BroadcastView) -> Broadcast {
             read: c.read,
             failed: c.failed,
             cancelled: c.cancelled,
+            replied: c.replied,
         }),
         created_at: Some(timestamp(r.created_at)),
         updated_at: Some(timestamp(r.updated_at)),
         started_at: r.started_at.map(timestamp),
         finished_at: r.finished_at.map(timestamp),
         template: v.template.map(template),
+        pacing_min_ms: r.pacing_min_ms,
+        pacing_max_ms: r.pacing_max_ms,
+        daily_cap: r.daily_cap,
     }
 }
 
@@ -545,6 +549,11 @@ impl BroadcastsService for BroadcastsApi {
                 labels: params.labels,
             },
             send_at: m.send_at.as_ref().map(millis),
+            pacing: Pacing {
+                min_ms: m.pacing_min_ms,
+                max_ms: m.pacing_max_ms,
+                daily_cap: m.daily_cap,
+            },
         };
         let b = self.gw.create_broadcast(c, spec).await?;
         Ok(Response::new(CreateBroadcastResponse {

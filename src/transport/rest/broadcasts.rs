@@ -781,6 +781,19 @@ pub struct NewBroadcast {
     parameters: BroadcastParams,
     /// RFC 3339 with its offset (`2026-12-05T09:00:00+07:00`); absent or past: now.
     send_at: Option<String>,
+    /// This campaign's pacing (else the gateway's defaults).
+    pacing: Option<PacingJson>,
+}
+
+#[derive(Deserialize, Serialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PacingJson {
+    /// The random gap between two messages of a session, from this…
+    min_delay_ms: Option<i64>,
+    /// …to this.
+    max_delay_ms: Option<i64>,
+    /// Campaign messages per session and UTC day at most (0: no cap).
+    daily_cap: Option<i64>,
 }
 
 /// An RFC 3339 time with its offset, as a proto timestamp.
@@ -808,6 +821,8 @@ pub struct CountsData {
     read: i64,
     failed: i64,
     cancelled: i64,
+    /// Of those sent, how many wrote back within the reply window.
+    replied: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -828,6 +843,7 @@ pub struct BroadcastData {
     send_at: String,
     recipients_total: i64,
     counts: CountsData,
+    pacing: PacingJson,
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
@@ -856,6 +872,12 @@ impl From<crate::proto::v1::Broadcast> for BroadcastData {
                 read: c.read,
                 failed: c.failed,
                 cancelled: c.cancelled,
+                replied: c.replied,
+            },
+            pacing: PacingJson {
+                min_delay_ms: Some(b.pacing_min_ms),
+                max_delay_ms: Some(b.pacing_max_ms),
+                daily_cap: Some(b.daily_cap),
             },
             created_at: rfc3339_of(b.created_at),
             started_at: rfc3339_opt(b.started_at),
@@ -897,6 +919,9 @@ pub async fn create_broadcast(
             labels: Vec::new(),
         }),
         send_at: parse_send_at(req.send_at.as_deref())?,
+        pacing_min_ms: req.pacing.as_ref().and_then(|p| p.min_delay_ms),
+        pacing_max_ms: req.pacing.as_ref().and_then(|p| p.max_delay_ms),
+        daily_cap: req.pacing.as_ref().and_then(|p| p.daily_cap),
     };
     let r = call::answer(api(&gw).create_broadcast(call::request(Some(p), msg)).await)?;
     Ok(success(
@@ -969,7 +994,7 @@ pub struct RecipientData {
     seq: i64,
     phone_number: String,
     full_name: String,
-    /// created, pending, sent, delivered, read, failed, cancelled.
+    /// created, pending, sent, delivered, read, replied, failed, cancelled.
     status: String,
     session_id: String,
     message_id: Option<String>,

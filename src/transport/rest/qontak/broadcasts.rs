@@ -129,6 +129,16 @@ pub struct SendRequest {
     /// RFC 3339 with offset; absent or past: now.
     #[serde(default)]
     send_at: Option<String>,
+    /// wagate: this campaign's pacing (else the gateway's defaults).
+    #[serde(default)]
+    pacing: Option<QontakPacing>,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+pub struct QontakPacing {
+    min_delay_ms: Option<i64>,
+    max_delay_ms: Option<i64>,
+    daily_cap: Option<i64>,
 }
 
 fn key_number(v: &Value) -> Option<u64> {
@@ -201,6 +211,9 @@ fn native(req: SendRequest, bulk: bool) -> Result<CreateBroadcastRequest, Qontak
             filename,
         }),
         send_at: parse_send_at(req.send_at.as_deref()).map_err(QontakError::from)?,
+        pacing_min_ms: req.pacing.as_ref().and_then(|p| p.min_delay_ms),
+        pacing_max_ms: req.pacing.as_ref().and_then(|p| p.max_delay_ms),
+        daily_cap: req.pacing.as_ref().and_then(|p| p.daily_cap),
     })
 }
 
@@ -459,7 +472,7 @@ pub struct LogEntry {
     messages_broadcast_id: String,
     contact_phone_number: String,
     contact_full_name: String,
-    /// created, pending, sent, delivered, read, failed.
+    /// created, pending, sent, delivered, read, replied, failed.
     status: String,
     /// The WhatsApp (Web) message id, once sent.
     whatsapp_message_id: Option<String>,
