@@ -4,6 +4,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "wagate/internal/v1/node.proto",
     "wagate/v1/accounts.proto",
+    "wagate/v1/broadcasts.proto",
     "wagate/v1/cluster.proto",
     "wagate/v1/messaging.proto",
     "wagate/v1/sessions.proto",

@@ -205,6 +205,13 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         SessionClient::new(ClusterSessions::new(member.clone())),
     );
 
+    let interrupted = gw.fail_interrupted_imports().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "contact list imports interrupted by the last stop were failed"
+        );
+    }
     let (grpc_router, health) = grpc::router(gw.clone(), member.clone()).await?;
     let http = gw.settings().http.clone();
     let app = rest::router(gw.clone())
@@ -269,6 +276,9 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
             })
             .await
     });
+    let broadcasts_gw = gw.clone();
+    let broadcasts_stop = stopped.clone();
+    tokio::spawn(async move { broadcasts_gw.run_broadcasts(broadcasts_stop).await });
     let upkeep_gw = gw.clone();
     let dispatch_stop = stopped.clone();
     let janitor_stop = stopped.clone();

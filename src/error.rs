@@ -30,6 +30,9 @@ pub enum Kind {
     /// Clashes with what exists (an email, a device code, an idempotency key reused for
     /// another request): 409 / `ALREADY_EXISTS`.
     Conflict,
+    /// Well-formed, but it does not fit what it refers to (a template's variable count):
+    /// 422 / `INVALID_ARGUMENT`.
+    Unprocessable,
     /// A body or file over its limit: 413 / `INVALID_ARGUMENT`.
     TooLarge,
     /// A content or media type that is not accepted: 415 / `INVALID_ARGUMENT`.
@@ -63,6 +66,7 @@ impl Kind {
             Kind::Gone => 410,
             Kind::TooLarge => 413,
             Kind::UnsupportedType => 415,
+            Kind::Unprocessable => 422,
             Kind::RateLimited => 429,
             Kind::Internal => 500,
             Kind::Unavailable => 503,
@@ -72,7 +76,10 @@ impl Kind {
     pub fn grpc_code(self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Kind::InvalidArgument | Kind::TooLarge | Kind::UnsupportedType => Code::InvalidArgument,
+            Kind::InvalidArgument
+            | Kind::Unprocessable
+            | Kind::TooLarge
+            | Kind::UnsupportedType => Code::InvalidArgument,
             Kind::Unauthenticated => Code::Unauthenticated,
             Kind::Forbidden => Code::PermissionDenied,
             Kind::NotFound | Kind::Gone => Code::NotFound,
@@ -206,6 +213,27 @@ pub enum Error {
     #[error("device code is already in use")]
     DeviceCodeTaken,
 
+    // -- broadcasts
+    /// A template that cannot be stored as given (the message says which part).
+    #[error("invalid template: {0}")]
+    InvalidTemplate(String),
+    #[error("template not found")]
+    TemplateNotFound,
+    #[error("contact list not found")]
+    ContactListNotFound,
+    #[error("this number is not on the suppression list")]
+    SuppressionNotFound,
+    #[error("broadcast not found")]
+    BroadcastNotFound,
+    /// Pause, resume or cancel asked of a broadcast in a state that does not allow it.
+    #[error("{0}")]
+    BroadcastState(String),
+    #[error("a template with this name already exists in this project")]
+    TemplateNameTaken,
+    /// Qontak's own words for a send whose body parameters do not match the template.
+    #[error("Message Template has {0} variable, please adjust your payload.")]
+    TemplateVariables(usize),
+
     // -- limits
     #[error("rate limit exceeded: at most {limit} messages per minute")]
     RateLimited { limit: i64, retry_after: Duration },
@@ -275,6 +303,14 @@ impl Error {
             Error::NodeNotFound => "NODE_NOT_FOUND",
             Error::OperatorApiDisabled => "OPERATOR_API_DISABLED",
             Error::DeviceCodeTaken => "DEVICE_CODE_TAKEN",
+            Error::InvalidTemplate(_) => "INVALID_TEMPLATE",
+            Error::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            Error::ContactListNotFound => "CONTACT_LIST_NOT_FOUND",
+            Error::SuppressionNotFound => "SUPPRESSION_NOT_FOUND",
+            Error::BroadcastNotFound => "BROADCAST_NOT_FOUND",
+            Error::BroadcastState(_) => "BROADCAST_STATE_CONFLICT",
+            Error::TemplateNameTaken => "TEMPLATE_NAME_TAKEN",
+            Error::TemplateVariables(_) => "TEMPLATE_VARIABLES_MISMATCH",
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::QuotaExceeded => "QUOTA_EXCEEDED",
             Error::Overloaded => "SERVER_BUSY",
@@ -310,12 +346,15 @@ impl Error {
             | Error::MediaRequired
             | Error::InvalidPayload(_)
             | Error::InvalidPhoneNumber
-            | Error::InvalidWebhookUrl(_) => Kind::InvalidArgument,
+            | Error::InvalidWebhookUrl(_)
+            | Error::InvalidTemplate(_) => Kind::InvalidArgument,
+            Error::TemplateVariables(_) => Kind::Unprocessable,
             Error::MediaTooLarge(_) => Kind::TooLarge,
             Error::UnsupportedMediaType(_) => Kind::UnsupportedType,
-            Error::EmailTaken | Error::IdempotencyConflict | Error::DeviceCodeTaken => {
-                Kind::Conflict
-            }
+            Error::EmailTaken
+            | Error::IdempotencyConflict
+            | Error::DeviceCodeTaken
+            | Error::TemplateNameTaken => Kind::Conflict,
             Error::DeviceNotFound
             | Error::SessionNotFound
             | Error::MessageNotFound
@@ -325,7 +364,12 @@ impl Error {
             | Error::EventNotFound
             | Error::ProjectNotFound
             | Error::NodeNotFound
-            | Error::OperatorApiDisabled => Kind::NotFound,
+            | Error::OperatorApiDisabled
+            | Error::TemplateNotFound
+            | Error::ContactListNotFound
+            | Error::SuppressionNotFound
+            | Error::BroadcastNotFound => Kind::NotFound,
+            Error::BroadcastState(_) => Kind::Conflict,
             Error::MediaExpired => Kind::Gone,
             Error::SessionLimitReached | Error::QuotaExceeded => Kind::LimitReached,
             Error::RateLimited { .. } => Kind::RateLimited,

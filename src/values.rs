@@ -130,6 +130,21 @@ text_id! {
     WebhookId
 }
 
+text_id! {
+    /// A broadcast message template: `templates.id`.
+    TemplateId
+}
+
+text_id! {
+    /// An imported contact list: `contact_lists.id`.
+    ContactListId
+}
+
+text_id! {
+    /// A broadcast campaign: `broadcasts.id`.
+    BroadcastId
+}
+
 /// Where an outbound message is: `queued` until the server acks it, then `sent`,
 /// `delivered`, `read`; or `failed` for good. Statuses only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]

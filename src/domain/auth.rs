@@ -54,6 +54,24 @@ pub struct QontakHead<'a> {
     pub digest: Option<&'a str>,
     pub method: &'a str,
     pub path_and_query: &'a str,
+    /// Whether a body may go unsigned (no `digest`): the Qontak surface, whose clients never
+    /// sign one (Mekari's SDK and examples sign the date and request line only).
+    pub unsigned_body: bool,
+}
+
+/// The request targets a client may have signed: as sent, and with its query form-decoded
+/// (`+` as a space, then percent-decoded), which is what Mekari's own SDK signs.
+fn signed_targets(path_and_query: &str) -> Vec<String> {
+    let mut out = vec![path_and_query.to_owned()];
+    if let Some((path, query)) = path_and_query.split_once('?') {
+        let plus = query.replace('+', " ");
+        let decoded = percent_encoding::percent_decode_str(&plus).decode_utf8_lossy();
+        let form = format!("{path}?{decoded}");
+        if form != out[0] {
+            out.push(form);
+        }
+    }
+    out
 }
 
 /// A request whose key is known and whose timestamp is fresh, its signature not yet checked:
@@ -72,8 +90,10 @@ enum Scheme {
     Qontak {
         listed: Vec<String>,
         date: String,
-        request_line: String,
+        /// The request line as sent, then as the client may have signed it.
+        request_lines: Vec<String>,
         digest: Option<String>,
+        unsigned_body: bool,
     },
 }
 
@@ -92,13 +112,14 @@ impl Unverified {
             Scheme::Qontak {
                 listed,
                 date,
-                request_line,
+                request_lines,
                 digest,
+                unsigned_body,
             } => {
                 let body = signed.concat();
                 let expected = format!("SHA-256={}", crypto::base64_encode(&sha2_digest(&body)));
                 let digest_signed = listed.iter().any(|h| h == "digest");
-                if !body.is_empty() && !digest_signed {
+                if !body.is_empty() && !digest_signed && !unsigned_body {
                     return Err(Error::InvalidAuthorizationHeader(
                         "a request with a body must sign its digest (headers=\"date request-line digest\")",
                     ));
@@ -106,19 +127,21 @@ impl Unverified {
                 if digest_signed && digest.as_deref().map(str::trim) != Some(expected.as_str()) {
                     return Err(Error::InvalidSignature);
                 }
-                let lines: Vec<String> = listed
-                    .iter()
-                    .map(|h| match h.as_str() {
-                        "date" => format!("date: {date}"),
-                        "digest" => format!("digest: {}", digest.as_deref().unwrap_or("")),
-                        _ => request_line.clone(),
-                    })
-                    .collect();
-                crypto::verify_hmac_sha256(
-                    &self.project.secret,
-                    &[lines.join("\n").as_bytes()],
-                    &self.signature,
-                )
+                request_lines.iter().any(|request_line| {
+                    let lines: Vec<String> = listed
+                        .iter()
+                        .map(|h| match h.as_str() {
+                            "date" => format!("date: {date}"),
+                            "digest" => format!("digest: {}", digest.as_deref().unwrap_or("")),
+                            _ => request_line.clone(),
+                        })
+                        .collect();
+                    crypto::verify_hmac_sha256(
+                        &self.project.secret,
+                        &[lines.join("\n").as_bytes()],
+                        &self.signature,
+                    )
+                })
             }
         };
         if !ok {
@@ -330,8 +353,12 @@ impl Gateway {
             scheme: Scheme::Qontak {
                 listed,
                 date: date.to_owned(),
-                request_line: format!("{} {} HTTP/1.1", r.method, r.path_and_query),
+                request_lines: signed_targets(r.path_and_query)
+                    .into_iter()
+                    .map(|t| format!("{} {t} HTTP/1.1", r.method))
+                    .collect(),
                 digest: r.digest.map(str::to_owned),
+                unsigned_body: r.unsigned_body,
             },
         })
     }
@@ -405,6 +432,25 @@ mod tests {
         assert_eq!(p["headers"], "date request-line");
         assert_eq!(p["signature"], "c2ln");
         assert!(parse_hmac_authorization("Bearer x").is_err());
+    }
+
+    #[test]
+    fn the_query_is_also_tried_form_decoded() {
+        assert_eq!(signed_targets("/a/b"), vec!["/a/b"]);
+        assert_eq!(
+            signed_targets("/q?query=hello+world&c=MTU5NDY%3D&k[]=a"),
+            vec![
+                "/q?query=hello+world&c=MTU5NDY%3D&k[]=a",
+                "/q?query=hello world&c=MTU5NDY=&k[]=a"
+            ]
+        );
+        assert_eq!(
+            signed_targets("/q?query=caf%C3%A9+%26+co%3D1%2F2"),
+            vec![
+                "/q?query=caf%C3%A9+%26+co%3D1%2F2",
+                "/q?query=café & co=1/2"
+            ]
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod broadcasts;
 pub mod cluster;
 pub mod janitor;
 pub mod media;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub cluster: crate::cluster::ClusterSettings,
     /// The operator token of the cluster endpoints; they are off without one.
     pub admin_token: Option<String>,
+    /// Campaign pacing defaults and the reply window.
+    pub broadcasts: broadcasts::campaigns::BroadcastSettings,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             http: crate::transport::limits::HttpSettings::default(),
             cluster: crate::cluster::ClusterSettings::default(),
             admin_token: None,
+            broadcasts: broadcasts::campaigns::BroadcastSettings::default(),
         }
     }
 }
@@ -91,6 +95,8 @@ struct Inner {
     hashing: accounts::PasswordHasherPool,
     /// Signs and checks node-to-node calls; derived once from the master key.
     node_key: crate::cluster::peers::NodeKey,
+    /// Wakes this node's broadcast dispatcher (a campaign created or resumed here).
+    broadcasts_wake: tokio::sync::Notify,
 }
 
 /// Event streams one node serves at once.
@@ -115,6 +121,7 @@ impl Gateway {
                 writer,
                 sessions,
                 streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
+                broadcasts_wake: tokio::sync::Notify::new(),
             }),
         }
     }

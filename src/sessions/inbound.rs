@@ -113,8 +113,27 @@ pub(super) async fn store(
         sent_at: info.timestamp.timestamp_millis(),
         created_at: now,
     };
+    // A stop keyword puts the sender on the project's suppression list, with the message.
+    let opt_out = row
+        .body
+        .as_deref()
+        .and_then(crate::domain::broadcasts::suppressions::stop_keyword)
+        .zip(row.sender_phone.clone())
+        .map(
+            |(keyword, phone)| crate::storage::suppressions::SuppressionRow {
+                project_id: slot.project_id.clone(),
+                phone,
+                reason: crate::storage::suppressions::STOP_KEYWORD.into(),
+                detail: Some(keyword.into()),
+                created_at: now,
+            },
+        );
     slot.write(&inner.db, move |c| {
-        inbound::insert_inbound(c, &row, media_row.as_ref())
+        let new = inbound::insert_inbound(c, &row, media_row.as_ref())?;
+        if let (true, Some(s)) = (new, &opt_out) {
+            crate::storage::suppressions::add(c, s)?;
+        }
+        Ok(new)
     })
     .await
     .map(|_| ())

@@ -13,7 +13,9 @@
 
 pub mod accept;
 pub mod accounts;
+pub mod broadcasts;
 pub mod cluster;
+pub mod contact_lists;
 pub mod devices;
 pub mod durable;
 pub mod events;
@@ -23,6 +25,8 @@ pub mod messages;
 pub mod projects;
 pub mod schema;
 pub mod sessions;
+pub mod suppressions;
+pub mod templates;
 pub mod webhooks;
 
 use diesel::Connection;

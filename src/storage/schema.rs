@@ -342,3 +342,125 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_lanes,
     devices
 );
+
+// --- broadcasts (src/storage/templates.rs) ---
+
+diesel::table! {
+    templates (id) {
+        id -> Text,
+        project_id -> Text,
+        name -> Text,
+        category -> Text,
+        status -> Text,
+        variants -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    contact_lists (id) {
+        id -> Text,
+        project_id -> Text,
+        name -> Text,
+        source_type -> Text,
+        progress -> Text,
+        node_id -> Text,
+        rows_total -> BigInt,
+        accepted -> BigInt,
+        rejected -> BigInt,
+        duplicates -> BigInt,
+        variables -> Text,
+        error_message -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    contact_list_contacts (list_id, phone) {
+        list_id -> Text,
+        phone -> Text,
+        full_name -> Text,
+        variables -> Text,
+        row_no -> BigInt,
+    }
+}
+
+diesel::table! {
+    contact_list_rejects (list_id, row_no) {
+        list_id -> Text,
+        row_no -> BigInt,
+        phone -> Text,
+        reason -> Text,
+    }
+}
+
+diesel::table! {
+    suppressions (project_id, phone) {
+        project_id -> Text,
+        phone -> Text,
+        reason -> Text,
+        detail -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    broadcasts (id) {
+        id -> Text,
+        project_id -> Text,
+        name -> Text,
+        template_id -> Text,
+        language -> Text,
+        kind -> Text,
+        contact_list_id -> Nullable<Text>,
+        session_ids -> Text,
+        parameters -> Text,
+        state -> Text,
+        execute_type -> Text,
+        send_at -> BigInt,
+        pacing_min_ms -> BigInt,
+        pacing_max_ms -> BigInt,
+        daily_cap -> BigInt,
+        recipients_total -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    broadcast_recipients (broadcast_id, seq) {
+        broadcast_id -> Text,
+        seq -> BigInt,
+        phone -> Text,
+        full_name -> Text,
+        variables -> Text,
+        session_slot -> Integer,
+        state -> Text,
+        available_at -> BigInt,
+        claimed_by -> Nullable<Text>,
+        claim_expires_at -> Nullable<BigInt>,
+        message_id -> Nullable<Text>,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        held_reason -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    session_pacing (device_id) {
+        device_id -> Text,
+        next_at -> BigInt,
+        day -> Text,
+        sent_today -> BigInt,
+    }
+}
+
+diesel::joinable!(broadcast_recipients -> broadcasts (broadcast_id));
+diesel::allow_tables_to_appear_in_same_query!(broadcasts, broadcast_recipients, messages);

@@ -7,6 +7,7 @@
 mod support;
 
 mod at_rest;
+mod broadcasts;
 mod cluster;
 mod device_store;
 mod failover;

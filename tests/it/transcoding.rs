@@ -129,6 +129,7 @@ async fn every_rest_route_is_a_grpc_method_and_every_binding_is_routed() {
         let req = match verb.as_str() {
             "get" => t.http.get(url),
             "post" => t.http.post(url),
+            "put" => t.http.put(url),
             "patch" => t.http.patch(url),
             "delete" => t.http.delete(url),
             other => panic!("{other} is not used"),

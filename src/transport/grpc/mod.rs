@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod broadcasts;
 pub mod cluster;
 pub mod convert;
 pub mod messaging;
@@ -16,6 +17,7 @@ use tonic_health::server::HealthReporter;
 use crate::domain::Gateway;
 use crate::proto::internal::node_service_server::NodeServiceServer;
 use crate::proto::v1::accounts_service_server::AccountsServiceServer;
+use crate::proto::v1::broadcasts_service_server::BroadcastsServiceServer;
 use crate::proto::v1::cluster_service_server::ClusterServiceServer;
 use crate::proto::v1::messaging_service_server::MessagingServiceServer;
 use crate::proto::v1::sessions_service_server::SessionsServiceServer;
@@ -56,6 +58,10 @@ pub async fn router(
         .set_serving::<AccountsServiceServer<accounts::AccountsApi>>()
         .await;
     let accounts = AccountsServiceServer::new(accounts::AccountsApi::new(gw.clone()));
+    health
+        .set_serving::<BroadcastsServiceServer<broadcasts::BroadcastsApi>>()
+        .await;
+    let broadcasts = BroadcastsServiceServer::new(broadcasts::BroadcastsApi::new(gw.clone()));
     let cluster = ClusterServiceServer::new(cluster::ClusterApi::new(gw.clone()));
     let node = NodeServiceServer::new(node::NodeApi::new(member));
     let router = Routes::new(messaging)
@@ -64,6 +70,7 @@ pub async fn router(
         .add_service(node)
         .add_service(accounts)
         .add_service(webhooks)
+        .add_service(broadcasts)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -129,6 +129,7 @@ impl<const LIMIT: usize> FromRequest<Gateway> for Signed<LIMIT> {
                         .path_and_query()
                         .map(|p| p.as_str())
                         .unwrap_or("/"),
+                    unsigned_body: false,
                 })
                 .await?
             }

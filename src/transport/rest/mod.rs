@@ -8,6 +8,7 @@
 //! and the per-address limits (`ratelimit`).
 
 pub mod auth;
+pub mod broadcasts;
 pub mod call;
 pub mod cluster;
 pub mod envelope;
@@ -15,9 +16,11 @@ pub mod extract;
 pub mod form;
 pub mod media;
 pub mod openapi;
+pub mod qontak;
 pub mod ratelimit;
 pub mod rk;
 pub mod sak;
+pub mod upload;
 
 use std::sync::Arc;
 
@@ -46,6 +49,8 @@ pub fn surfaces(gw: &Gateway) -> (Router<Gateway>, utoipa::openapi::OpenApi) {
         .merge(sak::routes(&limits))
         .merge(sak::limited(media::routes(), &limits.general))
         .merge(sak::limited(cluster::routes(), &limits.general))
+        .merge(sak::limited(broadcasts::routes(), &limits.general))
+        .merge(qontak::routes())
         .split_for_parts()
 }
 

@@ -36,6 +36,8 @@ use super::rk::{MessageList, SendData, SendForm, SendJson, StatusData};
         (name = "sessions", description = "SAK: WhatsApp sessions, QR and pairing code"),
         (name = "messages (SAK)", description = "SAK: send through a session, history"),
         (name = "webhooks", description = "signed webhooks, delivery log and replay, inbound media"),
+        (name = "broadcasts", description = "templates and their rendering (broadcasts)"),
+        (name = "qontak", description = "Qontak-compatible broadcasts API under /qontak/chat/v1, Mekari HMAC signed"),
     )
 )]
 pub struct ApiDoc;
@@ -60,6 +62,15 @@ impl Modify for SecuritySchemes {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-api-key",
                 "a user API key (with x-session-id where a session is meant) or a session API key",
+            ))),
+        );
+        components.add_security_scheme(
+            "mekariHmac",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "Mekari HMAC: hmac username=\"<api key>\", algorithm=\"hmac-sha256\", \
+                 headers=\"date request-line\", signature=\"<base64 HMAC-SHA256(api secret, \
+                 'date: ' + Date + '\\n' + METHOD + ' ' + path?query + ' HTTP/1.1')>\", with a Date header",
             ))),
         );
         components.add_security_scheme(

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod db;
+pub mod qontak;
 pub mod receiver;
 pub mod session;
 
