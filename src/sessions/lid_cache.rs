@@ -18,13 +18,13 @@ use whatsapp_rust::lid_pn_cache::{LearningSource, LidPnEntry};
 use whatsapp_rust::store::traits::Backend;
 
 /// Entries kept in memory per namespace (two generations of half this each).
-pub(crate) const CAPACITY: usize = 2048;
+pub const CAPACITY: usize = 2048;
 
 /// The library's namespaces for the two directions of the mapping.
 const BY_LID: &str = "lid_pn_by_lid";
 const BY_PN: &str = "lid_pn_by_pn";
 
-pub(crate) struct LidCache {
+pub struct LidCache {
     store: Arc<dyn Backend>,
     mem: Mutex<HashMap<String, Generations>>,
 }

@@ -19,7 +19,7 @@ mod local;
 pub use local::SessionManager;
 use local::{Inner, Slot};
 mod inbound;
-mod lid_cache;
+pub mod lid_cache;
 mod outbound;
 pub use outbound::wa_message_id;
 mod supervisor;

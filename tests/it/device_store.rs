@@ -33,7 +33,8 @@ on_both_backends!(
     app_sync_store_matches_in_memory,
     protocol_store_matches_in_memory,
     msg_secrets_sent_and_pending_match_in_memory,
-    device_record_isolation_reopen_and_wipe
+    device_record_isolation_reopen_and_wipe,
+    lid_cache_is_bounded_and_reads_evicted_mappings_from_the_store
 );
 
 pub(crate) struct Fixture {
@@ -965,4 +966,66 @@ async fn device_record_isolation_reopen_and_wipe(t: TestDb) {
     let id = f.b.clone();
     let left = db2.run(move |c| device_store::wipe(c, &id)).await.unwrap();
     assert_eq!(left, 0, "cascade left rows behind");
+}
+
+/// The LID ↔ phone cache a session's client uses keeps at most `CAPACITY` entries per
+/// direction in memory, and a mapping it forgot is read back from the device store in the
+/// shape whatsapp-rust's cache expects: nothing learned is lost to the bound.
+async fn lid_cache_is_bounded_and_reads_evicted_mappings_from_the_store(t: TestDb) {
+    use wagate::sessions::lid_cache::LidCache;
+    use whatsapp_rust::CacheStore;
+    use whatsapp_rust::lid_pn_cache::LidPnEntry;
+    let f = fixture(&t).await;
+    let store = Arc::new(DbDeviceStore::new(f.db.clone(), &f.key, f.a.clone()));
+    let n = 3 * wagate::sessions::lid_cache::CAPACITY;
+    let entry = |i: usize| LidPnMappingEntry {
+        lid: format!("{}", 100_000_000 + i),
+        phone_number: format!("1555{i:07}"),
+        created_at: 1_700_000_000 + i as i64,
+        updated_at: 1_700_000_000 + i as i64,
+        learning_source: "usync".into(),
+    };
+    let all: Vec<LidPnMappingEntry> = (0..n).map(entry).collect();
+    store.put_lid_mappings(&all).await.unwrap();
+    let cache = LidCache::new(store);
+    // What whatsapp-rust's warm-up does: every stored mapping set in both directions.
+    for e in &all {
+        let v = serde_json::to_vec(&LidPnEntry::with_timestamp(
+            e.lid.clone(),
+            e.phone_number.clone(),
+            e.created_at,
+            whatsapp_rust::lid_pn_cache::LearningSource::parse(&e.learning_source),
+        ))
+        .unwrap();
+        cache.set("lid_pn_by_lid", &e.lid, &v, None).await.unwrap();
+        cache
+            .set("lid_pn_by_pn", &e.phone_number, &v, None)
+            .await
+            .unwrap();
+    }
+    for ns in ["lid_pn_by_lid", "lid_pn_by_pn"] {
+        let held = cache.entry_count(ns).await.unwrap();
+        assert!(
+            held as usize <= wagate::sessions::lid_cache::CAPACITY,
+            "{ns}: {held} in memory"
+        );
+    }
+    // The first mappings were forgotten in memory; both directions still answer them.
+    let first = &all[0];
+    let by_lid = cache.get("lid_pn_by_lid", &first.lid).await.unwrap();
+    let e: LidPnEntry = serde_json::from_slice(&by_lid.expect("read from the store")).unwrap();
+    assert_eq!(
+        (&*e.lid, &*e.phone_number),
+        (&*first.lid, &*first.phone_number)
+    );
+    assert_eq!(e.created_at, first.created_at);
+    let by_pn = cache
+        .get("lid_pn_by_pn", &first.phone_number)
+        .await
+        .unwrap();
+    let e: LidPnEntry = serde_json::from_slice(&by_pn.expect("read from the store")).unwrap();
+    assert_eq!(&*e.lid, &*first.lid);
+    // Unknown keys stay unknown, and other namespaces never reach the store.
+    assert!(cache.get("lid_pn_by_lid", "999").await.unwrap().is_none());
+    assert!(cache.get("group", &first.lid).await.unwrap().is_none());
 }
