@@ -165,9 +165,8 @@ impl Gateway {
                 Some(false) => NumberGate::Skip,
                 _ => NumberGate::Send,
             }),
-            Err(e) if e.kind().is_server_side() && !matches!(e, Error::WhatsAppUnavailable(_)) => {
-                Err(e)
-            }
+            // Whatever stops the check (the session disconnected, moving between nodes, the
+            // database busy), the recipient waits and is checked again.
             Err(e) => Ok(NumberGate::Hold {
                 until: now_ms() + HOLD_MS,
                 reason: format!(

@@ -85,7 +85,7 @@ pub fn base_url(headers: &HeaderMap) -> String {
 /// The upload form.
 #[derive(ToSchema)]
 #[allow(dead_code)] // documents the form; the handler reads its parts
-pub struct UploadForm {
+pub struct MediaUploadForm {
     /// jpeg, png, webp, pdf, doc, docx, mp4, mp3 or ogg; at most 10 MB.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
@@ -109,7 +109,7 @@ pub struct UploadedData {
 #[utoipa::path(
     post, path = "/api/v1/media", tag = "broadcasts",
     extensions(("x-grpc-method" = json!("wagate.v1.MessagingService/UploadMedia"))),
-    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    request_body(content = MediaUploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 201, body = inline(Success<UploadedData>)),
         (status = 400, description = "MEDIA_REQUIRED", body = ErrorBody), (status = 401, body = ErrorBody),

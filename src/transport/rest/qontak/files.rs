@@ -17,7 +17,7 @@ use crate::proto::v1::messaging_service_server::MessagingService;
 use crate::transport::grpc::messaging::MessagingApi;
 use crate::transport::rest::auth::secured;
 use crate::transport::rest::call;
-use crate::transport::rest::media::{UploadForm, base_url, file_form};
+use crate::transport::rest::media::{MediaUploadForm, base_url, file_form};
 use crate::transport::rest::upload::UploadError;
 
 pub fn routes() -> OpenApiRouter<Gateway> {
@@ -25,7 +25,7 @@ pub fn routes() -> OpenApiRouter<Gateway> {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Uploaded {
+pub struct QontakUpload {
     /// The file's URL: a template header's `url`.
     url: String,
     /// wagate: the stored file's id, type (judged from its bytes), name and size.
@@ -39,9 +39,9 @@ pub struct Uploaded {
 #[utoipa::path(
     post, path = "/qontak/chat/v1/file_uploader", tag = "qontak",
     extensions(("x-grpc-method" = json!("wagate.v1.MessagingService/UploadMedia"))),
-    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    request_body(content = MediaUploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 201, body = inline(super::Ok<Uploaded>)),
+        (status = 201, body = inline(super::Ok<QontakUpload>)),
         (status = 400, body = QontakErrorBody), (status = 401, body = QontakErrorBody),
         (status = 413, body = QontakErrorBody), (status = 415, body = QontakErrorBody),
     )
@@ -70,7 +70,7 @@ pub async fn upload(
     )?;
     Ok(ok(
         StatusCode::CREATED,
-        Uploaded {
+        QontakUpload {
             url: r.url,
             media_id: r.media_id,
             mime_type: r.mime_type,

@@ -25,7 +25,7 @@ pub fn routes() -> OpenApiRouter<Gateway> {
 }
 
 #[derive(Deserialize, ToSchema)]
-pub struct CheckRequest {
+pub struct QontakCheckNumbers {
     /// The session (channel) that asks WhatsApp; absent: the first connected one.
     #[serde(default)]
     channel_integration_id: Option<String>,
@@ -35,7 +35,7 @@ pub struct CheckRequest {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Contact {
+pub struct QontakNumber {
     /// The number as given.
     input: String,
     /// valid (on WhatsApp) or invalid.
@@ -46,23 +46,23 @@ pub struct Contact {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Contacts {
-    contacts: Vec<Contact>,
+pub struct QontakNumberCheck {
+    contacts: Vec<QontakNumber>,
 }
 
 /// Which numbers are on WhatsApp.
 #[utoipa::path(
     post, path = "/qontak/chat/v1/broadcasts/contacts", tag = "qontak",
     extensions(("x-grpc-method" = json!("wagate.v1.BroadcastsService/CheckNumbers"))),
-    request_body = CheckRequest,
+    request_body = QontakCheckNumbers,
     responses(
-        (status = 200, body = inline(super::Ok<Contacts>)),
+        (status = 200, body = inline(super::Ok<QontakNumberCheck>)),
         (status = 400, body = QontakErrorBody), (status = 401, body = QontakErrorBody),
         (status = 404, body = QontakErrorBody), (status = 503, body = QontakErrorBody),
     )
 )]
 pub async fn check(State(gw): State<Gateway>, signed: Signed) -> QontakResult {
-    let req: CheckRequest = json_body(&signed.body)?;
+    let req: QontakCheckNumbers = json_body(&signed.body)?;
     let msg = CheckNumbersRequest {
         session_id: req.channel_integration_id.unwrap_or_default(),
         phone_numbers: req.phone_numbers,
@@ -75,11 +75,11 @@ pub async fn check(State(gw): State<Gateway>, signed: Signed) -> QontakResult {
     let contacts = r
         .numbers
         .into_iter()
-        .map(|n| Contact {
+        .map(|n| QontakNumber {
             input: n.input,
             status: n.status,
             wa_id: (!n.wa_id.is_empty()).then_some(n.wa_id),
         })
         .collect();
-    Ok(ok(StatusCode::OK, Contacts { contacts }))
+    Ok(ok(StatusCode::OK, QontakNumberCheck { contacts }))
 }
