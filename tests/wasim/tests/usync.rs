@@ -45,7 +45,7 @@ async fn is_on_whatsapp_answers_registered_and_unknown_numbers() {
         .expect("usync result");
     let mut got: Vec<(String, bool)> = answers
         .iter()
-        .map(|r| (r.jid.user.clone(), r.is_registered))
+        .map(|r| (r.jid.user.to_string(), r.is_registered))
         .collect();
     got.sort();
     assert_eq!(
