@@ -293,7 +293,11 @@ impl SessionControl for ClusterSessions {
         Ok(())
     }
 
-    async fn check_numbers(&self, device_id: &str, phones: &[String]) -> Result<Vec<(String, bool)>> {
+    async fn check_numbers(
+        &self,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>> {
         match self.place(device_id).await? {
             Place::Here => self.member.local().check_numbers(device_id, phones).await,
             Place::There(url) => {

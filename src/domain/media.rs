@@ -31,9 +31,19 @@ impl Gateway {
         if let Some(f) = &filename {
             no_nul("file name", f)?;
         }
-        let format = validate(MessageKind::Document, &data, self.settings().max_media_bytes)?;
+        let format = validate(
+            MessageKind::Document,
+            &data,
+            self.settings().max_media_bytes,
+        )?;
         let filename: Option<String> = filename
-            .map(|f| f.trim().chars().filter(|c| !c.is_control()).take(255).collect())
+            .map(|f| {
+                f.trim()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(255)
+                    .collect()
+            })
             .filter(|f: &String| !f.is_empty());
         let row = NewMedia {
             id: uuid::Uuid::now_v7().to_string(),

@@ -138,7 +138,11 @@ pub trait SessionControl: Send + Sync + 'static {
     /// time. Answers `(phone, on WhatsApp)` for each number WhatsApp answered about (a number
     /// missing from the answer is unknown). `WhatsAppUnavailable` when the session is not
     /// connected (it is not started for this).
-    async fn check_numbers(&self, device_id: &str, phones: &[String]) -> Result<Vec<(String, bool)>>;
+    async fn check_numbers(
+        &self,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>>;
 
     /// A message was queued for the session: a hint to send now rather than at the next
     /// poll. Never blocks, never fails; nothing happens when the session is not running

@@ -501,7 +501,11 @@ impl SessionManager {
 
     /// Which of `phones` are on WhatsApp, asked through the session running here (see
     /// `SessionControl::check_numbers`).
-    pub async fn check_numbers(&self, device_id: &str, phones: &[String]) -> Result<Vec<(String, bool)>> {
+    pub async fn check_numbers(
+        &self,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>> {
         let slot = self.slot(device_id).ok_or(Error::SessionMoved)?;
         if phones.len() > super::MAX_NUMBERS_PER_QUERY {
             return Err(Error::InvalidRequest(format!(
@@ -529,7 +533,11 @@ impl SessionManager {
         Ok(answers
             .into_iter()
             .filter_map(|a| {
-                let pn = if a.jid.is_pn() { Some(&a.jid) } else { a.pn_jid.as_ref() }?;
+                let pn = if a.jid.is_pn() {
+                    Some(&a.jid)
+                } else {
+                    a.pn_jid.as_ref()
+                }?;
                 phones
                     .iter()
                     .find(|p| **p == pn.user)

@@ -231,12 +231,17 @@ async fn media_headers_reach_recipients_as_one_media_message(db: TestDb) {
     assert_eq!(code, 201, "{up}");
     assert_eq!(up["status"], "success");
     let url = up["data"]["url"].as_str().unwrap().to_owned();
-    assert!(url.starts_with("http://") && url.contains("/api/v1/media/"), "{url}");
+    assert!(
+        url.starts_with("http://") && url.contains("/api/v1/media/"),
+        "{url}"
+    );
     assert_eq!(up["data"]["mime_type"], "application/pdf");
     // The URL names the stored file, which the project downloads.
     let media_id = up["data"]["media_id"].as_str().unwrap().to_owned();
     assert!(url.ends_with(&media_id), "{url}");
-    let mut messaging = MessagingServiceClient::connect(t.base.clone()).await.unwrap();
+    let mut messaging = MessagingServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
     let mut chunks = messaging
         .download_media(grpc_signed(
             &p.project_wide(),
@@ -252,7 +257,12 @@ async fn media_headers_reach_recipients_as_one_media_message(db: TestDb) {
     }
     assert_eq!(stored, pdf);
 
-    let doc = template(&q, "price_list", json!({"type": "HEADER", "format": "DOCUMENT"})).await;
+    let doc = template(
+        &q,
+        "price_list",
+        json!({"type": "HEADER", "format": "DOCUMENT"}),
+    )
+    .await;
     let direct = json!({
         "to_number": b.phone_number, "to_name": "Budi",
         "message_template_id": doc, "channel_integration_id": a.session_id,
@@ -316,7 +326,11 @@ async fn number_check_and_skip_unregistered(db: TestDb) {
         .with_sessions(2)
         .start()
         .await;
-    let (p, a, b) = (t.project().clone(), t.session(0).clone(), t.session(1).clone());
+    let (p, a, b) = (
+        t.project().clone(),
+        t.session(0).clone(),
+        t.session(1).clone(),
+    );
     let q = Qontak::new(&t, &p);
     let nobody = "6289900002222";
 
@@ -338,7 +352,9 @@ async fn number_check_and_skip_unregistered(db: TestDb) {
         ])
     );
     // The native gRPC method, through the project's first connected session.
-    let mut grpc = BroadcastsServiceClient::connect(t.base.clone()).await.unwrap();
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
     let native = grpc
         .check_numbers(grpc_signed(
             &p.project_wide(),
@@ -369,7 +385,12 @@ async fn number_check_and_skip_unregistered(db: TestDb) {
     assert_eq!(code, 400, "{refused}");
 
     // A campaign that skips numbers not on WhatsApp: B gets it, the other fails.
-    let tid = template(&q, "hello", json!({"type": "HEADER", "format": "TEXT", "text": "Hello"})).await;
+    let tid = template(
+        &q,
+        "hello",
+        json!({"type": "HEADER", "format": "TEXT", "text": "Hello"}),
+    )
+    .await;
     let list = contact_list(&q, &[(&b.phone_number, "Budi"), (nobody, "Nobody")]).await;
     let bulk = json!({
         "name": "Checked", "message_template_id": tid, "contact_list_id": list,

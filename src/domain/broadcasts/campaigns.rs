@@ -749,7 +749,11 @@ impl Gateway {
             Err(e) => return fail("TEMPLATE_RENDER_FAILED", e.public_message()).await,
         };
         // A media header: the campaign's one stored file (see `media.rs`), or wait for it.
-        let media = match rendered.media.as_ref().filter(|m| m.format != HeaderFormat::Text) {
+        let media = match rendered
+            .media
+            .as_ref()
+            .filter(|m| m.format != HeaderFormat::Text)
+        {
             None => None,
             Some(header) => {
                 match self

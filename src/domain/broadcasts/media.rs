@@ -47,17 +47,11 @@ pub const UPLOAD_PATH: &str = "/api/v1/media/";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderMedia {
     /// Stored: the message is this media, of this kind.
-    Ready {
-        media_id: String,
-        kind: MessageKind,
-    },
+    Ready { media_id: String, kind: MessageKind },
     /// Not yet: hold the recipient until then, saying why.
     Wait { until: i64, reason: String },
     /// Never: the recipient fails with this code.
-    Failed {
-        code: &'static str,
-        message: String,
-    },
+    Failed { code: &'static str, message: String },
 }
 
 /// A failed fetch: its code, what to tell the user, and whether another attempt may help.
@@ -202,8 +196,7 @@ impl Gateway {
             .await?;
         if let Some(attempt) = claimed {
             let gw = self.clone();
-            let (bid, project, header) =
-                (broadcast_id.to_owned(), project.clone(), header.clone());
+            let (bid, project, header) = (broadcast_id.to_owned(), project.clone(), header.clone());
             tokio::spawn(async move {
                 gw.fetch_header_media(&bid, &project, &header, attempt)
                     .await;
@@ -227,7 +220,9 @@ impl Gateway {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(FetchError::transient("the media URL did not answer in time")),
+            Err(_) => Err(FetchError::transient(
+                "the media URL did not answer in time",
+            )),
         };
         let now = now_ms();
         let (bid, url, node) = (
@@ -236,14 +231,11 @@ impl Gateway {
             self.node_id().to_owned(),
         );
         let stored = match outcome {
-            Ok((media_id, file)) => {
-                self.db()
-                    .run(move |c| {
-                        store::ready(c, &bid, &url, &node, file.as_ref(), &media_id, now)
-                    })
-                    .await
-                    .map(drop)
-            }
+            Ok((media_id, file)) => self
+                .db()
+                .run(move |c| store::ready(c, &bid, &url, &node, file.as_ref(), &media_id, now))
+                .await
+                .map(drop),
             Err(e) => {
                 let retry_at = (e.transient && attempt < MAX_ATTEMPTS).then(|| {
                     now + RETRY_AFTER_MS[(attempt as usize - 1).min(RETRY_AFTER_MS.len() - 1)]
@@ -254,9 +246,7 @@ impl Gateway {
                 );
                 self.db()
                     .run(move |c| {
-                        store::fetch_failed(
-                            c, &bid, &url, &node, e.code, &e.message, retry_at, now,
-                        )
+                        store::fetch_failed(c, &bid, &url, &node, e.code, &e.message, retry_at, now)
                     })
                     .await
             }
@@ -330,8 +320,9 @@ impl Gateway {
 
     /// GETs `url` through the guarded client, at most `max` bytes.
     async fn download(&self, url: &str, max: usize) -> std::result::Result<Vec<u8>, FetchError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|_| FetchError::permanent("MEDIA_FETCH_FAILED", "the media URL is not a URL"))?;
+        let parsed = reqwest::Url::parse(url).map_err(|_| {
+            FetchError::permanent("MEDIA_FETCH_FAILED", "the media URL is not a URL")
+        })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(FetchError::permanent(
                 "MEDIA_FETCH_FAILED",
@@ -412,7 +403,10 @@ mod tests {
     #[test]
     fn a_document_is_named_by_the_send_the_upload_or_the_url() {
         let url = "https://cdn.example/files/Price%20list.pdf?sig=1";
-        assert_eq!(document_name("q4.pdf", Some("a.pdf"), url).unwrap(), "q4.pdf");
+        assert_eq!(
+            document_name("q4.pdf", Some("a.pdf"), url).unwrap(),
+            "q4.pdf"
+        );
         assert_eq!(document_name("", Some("a.pdf"), url).unwrap(), "a.pdf");
         assert_eq!(document_name(" ", None, url).unwrap(), "Price list.pdf");
         assert_eq!(document_name("", None, "https://cdn.example/"), None);

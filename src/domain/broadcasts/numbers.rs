@@ -45,7 +45,10 @@ pub enum NumberGate {
     /// Not on WhatsApp: fail it (`NOT_ON_WHATSAPP`).
     Skip,
     /// The session cannot ask now: hold it until then.
-    Hold { until: i64, reason: String },
+    Hold {
+        until: i64,
+        reason: String,
+    },
 }
 
 impl Gateway {
@@ -169,10 +172,7 @@ impl Gateway {
             // database busy), the recipient waits and is checked again.
             Err(e) => Ok(NumberGate::Hold {
                 until: now_ms() + HOLD_MS,
-                reason: format!(
-                    "checking the number on WhatsApp: {}",
-                    e.public_message()
-                ),
+                reason: format!("checking the number on WhatsApp: {}", e.public_message()),
             }),
         }
     }

@@ -11,6 +11,7 @@ use super::convert::{
     struct_to_json, timestamp,
 };
 use crate::domain::Gateway;
+use crate::domain::broadcasts::media::UPLOAD_PATH;
 use crate::domain::messaging::{ListQuery, MediaUpload, MessageView, SendCommand};
 use crate::domain::sessions::HistoryItem as HistoryView;
 use crate::proto::v1::messaging_service_server::MessagingService;
@@ -20,7 +21,6 @@ use crate::proto::v1::{
     ListMessagesRequest, ListMessagesResponse, Message, SendMessageRequest, SendMessageResponse,
     UploadMediaRequest, UploadMediaResponse,
 };
-use crate::domain::broadcasts::media::UPLOAD_PATH;
 
 /// The chunk size of a media download.
 const MEDIA_CHUNK: usize = 1024 * 1024;

@@ -73,8 +73,7 @@ pub fn base_url(headers: &HeaderMap) -> String {
         .unwrap_or("http");
     match header_str(headers, header::HOST.as_str()).filter(|h| {
         !h.is_empty()
-            && h
-                .chars()
+            && h.chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
     }) {
         Some(host) => format!("{proto}://{host}"),

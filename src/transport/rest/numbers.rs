@@ -86,5 +86,9 @@ pub async fn check(
             wa_id: (!n.wa_id.is_empty()).then_some(n.wa_id),
         })
         .collect();
-    Ok(success(StatusCode::OK, gw.node_id(), NumbersData { numbers }))
+    Ok(success(
+        StatusCode::OK,
+        gw.node_id(),
+        NumbersData { numbers },
+    ))
 }

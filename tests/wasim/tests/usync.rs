@@ -57,9 +57,15 @@ async fn is_on_whatsapp_answers_registered_and_unknown_numbers() {
         ]
     );
     // A registered number's answer carries its LID; an unknown one's none.
-    let b_answer = answers.iter().find(|r| r.jid.user == "15550001002").unwrap();
+    let b_answer = answers
+        .iter()
+        .find(|r| r.jid.user == "15550001002")
+        .unwrap();
     assert!(b_answer.lid.is_some(), "{b_answer:?}");
-    let unknown = answers.iter().find(|r| r.jid.user == "15550009999").unwrap();
+    let unknown = answers
+        .iter()
+        .find(|r| r.jid.user == "15550009999")
+        .unwrap();
     assert!(unknown.lid.is_none(), "{unknown:?}");
     a.stop().await;
     b.stop().await;
