@@ -135,14 +135,14 @@ pub fn ready(
     })
 }
 
-/// The fetch failed: `retry` at `retry_at`, or `failed` for good when `retry_at` is `None`.
+/// The fetch failed with `(code, message)`: `retry` at `retry_at`, or `failed` for good when
+/// `retry_at` is `None`.
 pub fn fetch_failed(
     conn: &mut DbConn,
     broadcast_id: &str,
     url: &str,
     node: &str,
-    code: &str,
-    message: &str,
+    (code, message): (&str, &str),
     retry_at: Option<i64>,
     now: i64,
 ) -> Result<()> {
@@ -163,7 +163,7 @@ pub fn fetch_failed(
     Ok(())
 }
 
-/// A project's media file's name and type, if it exists with its bytes.
+/// A project's media file (type, name, bytes), unless its bytes were dropped.
 pub fn project_file(
     conn: &mut DbConn,
     project_id: &ProjectId,

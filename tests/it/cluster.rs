@@ -8,8 +8,9 @@ use serde_json::json;
 use wagate::domain::Settings;
 use wagate::proto::v1::broadcasts_service_client::BroadcastsServiceClient;
 use wagate::proto::v1::{
-    CheckNumbersRequest, CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, LogoutSessionRequest,
-    RequestPairingCodeRequest, RestartSessionRequest, Session, SessionState, WatchSessionRequest,
+    CheckNumbersRequest, CreateSessionRequest, GetQrCodeRequest, GetSessionRequest,
+    LogoutSessionRequest, RequestPairingCodeRequest, RestartSessionRequest, Session, SessionState,
+    WatchSessionRequest,
 };
 use wagate::storage::Db;
 use wagate::storage::cluster::{self, Fence};

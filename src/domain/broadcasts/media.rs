@@ -246,7 +246,15 @@ impl Gateway {
                 );
                 self.db()
                     .run(move |c| {
-                        store::fetch_failed(c, &bid, &url, &node, e.code, &e.message, retry_at, now)
+                        store::fetch_failed(
+                            c,
+                            &bid,
+                            &url,
+                            &node,
+                            (e.code, &e.message),
+                            retry_at,
+                            now,
+                        )
                     })
                     .await
             }

@@ -152,6 +152,19 @@ impl Gateway {
         seq: i64,
         phone: &str,
     ) -> Result<NumberGate> {
+        let (p, one) = (project.clone(), vec![phone.to_owned()]);
+        let since = now_ms() - CHECK_TTL_MS;
+        let cached = self
+            .db()
+            .run(move |c| store::cached_numbers(c, &p, &one, since))
+            .await?;
+        if let Some((_, on)) = cached.first() {
+            return Ok(if *on {
+                NumberGate::Send
+            } else {
+                NumberGate::Skip
+            });
+        }
         let (bid, limit) = (broadcast_id.to_owned(), MAX_NUMBERS_PER_QUERY as i64);
         let mut batch = self
             .db()
