@@ -26,6 +26,8 @@ pub const TOKEN_WINDOW: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A forwarded pairing-code request waits for WhatsApp (the owner bounds it at 40 s).
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(45);
+/// A forwarded number check waits for WhatsApp (the owner bounds it at 30 s).
+const NUMBERS_TIMEOUT: Duration = Duration::from_secs(35);
 /// Session ids waiting for a nudge to their owner; more are dropped (the owner polls).
 const MAX_PENDING_NUDGES: usize = 10_000;
 
@@ -225,6 +227,25 @@ impl Peers {
             })
             .await?;
         Ok(r.code)
+    }
+
+    pub async fn check_numbers(
+        &self,
+        url: &str,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>> {
+        let (session_id, phones) = (device_id.to_owned(), phones.to_vec());
+        let r = self
+            .unary(url, NUMBERS_TIMEOUT, |mut c| async move {
+                let req = pb::CheckNumbersRequest { session_id, phones };
+                c.check_numbers(req).await
+            })
+            .await?;
+        Ok(r.numbers
+            .into_iter()
+            .map(|n| (n.phone, n.on_whatsapp))
+            .collect())
     }
 
     pub async fn restart(&self, url: &str, device_id: &str) -> Result<()> {

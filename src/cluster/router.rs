@@ -293,6 +293,25 @@ impl SessionControl for ClusterSessions {
         Ok(())
     }
 
+    async fn check_numbers(
+        &self,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>> {
+        match self.place(device_id).await? {
+            Place::Here => self.member.local().check_numbers(device_id, phones).await,
+            Place::There(url) => {
+                self.member
+                    .peers()
+                    .check_numbers(&url, device_id, phones)
+                    .await
+            }
+            Place::Unowned | Place::Nowhere => Err(Error::WhatsAppUnavailable(
+                "the session is not running".into(),
+            )),
+        }
+    }
+
     fn notify_outbound(&self, device_id: &str) {
         if !self.member.local().notify_outbound(device_id) && !self.member.alone() {
             self.member.peers().nudge_later(device_id);

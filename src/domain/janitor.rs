@@ -3,7 +3,8 @@
 //!
 //! One pass, in one database call, in this order:
 //! 1. media bytes stored longer than `media_retention` ago are dropped (a bounded batch;
-//!    files of messages still waiting to be sent are kept; never when the retention is off);
+//!    files of messages still waiting to be sent, and the header media of campaigns that may
+//!    still send, are kept; never when the retention is off);
 //! 2. queued messages past their expiry (`message_ttl` from acceptance) or out of attempts
 //!    are failed, each with its `message.status` event;
 //! 3. idempotency keys and usage counters past their expiry are forgotten;

@@ -1,7 +1,72 @@
 //! Media acceptance: a file's type is judged by its bytes (magic numbers), never only by the
-//! name or declared type a client sends.
+//! name or declared type a client sends; and files uploaded for later use (a broadcast
+//! template's header media).
 
+use super::Gateway;
+use super::auth::Caller;
+use super::text::no_nul;
 use crate::error::{Error, Result};
+use crate::storage::media::NewMedia;
+use crate::storage::now_ms;
+
+/// A stored upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub media_id: String,
+    pub mime_type: String,
+    pub filename: Option<String>,
+    pub size: i64,
+}
+
+impl Gateway {
+    /// Stores a file of the caller's project for later use (a template header's media): at
+    /// most the media size limit, of a format WhatsApp takes as a document (any allowed one).
+    /// It is kept for the media retention period, longer while a campaign uses it.
+    pub async fn upload_media(
+        &self,
+        caller: &Caller,
+        data: Vec<u8>,
+        filename: Option<String>,
+    ) -> Result<Uploaded> {
+        if let Some(f) = &filename {
+            no_nul("file name", f)?;
+        }
+        let format = validate(
+            MessageKind::Document,
+            &data,
+            self.settings().max_media_bytes,
+        )?;
+        let filename: Option<String> = filename
+            .map(|f| {
+                f.trim()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(255)
+                    .collect()
+            })
+            .filter(|f: &String| !f.is_empty());
+        let row = NewMedia {
+            id: uuid::Uuid::now_v7().to_string(),
+            project_id: caller.project.row.id.clone(),
+            sha256: crate::crypto::sha256_hex(&data),
+            mime_type: format.mime().to_owned(),
+            filename: filename.clone(),
+            size_bytes: data.len() as i64,
+            data,
+            created_at: now_ms(),
+        };
+        let out = Uploaded {
+            media_id: row.id.clone(),
+            mime_type: row.mime_type.clone(),
+            filename,
+            size: row.size_bytes,
+        };
+        self.db()
+            .run(move |c| crate::storage::media::insert(c, &row))
+            .await?;
+        Ok(out)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {

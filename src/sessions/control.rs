@@ -1,6 +1,7 @@
 //! The seam between the service layer and running WhatsApp sessions: what the domain asks of
 //! a session that runs somewhere (start, stop, restart, its live state with the current QR
-//! code, a watch on that state, a pairing code, logout, delete, a nudge to send).
+//! code, a watch on that state, a pairing code, logout, delete, a number check, a nudge to
+//! send).
 //!
 //! [`SessionControl`] is that contract and [`SessionClient`] the one type the domain holds.
 //! The implementation is `cluster::ClusterSessions`: it runs a call on the local
@@ -16,6 +17,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::error::Result;
+
+/// Numbers one usync query asks WhatsApp about at most.
+pub const MAX_NUMBERS_PER_QUERY: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SessionState {
@@ -128,6 +132,17 @@ pub trait SessionControl: Send + Sync + 'static {
 
     /// Logs the session out (as `logout`), then removes its stored row.
     async fn delete(&self, device_id: &str) -> Result<()>;
+
+    /// Asks WhatsApp (usync) which of `phones` (normalized digits, at most
+    /// [`MAX_NUMBERS_PER_QUERY`]) have an account, through the connected session; bounded in
+    /// time. Answers `(phone, on WhatsApp)` for each number WhatsApp answered about (a number
+    /// missing from the answer is unknown). `WhatsAppUnavailable` when the session is not
+    /// connected (it is not started for this).
+    async fn check_numbers(
+        &self,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>>;
 
     /// A message was queued for the session: a hint to send now rather than at the next
     /// poll. Never blocks, never fails; nothing happens when the session is not running

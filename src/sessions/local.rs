@@ -499,6 +499,53 @@ impl SessionManager {
         Ok(code)
     }
 
+    /// Which of `phones` are on WhatsApp, asked through the session running here (see
+    /// `SessionControl::check_numbers`).
+    pub async fn check_numbers(
+        &self,
+        device_id: &str,
+        phones: &[String],
+    ) -> Result<Vec<(String, bool)>> {
+        let slot = self.slot(device_id).ok_or(Error::SessionMoved)?;
+        if phones.len() > super::MAX_NUMBERS_PER_QUERY {
+            return Err(Error::InvalidRequest(format!(
+                "at most {} numbers per query",
+                super::MAX_NUMBERS_PER_QUERY
+            )));
+        }
+        let connected = slot.snapshot.borrow().state == SessionState::Connected;
+        let client = slot
+            .client()
+            .filter(|_| connected)
+            .ok_or_else(|| Error::WhatsAppUnavailable("the session is not connected".into()))?;
+        let jids: Vec<whatsapp_rust::Jid> = phones
+            .iter()
+            .map(|p| whatsapp_rust::Jid::pn(p.clone()))
+            .collect();
+        let answers = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.contacts().is_on_whatsapp(&jids),
+        )
+        .await
+        .map_err(|_| Error::WhatsAppUnavailable("WhatsApp did not answer the number check".into()))?
+        .map_err(|e| Error::WhatsAppUnavailable(format!("the number check failed: {e}")))?;
+        // Answers name the number asked about (a PN query), or carry it as `pn_jid`.
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| {
+                let pn = if a.jid.is_pn() {
+                    Some(&a.jid)
+                } else {
+                    a.pn_jid.as_ref()
+                }?;
+                phones
+                    .iter()
+                    .find(|p| **p == pn.user)
+                    .map(|p| (p.clone(), a.is_registered))
+            })
+            .collect())
+    }
+
     /// Logs the session out: tells WhatsApp when its client runs here (bounded, best
     /// effort), stops it, wipes its device store, stores it as `logged_out` with its
     /// account cleared, and drops its lease (it runs nowhere). Works whether or not it runs.

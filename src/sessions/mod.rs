@@ -13,7 +13,7 @@
 //! - `inbound` stores received messages before they are acknowledged to WhatsApp.
 
 mod control;
-pub use control::{SessionClient, SessionControl, SessionState, Snapshot};
+pub use control::{MAX_NUMBERS_PER_QUERY, SessionClient, SessionControl, SessionState, Snapshot};
 pub mod fence;
 mod local;
 pub use local::SessionManager;

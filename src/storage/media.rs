@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::DbConn;
-use super::schema::{media, messages};
+use super::schema::{broadcast_media, broadcasts, media, messages};
 use crate::db_run;
 use crate::error::Result;
 use crate::values::{MessageStatus, ProjectId};
@@ -28,6 +28,14 @@ pub struct MediaBlob {
     pub mime_type: String,
     pub filename: Option<String>,
     pub data: Vec<u8>,
+}
+
+/// Stores a media file on its own (an upload for later use).
+pub fn insert(conn: &mut DbConn, row: &NewMedia) -> Result<()> {
+    db_run!(conn, |c| diesel::insert_into(media::table)
+        .values(row)
+        .execute(c))?;
+    Ok(())
 }
 
 /// A media file's bytes, unless they were dropped after the retention period.
@@ -66,7 +74,8 @@ pub fn project_media(
 }
 
 /// Drops the bytes of up to `limit` media files stored before `before`, keeping those of
-/// messages still waiting to be sent; the rows (type, size, digest) stay for history.
+/// messages still waiting to be sent and the header media of campaigns that may still send;
+/// the rows (type, size, digest) stay for history.
 /// Returns how many were dropped.
 pub fn purge_media(conn: &mut DbConn, before: i64, now: i64, limit: i64) -> Result<usize> {
     db_run!(conn, |c| {
@@ -74,10 +83,16 @@ pub fn purge_media(conn: &mut DbConn, before: i64, now: i64, limit: i64) -> Resu
             .filter(messages::status.eq(MessageStatus::Queued))
             .filter(messages::media_id.is_not_null())
             .select(messages::media_id.assume_not_null());
+        let campaigns = broadcast_media::table
+            .inner_join(broadcasts::table)
+            .filter(broadcasts::state.eq_any(super::broadcast_media::UNFINISHED))
+            .filter(broadcast_media::media_id.is_not_null())
+            .select(broadcast_media::media_id.assume_not_null());
         let ids: Vec<String> = media::table
             .filter(media::purged_at.is_null())
             .filter(media::created_at.lt(before))
             .filter(diesel::dsl::not(media::id.eq_any(waiting)))
+            .filter(diesel::dsl::not(media::id.eq_any(campaigns)))
             .select(media::id)
             .limit(limit)
             .load(c)?;

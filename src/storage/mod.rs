@@ -13,6 +13,7 @@
 
 pub mod accept;
 pub mod accounts;
+pub mod broadcast_media;
 pub mod broadcasts;
 pub mod cluster;
 pub mod contact_lists;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod inbound;
 pub mod media;
 pub mod messages;
+pub mod number_checks;
 pub mod projects;
 pub mod schema;
 pub mod sessions;

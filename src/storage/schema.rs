@@ -464,3 +464,30 @@ diesel::table! {
 
 diesel::joinable!(broadcast_recipients -> broadcasts (broadcast_id));
 diesel::allow_tables_to_appear_in_same_query!(broadcasts, broadcast_recipients, messages);
+
+diesel::table! {
+    broadcast_media (broadcast_id, url) {
+        broadcast_id -> Text,
+        url -> Text,
+        state -> Text,
+        media_id -> Nullable<Text>,
+        attempts -> Integer,
+        retry_at -> BigInt,
+        claimed_by -> Nullable<Text>,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    number_checks (project_id, phone) {
+        project_id -> Text,
+        phone -> Text,
+        on_whatsapp -> Bool,
+        checked_at -> BigInt,
+    }
+}
+
+diesel::joinable!(broadcast_media -> broadcasts (broadcast_id));
+diesel::allow_tables_to_appear_in_same_query!(broadcast_media, broadcasts, media);

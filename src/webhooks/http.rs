@@ -1,7 +1,8 @@
-//! The HTTP client webhooks go out through: HTTP/1.1 with keep-alive, rustls with the Mozilla
-//! roots, no redirects, no proxy, a timeout per request — and, unless private receivers are
-//! allowed, the address guard ([`is_public`]), so neither a stored URL nor a public name
-//! pointed at an internal service reaches one. [`Client`] is the only way out, and it checks
+//! The HTTP client webhooks go out through, and broadcast header media is fetched through:
+//! HTTP/1.1 with keep-alive, rustls with the Mozilla roots, no redirects, no proxy, a timeout
+//! per request — and, unless private receivers are allowed, the address guard
+//! ([`is_public`]), so neither a stored URL nor a public name pointed at an internal service
+//! reaches one. [`Client`] is the only way out, and it checks
 //! every address before anything is sent to it:
 //! - a literal IP in the URL before the request starts (reqwest does not resolve literals);
 //! - the addresses a host name resolves to, when reqwest resolves it (non-public ones are
@@ -59,6 +60,17 @@ pub struct Client {
 impl Client {
     /// A POST to `url`, or the guard's refusal when its host is a literal non-public address.
     pub fn post(&self, url: &str) -> std::result::Result<reqwest::RequestBuilder, Refused> {
+        self.literal_checked(url)?;
+        Ok(self.http.post(url))
+    }
+
+    /// A GET of `url` (a broadcast template's header media), guarded as [`Client::post`].
+    pub fn get(&self, url: &str) -> std::result::Result<reqwest::RequestBuilder, Refused> {
+        self.literal_checked(url)?;
+        Ok(self.http.get(url))
+    }
+
+    fn literal_checked(&self, url: &str) -> std::result::Result<(), Refused> {
         if !self.allow_private
             && let Ok(u) = reqwest::Url::parse(url)
         {
@@ -68,7 +80,7 @@ impl Client {
                 _ => {}
             }
         }
-        Ok(self.http.post(url))
+        Ok(())
     }
 }
 

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use wagate::domain::Settings;
+use wagate::proto::v1::broadcasts_service_client::BroadcastsServiceClient;
 use wagate::proto::v1::{
-    CreateSessionRequest, GetQrCodeRequest, GetSessionRequest, LogoutSessionRequest,
-    RequestPairingCodeRequest, RestartSessionRequest, Session, SessionState, WatchSessionRequest,
+    CheckNumbersRequest, CreateSessionRequest, GetQrCodeRequest, GetSessionRequest,
+    LogoutSessionRequest, RequestPairingCodeRequest, RestartSessionRequest, Session, SessionState,
+    WatchSessionRequest,
 };
 use wagate::storage::Db;
 use wagate::storage::cluster::{self, Fence};
@@ -186,7 +188,8 @@ async fn a_stale_owners_write_is_refused(db: TestDb) {
 crate::on_both_backends!(a_stale_owners_write_is_refused);
 
 /// Two nodes, one PostgreSQL: whichever node a call lands on, it answers as the owner would
-/// (QR, pairing code, status with the owner, WatchSession, send, restart, logout).
+/// (QR, pairing code, status with the owner, WatchSession, send, restart, a number check,
+/// logout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_answers_for_a_session() {
     let Some(db) = TestDb::postgres() else { return };
@@ -320,6 +323,25 @@ async fn any_node_answers_for_a_session() {
         }
     })
     .await;
+
+    // A number check asked on B, through a session A runs: forwarded to the owner.
+    let mut broadcasts = BroadcastsServiceClient::connect(b.base.clone())
+        .await
+        .unwrap();
+    let checked = broadcasts
+        .check_numbers(grpc_signed(
+            &p,
+            "/wagate.v1.BroadcastsService/CheckNumbers",
+            CheckNumbersRequest {
+                session_id: two.session_id.clone(),
+                phone_numbers: vec!["15550111001".into(), "15550111777".into()],
+            },
+        ))
+        .await
+        .expect("number check via B")
+        .into_inner();
+    let statuses: Vec<&str> = checked.numbers.iter().map(|n| n.status.as_str()).collect();
+    assert_eq!(statuses, ["valid", "invalid"], "{checked:?}");
 
     // Logout asked on B: A logs it out; nobody runs it any more.
     let req = grpc_signed(

@@ -7,6 +7,7 @@
 mod support;
 
 mod at_rest;
+mod broadcast_media;
 mod broadcasts;
 mod cluster;
 mod device_store;

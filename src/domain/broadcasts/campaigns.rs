@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use super::media::HeaderMedia;
 use super::model::{HeaderFormat, pick, variable_count};
+use super::numbers::NumberGate;
 use super::render::{Params, render};
 use super::templates::TemplateView;
 use crate::domain::Gateway;
@@ -119,6 +121,11 @@ pub struct Mapping {
     /// Qontak's `value` of each body entry (a label for a direct send's value), echoed back.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Not a value but the campaign's option to check each number on WhatsApp first and
+    /// skip those not there (`numbers.rs`); kept with the parameters, as they are read
+    /// together.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unregistered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -710,23 +717,61 @@ impl Gateway {
         else {
             return fail("SESSION_NOT_FOUND", "the session was deleted".into()).await;
         };
+        if c.mapping.skip_unregistered {
+            let gate = self
+                .number_gate(
+                    &c.caller.project.row.id,
+                    device_id.as_str(),
+                    &c.row.id,
+                    r.seq,
+                    &r.phone,
+                )
+                .await?;
+            match gate {
+                NumberGate::Send => {}
+                NumberGate::Skip => {
+                    return fail("NOT_ON_WHATSAPP", "the number is not on WhatsApp".into()).await;
+                }
+                NumberGate::Hold { until, reason } => {
+                    let (bid, node) = (bid.clone(), node.clone());
+                    return self
+                        .db()
+                        .run(move |db| store::hold(db, &bid, seq, &node, &reason, until, now))
+                        .await
+                        .map(drop);
+                }
+            }
+        }
         let vars: Map<String, Value> = serde_json::from_str(&r.variables).unwrap_or_default();
         let params = values_for(&c.mapping, c.from_columns, &r.phone, &r.full_name, &vars);
         let rendered = match render(variant, &params) {
             Ok(m) => m,
             Err(e) => return fail("TEMPLATE_RENDER_FAILED", e.public_message()).await,
         };
-        if rendered
+        // A media header: the campaign's one stored file (see `media.rs`), or wait for it.
+        let media = match rendered
             .media
             .as_ref()
-            .is_some_and(|m| m.format != HeaderFormat::Text)
+            .filter(|m| m.format != HeaderFormat::Text)
         {
-            return fail(
-                "MEDIA_HEADER_UNSUPPORTED",
-                "templates with a media header are not sent by broadcasts yet".into(),
-            )
-            .await;
-        }
+            None => None,
+            Some(header) => {
+                match self
+                    .header_media(&c.row.id, &c.caller.project.row.id, header)
+                    .await?
+                {
+                    HeaderMedia::Ready { media_id, kind } => Some((media_id, kind)),
+                    HeaderMedia::Failed { code, message } => return fail(code, message).await,
+                    HeaderMedia::Wait { until, reason } => {
+                        return self
+                            .db()
+                            .run(move |db| store::hold(db, &bid, seq, &node, &reason, until, now))
+                            .await
+                            .map(drop);
+                    }
+                }
+            }
+        };
         // Pacing: a slot of this session now, or wait for it (held, with why).
         let (day, next_day) = utc_day(now);
         let (gap, cap) = (
@@ -771,9 +816,9 @@ impl Gateway {
                 device_id: device_id.clone(),
                 device_code,
                 recipient: r.phone.clone(),
-                kind: "text".into(),
-                body: Some(rendered.text),
-                media_id: None,
+                kind: media.as_ref().map_or("text", |m| m.1.as_str()).into(),
+                body: Some(rendered.text).filter(|t| !t.is_empty()),
+                media_id: media.map(|m| m.0),
                 payload: Some(
                     serde_json::json!({"broadcast_id": c.row.id.as_str(), "broadcast_recipient": r.seq})
                         .to_string(),

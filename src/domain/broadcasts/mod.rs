@@ -5,7 +5,9 @@
 
 pub mod campaigns;
 pub mod contacts;
+pub mod media;
 pub mod model;
+pub mod numbers;
 pub mod render;
 pub mod suppressions;
 pub mod templates;

@@ -181,6 +181,7 @@ fn mapping_to_proto(m: Mapping) -> BroadcastParameters {
 pub(crate) fn broadcast(v: BroadcastView) -> Broadcast {
     let r = v.row;
     let c = v.counts;
+    let skip_unregistered = v.mapping.skip_unregistered;
     Broadcast {
         broadcast_id: r.id.into(),
         name: r.name,
@@ -212,6 +213,7 @@ pub(crate) fn broadcast(v: BroadcastView) -> Broadcast {
         pacing_min_ms: r.pacing_min_ms,
         pacing_max_ms: r.pacing_max_ms,
         daily_cap: r.daily_cap,
+        skip_unregistered,
     }
 }
 
@@ -547,6 +549,7 @@ impl BroadcastsService for BroadcastsApi {
                 media_url: params.media_url,
                 filename: params.filename,
                 labels: params.labels,
+                skip_unregistered: m.skip_unregistered,
             },
             send_at: m.send_at.as_ref().map(millis),
             pacing: Pacing {
@@ -658,5 +661,30 @@ impl BroadcastsService for BroadcastsApi {
         Ok(Response::new(CancelBroadcastResponse {
             broadcast: Some(broadcast(b)),
         }))
+    }
+
+    async fn check_numbers(
+        &self,
+        req: Request<CheckNumbersRequest>,
+    ) -> Result<Response<CheckNumbersResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let m = req.into_inner();
+        let checked = self
+            .gw
+            .check_numbers(c, &m.session_id, m.phone_numbers)
+            .await?;
+        let numbers = checked
+            .into_iter()
+            .map(|n| {
+                let valid = n.on_whatsapp;
+                NumberStatus {
+                    input: n.input,
+                    status: if valid { "valid" } else { "invalid" }.into(),
+                    wa_id: n.phone.filter(|_| valid).unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(CheckNumbersResponse { numbers }))
     }
 }

@@ -11,6 +11,7 @@ use super::convert::{
     struct_to_json, timestamp,
 };
 use crate::domain::Gateway;
+use crate::domain::broadcasts::media::UPLOAD_PATH;
 use crate::domain::messaging::{ListQuery, MediaUpload, MessageView, SendCommand};
 use crate::domain::sessions::HistoryItem as HistoryView;
 use crate::proto::v1::messaging_service_server::MessagingService;
@@ -18,6 +19,7 @@ use crate::proto::v1::{
     Direction, DownloadMediaRequest, DownloadMediaResponse, GetMessageStatusRequest,
     GetMessageStatusResponse, HistoryItem, ListHistoryRequest, ListHistoryResponse,
     ListMessagesRequest, ListMessagesResponse, Message, SendMessageRequest, SendMessageResponse,
+    UploadMediaRequest, UploadMediaResponse,
 };
 
 /// The chunk size of a media download.
@@ -171,6 +173,26 @@ impl MessagingService for MessagingApi {
             messages: items.into_iter().map(history_item).collect(),
             limit,
             offset,
+        }))
+    }
+
+    async fn upload_media(
+        &self,
+        req: Request<UploadMediaRequest>,
+    ) -> Result<Response<UploadMediaResponse>, Status> {
+        let p = principal(&req)?;
+        let m = req.into_inner();
+        let up = self
+            .gw
+            .upload_media(p.manager()?, m.data, non_empty(m.filename))
+            .await?;
+        let base = m.base_url.trim().trim_end_matches('/');
+        Ok(Response::new(UploadMediaResponse {
+            url: format!("{base}{}{}", UPLOAD_PATH, up.media_id),
+            media_id: up.media_id,
+            mime_type: up.mime_type,
+            filename: up.filename.unwrap_or_default(),
+            size: up.size,
         }))
     }
 

@@ -115,6 +115,22 @@ impl NodeService for NodeApi {
         Ok(Response::new(LogoutSessionResponse {}))
     }
 
+    async fn check_numbers(
+        &self,
+        req: Request<CheckNumbersRequest>,
+    ) -> Result<Response<CheckNumbersResponse>, Status> {
+        let m = req.into_inner();
+        let numbers = self
+            .member
+            .local()
+            .check_numbers(&m.session_id, &m.phones)
+            .await?
+            .into_iter()
+            .map(|(phone, on_whatsapp)| NumberAnswer { phone, on_whatsapp })
+            .collect();
+        Ok(Response::new(CheckNumbersResponse { numbers }))
+    }
+
     async fn nudge(&self, req: Request<NudgeRequest>) -> Result<Response<NudgeResponse>, Status> {
         let ids = req.into_inner().session_ids;
         if ids.is_empty() {

@@ -783,6 +783,9 @@ pub struct NewBroadcast {
     send_at: Option<String>,
     /// This campaign's pacing (else the gateway's defaults).
     pacing: Option<PacingJson>,
+    /// Check each number on WhatsApp first; those not on it fail with `NOT_ON_WHATSAPP`.
+    #[serde(default)]
+    skip_unregistered: bool,
 }
 
 #[derive(Deserialize, Serialize, Default, ToSchema)]
@@ -844,6 +847,7 @@ pub struct BroadcastData {
     recipients_total: i64,
     counts: CountsData,
     pacing: PacingJson,
+    skip_unregistered: bool,
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
@@ -879,6 +883,7 @@ impl From<crate::proto::v1::Broadcast> for BroadcastData {
                 max_delay_ms: Some(b.pacing_max_ms),
                 daily_cap: Some(b.daily_cap),
             },
+            skip_unregistered: b.skip_unregistered,
             created_at: rfc3339_of(b.created_at),
             started_at: rfc3339_opt(b.started_at),
             finished_at: rfc3339_opt(b.finished_at),
@@ -922,6 +927,7 @@ pub async fn create_broadcast(
         pacing_min_ms: req.pacing.as_ref().and_then(|p| p.min_delay_ms),
         pacing_max_ms: req.pacing.as_ref().and_then(|p| p.max_delay_ms),
         daily_cap: req.pacing.as_ref().and_then(|p| p.daily_cap),
+        skip_unregistered: req.skip_unregistered,
     };
     let r = call::answer(api(&gw).create_broadcast(call::request(Some(p), msg)).await)?;
     Ok(success(

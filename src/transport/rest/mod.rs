@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod extract;
 pub mod form;
 pub mod media;
+pub mod numbers;
 pub mod openapi;
 pub mod qontak;
 pub mod ratelimit;
@@ -50,6 +51,7 @@ pub fn surfaces(gw: &Gateway) -> (Router<Gateway>, utoipa::openapi::OpenApi) {
         .merge(sak::limited(media::routes(), &limits.general))
         .merge(sak::limited(cluster::routes(), &limits.general))
         .merge(sak::limited(broadcasts::routes(), &limits.general))
+        .merge(sak::limited(numbers::routes(), &limits.general))
         .merge(qontak::routes())
         .split_for_parts()
 }

@@ -132,6 +132,10 @@ pub struct SendRequest {
     /// wagate: this campaign's pacing (else the gateway's defaults).
     #[serde(default)]
     pacing: Option<QontakPacing>,
+    /// wagate: check each number on WhatsApp first; those not on it fail with
+    /// `NOT_ON_WHATSAPP`.
+    #[serde(default)]
+    skip_unregistered: bool,
 }
 
 #[derive(Deserialize, Default, ToSchema)]
@@ -214,6 +218,7 @@ fn native(req: SendRequest, bulk: bool) -> Result<CreateBroadcastRequest, Qontak
         pacing_min_ms: req.pacing.as_ref().and_then(|p| p.min_delay_ms),
         pacing_max_ms: req.pacing.as_ref().and_then(|p| p.max_delay_ms),
         daily_cap: req.pacing.as_ref().and_then(|p| p.daily_cap),
+        skip_unregistered: req.skip_unregistered,
     })
 }
 
@@ -263,6 +268,8 @@ pub struct QontakBroadcast {
     /// wagate: scheduled, running, paused, completed, cancelled.
     state: String,
     recipients_total: i64,
+    /// wagate: numbers not on WhatsApp are skipped (`NOT_ON_WHATSAPP`).
+    skip_unregistered: bool,
 }
 
 fn execute_status(state: &str) -> &'static str {
@@ -344,6 +351,7 @@ fn qontak_broadcast(b: Broadcast, project_id: &str) -> QontakBroadcast {
         channel_phone_number: None,
         message_broadcast_plan_id: None,
         state: b.state,
+        skip_unregistered: b.skip_unregistered,
         recipients_total: b.recipients_total,
     }
 }

@@ -8,7 +8,9 @@
 
 pub mod broadcasts;
 pub mod contacts;
+pub mod files;
 pub mod integrations;
+pub mod numbers;
 pub mod templates;
 
 use std::time::Duration;
@@ -52,6 +54,8 @@ pub fn routes() -> OpenApiRouter<Gateway> {
         .merge(templates::routes())
         .merge(contacts::routes())
         .merge(broadcasts::routes())
+        .merge(files::routes())
+        .merge(numbers::routes())
 }
 
 /// An error as Qontak answers it.
