@@ -212,6 +212,8 @@ pub(crate) fn broadcast(v: BroadcastView) -> Broadcast {
         pacing_min_ms: r.pacing_min_ms,
         pacing_max_ms: r.pacing_max_ms,
         daily_cap: r.daily_cap,
+        waiting_reason: v.waiting_reason.unwrap_or_default(),
+        eta: v.eta.map(timestamp),
     }
 }
 

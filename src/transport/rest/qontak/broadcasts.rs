@@ -263,6 +263,10 @@ pub struct QontakBroadcast {
     /// wagate: scheduled, running, paused, completed, cancelled.
     state: String,
     recipients_total: i64,
+    /// wagate: why it is not sending right now (null when it is).
+    waiting_reason: Option<String>,
+    /// wagate: estimated finish, null when paused, finished or no session is healthy.
+    eta: Option<String>,
 }
 
 fn execute_status(state: &str) -> &'static str {
@@ -345,6 +349,8 @@ fn qontak_broadcast(b: Broadcast, project_id: &str) -> QontakBroadcast {
         message_broadcast_plan_id: None,
         state: b.state,
         recipients_total: b.recipients_total,
+        waiting_reason: (!b.waiting_reason.is_empty()).then_some(b.waiting_reason),
+        eta: qontak_time(b.eta),
     }
 }
 
