@@ -84,6 +84,8 @@ fn judge(
         "banned" => (Some(why("banned")), h.down_since.or(Some(now))),
         "logged_out" => (Some(why("logged out")), h.down_since.or(Some(now))),
         "failed" => (Some(why("failed")), h.down_since.or(Some(now))),
+        "replaced" => (Some(why("replaced")), h.down_since.or(Some(now))),
+        "deleted" => (Some(why("deleted")), h.down_since.or(Some(now))),
         "connected" => {
             let retried = d.last_connected_at.is_some_and(|at| at > h.since)
                 || now - h.since >= s.failure_cooldown.as_millis() as i64;
