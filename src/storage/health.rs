@@ -370,6 +370,36 @@ pub fn withdraw(conn: &mut DbConn, w: &Withdrawable, new_slot: i32, now: i64) ->
     })
 }
 
+/// Sessions with campaign messages waiting in their queue (at most `limit`): a campaign
+/// that handed everything over is done, but its messages may still wait on a session that
+/// goes unhealthy.
+pub fn queued_campaign_devices(conn: &mut DbConn, limit: i64) -> Result<Vec<SessionId>> {
+    Ok(db_run!(conn, |c| messages::table
+        .filter(messages::status.eq(MessageStatus::Queued))
+        .filter(messages::payload.like("{\"broadcast_id\"%"))
+        .select(messages::device_id)
+        .distinct()
+        .limit(limit)
+        .load(c))?)
+}
+
+/// A completed campaign that got a recipient back (taken from an unhealthy session) runs
+/// again until it is handed over. Returns whether it was reopened.
+pub fn reopen(conn: &mut DbConn, broadcast_id: &str, now: i64) -> Result<bool> {
+    Ok(db_run!(conn, |c| diesel::update(
+        broadcasts::table
+            .filter(broadcasts::id.eq(broadcast_id))
+            .filter(broadcasts::state.eq("completed")),
+    )
+    .set((
+        broadcasts::state.eq("running"),
+        broadcasts::finished_at.eq(None::<i64>),
+        broadcasts::updated_at.eq(now),
+    ))
+    .execute(c))?
+        == 1)
+}
+
 /// Points a claimed recipient at another session of its campaign (its own is unhealthy).
 pub fn reslot(
     conn: &mut DbConn,

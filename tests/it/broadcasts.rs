@@ -26,6 +26,7 @@ on_both_backends!(
     a_banned_session_hands_its_recipients_to_the_other,
     a_restart_mid_campaign_loses_and_repeats_nothing,
     a_scheduled_campaign_starts_on_time,
+    a_session_down_for_long_gives_its_queue_to_the_other,
 );
 
 const CREATE: &str = "/wagate.v1.BroadcastsService/CreateTemplate";
@@ -1597,5 +1598,86 @@ async fn a_scheduled_campaign_starts_on_time(db: TestDb) {
     .await;
     assert_eq!(running["broadcastId"], id.as_str());
     broadcast_in(&t, &id, "completed").await;
+    t.shutdown().await;
+}
+
+/// A session that cannot get back in (WhatsApp holds its logins) is unhealthy once it has
+/// been down for `down_after`: the campaign messages waiting in its queue, never written to
+/// WhatsApp, are taken back (`REROUTED`) and go through the campaign's other session; each
+/// recipient gets exactly one message. Let in again, it is healthy again.
+async fn a_session_down_for_long_gives_its_queue_to_the_other(db: TestDb) {
+    let t = TestApp::init(db)
+        .configure(|s| s.broadcast_health.down_after = std::time::Duration::from_secs(2))
+        .with_sessions(4)
+        .with_receiver()
+        .start()
+        .await;
+    let p = t.project().clone();
+    let s: Vec<Session> = (0..4).map(|i| t.session(i).clone()).collect();
+    let (a, b, to) = (&s[0], &s[1], [&s[2], &s[3]]);
+    hook_for(&t, "/h", &["session.health", "message.status"]).await;
+    let q = Qontak::new(&t, &p);
+    let tid = hello_template(&q).await;
+    let list = list_of(&q, &to).await;
+    let mut c = t.sessions_client().await;
+    t.wa().hold_logins(true).await.unwrap();
+    t.wa().kick(&a.phone_number).await.unwrap();
+    eventually(20, "A not connected", || {
+        let (mut c, pw) = (c.clone(), p.project_wide());
+        async move {
+            let st = crate::support::session::get(&mut c, &pw, &a.session_id).await;
+            (st.state != wagate::proto::v1::SessionState::Connected as i32).then_some(())
+        }
+    })
+    .await;
+    let id = campaign(&q, &tid, &list, &[a, b], 0).await;
+    let health = eventually(30, "A unhealthy", || async {
+        events_at(&t, "/h", "session.health")
+            .into_iter()
+            .find(|e| e["sessionId"] == a.session_id.as_str())
+    })
+    .await;
+    assert_eq!(health["health"], "unhealthy");
+    assert!(
+        health["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("session A disconnected since"),
+        "{health}"
+    );
+    broadcast_in(&t, &id, "completed").await;
+    each_got_one(&t, &to).await;
+    assert_eq!(relayed_from(&t, &b.phone_number).await.len(), 2);
+    let rerouted = eventually(30, "the taken-back message failed as REROUTED", || async {
+        events_at(&t, "/h", "message.status")
+            .into_iter()
+            .find(|e| e["status"] == "failed")
+    })
+    .await;
+    assert_eq!(rerouted["error"]["code"], "REROUTED", "{rerouted}");
+    assert_eq!(
+        rerouted["payload"]["broadcast_id"],
+        id.as_str(),
+        "{rerouted}"
+    );
+    let done = broadcast_of(&t, &id).await.counts.unwrap();
+    assert_eq!((done.failed, done.created), (0, 0), "{done:?}");
+
+    t.wa().hold_logins(false).await.unwrap();
+    crate::support::session::wait_state(
+        &mut c,
+        &p.project_wide(),
+        &a.session_id,
+        wagate::proto::v1::SessionState::Connected,
+        30,
+    )
+    .await;
+    eventually(30, "A healthy again", || async {
+        events_at(&t, "/h", "session.health")
+            .into_iter()
+            .find(|e| e["sessionId"] == a.session_id.as_str() && e["health"] == "healthy")
+    })
+    .await;
+    assert!(relayed_from(&t, &a.phone_number).await.is_empty());
     t.shutdown().await;
 }

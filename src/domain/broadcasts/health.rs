@@ -140,6 +140,11 @@ impl Gateway {
                         .into_iter()
                         .map(|r| r.device_id.into_string()),
                 );
+                ids.extend(
+                    hstore::queued_campaign_devices(c, MAX_WATCHED)?
+                        .into_iter()
+                        .map(SessionId::into_string),
+                );
                 let ids: Vec<SessionId> = ids.into_iter().map(SessionId::from).collect();
                 let devices = hstore::devices(c, &ids)?;
                 let rows = hstore::rows(c, &ids)?;
@@ -244,7 +249,6 @@ impl Gateway {
         now: i64,
     ) -> Result<()> {
         let window = self.settings().broadcasts.reply_window.as_millis() as i64;
-        let mut movable: HashMap<String, Vec<i32>> = HashMap::new();
         for w in watched {
             let slots = slots_of(w);
             let healthy: Vec<i32> = (0..slots.len() as i32)
@@ -285,14 +289,11 @@ impl Gateway {
                 if resumed {
                     self.inner.broadcasts_wake.notify_one();
                 }
-            } else if w.state == RUNNING && !reasons.is_empty() {
-                movable.insert(w.id.clone(), healthy);
             }
         }
-        if movable.is_empty() {
-            return Ok(());
-        }
-        // Queued messages of unhealthy sessions, of campaigns that have a healthy one.
+        // Queued messages of unhealthy sessions, of campaigns that have a healthy one (a
+        // completed campaign too: it runs again for them).
+        let mut healthy_of: HashMap<String, Vec<i32>> = HashMap::new();
         let mut moved = 0usize;
         for device in unhealthy.keys() {
             let id = SessionId::from(device.as_str());
@@ -301,15 +302,39 @@ impl Gateway {
                 .run(move |c| hstore::withdrawable(c, &id, now, WITHDRAW_BATCH))
                 .await?;
             for w in waiting {
-                let Some(healthy) = movable.get(&w.broadcast_id) else {
+                if !healthy_of.contains_key(&w.broadcast_id) {
+                    let bid = w.broadcast_id.clone();
+                    let row = self.db().run(move |c| store::get_any(c, &bid)).await?;
+                    let slots: Vec<String> = row
+                        .filter(|r| r.state == RUNNING || r.state == store::COMPLETED)
+                        .map(|r| serde_json::from_str(&r.session_ids).unwrap_or_default())
+                        .unwrap_or_default();
+                    let healthy = (0..slots.len() as i32)
+                        .filter(|i| !unhealthy.contains_key(&slots[*i as usize]))
+                        .collect();
+                    healthy_of.insert(w.broadcast_id.clone(), healthy);
+                }
+                let healthy = &healthy_of[&w.broadcast_id];
+                if healthy.is_empty() {
                     continue;
-                };
+                }
                 let slot = healthy[(w.seq.unsigned_abs() % healthy.len() as u64) as usize];
-                if self
+                let taken = self
                     .db()
-                    .run(move |c| hstore::withdraw(c, &w, slot, now))
-                    .await?
-                {
+                    .run(move |c| {
+                        c.transaction(|c| {
+                            if !hstore::withdraw(c, &w, slot, now)? {
+                                return Ok(false);
+                            }
+                            if hstore::reopen(c, &w.broadcast_id, now)? {
+                                let reason = "running again: recipients taken back from an unhealthy session";
+                                record_status(c, &w.broadcast_id, Some(reason), window, now)?;
+                            }
+                            Ok(true)
+                        })
+                    })
+                    .await?;
+                if taken {
                     moved += 1;
                 }
             }
