@@ -1253,7 +1253,6 @@ async fn hook_for(t: &TestApp, path: &str, events: &[&str]) {
             session_id: String::new(),
             url: t.receiver().url(path),
             events: events.iter().map(|e| e.to_string()).collect(),
-            ..Default::default()
         },
     ))
     .await

@@ -191,11 +191,15 @@ impl Gateway {
         s: &HealthSettings,
         now: i64,
     ) -> Result<Option<String>> {
-        let (id, from, n) = (d.id.clone(), row.scan_from, s.failure_run);
-        let (run, newest_ok, newest) = self
-            .db()
-            .run(move |c| hstore::failure_run(c, &id, from, n))
-            .await?;
+        // Failures matter (and a recovery forgives them) only while it is connected.
+        let (run, newest_ok, newest) = if d.state == "connected" {
+            let (id, from, n) = (d.id.clone(), row.scan_from, s.failure_run);
+            self.db()
+                .run(move |c| hstore::failure_run(c, &id, from, n))
+                .await?
+        } else {
+            (0, None, None)
+        };
         let (verdict, down_since) = judge(d, &row, run, s, now);
         // Nothing at or before the newest success can be part of a run of failures.
         let mut scan_from = newest_ok.map_or(row.scan_from, |ok| ok.max(row.scan_from));
