@@ -1394,6 +1394,31 @@ async fn a_ban_pauses_the_campaign_until_the_session_recovers(db: TestDb) {
     assert_eq!(status["counts"]["created"], 1, "{status}");
     let second = if first == b.session_id { &c } else { &b };
     assert!(received(&t, &second.session_id).await.is_empty());
+    // Resumed by hand while A is still banned: health pauses it again, nothing is sent.
+    let pw = p.project_wide();
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    grpc.resume_broadcast(grpc_signed(
+        &pw,
+        "/wagate.v1.BroadcastsService/ResumeBroadcast",
+        wagate::proto::v1::ResumeBroadcastRequest {
+            broadcast_id: id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    eventually(30, "paused by health again", || async {
+        let all = events_at(&t, "/h", "broadcast.status");
+        (all.len() >= 3).then_some(())
+    })
+    .await;
+    let again = broadcast_in(&t, &id, "paused").await;
+    assert!(
+        again.waiting_reason.starts_with("paused by health"),
+        "{again:?}"
+    );
+    assert!(received(&t, &second.session_id).await.is_empty());
 
     // The ban lifted and the session restarted: the campaign resumes by itself.
     t.wa().ban(&a.phone_number, 0).await.unwrap();
@@ -1421,7 +1446,20 @@ async fn a_ban_pauses_the_campaign_until_the_session_recovers(db: TestDb) {
         })
     })
     .await;
-    assert_eq!(states, ["paused", "running", "completed"], "in order");
+    assert_eq!(
+        states,
+        ["paused", "running", "paused", "running", "completed"],
+        "in order"
+    );
+    let reasons: Vec<Value> = events_at(&t, "/h", "broadcast.status")
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons[1], "resumed by user");
+    assert_eq!(
+        reasons[3],
+        "resumed: a session of the broadcast is healthy again"
+    );
     let completed = events_at(&t, "/h", "broadcast.status").pop().unwrap();
     assert_eq!(completed["counts"]["created"], 0, "{completed}");
     assert_eq!(

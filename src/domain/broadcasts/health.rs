@@ -616,6 +616,92 @@ mod tests {
         );
     }
 
+    fn campaign(state: &str, send_at: i64) -> BroadcastRow {
+        BroadcastRow {
+            id: "b1".into(),
+            project_id: ProjectId::from("p1"),
+            name: "n".into(),
+            template_id: "t".into(),
+            language: "en".into(),
+            kind: "contact_list".into(),
+            contact_list_id: None,
+            session_ids: "[]".into(),
+            parameters: "{}".into(),
+            state: state.into(),
+            execute_type: "immediately".into(),
+            send_at,
+            pacing_min_ms: 4000,
+            pacing_max_ms: 12000,
+            daily_cap: 1000,
+            recipients_total: 101,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn waiting_says_why_and_estimates_the_end() {
+        let left = StatusCounts {
+            created: 101,
+            ..StatusCounts::default()
+        };
+        // 100 gaps of 8 s (the mean of 4–12 s) shared by two sessions, from the next due.
+        let next = Some((5_000, Some("pacing: the session's gap".to_owned())));
+        let (why, eta) = waiting(
+            &campaign(RUNNING, 0),
+            &left,
+            None,
+            next.clone(),
+            &[],
+            2,
+            1_000,
+        );
+        assert_eq!(why.as_deref(), Some("pacing: the session's gap"));
+        assert_eq!(eta, Some(5_000 + 100 * 8_000 / 2));
+        // One of the two unhealthy: said, and the other does it alone.
+        let sick = ["session A banned".to_owned()];
+        let (why, eta) = waiting(&campaign(RUNNING, 0), &left, None, next, &sick, 2, 1_000);
+        assert_eq!(why.unwrap(), "pacing: the session's gap; session A banned");
+        assert_eq!(eta, Some(5_000 + 100 * 8_000));
+        // None healthy: no estimate.
+        let both = [sick[0].clone(), "session B logged out".to_owned()];
+        assert_eq!(
+            waiting(&campaign(RUNNING, 0), &left, None, None, &both, 2, 1_000).1,
+            None
+        );
+        let (why, eta) = waiting(
+            &campaign(SCHEDULED, 9_000),
+            &left,
+            None,
+            None,
+            &[],
+            1,
+            1_000,
+        );
+        assert_eq!(
+            (why.as_deref(), eta),
+            (Some("scheduled"), Some(9_000 + 100 * 8_000))
+        );
+        let pause = Some((BY_HEALTH.to_owned(), Some("paused by health: x".to_owned())));
+        let (why, eta) = waiting(&campaign(PAUSED, 0), &left, pause, None, &[], 1, 1_000);
+        assert_eq!((why.as_deref(), eta), (Some("paused by health: x"), None));
+        let user = Some((BY_USER.to_owned(), Some("paused by user".to_owned())));
+        let (why, _) = waiting(&campaign(PAUSED, 0), &left, user, None, &[], 1, 1_000);
+        assert_eq!(why.as_deref(), Some("paused by user"));
+        let done = waiting(
+            &campaign("completed", 0),
+            &StatusCounts::default(),
+            None,
+            None,
+            &[],
+            1,
+            0,
+        );
+        assert_eq!(done, (None, None));
+    }
+
     #[test]
     fn a_run_of_failures_holds_until_reconnect_or_cooldown() {
         let s = HealthSettings::default();
