@@ -1556,14 +1556,15 @@ async fn a_restart_mid_campaign_loses_and_repeats_nothing(db: TestDb) {
     let tid = hello_template(&q).await;
     let list = list_of(&q, &to).await;
     let id = campaign(&q, &tid, &list, &[a], 1500).await;
-    eventually(30, "the first reached", || async {
+    let before = eventually(30, "the first reached", || async {
         let mut n = 0;
         for r in to {
             n += received(&t, &r.session_id).await.len();
         }
-        (n >= 1).then_some(())
+        (n >= 1).then_some(n)
     })
     .await;
+    assert!(before < 3, "stopped mid-campaign");
     let t = t.stop().await.start().await;
     let done = broadcast_in(&t, &id, "completed").await;
     assert_eq!(done.recipients_total, 3);

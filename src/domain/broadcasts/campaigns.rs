@@ -7,7 +7,8 @@
 //! queue under an idempotency key of its own (`broadcast:<id>:<n>`), so a crash between the
 //! two is repaired by the next claim with no second message. From there the message is an
 //! ordinary queued message (rate limit, quota, retries, receipts); a recipient's status is
-//! its message's.
+//! its message's. Which sessions a campaign may send through is account health's call
+//! (`health.rs`); each state change of a campaign is a `broadcast.status` event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -613,8 +614,9 @@ impl Gateway {
         self.get_broadcast(caller, id).await
     }
 
-    /// The dispatcher, until `stop`: starts due campaigns, hands due recipients to the
-    /// outbound queue, completes campaigns with nothing left to hand over.
+    /// The dispatcher, until `stop`: judges account health (about once a second), starts
+    /// due campaigns, hands due recipients to the outbound queue, completes campaigns with
+    /// nothing left to hand over.
     pub async fn run_broadcasts(&self, mut stop: watch::Receiver<bool>) {
         let every = self.settings().broadcast_health.sweep_every;
         let mut swept = tokio::time::Instant::now() - every;
