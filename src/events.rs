@@ -11,9 +11,17 @@ use crate::values::{MessageStatus, ProjectId, SessionId};
 pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_STATUS: &str = "message.status";
 pub const SESSION_STATUS: &str = "session.status";
+pub const SESSION_HEALTH: &str = "session.health";
+pub const BROADCAST_STATUS: &str = "broadcast.status";
 
 /// The event names a webhook can subscribe to (besides `*`).
-pub const KINDS: [&str; 3] = [MESSAGE_RECEIVED, MESSAGE_STATUS, SESSION_STATUS];
+pub const KINDS: [&str; 5] = [
+    MESSAGE_RECEIVED,
+    MESSAGE_STATUS,
+    SESSION_STATUS,
+    SESSION_HEALTH,
+    BROADCAST_STATUS,
+];
 
 /// An event about to be recorded.
 #[derive(Debug, Clone)]
@@ -194,6 +202,36 @@ pub fn session_status(s: &SessionChange<'_>) -> Map<String, Value> {
         v.insert("qrCode".into(), qr.into());
     }
     v
+}
+
+/// What `session.health` says: a session became healthy or unhealthy for campaigns.
+pub fn session_health(health: &str, reason: Option<&str>, since_ms: i64) -> Map<String, Value> {
+    object(json!({
+        "health": health,
+        "reason": reason,
+        "since": rfc3339(since_ms),
+    }))
+}
+
+/// What `broadcast.status` says about a campaign's state change.
+pub struct BroadcastChange<'a> {
+    pub broadcast_id: &'a str,
+    pub name: &'a str,
+    pub state: &'a str,
+    /// Why (a pause by health, by its user…), when there is one.
+    pub reason: Option<&'a str>,
+    /// Recipients by status (`created`, `pending`, `sent`, …).
+    pub counts: Value,
+}
+
+pub fn broadcast_status(b: &BroadcastChange<'_>) -> Map<String, Value> {
+    object(json!({
+        "broadcastId": b.broadcast_id,
+        "name": b.name,
+        "state": b.state,
+        "reason": b.reason,
+        "counts": b.counts,
+    }))
 }
 
 /// Whether a webhook's filter (`*` or a list of names) takes an event kind.

@@ -52,6 +52,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Campaign pacing defaults and the reply window.
     pub broadcasts: broadcasts::campaigns::BroadcastSettings,
+    /// When a session is unfit for campaigns (account health).
+    pub broadcast_health: broadcasts::health::HealthSettings,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             cluster: crate::cluster::ClusterSettings::default(),
             admin_token: None,
             broadcasts: broadcasts::campaigns::BroadcastSettings::default(),
+            broadcast_health: broadcasts::health::HealthSettings::default(),
         }
     }
 }

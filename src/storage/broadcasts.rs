@@ -226,8 +226,8 @@ pub fn list(
     })?)
 }
 
-/// Scheduled campaigns whose time came start; returns how many.
-pub fn start_due(conn: &mut DbConn, now: i64) -> Result<usize> {
+/// Scheduled campaigns whose time came start; returns their ids.
+pub fn start_due(conn: &mut DbConn, now: i64) -> Result<Vec<String>> {
     Ok(db_run!(conn, |c| diesel::update(
         broadcasts::table
             .filter(broadcasts::state.eq(SCHEDULED))
@@ -238,11 +238,12 @@ pub fn start_due(conn: &mut DbConn, now: i64) -> Result<usize> {
         broadcasts::started_at.eq(now),
         broadcasts::updated_at.eq(now),
     ))
-    .execute(c))?)
+    .returning(broadcasts::id)
+    .get_results(c))?)
 }
 
-/// Running campaigns with no recipient left to dispatch are completed; returns how many.
-pub fn complete_finished(conn: &mut DbConn, now: i64) -> Result<usize> {
+/// Running campaigns with no recipient left to dispatch are completed; returns their ids.
+pub fn complete_finished(conn: &mut DbConn, now: i64) -> Result<Vec<String>> {
     use diesel::dsl::{exists, not};
     Ok(db_run!(conn, |c| diesel::update(
         broadcasts::table
@@ -258,7 +259,8 @@ pub fn complete_finished(conn: &mut DbConn, now: i64) -> Result<usize> {
         broadcasts::finished_at.eq(now),
         broadcasts::updated_at.eq(now),
     ))
-    .execute(c))?)
+    .returning(broadcasts::id)
+    .get_results(c))?)
 }
 
 /// Claims up to `limit` due recipients for `node`, leased for `lease_ms`.

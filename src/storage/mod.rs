@@ -20,6 +20,7 @@ pub mod contact_lists;
 pub mod devices;
 pub mod durable;
 pub mod events;
+pub mod health;
 pub mod inbound;
 pub mod media;
 pub mod messages;

@@ -491,3 +491,27 @@ diesel::table! {
 
 diesel::joinable!(broadcast_media -> broadcasts (broadcast_id));
 diesel::allow_tables_to_appear_in_same_query!(broadcast_media, broadcasts, media);
+
+// --- account health (src/storage/health.rs) ---
+
+diesel::table! {
+    session_health (device_id) {
+        device_id -> Text,
+        project_id -> Text,
+        health -> Text,
+        reason -> Nullable<Text>,
+        since -> BigInt,
+        down_since -> Nullable<BigInt>,
+        scan_from -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    broadcast_pauses (broadcast_id) {
+        broadcast_id -> Text,
+        paused_by -> Text,
+        reason -> Nullable<Text>,
+        since -> BigInt,
+    }
+}

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use wagate::proto::v1::broadcasts_service_client::BroadcastsServiceClient;
 use wagate::proto::v1::{
     AddSuppressionRequest, CreateTemplateRequest, GetTemplateRequest, ListSuppressionsRequest,
-    ListTemplatesRequest, RemoveSuppressionRequest, RenderTemplateRequest, TemplateButton,
+    ListTemplatesRequest, RemoveSuppressionRequest, RenderTemplateRequest, Session, TemplateButton,
     TemplateHeader, TemplateParameters, TemplateVariant,
 };
 
@@ -22,6 +22,11 @@ on_both_backends!(
     qontak_contact_list_of_100k_rows_is_streamed,
     stop_keyword_suppresses_the_sender,
     broadcasts_reach_recipients_with_the_rendered_text,
+    a_ban_pauses_the_campaign_until_the_session_recovers,
+    a_banned_session_hands_its_recipients_to_the_other,
+    a_restart_mid_campaign_loses_and_repeats_nothing,
+    a_scheduled_campaign_starts_on_time,
+    a_session_down_for_long_gives_its_queue_to_the_other,
 );
 
 const CREATE: &str = "/wagate.v1.BroadcastsService/CreateTemplate";
@@ -1146,5 +1151,571 @@ async fn broadcasts_reach_recipients_with_the_rendered_text(db: TestDb) {
         .await;
     assert_eq!(code, 200, "{all}");
     assert_eq!(all["meta"]["pagination"]["total"], 4);
+    t.shutdown().await;
+}
+
+// --- account health, campaign events, restarts and schedules ---
+
+/// A template `Hi {{1}}.` over Qontak; its id.
+async fn hello_template(q: &Qontak<'_>) -> String {
+    let template = json!({
+        "name": "hello", "category": "MARKETING", "language": "en",
+        "components": [{"type": "BODY", "text": "Hi {{1}}."}]
+    });
+    let (code, made) = q
+        .post("/qontak/chat/v1/templates/whatsapp", &template)
+        .await;
+    assert_eq!(code, 201, "{made}");
+    made["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// A contact list of these sessions (their numbers, their names), imported; its id.
+async fn list_of(q: &Qontak<'_>, to: &[&Session]) -> String {
+    let mut csv = "phone_number,full_name\n".to_owned();
+    for s in to {
+        csv.push_str(&format!("{},{}\n", s.phone_number, s.name));
+    }
+    let (ct, body) = wagate::client::Multipart::new()
+        .text("name", "recipients")
+        .file("file", "r.csv", "text/csv", csv.as_bytes())
+        .finish();
+    let (code, list) = read(
+        q.request(
+            reqwest::Method::POST,
+            "/qontak/chat/v1/contacts/contact_lists/async",
+        )
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{list}");
+    let id = list["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/qontak/chat/v1/contacts/contact_lists/{id}");
+    finished("the list", || q.get(&path)).await;
+    id
+}
+
+/// A campaign of `Hi {{full_name}}.` over a list through `via`, a fixed gap of `gap_ms`
+/// between two messages of a session; its id.
+async fn campaign(q: &Qontak<'_>, tid: &str, list: &str, via: &[&Session], gap_ms: i64) -> String {
+    let ids: Vec<&str> = via.iter().map(|s| s.session_id.as_str()).collect();
+    let bulk = json!({
+        "name": "health", "message_template_id": tid, "contact_list_id": list,
+        "channel_integration_ids": ids, "language": {"code": "en"},
+        "parameters": {"body": [{"key": "1", "value": "full_name"}]},
+        "pacing": {"min_delay_ms": gap_ms, "max_delay_ms": gap_ms}
+    });
+    let (code, made) = q.post("/qontak/chat/v1/broadcasts/whatsapp", &bulk).await;
+    assert_eq!(code, 201, "{made}");
+    made["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn broadcast_of(t: &TestApp, id: &str) -> wagate::proto::v1::Broadcast {
+    let pw = t.project().project_wide();
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    grpc.get_broadcast(grpc_signed(
+        &pw,
+        "/wagate.v1.BroadcastsService/GetBroadcast",
+        wagate::proto::v1::GetBroadcastRequest {
+            broadcast_id: id.to_owned(),
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .broadcast
+    .unwrap()
+}
+
+async fn broadcast_in(t: &TestApp, id: &str, state: &str) -> wagate::proto::v1::Broadcast {
+    eventually(30, &format!("the broadcast {state}"), || async {
+        let b = broadcast_of(t, id).await;
+        (b.state == state).then_some(b)
+    })
+    .await
+}
+
+/// A project-wide webhook to the test's receiver at `path` for these events.
+async fn hook_for(t: &TestApp, path: &str, events: &[&str]) {
+    let mut c =
+        wagate::proto::v1::webhooks_service_client::WebhooksServiceClient::connect(t.base.clone())
+            .await
+            .unwrap();
+    c.create_webhook(grpc_signed(
+        &t.project().project_wide(),
+        "/wagate.v1.WebhooksService/CreateWebhook",
+        wagate::proto::v1::CreateWebhookRequest {
+            session_id: String::new(),
+            url: t.receiver().url(path),
+            events: events.iter().map(|e| e.to_string()).collect(),
+        },
+    ))
+    .await
+    .unwrap();
+}
+
+/// The events delivered at `path` so far, of one kind.
+fn events_at(t: &TestApp, path: &str, kind: &str) -> Vec<Value> {
+    t.receiver()
+        .delivered(path)
+        .iter()
+        .map(|h| h.json())
+        .filter(|e| e["event"] == kind)
+        .collect()
+}
+
+/// Messages wasim relayed from `sender` (its phone) to anyone, each once.
+async fn relayed_from(t: &TestApp, sender: &str) -> Vec<Value> {
+    let log = t.wa().messages().await.unwrap();
+    let mine: Vec<Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from"].as_str().unwrap_or_default().starts_with(sender))
+        .filter(|m| m["type"] == "text")
+        .cloned()
+        .collect();
+    for m in &mine {
+        assert_eq!(m["times_relayed"], 1, "relayed once: {m}");
+    }
+    mine
+}
+
+/// Each of `to` received exactly one message, `Hi <its name>.`.
+async fn each_got_one(t: &TestApp, to: &[&Session]) {
+    for s in to {
+        let want = format!("Hi {}.", s.name);
+        eventually(30, &format!("{} got its message", s.name), || async {
+            received(t, &s.session_id)
+                .await
+                .contains(&want)
+                .then_some(())
+        })
+        .await;
+    }
+    for s in to {
+        assert_eq!(
+            received(t, &s.session_id).await,
+            vec![format!("Hi {}.", s.name)],
+            "exactly one message to {}",
+            s.name
+        );
+    }
+}
+
+async fn restart_session(t: &TestApp, id: &str) {
+    let mut c = t.sessions_client().await;
+    c.restart_session(grpc_signed(
+        &t.project().project_wide(),
+        "/wagate.v1.SessionsService/RestartSession",
+        wagate::proto::v1::RestartSessionRequest {
+            session_id: id.to_owned(),
+        },
+    ))
+    .await
+    .unwrap();
+}
+
+/// The campaign's only session is banned at WhatsApp: the campaign pauses by health (with
+/// why, `session.health` and `broadcast.status` webhooks); once the ban is lifted and the
+/// session restarted it resumes by itself and completes, every recipient reached once.
+async fn a_ban_pauses_the_campaign_until_the_session_recovers(db: TestDb) {
+    let t = TestApp::init(db)
+        .with_sessions(3)
+        .with_receiver()
+        .start()
+        .await;
+    let (p, a, b, c) = (
+        t.project().clone(),
+        t.session(0).clone(),
+        t.session(1).clone(),
+        t.session(2).clone(),
+    );
+    hook_for(&t, "/h", &["session.health", "broadcast.status"]).await;
+    let q = Qontak::new(&t, &p);
+    let tid = hello_template(&q).await;
+    let list = list_of(&q, &[&b, &c]).await;
+    // A 6 s gap: the first recipient goes at once, the second waits long enough to ban A.
+    let id = campaign(&q, &tid, &list, &[&a], 6000).await;
+    let first = eventually(30, "the first recipient reached", || async {
+        for s in [&b, &c] {
+            if !received(&t, &s.session_id).await.is_empty() {
+                return Some(s.session_id.clone());
+            }
+        }
+        None
+    })
+    .await;
+    let held = broadcast_of(&t, &id).await;
+    assert_eq!(held.state, "running");
+    assert!(held.waiting_reason.contains("gap"), "{held:?}");
+    assert!(held.eta.is_some(), "{held:?}");
+
+    t.wa().ban(&a.phone_number, 3600).await.unwrap();
+    let paused = broadcast_in(&t, &id, "paused").await;
+    assert!(
+        paused
+            .waiting_reason
+            .starts_with("paused by health: session A banned"),
+        "{paused:?}"
+    );
+    assert!(paused.eta.is_none(), "{paused:?}");
+    let health = eventually(30, "session.health delivered", || async {
+        events_at(&t, "/h", "session.health").into_iter().next()
+    })
+    .await;
+    assert_eq!(health["sessionId"], a.session_id.as_str());
+    assert_eq!(health["health"], "unhealthy");
+    assert!(
+        health["reason"].as_str().unwrap().contains("banned"),
+        "{health}"
+    );
+    assert!(health["since"].is_string(), "{health}");
+    let status = eventually(30, "broadcast.status paused delivered", || async {
+        events_at(&t, "/h", "broadcast.status")
+            .into_iter()
+            .find(|e| e["state"] == "paused")
+    })
+    .await;
+    assert_eq!(status["broadcastId"], id.as_str());
+    assert_eq!(status["name"], "health");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused by health"),
+        "{status}"
+    );
+    assert_eq!(status["counts"]["created"], 1, "{status}");
+    let second = if first == b.session_id { &c } else { &b };
+    assert!(received(&t, &second.session_id).await.is_empty());
+    // Resumed by hand while A is still banned: health pauses it again, nothing is sent.
+    let pw = p.project_wide();
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    grpc.resume_broadcast(grpc_signed(
+        &pw,
+        "/wagate.v1.BroadcastsService/ResumeBroadcast",
+        wagate::proto::v1::ResumeBroadcastRequest {
+            broadcast_id: id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    eventually(30, "paused by health again", || async {
+        let all = events_at(&t, "/h", "broadcast.status");
+        (all.len() >= 3).then_some(())
+    })
+    .await;
+    let again = broadcast_in(&t, &id, "paused").await;
+    assert!(
+        again.waiting_reason.starts_with("paused by health"),
+        "{again:?}"
+    );
+    assert!(received(&t, &second.session_id).await.is_empty());
+
+    // The ban lifted and the session restarted: the campaign resumes by itself.
+    t.wa().ban(&a.phone_number, 0).await.unwrap();
+    restart_session(&t, &a.session_id).await;
+    let done = broadcast_in(&t, &id, "completed").await;
+    each_got_one(&t, &[&b, &c]).await;
+    assert_eq!(relayed_from(&t, &a.phone_number).await.len(), 2);
+    assert!(
+        done.waiting_reason.is_empty() && done.eta.is_none(),
+        "{done:?}"
+    );
+    let healthy = eventually(30, "session.health healthy delivered", || async {
+        events_at(&t, "/h", "session.health")
+            .into_iter()
+            .find(|e| e["health"] == "healthy")
+    })
+    .await;
+    assert_eq!(healthy["sessionId"], a.session_id.as_str());
+    let states = eventually(30, "broadcast.status completed delivered", || async {
+        let all = events_at(&t, "/h", "broadcast.status");
+        all.iter().any(|e| e["state"] == "completed").then(|| {
+            all.iter()
+                .map(|e| e["state"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    assert_eq!(
+        states,
+        ["paused", "running", "paused", "running", "completed"],
+        "in order"
+    );
+    let reasons: Vec<Value> = events_at(&t, "/h", "broadcast.status")
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons[1], "resumed by user");
+    assert_eq!(
+        reasons[3],
+        "resumed: a session of the broadcast is healthy again"
+    );
+    let completed = events_at(&t, "/h", "broadcast.status").pop().unwrap();
+    assert_eq!(completed["counts"]["created"], 0, "{completed}");
+    assert_eq!(
+        completed["counts"]["sent"].as_i64().unwrap()
+            + completed["counts"]["pending"].as_i64().unwrap()
+            + completed["counts"]["delivered"].as_i64().unwrap()
+            + completed["counts"]["read"].as_i64().unwrap(),
+        2,
+        "{completed}"
+    );
+    t.shutdown().await;
+}
+
+/// Two sessions; one is banned mid-campaign: its remaining recipients go through the other,
+/// the campaign does not pause, and every recipient gets exactly one message.
+async fn a_banned_session_hands_its_recipients_to_the_other(db: TestDb) {
+    let t = TestApp::init(db)
+        .with_sessions(6)
+        .with_receiver()
+        .start()
+        .await;
+    let p = t.project().clone();
+    let s: Vec<Session> = (0..6).map(|i| t.session(i).clone()).collect();
+    let (a, b, to) = (&s[0], &s[1], [&s[2], &s[3], &s[4], &s[5]]);
+    hook_for(&t, "/h", &["session.health", "broadcast.status"]).await;
+    let q = Qontak::new(&t, &p);
+    let tid = hello_template(&q).await;
+    let list = list_of(&q, &to).await;
+    // Two recipients each; the first of each goes at once, the second 3 s later.
+    let id = campaign(&q, &tid, &list, &[a, b], 3000).await;
+    eventually(30, "the first two reached", || async {
+        let mut n = 0;
+        for r in to {
+            n += received(&t, &r.session_id).await.len();
+        }
+        (n >= 2).then_some(())
+    })
+    .await;
+    t.wa().ban(&a.phone_number, 3600).await.unwrap();
+    eventually(30, "A unhealthy", || async {
+        events_at(&t, "/h", "session.health")
+            .into_iter()
+            .find(|e| e["sessionId"] == a.session_id.as_str() && e["health"] == "unhealthy")
+    })
+    .await;
+    let done = broadcast_in(&t, &id, "completed").await;
+    each_got_one(&t, &to).await;
+    let (via_a, via_b) = (
+        relayed_from(&t, &a.phone_number).await,
+        relayed_from(&t, &b.phone_number).await,
+    );
+    assert_eq!(via_a.len() + via_b.len(), 4, "{via_a:?} {via_b:?}");
+    assert_eq!(via_a.len(), 1, "A sent only its first before the ban");
+    // The log shows where each went; the campaign never paused.
+    let pw = p.project_wide();
+    let mut grpc = BroadcastsServiceClient::connect(t.base.clone())
+        .await
+        .unwrap();
+    let log = grpc
+        .list_broadcast_recipients(grpc_signed(
+            &pw,
+            "/wagate.v1.BroadcastsService/ListBroadcastRecipients",
+            wagate::proto::v1::ListBroadcastRecipientsRequest {
+                broadcast_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let through_b = log
+        .recipients
+        .iter()
+        .filter(|r| r.session_id == b.session_id)
+        .count();
+    assert_eq!(through_b, 3, "{log:?}");
+    assert!(
+        !events_at(&t, "/h", "broadcast.status")
+            .iter()
+            .any(|e| e["state"] == "paused")
+    );
+    assert_eq!(done.counts.unwrap().failed, 0);
+    t.shutdown().await;
+}
+
+/// The gateway stops mid-campaign and starts again on the same database: every recipient
+/// gets its message exactly once (counted at wasim and at the recipients).
+async fn a_restart_mid_campaign_loses_and_repeats_nothing(db: TestDb) {
+    let t = TestApp::init(db).with_sessions(4).start().await;
+    let p = t.project().clone();
+    let s: Vec<Session> = (0..4).map(|i| t.session(i).clone()).collect();
+    let (a, to) = (&s[0], [&s[1], &s[2], &s[3]]);
+    let q = Qontak::new(&t, &p);
+    let tid = hello_template(&q).await;
+    let list = list_of(&q, &to).await;
+    let id = campaign(&q, &tid, &list, &[a], 1500).await;
+    let before = eventually(30, "the first reached", || async {
+        let mut n = 0;
+        for r in to {
+            n += received(&t, &r.session_id).await.len();
+        }
+        (n >= 1).then_some(n)
+    })
+    .await;
+    assert!(before < 3, "stopped mid-campaign");
+    let t = t.stop().await.start().await;
+    let done = broadcast_in(&t, &id, "completed").await;
+    assert_eq!(done.recipients_total, 3);
+    each_got_one(&t, &to).await;
+    assert_eq!(relayed_from(&t, &a.phone_number).await.len(), 3);
+    t.shutdown().await;
+}
+
+/// A campaign scheduled a few seconds ahead starts at its time: not before, and within
+/// about a second after (with its `broadcast.status` running event).
+async fn a_scheduled_campaign_starts_on_time(db: TestDb) {
+    let t = TestApp::init(db)
+        .with_sessions(2)
+        .with_receiver()
+        .start()
+        .await;
+    let (p, a, b) = (
+        t.project().clone(),
+        t.session(0).clone(),
+        t.session(1).clone(),
+    );
+    hook_for(&t, "/h", &["broadcast.status"]).await;
+    let q = Qontak::new(&t, &p);
+    let tid = hello_template(&q).await;
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let direct = json!({
+        "to_number": b.phone_number, "to_name": "B",
+        "message_template_id": tid, "channel_integration_id": a.session_id,
+        "language": {"code": "en"},
+        "parameters": {"body": [{"key": "1", "value": "name", "value_text": "B"}]},
+        "send_at": at.with_timezone(&chrono::FixedOffset::east_opt(7 * 3600).unwrap()).to_rfc3339(),
+    });
+    let (code, made) = q
+        .post("/qontak/chat/v1/broadcasts/whatsapp/direct", &direct)
+        .await;
+    assert_eq!(code, 201, "{made}");
+    let id = made["data"]["id"].as_str().unwrap().to_owned();
+    let waiting = broadcast_of(&t, &id).await;
+    assert_eq!(
+        (waiting.state.as_str(), waiting.waiting_reason.as_str()),
+        ("scheduled", "scheduled")
+    );
+    let send_at = waiting.send_at.unwrap();
+    let send_at_ms = send_at.seconds * 1000 + i64::from(send_at.nanos) / 1_000_000;
+    assert!(
+        (send_at_ms - at.timestamp_millis()).abs() < 1000,
+        "{send_at:?}"
+    );
+    assert_eq!(
+        waiting.eta,
+        Some(send_at),
+        "one recipient: done when it starts"
+    );
+    eventually(30, "B got it", || async {
+        (!received(&t, &b.session_id).await.is_empty()).then_some(())
+    })
+    .await;
+    let started = broadcast_of(&t, &id).await.started_at.unwrap();
+    let started_ms = started.seconds * 1000 + i64::from(started.nanos) / 1_000_000;
+    let late = started_ms - send_at_ms;
+    println!("scheduled campaign started {late} ms after send_at");
+    assert!(late >= 0, "started {late} ms early");
+    assert!(late <= 1500, "started {late} ms late");
+    let running = eventually(30, "broadcast.status running", || async {
+        events_at(&t, "/h", "broadcast.status")
+            .into_iter()
+            .find(|e| e["state"] == "running")
+    })
+    .await;
+    assert_eq!(running["broadcastId"], id.as_str());
+    broadcast_in(&t, &id, "completed").await;
+    t.shutdown().await;
+}
+
+/// A session that cannot get back in (WhatsApp holds its logins) is unhealthy once it has
+/// been down for `down_after`: the campaign messages waiting in its queue, never written to
+/// WhatsApp, are taken back (`REROUTED`) and go through the campaign's other session; each
+/// recipient gets exactly one message. Let in again, it is healthy again.
+async fn a_session_down_for_long_gives_its_queue_to_the_other(db: TestDb) {
+    let t = TestApp::init(db)
+        .configure(|s| s.broadcast_health.down_after = std::time::Duration::from_secs(2))
+        .with_sessions(4)
+        .with_receiver()
+        .start()
+        .await;
+    let p = t.project().clone();
+    let s: Vec<Session> = (0..4).map(|i| t.session(i).clone()).collect();
+    let (a, b, to) = (&s[0], &s[1], [&s[2], &s[3]]);
+    hook_for(&t, "/h", &["session.health", "message.status"]).await;
+    let q = Qontak::new(&t, &p);
+    let tid = hello_template(&q).await;
+    let list = list_of(&q, &to).await;
+    let mut c = t.sessions_client().await;
+    t.wa().hold_logins(true).await.unwrap();
+    t.wa().kick(&a.phone_number).await.unwrap();
+    eventually(20, "A not connected", || {
+        let (mut c, pw) = (c.clone(), p.project_wide());
+        async move {
+            let st = crate::support::session::get(&mut c, &pw, &a.session_id).await;
+            (st.state != wagate::proto::v1::SessionState::Connected as i32).then_some(())
+        }
+    })
+    .await;
+    let id = campaign(&q, &tid, &list, &[a, b], 0).await;
+    let health = eventually(30, "A unhealthy", || async {
+        events_at(&t, "/h", "session.health")
+            .into_iter()
+            .find(|e| e["sessionId"] == a.session_id.as_str())
+    })
+    .await;
+    assert_eq!(health["health"], "unhealthy");
+    assert!(
+        health["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("session A disconnected since"),
+        "{health}"
+    );
+    broadcast_in(&t, &id, "completed").await;
+    each_got_one(&t, &to).await;
+    assert_eq!(relayed_from(&t, &b.phone_number).await.len(), 2);
+    let rerouted = eventually(30, "the taken-back message failed as REROUTED", || async {
+        events_at(&t, "/h", "message.status")
+            .into_iter()
+            .find(|e| e["status"] == "failed")
+    })
+    .await;
+    assert_eq!(rerouted["error"]["code"], "REROUTED", "{rerouted}");
+    assert_eq!(
+        rerouted["payload"]["broadcast_id"],
+        id.as_str(),
+        "{rerouted}"
+    );
+    let done = broadcast_of(&t, &id).await.counts.unwrap();
+    assert_eq!((done.failed, done.created), (0, 0), "{done:?}");
+
+    t.wa().hold_logins(false).await.unwrap();
+    crate::support::session::wait_state(
+        &mut c,
+        &p.project_wide(),
+        &a.session_id,
+        wagate::proto::v1::SessionState::Connected,
+        30,
+    )
+    .await;
+    eventually(30, "A healthy again", || async {
+        events_at(&t, "/h", "session.health")
+            .into_iter()
+            .find(|e| e["sessionId"] == a.session_id.as_str() && e["health"] == "healthy")
+    })
+    .await;
+    assert!(relayed_from(&t, &a.phone_number).await.is_empty());
     t.shutdown().await;
 }

@@ -7,7 +7,8 @@
 //! queue under an idempotency key of its own (`broadcast:<id>:<n>`), so a crash between the
 //! two is repaired by the next claim with no second message. From there the message is an
 //! ordinary queued message (rate limit, quota, retries, receipts); a recipient's status is
-//! its message's.
+//! its message's. Which sessions a campaign may send through is account health's call
+//! (`health.rs`); each state change of a campaign is a `broadcast.status` event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::media::HeaderMedia;
+use super::health;
 use super::model::{HeaderFormat, pick, variable_count};
 use super::numbers::NumberGate;
 use super::render::{Params, render};
@@ -173,6 +175,10 @@ pub struct BroadcastView {
     pub mapping: Mapping,
     pub counts: StatusCounts,
     pub template: Option<TemplateView>,
+    /// Why it is not sending right now, if it is not (see `health`).
+    pub waiting_reason: Option<String>,
+    /// When it should finish (Unix ms), if that can be told.
+    pub eta: Option<i64>,
 }
 
 /// One recipient as the log shows it.
@@ -215,7 +221,7 @@ fn status_of(state: &str, message: Option<&str>, held: bool) -> &'static str {
     }
 }
 
-fn counts_of(rows: Vec<store::CountRow>) -> StatusCounts {
+pub(super) fn counts_of(rows: Vec<store::CountRow>) -> StatusCounts {
     let mut c = StatusCounts::default();
     for r in rows {
         let slot = match status_of(&r.r_state, r.m_status.as_deref(), false) {
@@ -452,14 +458,18 @@ impl Gateway {
             .get_template(caller, &TemplateId::from(row.template_id.as_str()))
             .await
             .ok();
+        let counts = StatusCounts {
+            replied,
+            ..counts_of(counts)
+        };
+        let (waiting_reason, eta) = self.waiting_of(&row, &counts).await?;
         Ok(BroadcastView {
             session_ids: serde_json::from_str(&row.session_ids).unwrap_or_default(),
             mapping: serde_json::from_str(&row.parameters).unwrap_or_default(),
-            counts: StatusCounts {
-                replied,
-                ..counts_of(counts)
-            },
+            counts,
             template,
+            waiting_reason,
+            eta,
             row,
         })
     }
@@ -499,11 +509,14 @@ impl Gateway {
                     .ok();
                 templates.insert(row.template_id.clone(), t);
             }
+            let (waiting_reason, eta) = self.waiting_of(&row, &counts).await?;
             views.push(BroadcastView {
                 session_ids: serde_json::from_str(&row.session_ids).unwrap_or_default(),
                 mapping: serde_json::from_str(&row.parameters).unwrap_or_default(),
                 counts,
                 template: templates.get(&row.template_id).cloned().flatten(),
+                waiting_reason,
+                eta,
                 row,
             });
         }
@@ -584,9 +597,18 @@ impl Gateway {
             BroadcastAction::Cancel => (&[SCHEDULED, RUNNING, PAUSED], CANCELLED),
         };
         let (p, bid) = (caller.project.row.id.clone(), id.clone());
+        let window = self.settings().broadcasts.reply_window.as_millis() as i64;
         let moved = self
             .db()
-            .run(move |c| store::transition(c, &p, &bid, from, to, now))
+            .run(move |c| {
+                c.transaction(|c| {
+                    let moved = store::transition(c, &p, &bid, from, to, now)?;
+                    if let Some(row) = &moved {
+                        health::user_changed(c, row, window, now)?;
+                    }
+                    Ok(moved)
+                })
+            })
             .await?;
         if moved.is_none() {
             return Err(Error::BroadcastState(format!(
@@ -599,10 +621,19 @@ impl Gateway {
         self.get_broadcast(caller, id).await
     }
 
-    /// The dispatcher, until `stop`: starts due campaigns, hands due recipients to the
-    /// outbound queue, completes campaigns with nothing left to hand over.
+    /// The dispatcher, until `stop`: judges account health (about once a second), starts
+    /// due campaigns, hands due recipients to the outbound queue, completes campaigns with
+    /// nothing left to hand over.
     pub async fn run_broadcasts(&self, mut stop: watch::Receiver<bool>) {
+        let every = self.settings().broadcast_health.sweep_every;
+        let mut swept = tokio::time::Instant::now() - every;
         loop {
+            if swept.elapsed() >= every {
+                swept = tokio::time::Instant::now();
+                if let Err(e) = self.sweep_health().await {
+                    tracing::warn!(error = %e, "health sweep failed");
+                }
+            }
             let busy = match self.dispatch_round().await {
                 Ok(n) => n > 0,
                 Err(e) => {
@@ -616,7 +647,7 @@ impl Gateway {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = self.inner.broadcasts_wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(POLL.min(every)) => {}
             }
         }
     }
@@ -625,18 +656,35 @@ impl Gateway {
     async fn dispatch_round(&self) -> Result<usize> {
         let node = self.node_id().to_owned();
         let now = now_ms();
+        let window = self.settings().broadcasts.reply_window.as_millis() as i64;
         let claimed = self
             .db()
             .run(move |c| {
-                store::start_due(c, now)?;
+                // Each start and completion with its `broadcast.status` event.
+                c.transaction(|c| {
+                    for id in store::start_due(c, now)? {
+                        health::record_status(c, &id, Some("scheduled time reached"), window, now)?;
+                    }
+                    Ok(())
+                })?;
                 let claimed = store::claim(c, &node, CLAIM_BATCH, CLAIM_LEASE_MS, now)?;
                 if claimed.is_empty() {
-                    store::complete_finished(c, now)?;
+                    c.transaction(|c| {
+                        for id in store::complete_finished(c, now)? {
+                            health::record_status(c, &id, None, window, now)?;
+                        }
+                        Ok(())
+                    })?;
                 }
                 Ok(claimed)
             })
             .await?;
         let n = claimed.len();
+        let unhealthy = if n > 0 {
+            self.unhealthy_sessions().await?
+        } else {
+            Default::default()
+        };
         let mut campaigns: HashMap<String, Option<Arc<Campaign>>> = HashMap::new();
         for r in claimed {
             if !campaigns.contains_key(&r.broadcast_id) {
@@ -644,6 +692,12 @@ impl Gateway {
                 campaigns.insert(r.broadcast_id.clone(), c.map(Arc::new));
             }
             let Some(Some(c)) = campaigns.get(&r.broadcast_id).cloned() else {
+                continue;
+            };
+            let Some(r) = self
+                .route_around_unhealthy(&c.sessions, r, &unhealthy)
+                .await?
+            else {
                 continue;
             };
             self.dispatch_one(&c, r).await?;

@@ -6,6 +6,7 @@
 pub mod campaigns;
 pub mod contacts;
 pub mod media;
+pub mod health;
 pub mod model;
 pub mod numbers;
 pub mod render;

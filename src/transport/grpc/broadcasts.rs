@@ -214,6 +214,8 @@ pub(crate) fn broadcast(v: BroadcastView) -> Broadcast {
         pacing_max_ms: r.pacing_max_ms,
         daily_cap: r.daily_cap,
         skip_unregistered,
+        waiting_reason: v.waiting_reason.unwrap_or_default(),
+        eta: v.eta.map(timestamp),
     }
 }
 

@@ -851,6 +851,11 @@ pub struct BroadcastData {
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
+    /// Why it is not sending right now (null when it is): `scheduled`, `paused by user`,
+    /// `paused by health: …`, a pacing gap or daily cap, the rate limit, an unhealthy session.
+    waiting_reason: Option<String>,
+    /// Estimated finish (RFC 3339), null when paused, finished or no session is healthy.
+    eta: Option<String>,
 }
 
 impl From<crate::proto::v1::Broadcast> for BroadcastData {
@@ -887,6 +892,8 @@ impl From<crate::proto::v1::Broadcast> for BroadcastData {
             created_at: rfc3339_of(b.created_at),
             started_at: rfc3339_opt(b.started_at),
             finished_at: rfc3339_opt(b.finished_at),
+            waiting_reason: non_empty(b.waiting_reason),
+            eta: rfc3339_opt(b.eta),
         }
     }
 }

@@ -270,6 +270,10 @@ pub struct QontakBroadcast {
     recipients_total: i64,
     /// wagate: numbers not on WhatsApp are skipped (`NOT_ON_WHATSAPP`).
     skip_unregistered: bool,
+    /// wagate: why it is not sending right now (null when it is).
+    waiting_reason: Option<String>,
+    /// wagate: estimated finish, null when paused, finished or no session is healthy.
+    eta: Option<String>,
 }
 
 fn execute_status(state: &str) -> &'static str {
@@ -353,6 +357,8 @@ fn qontak_broadcast(b: Broadcast, project_id: &str) -> QontakBroadcast {
         state: b.state,
         skip_unregistered: b.skip_unregistered,
         recipients_total: b.recipients_total,
+        waiting_reason: (!b.waiting_reason.is_empty()).then_some(b.waiting_reason),
+        eta: qontak_time(b.eta),
     }
 }
 

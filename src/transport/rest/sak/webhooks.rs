@@ -140,6 +140,10 @@ pub enum EventName {
     MessageStatus,
     #[schema(rename = "session.status")]
     SessionStatus,
+    #[schema(rename = "session.health")]
+    SessionHealth,
+    #[schema(rename = "broadcast.status")]
+    BroadcastStatus,
     /// Every event.
     #[schema(rename = "*")]
     All,

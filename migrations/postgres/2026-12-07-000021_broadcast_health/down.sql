@@ -1,0 +1,2 @@
+DROP TABLE broadcast_pauses;
+DROP TABLE session_health;
