@@ -92,7 +92,11 @@ fn cpu_secs() -> f64 {
     // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     (ticks(14) + ticks(15)) as f64 / 100.0
 }
 
@@ -338,7 +342,11 @@ async fn run_backend(label: &str, url: &str, o: &Opts, dir: &Path) {
         let path = dir.join(format!("group-{g}.csv"));
         let n = s.len() as u64 * o.per_session;
         write_csv(&path, 10_000_000 * (g as u64 + 1), n);
-        lists.push(import(&server, &caller, &format!("group {g}"), &path).await.id);
+        lists.push(
+            import(&server, &caller, &format!("group {g}"), &path)
+                .await
+                .id,
+        );
     }
     let total = o.sessions as u64 * o.per_session;
     let unpaced = Pacing {
@@ -372,9 +380,12 @@ async fn run_backend(label: &str, url: &str, o: &Opts, dir: &Path) {
     let mut held = Vec::new();
     for (s, l) in groups.iter().zip(&lists) {
         held.push(
-            gw.create_broadcast(&caller, list_spec(&tpl, l, s.clone(), None, Pacing::default()))
-                .await
-                .unwrap(),
+            gw.create_broadcast(
+                &caller,
+                list_spec(&tpl, l, s.clone(), None, Pacing::default()),
+            )
+            .await
+            .unwrap(),
         );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use super::media::HeaderMedia;
 use super::health;
+use super::media::HeaderMedia;
 use super::model::{HeaderFormat, pick, variable_count};
 use super::numbers::NumberGate;
 use super::render::{Params, render};
@@ -45,6 +46,8 @@ pub const MAX_SESSIONS: usize = 50;
 pub const MAX_PAGE: i64 = 1000;
 /// Recipients one dispatch round claims.
 const CLAIM_BATCH: i64 = 200;
+/// Recipients of a round dispatched at once (each a few database round trips).
+const DISPATCH_CONCURRENCY: usize = 8;
 /// A claim's lease: a node that dies mid-round leaves its recipients to others after this.
 const CLAIM_LEASE_MS: i64 = 60_000;
 /// How often the dispatcher looks for work when nothing wakes it.
@@ -686,6 +689,7 @@ impl Gateway {
             Default::default()
         };
         let mut campaigns: HashMap<String, Option<Arc<Campaign>>> = HashMap::new();
+        let mut work = Vec::with_capacity(n);
         for r in claimed {
             if !campaigns.contains_key(&r.broadcast_id) {
                 let c = self.campaign(&r.broadcast_id).await?;
@@ -700,7 +704,16 @@ impl Gateway {
             else {
                 continue;
             };
-            self.dispatch_one(&c, r).await?;
+            work.push((c, r));
+        }
+        // Recipients are independent (each has its own key, pacing slots are taken in the
+        // database), so a round overlaps their round trips and the accept writer batches
+        // their messages into shared commits.
+        let mut outcomes = futures::stream::iter(work)
+            .map(|(c, r)| async move { self.dispatch_one(&c, r).await })
+            .buffer_unordered(DISPATCH_CONCURRENCY);
+        while let Some(outcome) = outcomes.next().await {
+            outcome?;
         }
         Ok(n)
     }

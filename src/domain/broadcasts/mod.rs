@@ -5,8 +5,8 @@
 
 pub mod campaigns;
 pub mod contacts;
-pub mod media;
 pub mod health;
+pub mod media;
 pub mod model;
 pub mod numbers;
 pub mod render;
