@@ -22,6 +22,7 @@ pub mod events;
 pub mod inbound;
 pub mod media;
 pub mod messages;
+pub mod pacing;
 pub mod projects;
 pub mod schema;
 pub mod sessions;

@@ -6,6 +6,7 @@
 pub mod campaigns;
 pub mod contacts;
 pub mod model;
+pub mod pacing;
 pub mod render;
 pub mod suppressions;
 pub mod templates;
