@@ -15,7 +15,7 @@ use crate::values::ProjectId;
 
 /// A project's stored policy (every field explicit: the row is written whole).
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable, AsChangeset)]
-#[diesel(table_name = send_policies)]
+#[diesel(table_name = send_policies, primary_key(project_id))]
 pub struct PolicyRow {
     pub project_id: ProjectId,
     pub min_gap_ms: i64,

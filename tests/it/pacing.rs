@@ -148,13 +148,14 @@ async fn relayed_at(t: &TestApp, wa_id: &str) -> Option<u64> {
         .and_then(|m| m["first_at_ms"].as_u64())
 }
 
-/// Waits until the recipient is held by pacing, and answers why.
-async fn held(g: &Grpc, p: &TestProject, id: &str) -> BroadcastRecipient {
-    eventually(30, "the recipient is held by pacing", || {
+/// Waits until the recipient is held by pacing for a reason containing `why`.
+async fn held(g: &Grpc, p: &TestProject, id: &str, why: &str) -> BroadcastRecipient {
+    let what = format!("the recipient is held: {why}");
+    eventually(30, &what, || {
         let (mut g, p, id) = (g.clone(), p.clone(), id.to_owned());
         async move {
             let r = recipient(&mut g, &p, &id).await;
-            (r.status == "pending" && !r.held_reason.is_empty()).then_some(r)
+            (r.status == "pending" && r.held_reason.contains(why)).then_some(r)
         }
     })
     .await
@@ -262,7 +263,7 @@ async fn campaign_messages_keep_the_gap_and_show_typing_first(db: TestDb) {
     }
     // Each message was preceded by "typing…" from A to its recipient, at least the
     // policy's shortest typing time before it arrived.
-    let typing = t.wa().chatstates(Some(&a.phone_number)).await.unwrap();
+    let typing = t.wa().chatstates(Some(a.phone_number.as_str())).await.unwrap();
     for r in rest {
         let to = format!("{}@s.whatsapp.net", r.phone_number);
         let shown = typing
@@ -301,12 +302,8 @@ async fn daily_cap_new_contacts_and_warmup_hold_the_rest_with_reason(db: TestDb)
     let to_b = direct(&mut g, &pw, &tid, &a.session_id, &b.phone_number).await;
     arrival(&t, &g, &pw, &to_b).await;
     let to_c = direct(&mut g, &pw, &tid, &a.session_id, &c.phone_number).await;
-    let r = held(&g, &pw, &to_c).await;
-    assert!(
-        r.held_reason.contains("daily cap of 1 new contacts"),
-        "{}",
-        r.held_reason
-    );
+    let r = held(&g, &pw, &to_c, "pacing: the session's daily cap of 1 new contacts").await;
+    assert!(r.wa_message_id.is_empty());
     let again = direct(&mut g, &pw, &tid, &a.session_id, &b.phone_number).await;
     arrival(&t, &g, &pw, &again).await;
 
@@ -324,17 +321,14 @@ async fn daily_cap_new_contacts_and_warmup_hold_the_rest_with_reason(db: TestDb)
     )
     .await;
     let to_d = direct(&mut g, &pw, &tid, &a.session_id, &d.phone_number).await;
-    let r = held(&g, &pw, &to_d).await;
+    let r = held(&g, &pw, &to_d, "daily cap of 2 messages").await;
     assert!(
-        r.held_reason.contains("daily cap of 2 messages")
-            && r.held_reason.contains("warm-up")
-            && r.held_reason.contains("20 %"),
+        r.held_reason.ends_with("warm-up of a recently linked session: 20 %"),
         "{}",
         r.held_reason
     );
     // C, released by the policy change, is now held by the cap too (not sent).
-    let r = held(&g, &pw, &to_c).await;
-    assert!(r.held_reason.contains("daily cap of 2"), "{}", r.held_reason);
+    let r = held(&g, &pw, &to_c, "daily cap of 2 messages").await;
     assert!(r.wa_message_id.is_empty());
 
     // Without the ramp, the cap of 10 lets D and C go.
@@ -377,13 +371,8 @@ async fn quiet_hours_hold_until_the_policy_lets_go(db: TestDb) {
     )
     .await;
     let id = direct(&mut g, &pw, &tid, &a.session_id, &b.phone_number).await;
-    let r = held(&g, &pw, &id).await;
-    assert!(
-        r.held_reason.starts_with("pacing: quiet hours (")
-            && r.held_reason.contains("at +07:00"),
-        "{}",
-        r.held_reason
-    );
+    let r = held(&g, &pw, &id, "pacing: quiet hours (").await;
+    assert!(r.held_reason.ends_with(" at +07:00)"), "{}", r.held_reason);
     assert!(r.wa_message_id.is_empty());
     let q = crate::support::qontak::Qontak::new(&t, t.project());
     let (code, log) = q
@@ -451,7 +440,7 @@ async fn every_message_is_paced_when_the_project_asks(db: TestDb) {
     for w in at.windows(2) {
         assert!(w[1] - w[0] >= 1500, "arrivals at wasim {at:?}");
     }
-    let typing = t.wa().chatstates(Some(&a.phone_number)).await.unwrap();
+    let typing = t.wa().chatstates(Some(a.phone_number.as_str())).await.unwrap();
     assert!(typing.iter().filter(|c| c.state == "composing").count() >= 3, "{typing:?}");
     // Nothing was spent or dropped by the holds: each message was sent once.
     for id in &ids {
@@ -488,8 +477,7 @@ async fn pace_survives_a_gateway_restart(db: TestDb) {
     let t = t.stop().await.start().await;
     let mut g = grpc(&t).await;
     let second = direct(&mut g, &pw, &tid, &a.session_id, &c.phone_number).await;
-    let r = held(&g, &pw, &second).await;
-    assert!(r.held_reason.contains("gap"), "{}", r.held_reason);
+    held(&g, &pw, &second, "pacing: the session's gap between messages").await;
     let (_, second_at) = arrival(&t, &g, &pw, &second).await;
     assert!(
         second_at >= first_at + gap,

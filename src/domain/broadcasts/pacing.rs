@@ -322,10 +322,14 @@ pub struct PolicyPatch {
 
 impl PolicyPatch {
     fn apply(self, mut p: Policy) -> Policy {
+        let patch = self;
         macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { p.$f = v; } )* };
+            ($from:ident, $to:ident; $($f:ident),*) => {
+                $( if let Some(v) = $from.$f { $to.$f = v; } )*
+            };
         }
         set!(
+            patch, p;
             min_gap_ms,
             max_gap_ms,
             daily_cap,
