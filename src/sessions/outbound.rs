@@ -31,6 +31,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(120);
 const ACK_TIMEOUT_MS: i64 = 60_000;
 /// Pause after a failed claim (the database is down or busy).
 const CLAIM_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait for a paced message's gap inside the worker; a longer one puts the message
+/// back in the queue until its time.
+const MAX_GAP_WAIT_MS: i64 = 10_000;
 /// Largest inbound media downloaded into storage.
 const MAX_INBOUND_MEDIA: u64 = 16 * 1024 * 1024;
 
@@ -111,12 +114,56 @@ async fn policy_of(inner: &Inner, project_id: &ProjectId) -> Option<Policy> {
     }
 }
 
-/// A campaign's message (paced by the campaign dispatcher before it was queued).
-fn is_campaign(m: &MessageRow) -> bool {
-    m.payload
-        .as_deref()
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        .is_some_and(|v| v.get("broadcast_id").is_some())
+/// The campaign of a campaign's message (its slot was taken by the campaign dispatcher
+/// before it was queued).
+fn campaign_of(m: &MessageRow) -> Option<String> {
+    let payload = serde_json::from_str::<serde_json::Value>(m.payload.as_deref()?).ok()?;
+    payload.get("broadcast_id")?.as_str().map(str::to_owned)
+}
+
+/// The gap is kept at the send too: a slot taken when the message was queued does not
+/// stop two messages that waited in the queue (a session that was offline, a slow first
+/// send) from going out back to back. Waits here for a short remainder, else puts the
+/// message back until its time (false: it is not to be sent now).
+async fn spaced(
+    inner: &Inner,
+    slot: &Slot,
+    m: &MessageRow,
+    policy: &Policy,
+    campaign: Option<&str>,
+) -> bool {
+    let (device, id) = (m.device_id.to_string(), campaign.map(str::to_owned));
+    let read = inner
+        .db
+        .run(move |c| pacing_store::last_sent(c, &device, id.as_deref()))
+        .await;
+    let (last, campaign_gap) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(device = %slot.device_id, error = %e, "cannot read the session's pace");
+            return false;
+        }
+    };
+    let until = last + campaign_gap.unwrap_or(policy.min_gap_ms);
+    let now = now_ms();
+    if until <= now {
+        return true;
+    }
+    if until - now <= MAX_GAP_WAIT_MS {
+        tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
+        return true;
+    }
+    let (row, node) = (m.clone(), inner.node.clone());
+    let reason = "pacing: the session's gap between messages";
+    if let Err(e) = slot
+        .write_relaxed(&inner.db, move |c| {
+            queue::defer(c, &row, &node, reason, until, now)
+        })
+        .await
+    {
+        tracing::warn!(device = %slot.device_id, error = %e, "cannot hold a paced message");
+    }
+    false
 }
 
 /// With pacing of every message, an ordinary message takes its session's slot now or goes
@@ -177,11 +224,15 @@ async fn show_typing(client: &Client, recipient: &str, ms: i64) {
 }
 
 async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow, policy: &Policy) {
-    let campaign = is_campaign(&m);
-    if policy.all_messages && !campaign && !paced(inner, slot, &m, policy).await {
+    let campaign = campaign_of(&m);
+    let is_paced = campaign.is_some() || policy.all_messages;
+    if is_paced && !spaced(inner, slot, &m, policy, campaign.as_deref()).await {
         return;
     }
-    if campaign || policy.all_messages {
+    if policy.all_messages && campaign.is_none() && !paced(inner, slot, &m, policy).await {
+        return;
+    }
+    if is_paced {
         show_typing(client, &m.recipient, policy.typing_ms(text_chars(&m))).await;
     }
     let wa_id = wa_message_id(&m.id);
@@ -197,7 +248,11 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
         // Outcomes commit relaxed (`Db::run_relaxed`): one lost to a crash leaves the
         // message queued under its claim, and it is sent again under the same id.
         Ok(()) => {
+            let device = m.device_id.to_string();
             slot.write_relaxed(&inner.db, move |c| {
+                if is_paced {
+                    pacing_store::sent_paced(c, &device, now)?;
+                }
                 queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
             })
             .await

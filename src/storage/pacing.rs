@@ -13,9 +13,10 @@ use crate::db_run;
 use crate::error::Result;
 use crate::values::ProjectId;
 
-/// A project's stored policy (every field explicit: the row is written whole).
+/// A project's stored policy (every field explicit: the row is written whole, its `None`s
+/// as NULL).
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable, AsChangeset)]
-#[diesel(table_name = send_policies, primary_key(project_id))]
+#[diesel(table_name = send_policies, primary_key(project_id), treat_none_as_null = true)]
 pub struct PolicyRow {
     pub project_id: ProjectId,
     pub min_gap_ms: i64,
@@ -142,6 +143,7 @@ pub fn reserve(conn: &mut DbConn, ask: Ask<'_>) -> Result<Pace> {
                 session_pacing::day.eq(ask.day),
                 session_pacing::sent_today.eq(0i64),
                 session_pacing::new_today.eq(0i64),
+                session_pacing::last_sent_at.eq(0i64),
             ))
             .on_conflict_do_nothing()
             .execute(c))?;
@@ -219,4 +221,47 @@ pub fn release_held(conn: &mut DbConn, project_id: &ProjectId, now: i64) -> Resu
         .execute(c))?;
         Ok(recipients + queued)
     })
+}
+
+/// When the session last sent a paced message (0: never), and, for a campaign's message,
+/// that campaign's shortest gap.
+pub fn last_sent(
+    conn: &mut DbConn,
+    device_id: &str,
+    broadcast_id: Option<&str>,
+) -> Result<(i64, Option<i64>)> {
+    use super::schema::broadcasts;
+    let last: Option<i64> = db_run!(conn, |c| session_pacing::table
+        .find(device_id)
+        .select(session_pacing::last_sent_at)
+        .first(c)
+        .optional())?;
+    let gap = match broadcast_id {
+        Some(id) => db_run!(conn, |c| broadcasts::table
+            .find(id)
+            .select(broadcasts::pacing_min_ms)
+            .first::<i64>(c)
+            .optional())?,
+        None => None,
+    };
+    Ok((last.unwrap_or(0), gap))
+}
+
+/// The session sent a paced message at `at`: the next one keeps its gap from here, however
+/// long this one spent in the queue.
+pub fn sent_paced(conn: &mut DbConn, device_id: &str, at: i64) -> Result<()> {
+    db_run!(conn, |c| diesel::insert_into(session_pacing::table)
+        .values((
+            session_pacing::device_id.eq(device_id),
+            session_pacing::next_at.eq(0i64),
+            session_pacing::day.eq(""),
+            session_pacing::sent_today.eq(0i64),
+            session_pacing::new_today.eq(0i64),
+            session_pacing::last_sent_at.eq(at),
+        ))
+        .on_conflict(session_pacing::device_id)
+        .do_update()
+        .set(session_pacing::last_sent_at.eq(at))
+        .execute(c))?;
+    Ok(())
 }

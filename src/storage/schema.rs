@@ -461,6 +461,7 @@ diesel::table! {
         day -> Text,
         sent_today -> BigInt,
         new_today -> BigInt,
+        last_sent_at -> BigInt,
     }
 }
 

@@ -125,18 +125,21 @@ async fn recipient(g: &mut Grpc, p: &TestProject, id: &str) -> BroadcastRecipien
 
 /// The recipient once its message was relayed by wasim, and when wasim first relayed it.
 async fn arrival(t: &TestApp, g: &Grpc, p: &TestProject, id: &str) -> (BroadcastRecipient, u64) {
-    eventually(60, "the campaign message reaches wasim", || {
-        let (mut g, p, id) = (g.clone(), p.clone(), id.to_owned());
-        async move {
-            let r = recipient(&mut g, &p, &id).await;
-            if r.wa_message_id.is_empty() {
-                return None;
-            }
-            let at = relayed_at(t, &r.wa_message_id).await?;
-            Some((r, at))
+    let mut g = g.clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = recipient(&mut g, p, id).await;
+        if !r.wa_message_id.is_empty()
+            && let Some(at) = relayed_at(t, &r.wa_message_id).await
+        {
+            return (r, at);
         }
-    })
-    .await
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the campaign message never reached wasim: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// When wasim first relayed the message with this WhatsApp id.
@@ -150,15 +153,19 @@ async fn relayed_at(t: &TestApp, wa_id: &str) -> Option<u64> {
 
 /// Waits until the recipient is held by pacing for a reason containing `why`.
 async fn held(g: &Grpc, p: &TestProject, id: &str, why: &str) -> BroadcastRecipient {
-    let what = format!("the recipient is held: {why}");
-    eventually(30, &what, || {
-        let (mut g, p, id) = (g.clone(), p.clone(), id.to_owned());
-        async move {
-            let r = recipient(&mut g, &p, &id).await;
-            (r.status == "pending" && r.held_reason.contains(why)).then_some(r)
+    let mut g = g.clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = recipient(&mut g, p, id).await;
+        if r.status == "pending" && r.held_reason.contains(why) {
+            return r;
         }
-    })
-    .await
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not held for {why:?}: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn send_policy_is_read_and_changed_over_rest(db: TestDb) {
@@ -208,6 +215,8 @@ async fn send_policy_is_read_and_changed_over_rest(db: TestDb) {
     let (code, off) = put(json!({"quietHours": null})).await;
     assert_eq!(code, 200, "{off}");
     assert_eq!((off["data"]["quietHours"].clone(), off["data"]["dailyCap"].as_i64()), (Value::Null, Some(300)));
+    let (_, got) = s.get("/api/v1/send-policy", auth).await;
+    assert_eq!(got["data"], off["data"], "stored as answered");
     // Refused: a time zone name (no tz database), a minimum gap above the maximum.
     for bad in [
         json!({"timeZone": "Asia/Jakarta"}),
@@ -327,7 +336,8 @@ async fn daily_cap_new_contacts_and_warmup_hold_the_rest_with_reason(db: TestDb)
         "{}",
         r.held_reason
     );
-    // C, released by the policy change, is now held by the cap too (not sent).
+    // C, released by the policy change, is now held by the cap too (not sent): the
+    // project's cap is a ceiling for a campaign created without one.
     let r = held(&g, &pw, &to_c, "daily cap of 2 messages").await;
     assert!(r.wa_message_id.is_empty());
 

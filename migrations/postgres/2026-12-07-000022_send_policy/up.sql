@@ -27,8 +27,10 @@ CREATE TABLE send_policies (
     updated_at BIGINT NOT NULL
 );
 
--- New contacts taken today by each session (the daily new-contact cap).
+-- New contacts taken today by each session (the daily new-contact cap), and when it last
+-- sent a paced message (the gap is kept at the send too, not only when a slot is taken).
 ALTER TABLE session_pacing ADD COLUMN new_today BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE session_pacing ADD COLUMN last_sent_at BIGINT NOT NULL DEFAULT 0;
 
 -- When the session's account was linked (the warm-up ramp). Sessions linked before this
 -- migration count from their creation.

@@ -672,7 +672,7 @@ impl Gateway {
     }
 
     /// A pacing slot of the session for one campaign message: the project's policy with the
-    /// campaign's own gap and daily cap.
+    /// campaign's own gap, and its own daily cap under the project's.
     async fn campaign_slot(
         &self,
         c: &Campaign,
@@ -684,8 +684,13 @@ impl Gateway {
         let policy = c.policy.clone();
         let (device, phone) = (device_id.to_string(), phone.to_owned());
         let chars = text.chars().count();
-        let (min_gap_ms, max_gap_ms, daily_cap) =
-            (c.row.pacing_min_ms, c.row.pacing_max_ms, c.row.daily_cap);
+        // The project's daily cap as it is now is a ceiling for every campaign.
+        let daily_cap = match (c.row.daily_cap, policy.daily_cap) {
+            (0, project) => project,
+            (own, 0) => own,
+            (own, project) => own.min(project),
+        };
+        let (min_gap_ms, max_gap_ms) = (c.row.pacing_min_ms, c.row.pacing_max_ms);
         self.db()
             .run(move |db| {
                 let req = SlotRequest {

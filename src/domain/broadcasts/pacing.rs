@@ -81,7 +81,7 @@ impl Policy {
             quiet: None,
             utc_offset_min: 0,
             typing: !s.typing_max.is_zero(),
-            typing_min_ms: s.typing_min.as_millis() as i64,
+            typing_min_ms: s.typing_min.min(s.typing_max).as_millis() as i64,
             typing_max_ms: s.typing_max.as_millis() as i64,
             all_messages: false,
         }
@@ -469,7 +469,8 @@ impl Gateway {
         next.validate()?;
         let row = next.row(caller.project.row.id.clone(), now_ms());
         let project = caller.project.row.id.clone();
-        self.db()
+        let released = self
+            .db()
             .run(move |c| {
                 c.transaction(|c| {
                     store::put_policy(c, &row)?;
@@ -478,6 +479,7 @@ impl Gateway {
                 })
             })
             .await?;
+        tracing::info!(project = %caller.project.row.id, released, "send policy changed");
         self.inner.broadcasts_wake.notify_one();
         Ok(next)
     }
