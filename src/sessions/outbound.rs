@@ -16,10 +16,10 @@ use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::{Inner, SessionState, Slot};
 use crate::domain::broadcasts::pacing::{Decision, Policy, SlotRequest, take_slot};
-use crate::storage::pacing as pacing_store;
-use crate::values::ProjectId;
 use crate::storage::messages::{MessageRow, queue};
+use crate::storage::pacing as pacing_store;
 use crate::storage::{media, now_ms};
+use crate::values::ProjectId;
 
 /// Messages claimed per round.
 const BATCH: i64 = 16;

@@ -207,14 +207,26 @@ async fn send_policy_is_read_and_changed_over_rest(db: TestDb) {
     assert_eq!(code, 200, "{changed}");
     let d = &changed["data"];
     assert_eq!(d["quietHours"], json!({"start": "21:00", "end": "08:00"}));
-    assert_eq!((d["timeZone"].as_str(), d["dailyCap"].as_i64()), (Some("+07:00"), Some(300)));
-    assert_eq!((d["allMessages"].as_bool(), d["minDelayMs"].as_i64()), (Some(true), Some(4000)));
+    assert_eq!(
+        (d["timeZone"].as_str(), d["dailyCap"].as_i64()),
+        (Some("+07:00"), Some(300))
+    );
+    assert_eq!(
+        (d["allMessages"].as_bool(), d["minDelayMs"].as_i64()),
+        (Some(true), Some(4000))
+    );
     // Read back, and quiet hours off again with null; the rest stays.
     let (_, got) = s.get("/api/v1/send-policy", auth).await;
     assert_eq!(got["data"], changed["data"]);
     let (code, off) = put(json!({"quietHours": null})).await;
     assert_eq!(code, 200, "{off}");
-    assert_eq!((off["data"]["quietHours"].clone(), off["data"]["dailyCap"].as_i64()), (Value::Null, Some(300)));
+    assert_eq!(
+        (
+            off["data"]["quietHours"].clone(),
+            off["data"]["dailyCap"].as_i64()
+        ),
+        (Value::Null, Some(300))
+    );
     let (_, got) = s.get("/api/v1/send-policy", auth).await;
     assert_eq!(got["data"], off["data"], "stored as answered");
     // Refused: a time zone name (no tz database), a minimum gap above the maximum.
@@ -233,7 +245,10 @@ async fn send_policy_is_read_and_changed_over_rest(db: TestDb) {
 async fn campaign_messages_keep_the_gap_and_show_typing_first(db: TestDb) {
     let t = app(db, 4).await;
     let pw = t.project().project_wide();
-    let (a, rest) = (t.session(0).clone(), [t.session(1), t.session(2), t.session(3)]);
+    let (a, rest) = (
+        t.session(0).clone(),
+        [t.session(1), t.session(2), t.session(3)],
+    );
     let mut g = grpc(&t).await;
     let policy = set_policy(
         &mut g,
@@ -250,7 +265,11 @@ async fn campaign_messages_keep_the_gap_and_show_typing_first(db: TestDb) {
     .await;
     assert_eq!((policy.min_gap_ms, policy.typing_max_ms), (1500, 600));
     let got = g
-        .get_send_policy(grpc_signed(&pw, &format!("{SVC}GetSendPolicy"), GetSendPolicyRequest {}))
+        .get_send_policy(grpc_signed(
+            &pw,
+            &format!("{SVC}GetSendPolicy"),
+            GetSendPolicyRequest {},
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -268,18 +287,29 @@ async fn campaign_messages_keep_the_gap_and_show_typing_first(db: TestDb) {
     }
     at.sort_unstable();
     for w in at.windows(2) {
-        assert!(w[1] - w[0] >= 1500, "arrivals at wasim {at:?}: a gap under 1500 ms");
+        assert!(
+            w[1] - w[0] >= 1500,
+            "arrivals at wasim {at:?}: a gap under 1500 ms"
+        );
     }
     // Each message was preceded by "typing…" from A to its recipient, at least the
     // policy's shortest typing time before it arrived.
-    let typing = t.wa().chatstates(Some(a.phone_number.as_str())).await.unwrap();
+    let typing = t
+        .wa()
+        .chatstates(Some(a.phone_number.as_str()))
+        .await
+        .unwrap();
     for r in rest {
         let to = format!("{}@s.whatsapp.net", r.phone_number);
         let shown = typing
             .iter()
             .find(|c| c.to == to && c.state == "composing")
             .unwrap_or_else(|| panic!("no typing indicator to {to}: {typing:?}"));
-        let id = ids[rest.iter().position(|x| x.phone_number == r.phone_number).unwrap()].clone();
+        let id = ids[rest
+            .iter()
+            .position(|x| x.phone_number == r.phone_number)
+            .unwrap()]
+        .clone();
         let (_, arrived) = arrival(&t, &g, &pw, &id).await;
         assert!(
             shown.at_ms + 250 <= arrived,
@@ -311,7 +341,13 @@ async fn daily_cap_new_contacts_and_warmup_hold_the_rest_with_reason(db: TestDb)
     let to_b = direct(&mut g, &pw, &tid, &a.session_id, &b.phone_number).await;
     arrival(&t, &g, &pw, &to_b).await;
     let to_c = direct(&mut g, &pw, &tid, &a.session_id, &c.phone_number).await;
-    let r = held(&g, &pw, &to_c, "pacing: the session's daily cap of 1 new contacts").await;
+    let r = held(
+        &g,
+        &pw,
+        &to_c,
+        "pacing: the session's daily cap of 1 new contacts",
+    )
+    .await;
     assert!(r.wa_message_id.is_empty());
     let again = direct(&mut g, &pw, &tid, &a.session_id, &b.phone_number).await;
     arrival(&t, &g, &pw, &again).await;
@@ -332,7 +368,8 @@ async fn daily_cap_new_contacts_and_warmup_hold_the_rest_with_reason(db: TestDb)
     let to_d = direct(&mut g, &pw, &tid, &a.session_id, &d.phone_number).await;
     let r = held(&g, &pw, &to_d, "daily cap of 2 messages").await;
     assert!(
-        r.held_reason.ends_with("warm-up of a recently linked session: 20 %"),
+        r.held_reason
+            .ends_with("warm-up of a recently linked session: 20 %"),
         "{}",
         r.held_reason
     );
@@ -450,13 +487,23 @@ async fn every_message_is_paced_when_the_project_asks(db: TestDb) {
     for w in at.windows(2) {
         assert!(w[1] - w[0] >= 1500, "arrivals at wasim {at:?}");
     }
-    let typing = t.wa().chatstates(Some(a.phone_number.as_str())).await.unwrap();
-    assert!(typing.iter().filter(|c| c.state == "composing").count() >= 3, "{typing:?}");
+    let typing = t
+        .wa()
+        .chatstates(Some(a.phone_number.as_str()))
+        .await
+        .unwrap();
+    assert!(
+        typing.iter().filter(|c| c.state == "composing").count() >= 3,
+        "{typing:?}"
+    );
     // Nothing was spent or dropped by the holds: each message was sent once.
     for id in &ids {
         let (_, s) = t.status(&p.via(&a), id).await;
         assert!(
-            matches!(s["data"]["status"].as_str(), Some("sent" | "delivered" | "read")),
+            matches!(
+                s["data"]["status"].as_str(),
+                Some("sent" | "delivered" | "read")
+            ),
             "{s}"
         );
     }
@@ -466,7 +513,11 @@ async fn every_message_is_paced_when_the_project_asks(db: TestDb) {
 async fn pace_survives_a_gateway_restart(db: TestDb) {
     let t = app(db, 3).await;
     let pw = t.project().project_wide();
-    let (a, b, c) = (t.session(0).clone(), t.session(1).clone(), t.session(2).clone());
+    let (a, b, c) = (
+        t.session(0).clone(),
+        t.session(1).clone(),
+        t.session(2).clone(),
+    );
     let mut g = grpc(&t).await;
     // A gap longer than the restart takes.
     let gap = 12_000u64;
@@ -487,7 +538,13 @@ async fn pace_survives_a_gateway_restart(db: TestDb) {
     let t = t.stop().await.start().await;
     let mut g = grpc(&t).await;
     let second = direct(&mut g, &pw, &tid, &a.session_id, &c.phone_number).await;
-    held(&g, &pw, &second, "pacing: the session's gap between messages").await;
+    held(
+        &g,
+        &pw,
+        &second,
+        "pacing: the session's gap between messages",
+    )
+    .await;
     let (_, second_at) = arrival(&t, &g, &pw, &second).await;
     assert!(
         second_at >= first_at + gap,

@@ -758,8 +758,9 @@ impl Gateway {
             .await;
         }
         // Pacing: a slot of this session now, or wait for it (held, with why).
-        if let Decision::Hold { until, reason } =
-            self.campaign_slot(c, &device_id, &r.phone, &rendered.text, now).await?
+        if let Decision::Hold { until, reason } = self
+            .campaign_slot(c, &device_id, &r.phone, &rendered.text, now)
+            .await?
         {
             return self
                 .db()

@@ -229,7 +229,12 @@ impl Policy {
     pub fn quiet_text(&self) -> String {
         let hm = |m: i32| format!("{:02}:{:02}", m / 60, m % 60);
         match self.quiet {
-            Some((a, b)) => format!("{}–{} at {}", hm(a), hm(b), offset_text(self.utc_offset_min)),
+            Some((a, b)) => format!(
+                "{}–{} at {}",
+                hm(a),
+                hm(b),
+                offset_text(self.utc_offset_min)
+            ),
             None => String::new(),
         }
     }

@@ -28,13 +28,24 @@ async fn typing_indicators_are_recorded_per_account_in_order() {
 
     let to: wasim::whatsapp_rust::Jid = "15550002002@s.whatsapp.net".parse().expect("jid");
     let client = c.client();
-    client.chatstate().send_composing(&to).await.expect("composing");
-    client.chatstate().send_recording(&to).await.expect("recording");
+    client
+        .chatstate()
+        .send_composing(&to)
+        .await
+        .expect("composing");
+    client
+        .chatstate()
+        .send_recording(&to)
+        .await
+        .expect("recording");
     client.chatstate().send_paused(&to).await.expect("paused");
 
     let deadline = tokio::time::Instant::now() + WAIT;
     let seen: Vec<ChatstateRecord> = loop {
-        let seen = admin.chatstates(Some("15550001001")).await.expect("chatstates");
+        let seen = admin
+            .chatstates(Some("15550001001"))
+            .await
+            .expect("chatstates");
         if seen.len() >= 3 {
             break seen;
         }
@@ -47,12 +58,25 @@ async fn typing_indicators_are_recorded_per_account_in_order() {
         .collect();
     assert_eq!(
         states,
-        vec![("composing", None), ("composing", Some("audio")), ("paused", None)]
+        vec![
+            ("composing", None),
+            ("composing", Some("audio")),
+            ("paused", None)
+        ]
     );
     assert!(seen.iter().all(|r| r.from == "15550001001" && r.device > 0));
-    assert!(seen.iter().all(|r| r.to == "15550002002@s.whatsapp.net"), "{seen:?}");
+    assert!(
+        seen.iter().all(|r| r.to == "15550002002@s.whatsapp.net"),
+        "{seen:?}"
+    );
     assert!(seen.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
     // Another account's filter sees none of them.
-    assert!(admin.chatstates(Some("15550002002")).await.expect("chatstates").is_empty());
+    assert!(
+        admin
+            .chatstates(Some("15550002002"))
+            .await
+            .expect("chatstates")
+            .is_empty()
+    );
     c.stop().await;
 }
