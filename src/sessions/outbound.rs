@@ -252,6 +252,7 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
             slot.write_relaxed(&inner.db, move |c| {
                 if is_paced {
                     pacing_store::sent_paced(c, &device, now)?;
+                    queue::clear_pacing_reason(c, &claim)?;
                 }
                 queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
             })

@@ -286,6 +286,8 @@ async fn campaign_messages_keep_the_gap_and_show_typing_first(db: TestDb) {
         at.push(arrival(&t, &g, &pw, id).await.1);
     }
     at.sort_unstable();
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("campaign gaps at wasim (policy 1500–1800 ms, typing 300–600 ms): {gaps:?} ms");
     for w in at.windows(2) {
         assert!(
             w[1] - w[0] >= 1500,
@@ -484,6 +486,8 @@ async fn every_message_is_paced_when_the_project_asks(db: TestDb) {
         );
     }
     at.sort_unstable();
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("ordinary messages' gaps at wasim (policy 1500 ms): {gaps:?} ms");
     for w in at.windows(2) {
         assert!(w[1] - w[0] >= 1500, "arrivals at wasim {at:?}");
     }
@@ -546,6 +550,10 @@ async fn pace_survives_a_gateway_restart(db: TestDb) {
     )
     .await;
     let (_, second_at) = arrival(&t, &g, &pw, &second).await;
+    eprintln!(
+        "across a restart: the next message {} ms after the last (gap {gap} ms)",
+        second_at - first_at
+    );
     assert!(
         second_at >= first_at + gap,
         "the first at {first_at}, the next {} ms later, across a restart",

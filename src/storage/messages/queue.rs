@@ -157,6 +157,16 @@ pub fn defer(
     Ok(n == 1)
 }
 
+/// The message is going out: the reason pacing held it (see [`defer`]) no longer applies.
+pub fn clear_pacing_reason(conn: &mut DbConn, claim: &Claim) -> Result<()> {
+    db_run!(conn, |c| diesel::update(
+        fenced!(claim).filter(messages::error_message.like("pacing:%"))
+    )
+    .set(messages::error_message.eq(None::<String>))
+    .execute(c))?;
+    Ok(())
+}
+
 /// A permanent failure, with its `message.status` event. Returns false if the claim was lost
 /// meanwhile.
 pub fn fail(conn: &mut DbConn, claim: &Claim, code: &str, error: &str, now: i64) -> Result<bool> {
