@@ -69,7 +69,7 @@ impl From<SendPolicy> for PolicyData {
             new_contact_cap: p.new_contact_cap,
             warmup_days: p.warmup_days,
             warmup_start_percent: p.warmup_start_percent,
-            quiet_hours: (!p.quiet_start.is_empty()).then(|| QuietHours {
+            quiet_hours: (!p.quiet_start.is_empty()).then_some(QuietHours {
                 start: p.quiet_start,
                 end: p.quiet_end,
             }),
