@@ -16,6 +16,7 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::cluster::peers::{NodeKey, Peers};
 use crate::cluster::{ClusterSessions, Membership};
 use crate::crypto::MasterKey;
+use crate::domain::broadcasts::pacing::Policy;
 use crate::domain::{Gateway, Settings};
 use crate::error::{Error, Result};
 use crate::sessions::fence::LeaseClock;
@@ -167,6 +168,7 @@ pub async fn launch(cfg: LaunchConfig, listener: TcpListener) -> Result<Server> 
         cfg.connector.unwrap_or_else(Connector::whatsapp),
         Arc::new(DbStores::new(db.clone(), cfg.master_key.clone())),
         clock.clone(),
+        Policy::defaults(&cfg.settings.broadcasts),
     );
     let peers = Peers::new(
         node_id.clone(),

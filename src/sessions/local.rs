@@ -17,6 +17,7 @@ use whatsapp_rust::Client;
 use super::control::{SessionState, Snapshot};
 use super::fence::{Gate, LeaseClock};
 use super::{Connector, DeviceStores, supervisor};
+use crate::domain::broadcasts::pacing::Policy;
 use crate::error::{Error, Result};
 use crate::storage::cluster::{self, Fence, Held};
 use crate::storage::messages::queue;
@@ -109,6 +110,8 @@ pub(crate) struct Inner {
     pub clock: Arc<LeaseClock>,
     /// Logins in progress at once (see [`LOGINS_AT_ONCE`]).
     pub logins: Arc<tokio::sync::Semaphore>,
+    /// The send policy of projects that set none (typing, pacing of every message).
+    pub pacing: Policy,
     slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
 }
 
@@ -152,6 +155,7 @@ impl SessionManager {
         connector: Connector,
         stores: Arc<dyn DeviceStores>,
         clock: Arc<LeaseClock>,
+        pacing: Policy,
     ) -> Self {
         SessionManager {
             inner: Arc::new(Inner {
@@ -160,6 +164,7 @@ impl SessionManager {
                 connector,
                 stores,
                 clock,
+                pacing,
                 logins: Arc::new(tokio::sync::Semaphore::new(LOGINS_AT_ONCE)),
                 slots: Mutex::default(),
             }),

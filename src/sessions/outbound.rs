@@ -1,4 +1,8 @@
-//! Sending a session's queued messages, and the media side of WhatsApp messages.
+//! Sending a session's queued messages, and the media side of WhatsApp messages. A paced
+//! message (a campaign's, or any when the project paces every message) is preceded by a
+//! typing indicator; with pacing of every message, an ordinary message takes its session's
+//! slot here, just before it is sent, or goes back to the queue until its slot
+//! (`domain::broadcasts::pacing`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +15,11 @@ use whatsapp_rust::waproto::buffa::MessageField;
 use whatsapp_rust::waproto::whatsapp as wa;
 
 use super::{Inner, SessionState, Slot};
+use crate::domain::broadcasts::pacing::{Decision, Policy, SlotRequest, take_slot};
 use crate::storage::messages::{MessageRow, queue};
+use crate::storage::pacing as pacing_store;
 use crate::storage::{media, now_ms};
+use crate::values::ProjectId;
 
 /// Messages claimed per round.
 const BATCH: i64 = 16;
@@ -24,6 +31,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(120);
 const ACK_TIMEOUT_MS: i64 = 60_000;
 /// Pause after a failed claim (the database is down or busy).
 const CLAIM_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait for a paced message's gap inside the worker; a longer one puts the message
+/// back in the queue until its time.
+const MAX_GAP_WAIT_MS: i64 = 10_000;
 /// Largest inbound media downloaded into storage.
 const MAX_INBOUND_MEDIA: u64 = 16 * 1024 * 1024;
 
@@ -79,13 +89,152 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             }
             continue;
         }
+        // One device, one project: its policy once per batch.
+        let Some(policy) = policy_of(&inner, &batch[0].project_id).await else {
+            // Left to their claims' lease: sending them unpaced could break the policy.
+            tokio::time::sleep(CLAIM_RETRY).await;
+            continue;
+        };
         for m in batch {
-            deliver(&inner, &slot, &client, m).await;
+            deliver(&inner, &slot, &client, m, &policy).await;
         }
     }
 }
 
-async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow) {
+/// The project's send policy (stored, else the node's defaults); `None` when it cannot be
+/// read now.
+async fn policy_of(inner: &Inner, project_id: &ProjectId) -> Option<Policy> {
+    let p = project_id.clone();
+    match inner.db.run(move |c| pacing_store::get_policy(c, &p)).await {
+        Ok(row) => Some(Policy::of(row, &inner.pacing)),
+        Err(e) => {
+            tracing::warn!(project = %project_id, error = %e, "cannot read the send policy");
+            None
+        }
+    }
+}
+
+/// The campaign of a campaign's message (its slot was taken by the campaign dispatcher
+/// before it was queued).
+fn campaign_of(m: &MessageRow) -> Option<String> {
+    let payload = serde_json::from_str::<serde_json::Value>(m.payload.as_deref()?).ok()?;
+    payload.get("broadcast_id")?.as_str().map(str::to_owned)
+}
+
+/// The gap is kept at the send too: a slot taken when the message was queued does not
+/// stop two messages that waited in the queue (a session that was offline, a slow first
+/// send) from going out back to back. Waits here for a short remainder, else puts the
+/// message back until its time (false: it is not to be sent now).
+async fn spaced(
+    inner: &Inner,
+    slot: &Slot,
+    m: &MessageRow,
+    policy: &Policy,
+    campaign: Option<&str>,
+) -> bool {
+    let (device, id) = (m.device_id.to_string(), campaign.map(str::to_owned));
+    let read = inner
+        .db
+        .run(move |c| pacing_store::last_sent(c, &device, id.as_deref()))
+        .await;
+    let (last, campaign_gap) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(device = %slot.device_id, error = %e, "cannot read the session's pace");
+            return false;
+        }
+    };
+    let until = last + campaign_gap.unwrap_or(policy.min_gap_ms);
+    let now = now_ms();
+    if until <= now {
+        return true;
+    }
+    if until - now <= MAX_GAP_WAIT_MS {
+        tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
+        return true;
+    }
+    let (row, node) = (m.clone(), inner.node.clone());
+    let reason = "pacing: the session's gap between messages";
+    if let Err(e) = slot
+        .write_relaxed(&inner.db, move |c| {
+            queue::defer(c, &row, &node, reason, until, now)
+        })
+        .await
+    {
+        tracing::warn!(device = %slot.device_id, error = %e, "cannot hold a paced message");
+    }
+    false
+}
+
+/// With pacing of every message, an ordinary message takes its session's slot now or goes
+/// back to the queue until it (false: it is not to be sent now).
+async fn paced(inner: &Inner, slot: &Slot, m: &MessageRow, policy: &Policy) -> bool {
+    let (p, row) = (policy.clone(), m.clone());
+    let now = now_ms();
+    let decided = slot
+        .write(&inner.db, move |c| {
+            let (device, chars) = (row.device_id.to_string(), text_chars(&row));
+            let req = SlotRequest {
+                message_id: Some(&row.id),
+                ..SlotRequest::new(&p, &device, &row.recipient, chars)
+            };
+            take_slot(c, &p, req, now)
+        })
+        .await;
+    match decided {
+        Ok(Decision::Go { .. }) => true,
+        Ok(Decision::Hold { until, reason }) => {
+            let (row, node) = (m.clone(), inner.node.clone());
+            if let Err(e) = slot
+                .write_relaxed(&inner.db, move |c| {
+                    queue::defer(c, &row, &node, &reason, until, now)
+                })
+                .await
+            {
+                tracing::warn!(device = %slot.device_id, error = %e, "cannot hold a paced message");
+            }
+            false
+        }
+        Err(e) => {
+            // Left to its claim's lease rather than sent unpaced.
+            tracing::warn!(device = %slot.device_id, error = %e, "pacing failed");
+            false
+        }
+    }
+}
+
+fn text_chars(m: &MessageRow) -> usize {
+    m.body.as_deref().map_or(0, |b| b.chars().count())
+}
+
+/// Shows "typing…" to the recipient for `ms` (the send follows it). A failure only costs
+/// the indicator.
+async fn show_typing(client: &Client, recipient: &str, ms: i64) {
+    if ms <= 0 {
+        return;
+    }
+    let Ok(to) = format!("{recipient}@s.whatsapp.net").parse::<whatsapp_rust::Jid>() else {
+        return;
+    };
+    if let Err(e) = client.chatstate().send_composing(&to).await {
+        tracing::debug!(error = %e, "typing indicator not sent");
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+}
+
+async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow, policy: &Policy) {
+    let campaign = campaign_of(&m);
+    let is_paced = campaign.is_some() || policy.all_messages;
+    if is_paced && !spaced(inner, slot, &m, policy, campaign.as_deref()).await {
+        return;
+    }
+    if policy.all_messages && campaign.is_none() && !paced(inner, slot, &m, policy).await {
+        return;
+    }
+    if is_paced {
+        show_typing(client, &m.recipient, policy.typing_ms(text_chars(&m))).await;
+    }
     let wa_id = wa_message_id(&m.id);
     let claim = m.claim(&inner.node);
     let result = match tokio::time::timeout(SEND_TIMEOUT, send_one(inner, client, &m, &wa_id)).await
@@ -99,7 +248,12 @@ async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow
         // Outcomes commit relaxed (`Db::run_relaxed`): one lost to a crash leaves the
         // message queued under its claim, and it is sent again under the same id.
         Ok(()) => {
+            let device = m.device_id.to_string();
             slot.write_relaxed(&inner.db, move |c| {
+                if is_paced {
+                    pacing_store::sent_paced(c, &device, now)?;
+                    queue::clear_pacing_reason(c, &claim)?;
+                }
                 queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
             })
             .await

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 
-use super::schema::{broadcast_recipients, broadcasts, session_pacing};
+use super::schema::{broadcast_recipients, broadcasts};
 use super::{Backend, DbConn};
 use crate::db_run;
 use crate::error::Result;
@@ -443,70 +443,4 @@ pub fn replied(conn: &mut DbConn, id: &BroadcastId, reply_window_ms: i64) -> Res
         .bind::<BigInt, _>(reply_window_ms)
         .load(c))?;
     Ok(rows.first().map(|r| r.n).unwrap_or(0))
-}
-
-/// What pacing allows a session now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pace {
-    /// Send now; the session's next message waits until the reserved gap has passed.
-    Go,
-    /// Not before this time (the gap since the last message, or the daily cap).
-    Wait { until: i64, capped: bool },
-}
-
-/// Takes a send slot of `device_id` if pacing allows one now: at most `cap` a UTC `day`, a
-/// `gap_ms` before the next. The row is locked (PostgreSQL) so two nodes never take the
-/// same slot; SQLite has one writer.
-pub fn reserve(
-    conn: &mut DbConn,
-    device_id: &str,
-    now: i64,
-    gap_ms: i64,
-    cap: i64,
-    day: &str,
-    next_day_at: i64,
-) -> Result<Pace> {
-    conn.transaction(|conn| {
-        db_run!(conn, |c| diesel::insert_into(session_pacing::table)
-            .values((
-                session_pacing::device_id.eq(device_id),
-                session_pacing::next_at.eq(0i64),
-                session_pacing::day.eq(day),
-                session_pacing::sent_today.eq(0i64),
-            ))
-            .on_conflict_do_nothing()
-            .execute(c))?;
-        let base = session_pacing::table.find(device_id).select((
-            session_pacing::next_at,
-            session_pacing::day,
-            session_pacing::sent_today,
-        ));
-        let (next_at, stored_day, sent): (i64, String, i64) = match conn {
-            DbConn::Postgres(c) => base.for_update().first(c)?,
-            DbConn::Sqlite(c) => base.first(c)?,
-        };
-        let sent = if stored_day == day { sent } else { 0 };
-        if cap > 0 && sent >= cap {
-            return Ok(Pace::Wait {
-                until: next_day_at,
-                capped: true,
-            });
-        }
-        if next_at > now {
-            return Ok(Pace::Wait {
-                until: next_at,
-                capped: false,
-            });
-        }
-        db_run!(conn, |c| diesel::update(
-            session_pacing::table.find(device_id)
-        )
-        .set((
-            session_pacing::next_at.eq(now + gap_ms),
-            session_pacing::day.eq(day),
-            session_pacing::sent_today.eq(sent + 1),
-        ))
-        .execute(c))?;
-        Ok(Pace::Go)
-    })
 }

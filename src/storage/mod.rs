@@ -25,6 +25,7 @@ pub mod inbound;
 pub mod media;
 pub mod messages;
 pub mod number_checks;
+pub mod pacing;
 pub mod projects;
 pub mod schema;
 pub mod sessions;

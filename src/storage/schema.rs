@@ -40,6 +40,7 @@ diesel::table! {
         last_connected_at -> Nullable<BigInt>,
         updated_at -> Nullable<BigInt>,
         session_key_hash -> Nullable<Text>,
+        linked_at -> Nullable<BigInt>,
     }
 }
 
@@ -459,6 +460,28 @@ diesel::table! {
         next_at -> BigInt,
         day -> Text,
         sent_today -> BigInt,
+        new_today -> BigInt,
+        last_sent_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    send_policies (project_id) {
+        project_id -> Text,
+        min_gap_ms -> BigInt,
+        max_gap_ms -> BigInt,
+        daily_cap -> BigInt,
+        new_contact_cap -> BigInt,
+        warmup_days -> Integer,
+        warmup_start_pct -> Integer,
+        quiet_start_min -> Nullable<Integer>,
+        quiet_end_min -> Nullable<Integer>,
+        utc_offset_min -> Integer,
+        typing -> Bool,
+        typing_min_ms -> BigInt,
+        typing_max_ms -> BigInt,
+        all_messages -> Bool,
+        updated_at -> BigInt,
     }
 }
 

@@ -185,6 +185,7 @@ pub fn set_account(
             devices::wa_jid.eq(jid),
             devices::wa_lid.eq(lid),
             devices::phone.eq(phone),
+            devices::linked_at.eq(now),
             devices::updated_at.eq(now)
         ))
         .execute(c))?;

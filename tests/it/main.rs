@@ -15,6 +15,7 @@ mod failover;
 mod grpc;
 mod hardening;
 mod openapi;
+mod pacing;
 mod poison;
 mod queue;
 mod rk_api;

@@ -23,6 +23,7 @@ use super::health;
 use super::media::HeaderMedia;
 use super::model::{HeaderFormat, pick, variable_count};
 use super::numbers::NumberGate;
+use super::pacing::{Decision, MAX_GAP_MS, Policy, SlotRequest, take_slot};
 use super::render::{Params, render};
 use super::templates::TemplateView;
 use crate::domain::Gateway;
@@ -55,15 +56,28 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long a recipient held by the rate limit waits at least.
 const MIN_HOLD_MS: i64 = 1_000;
 
-/// Campaign defaults (a campaign may ask for its own pacing).
+/// The default send policy of projects that set none (see `pacing`; a project and a
+/// campaign may ask for their own), and the reply window.
 #[derive(Debug, Clone)]
 pub struct BroadcastSettings {
-    /// The gap between two campaign messages of one session is random in this range: steady
+    /// The gap between two paced messages of one session is random in this range: steady
     /// machine-like intervals and bursts are what gets numbers banned.
     pub pacing_min: Duration,
     pub pacing_max: Duration,
-    /// Campaign messages one session sends per UTC day at most (0: no cap).
+    /// Paced messages one session sends per local day at most (0: no cap).
     pub daily_cap: i64,
+    /// Of those, to numbers the session never talked with (0: no cap): many first contacts
+    /// in a day is the strongest spam signal.
+    pub new_contact_cap: i64,
+    /// A session linked this recently gets `warmup_start_pct` % of the caps on its first
+    /// day, rising evenly to 100 % (0: no ramp): a fresh account sending at full volume is
+    /// banned fastest.
+    pub warmup_days: i32,
+    pub warmup_start_pct: i32,
+    /// The typing indicator before each paced message, growing with the text between these
+    /// (a zero maximum: none).
+    pub typing_min: Duration,
+    pub typing_max: Duration,
     /// A recipient who writes back on the session within this long after the message was
     /// sent counts as `replied`.
     pub reply_window: Duration,
@@ -75,6 +89,11 @@ impl Default for BroadcastSettings {
             pacing_min: Duration::from_secs(4),
             pacing_max: Duration::from_secs(12),
             daily_cap: 1000,
+            new_contact_cap: 200,
+            warmup_days: 7,
+            warmup_start_pct: 20,
+            typing_min: Duration::from_secs(1),
+            typing_max: Duration::from_secs(5),
             reply_window: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -86,28 +105,6 @@ pub struct Pacing {
     pub min_ms: Option<i64>,
     pub max_ms: Option<i64>,
     pub daily_cap: Option<i64>,
-}
-
-/// Longest gap a campaign may ask for between two messages of a session.
-const MAX_GAP_MS: i64 = 3600 * 1000;
-
-/// A random gap in `[min, max]`.
-fn gap_ms(min: i64, max: i64) -> i64 {
-    if max <= min {
-        return min;
-    }
-    let r = i64::from(u32::from_le_bytes(crate::crypto::random_bytes::<4>()));
-    min + r % (max - min + 1)
-}
-
-/// The UTC day of `now` and when the next one starts.
-fn utc_day(now: i64) -> (String, i64) {
-    const DAY: i64 = 24 * 3600 * 1000;
-    let start = now - now.rem_euclid(DAY);
-    let day = chrono::DateTime::from_timestamp_millis(start)
-        .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_default();
-    (day, start + DAY)
 }
 
 /// What a send fills the template with: values (direct) or column names (contact list).
@@ -309,17 +306,15 @@ impl Gateway {
         let now = now_ms();
         let send_at = spec.send_at.filter(|t| *t > now);
         let id = BroadcastId::new(uuid::Uuid::now_v7().to_string());
-        let defaults = &self.settings().broadcasts;
-        let pacing_min_ms = spec
-            .pacing
-            .min_ms
-            .unwrap_or(defaults.pacing_min.as_millis() as i64);
+        // What the campaign does not set is the project's policy as it is now.
+        let policy = self.send_policy(caller).await?;
+        let pacing_min_ms = spec.pacing.min_ms.unwrap_or(policy.min_gap_ms);
         let pacing_max_ms = spec
             .pacing
             .max_ms
-            .unwrap_or(defaults.pacing_max.as_millis() as i64)
+            .unwrap_or(policy.max_gap_ms)
             .max(pacing_min_ms);
-        let daily_cap = spec.pacing.daily_cap.unwrap_or(defaults.daily_cap);
+        let daily_cap = spec.pacing.daily_cap.unwrap_or(policy.daily_cap);
         if !(0..=MAX_GAP_MS).contains(&pacing_min_ms) || pacing_max_ms > MAX_GAP_MS || daily_cap < 0
         {
             return Err(Error::InvalidRequest(format!(
@@ -738,7 +733,9 @@ impl Gateway {
                 .await?;
             sessions.push(found.map(|s| (s.id, s.code)));
         }
+        let policy = self.policy_of(&row.project_id).await?;
         Ok(Some(Campaign {
+            policy,
             mapping: serde_json::from_str(&row.parameters).unwrap_or_default(),
             from_columns: row.kind == "contact_list",
             template,
@@ -746,6 +743,39 @@ impl Gateway {
             caller,
             row,
         }))
+    }
+
+    /// A pacing slot of the session for one campaign message: the project's policy with the
+    /// campaign's own gap, and its own daily cap under the project's.
+    async fn campaign_slot(
+        &self,
+        c: &Campaign,
+        device_id: &SessionId,
+        phone: &str,
+        text: &str,
+        now: i64,
+    ) -> Result<Decision> {
+        let policy = c.policy.clone();
+        let (device, phone) = (device_id.to_string(), phone.to_owned());
+        let chars = text.chars().count();
+        // The project's daily cap as it is now is a ceiling for every campaign.
+        let daily_cap = match (c.row.daily_cap, policy.daily_cap) {
+            (0, project) => project,
+            (own, 0) => own,
+            (own, project) => own.min(project),
+        };
+        let (min_gap_ms, max_gap_ms) = (c.row.pacing_min_ms, c.row.pacing_max_ms);
+        self.db()
+            .run(move |db| {
+                let req = SlotRequest {
+                    min_gap_ms,
+                    max_gap_ms,
+                    daily_cap,
+                    ..SlotRequest::new(&policy, &device, &phone, chars)
+                };
+                take_slot(db, &policy, req, now)
+            })
+            .await
     }
 
     async fn dispatch_one(&self, c: &Campaign, r: store::Claimed) -> Result<()> {
@@ -840,22 +870,10 @@ impl Gateway {
             }
         };
         // Pacing: a slot of this session now, or wait for it (held, with why).
-        let (day, next_day) = utc_day(now);
-        let (gap, cap) = (
-            gap_ms(c.row.pacing_min_ms, c.row.pacing_max_ms),
-            c.row.daily_cap,
-        );
-        let device = device_id.to_string();
-        let pace = self
-            .db()
-            .run(move |db| store::reserve(db, &device, now, gap, cap, &day, next_day))
-            .await?;
-        if let store::Pace::Wait { until, capped } = pace {
-            let reason = if capped {
-                format!("pacing: the session's daily cap of {cap} campaign messages is reached")
-            } else {
-                "pacing: the session's gap between campaign messages".to_owned()
-            };
+        if let Decision::Hold { until, reason } = self
+            .campaign_slot(c, &device_id, &r.phone, &rendered.text, now)
+            .await?
+        {
             return self
                 .db()
                 .run(move |db| store::hold(db, &bid, seq, &node, &reason, until, now))
@@ -927,6 +945,8 @@ impl Gateway {
 /// A campaign as the dispatcher uses it.
 struct Campaign {
     row: BroadcastRow,
+    /// The project's send policy (the campaign's gap and cap override it).
+    policy: Policy,
     caller: Caller,
     mapping: Mapping,
     from_columns: bool,

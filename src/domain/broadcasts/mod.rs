@@ -9,6 +9,7 @@ pub mod health;
 pub mod media;
 pub mod model;
 pub mod numbers;
+pub mod pacing;
 pub mod render;
 pub mod suppressions;
 pub mod templates;

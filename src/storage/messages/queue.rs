@@ -130,6 +130,43 @@ pub fn retry_later(
     Ok(n == 1)
 }
 
+/// Pacing holds the message until `until`, with `reason` (its `error_message` while it
+/// waits): back to the queue without spending an attempt (the claim took one), and its
+/// expiry moved so that it keeps the time to live it had left, as pacing never drops a
+/// message. Returns false if the claim was lost meanwhile.
+pub fn defer(
+    conn: &mut DbConn,
+    row: &MessageRow,
+    node: &str,
+    reason: &str,
+    until: i64,
+    now: i64,
+) -> Result<bool> {
+    let claim = row.claim(node);
+    let expires_at = row.expires_at.max(until + (row.expires_at - now).max(0));
+    let n = db_run!(conn, |c| diesel::update(fenced!(claim))
+        .set((
+            messages::available_at.eq(until),
+            messages::expires_at.eq(expires_at),
+            messages::attempts.eq((row.attempts - 1).max(0)),
+            messages::error_message.eq(reason),
+            messages::claimed_by.eq(None::<String>),
+            messages::claim_expires_at.eq(None::<i64>),
+        ))
+        .execute(c))?;
+    Ok(n == 1)
+}
+
+/// The message is going out: the reason pacing held it (see [`defer`]) no longer applies.
+pub fn clear_pacing_reason(conn: &mut DbConn, claim: &Claim) -> Result<()> {
+    db_run!(conn, |c| diesel::update(
+        fenced!(claim).filter(messages::error_message.like("pacing:%"))
+    )
+    .set(messages::error_message.eq(None::<String>))
+    .execute(c))?;
+    Ok(())
+}
+
 /// A permanent failure, with its `message.status` event. Returns false if the claim was lost
 /// meanwhile.
 pub fn fail(conn: &mut DbConn, claim: &Claim, code: &str, error: &str, now: i64) -> Result<bool> {

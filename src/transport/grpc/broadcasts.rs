@@ -689,4 +689,28 @@ impl BroadcastsService for BroadcastsApi {
             .collect();
         Ok(Response::new(CheckNumbersResponse { numbers }))
     }
+
+    async fn get_send_policy(
+        &self,
+        req: Request<GetSendPolicyRequest>,
+    ) -> Result<Response<GetSendPolicyResponse>, Status> {
+        let p = principal(&req)?;
+        let policy = self.gw.send_policy(p.manager()?).await?;
+        Ok(Response::new(GetSendPolicyResponse {
+            policy: Some(super::send_policy::to_proto(policy)),
+        }))
+    }
+
+    async fn update_send_policy(
+        &self,
+        req: Request<UpdateSendPolicyRequest>,
+    ) -> Result<Response<UpdateSendPolicyResponse>, Status> {
+        let p = principal(&req)?;
+        let c = p.manager()?;
+        let patch = super::send_policy::patch(req.into_inner())?;
+        let policy = self.gw.update_send_policy(c, patch).await?;
+        Ok(Response::new(UpdateSendPolicyResponse {
+            policy: Some(super::send_policy::to_proto(policy)),
+        }))
+    }
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod convert;
 pub mod messaging;
 pub mod node;
+pub mod send_policy;
 pub mod sessions;
 pub mod status;
 pub mod webhooks;

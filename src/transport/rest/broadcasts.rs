@@ -781,7 +781,7 @@ pub struct NewBroadcast {
     parameters: BroadcastParams,
     /// RFC 3339 with its offset (`2026-12-05T09:00:00+07:00`); absent or past: now.
     send_at: Option<String>,
-    /// This campaign's pacing (else the gateway's defaults).
+    /// This campaign's pacing (else the project's send policy).
     pacing: Option<PacingJson>,
     /// Check each number on WhatsApp first; those not on it fail with `NOT_ON_WHATSAPP`.
     #[serde(default)]
@@ -795,7 +795,7 @@ pub struct PacingJson {
     min_delay_ms: Option<i64>,
     /// …to this.
     max_delay_ms: Option<i64>,
-    /// Campaign messages per session and UTC day at most (0: no cap).
+    /// Paced messages per session and local day at most (0: no cap).
     daily_cap: Option<i64>,
 }
 

@@ -21,6 +21,7 @@ pub mod qontak;
 pub mod ratelimit;
 pub mod rk;
 pub mod sak;
+pub mod send_policy;
 pub mod upload;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub fn surfaces(gw: &Gateway) -> (Router<Gateway>, utoipa::openapi::OpenApi) {
         .merge(sak::limited(cluster::routes(), &limits.general))
         .merge(sak::limited(broadcasts::routes(), &limits.general))
         .merge(sak::limited(numbers::routes(), &limits.general))
+        .merge(sak::limited(send_policy::routes(), &limits.general))
         .merge(qontak::routes())
         .split_for_parts()
 }

@@ -24,6 +24,7 @@ use whatsapp_rust::types::events::Event;
 use whatsapp_rust::{Client, TokioRuntime};
 
 use crate::conns::{ConnRecord, Overlap};
+use crate::state::ChatstateRecord;
 
 /// Version the harness reports, so the client never fetches one over HTTP.
 pub const CLIENT_VERSION: (u32, u32, u32) = (2, 3000, 1_023_000_000);
@@ -399,6 +400,18 @@ impl Admin {
 
     pub async fn messages(&self) -> Result<serde_json::Value> {
         self.call("GET", "messages", None).await
+    }
+
+    /// The chat states (typing indicators) devices sent (`GET /admin/chatstates`), oldest
+    /// first; `from` (a phone number) keeps only that account's.
+    pub async fn chatstates(&self, from: Option<&str>) -> Result<Vec<ChatstateRecord>> {
+        let path = match from {
+            Some(f) if f.bytes().all(|b| b.is_ascii_digit()) => format!("chatstates?from={f}"),
+            Some(_) => bail!("from is a phone number (digits)"),
+            None => "chatstates".to_owned(),
+        };
+        let v = self.call("GET", &path, None).await?;
+        Ok(serde_json::from_value(v)?)
     }
 
     /// The connection log (`GET /admin/connections`), oldest first; `device`

@@ -25,6 +25,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/admin/pair-code", post(pair_code))
         .route("/admin/accounts", get(accounts))
         .route("/admin/messages", get(messages))
+        .route("/admin/chatstates", get(chatstates))
         .route("/admin/connections", get(connections))
         .route("/admin/connections/overlaps", get(connection_overlaps))
         .route("/admin/idle-timeout", post(idle_timeout))
@@ -142,6 +143,23 @@ async fn messages(
         .filter(|m| q.get("from").is_none_or(|f| m.from.starts_with(f.as_str())))
         .filter(|m| q.get("to").is_none_or(|t| m.to.starts_with(t.as_str())))
         .filter(|m| q.get("id").is_none_or(|i| &m.id == i))
+        .cloned()
+        .collect();
+    Json(list).into_response()
+}
+
+/// Chat states devices sent (typing indicators), oldest first; `?from=` and `?to=` are
+/// prefixes of the sender's phone and of the `to` JID.
+async fn chatstates(
+    State(sim): State<Arc<Sim>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let st = sim.lock();
+    let list: Vec<_> = st
+        .chatstates
+        .iter()
+        .filter(|c| q.get("from").is_none_or(|f| c.from.starts_with(f.as_str())))
+        .filter(|c| q.get("to").is_none_or(|t| c.to.starts_with(t.as_str())))
         .cloned()
         .collect();
     Json(list).into_response()

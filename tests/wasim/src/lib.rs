@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 pub use conns::{ConnRecord, EndReason, Overlap, overlaps};
 pub use sim::Sim;
+pub use state::ChatstateRecord;
 
 /// The client crates, re-exported so tests that depend only on wasim build
 /// bots and messages with the exact versions wasim speaks to.

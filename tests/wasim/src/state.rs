@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use wacore::libsignal::protocol::KeyPair;
 use wacore_binary::Node;
@@ -17,6 +17,8 @@ use crate::conns::{ConnLog, EndReason};
 pub const MAX_QUEUE: usize = 1000;
 /// Relayed-message log bound.
 pub const MAX_LOG: usize = 10_000;
+/// Chat-state log bound (oldest dropped first).
+pub const MAX_CHATSTATES: usize = 10_000;
 /// Outbound channel bound per connection; a client this far behind is cut off.
 pub const CONN_CHANNEL: usize = 1024;
 /// Total media bytes kept; oldest blobs are evicted first.
@@ -141,6 +143,21 @@ pub struct MessageRecord {
     pub last_at_ms: u64,
 }
 
+/// A `<chatstate>` a device sent (typing indicators): who, to whom, which state, when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatstateRecord {
+    /// The sender's phone number and device.
+    pub from: String,
+    pub device: u16,
+    /// The `to` attribute as sent (a user JID).
+    pub to: String,
+    /// `composing` or `paused`.
+    pub state: String,
+    /// `audio` for "recording…", else absent.
+    pub media: Option<String>,
+    pub at_ms: u64,
+}
+
 /// A pairing-code request: the companion said hello; the phone has not yet
 /// typed the code (`primary` is set once it has).
 pub struct PendingPairCode {
@@ -177,6 +194,8 @@ pub struct State {
     pub pair_sign: HashMap<String, (String, u16, u64)>,
     pub pair_codes: Vec<PendingPairCode>,
     pub messages: VecDeque<MessageRecord>,
+    /// Chat states devices sent, oldest first (bounded by [`MAX_CHATSTATES`]).
+    pub chatstates: VecDeque<ChatstateRecord>,
     pub message_index: HashMap<(String, String), usize>,
     pub message_base: usize,
     pub media: VecDeque<(String, Vec<u8>)>,
@@ -232,6 +251,13 @@ impl State {
         self.message_index
             .insert((rec.from.clone(), rec.id.clone()), idx);
         self.messages.push_back(rec);
+    }
+
+    pub fn push_chatstate(&mut self, rec: ChatstateRecord) {
+        if self.chatstates.len() >= MAX_CHATSTATES {
+            self.chatstates.pop_front();
+        }
+        self.chatstates.push_back(rec);
     }
 
     pub fn put_media(&mut self, path: String, bytes: Vec<u8>) {

@@ -129,7 +129,7 @@ pub struct SendRequest {
     /// RFC 3339 with offset; absent or past: now.
     #[serde(default)]
     send_at: Option<String>,
-    /// wagate: this campaign's pacing (else the gateway's defaults).
+    /// wagate: this campaign's pacing (else the project's send policy).
     #[serde(default)]
     pacing: Option<QontakPacing>,
     /// wagate: check each number on WhatsApp first; those not on it fail with

@@ -174,9 +174,41 @@ impl Sim {
                 drop(a);
                 Self::settle(&mut self.lock(), conn, &class, &id);
             }
-            "presence" | "chatstate" => {}
+            "chatstate" => self.record_chatstate(conn, &node),
+            // Presence is not modelled (the client's own `available` at login included).
+            "presence" => {}
             other => tracing::debug!("conn {conn}: ignoring <{other}>"),
         }
+    }
+
+    /// Records a logged-in device's chat state (`<chatstate to=J><composing/></chatstate>`).
+    /// It is not relayed: tests read what was sent from the admin API.
+    fn record_chatstate(&self, conn: u64, node: &Node) {
+        let mut st = self.lock();
+        let Some((phone, device)) = st.conns.get(&conn).and_then(|c| c.user.clone()) else {
+            return;
+        };
+        let to = node
+            .attrs()
+            .optional_string("to")
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let Some(child) = node.children().and_then(|c| c.first()) else {
+            return;
+        };
+        let media = child
+            .attrs()
+            .optional_string("media")
+            .map(|m| m.to_string());
+        let rec = crate::state::ChatstateRecord {
+            from: phone,
+            device,
+            to,
+            state: child.tag.to_string(),
+            media,
+            at_ms: crate::state::now_millis(),
+        };
+        st.push_chatstate(rec);
     }
 
     fn device_of(st: &State, conn: u64) -> Option<&Device> {
