@@ -362,6 +362,55 @@ pub fn hold(
         == 1)
 }
 
+/// A campaign's recipients on one session: `slot` in its session list, recipients spread
+/// over `stride` sessions, and the least gap between two of its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Lane {
+    pub slot: i32,
+    pub stride: i64,
+    pub step_ms: i64,
+}
+
+/// Holds a claimed recipient until its session's next pacing slot, and the unclaimed
+/// recipients of the same campaign and session that would be due before then one `step_ms`
+/// apart after it (by their place in the campaign): each is looked at again about when its
+/// turn can come, not all at every slot. Pacing itself is decided when each comes due.
+#[allow(clippy::too_many_arguments)]
+pub fn hold_lane(
+    conn: &mut DbConn,
+    id: &str,
+    seq: i64,
+    node: &str,
+    lane: &Lane,
+    reason: &str,
+    until: i64,
+    now: i64,
+) -> Result<bool> {
+    conn.transaction(|c| {
+        if !hold(c, id, seq, node, reason, until, now)? {
+            return Ok(false);
+        }
+        let sql = c.portable_sql(
+            "UPDATE broadcast_recipients \
+             SET available_at = $1 + ((seq - $2) / $3) * $4, held_reason = $5, updated_at = $6 \
+             WHERE broadcast_id = $7 AND session_slot = $8 AND state = 'created' \
+               AND seq > $2 AND available_at < $1 + ((seq - $2) / $3) * $4 \
+               AND (claimed_by IS NULL OR claim_expires_at < $6)",
+        );
+        db_run!(c, |c| diesel::sql_query(sql.as_ref())
+            .bind::<BigInt, _>(until)
+            .bind::<BigInt, _>(seq)
+            .bind::<BigInt, _>(lane.stride.max(1))
+            .bind::<BigInt, _>(lane.step_ms)
+            .bind::<Text, _>(reason)
+            .bind::<BigInt, _>(now)
+            .bind::<Text, _>(id)
+            .bind::<Integer, _>(lane.slot)
+            .execute(c))?;
+        Ok(true)
+    })
+}
+
 /// Moves a campaign from one of `from` to `to`; with `cancel`, its recipients not yet
 /// dispatched are cancelled in the same transaction. Returns the row when it moved.
 pub fn transition(

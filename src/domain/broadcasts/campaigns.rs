@@ -53,6 +53,8 @@ const DISPATCH_CONCURRENCY: usize = 8;
 const CLAIM_LEASE_MS: i64 = 60_000;
 /// How often the dispatcher looks for work when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
+/// The least spacing of a held lane's recipients (see `store::hold_lane`).
+const MIN_LANE_STEP_MS: i64 = 100;
 /// How long a recipient held by the rate limit waits at least.
 const MIN_HOLD_MS: i64 = 1_000;
 
@@ -869,14 +871,24 @@ impl Gateway {
                 }
             }
         };
-        // Pacing: a slot of this session now, or wait for it (held, with why).
+        // Pacing: a slot of this session now, or wait for it (held, with why). The rest of
+        // this campaign's recipients on the session wait too, each at least one minimal gap
+        // after the one before it: without that they would all come due at the slot
+        // together, and every slot would claim and hold the whole lane again.
         if let Decision::Hold { until, reason } = self
             .campaign_slot(c, &device_id, &r.phone, &rendered.text, now)
             .await?
         {
+            let lane = store::Lane {
+                slot: r.session_slot,
+                stride: c.sessions.len().max(1) as i64,
+                step_ms: c.row.pacing_min_ms.max(MIN_LANE_STEP_MS),
+            };
             return self
                 .db()
-                .run(move |db| store::hold(db, &bid, seq, &node, &reason, until, now))
+                .run_relaxed(move |db| {
+                    store::hold_lane(db, &bid, seq, &node, &lane, &reason, until, now)
+                })
                 .await
                 .map(drop);
         }
@@ -923,7 +935,9 @@ impl Gateway {
                     self.sessions().notify_outbound(&device_id);
                 }
                 self.db()
-                    .run(move |db| store::mark_enqueued(db, &bid, seq, &node, &message_id, now))
+                    .run_relaxed(move |db| {
+                        store::mark_enqueued(db, &bid, seq, &node, &message_id, now)
+                    })
                     .await
                     .map(drop)
             }
