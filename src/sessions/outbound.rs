@@ -43,6 +43,8 @@ enum Failure {
 
 pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>) {
     let mut state = slot.snapshot.subscribe();
+    // The previous batch's outcomes, committing while the next batch is claimed and sent.
+    let mut recording: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if state.borrow_and_update().state != SessionState::Connected {
             if state.changed().await.is_err() {
@@ -51,10 +53,10 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             continue;
         }
         let (device, node) = (slot.device_id.clone(), inner.node.clone());
-        // The claim records each message's WhatsApp id in its own (durable) commit: the
-        // server ack may arrive before `send` returns, and must find the message by it.
+        // The claim records each message's WhatsApp id in its own commit: the server ack
+        // may arrive before `send` returns, and must find the message by it.
         let batch = match slot
-            .write(&inner.db, move |c| {
+            .write_relaxed(&inner.db, move |c| {
                 let batch = queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms())?;
                 for m in &batch {
                     queue::set_wa_id(c, &m.claim(&node), &wa_message_id(&m.id))?;
@@ -79,46 +81,86 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             }
             continue;
         }
-        for m in batch {
-            deliver(&inner, &slot, &client, m).await;
+        // Durable before anything is sent: the claim, and every accept it saw (rows are
+        // visible a moment before their flush, see `storage::durable`). An empty claim (a
+        // wake with nothing due yet) waits for no disk.
+        if let Err(e) = inner.db.make_durable().await {
+            tracing::warn!(device = %slot.device_id, error = %e, "claim not durable");
+            tokio::time::sleep(CLAIM_RETRY).await;
+            continue;
         }
+        // Sent one after another (each recipient's in order), each without waiting for the
+        // record of the one before: the outcomes are one commit for the batch.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for m in batch {
+            outcomes.push(deliver(&inner, &client, m).await);
+        }
+        // One commit of outcomes in flight at a time.
+        if let Some(previous) = recording.take() {
+            let _ = previous.await;
+        }
+        recording = Some(tokio::spawn(record(inner.clone(), slot.clone(), outcomes)));
     }
 }
 
-async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow) {
+/// How one claimed message's send ended.
+struct Outcome {
+    message: MessageRow,
+    result: Result<(), Failure>,
+    at: i64,
+}
+
+async fn deliver(inner: &Inner, client: &Arc<Client>, m: MessageRow) -> Outcome {
     let wa_id = wa_message_id(&m.id);
-    let claim = m.claim(&inner.node);
     let result = match tokio::time::timeout(SEND_TIMEOUT, send_one(inner, client, &m, &wa_id)).await
     {
         Ok(r) => r,
         Err(_) => Err(Failure::Transient("send timed out".into())),
     };
-    let now = now_ms();
-    let outcome = match result {
-        // Written: wait for the server ack; without one in time it is resent (same id).
-        // Outcomes commit relaxed (`Db::run_relaxed`): one lost to a crash leaves the
-        // message queued under its claim, and it is sent again under the same id.
-        Ok(()) => {
-            slot.write_relaxed(&inner.db, move |c| {
-                queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
-            })
-            .await
+    Outcome {
+        message: m,
+        result,
+        at: now_ms(),
+    }
+}
+
+/// Records a batch's outcomes in one fenced transaction, each fenced by its claim. It does
+/// not wait for the disk (`Db::run_relaxed`): one lost to a crash leaves the message queued
+/// under its claim, and it is sent again under the same id. A message acked before this
+/// commit is `sent` already and its outcome changes nothing.
+async fn record(inner: Arc<Inner>, slot: Arc<Slot>, outcomes: Vec<Outcome>) {
+    let node = inner.node.clone();
+    for o in &outcomes {
+        if let Err(Failure::Transient(msg)) = &o.result {
+            tracing::info!(device = %slot.device_id, message = %o.message.id, error = %msg, "send failed; will retry");
         }
-        Err(Failure::Permanent(code, msg)) => {
-            slot.write_relaxed(&inner.db, move |c| queue::fail(c, &claim, code, &msg, now))
-                .await
-        }
-        Err(Failure::Transient(msg)) => {
-            tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
-            let retry_at = now + queue::backoff_ms(m.attempts);
-            slot.write_relaxed(&inner.db, move |c| {
-                queue::retry_later(c, &m, &claim.node, &msg, retry_at, now)
-            })
-            .await
-        }
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(error = %e, "cannot record the send outcome");
+    }
+    let recorded = slot
+        .write_relaxed(&inner.db, move |c| {
+            for o in outcomes {
+                let (m, now) = (o.message, o.at);
+                let claim = m.claim(&node);
+                match o.result {
+                    // Written: wait for the server ack; without one in time it is resent
+                    // (same id).
+                    Ok(()) => {
+                        let wa_id = wa_message_id(&m.id);
+                        queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)?;
+                    }
+                    Err(Failure::Permanent(code, msg)) => {
+                        queue::fail(c, &claim, code, &msg, now)?;
+                    }
+                    Err(Failure::Transient(msg)) => {
+                        let retry_at = now + queue::backoff_ms(m.attempts);
+                        queue::retry_later(c, &m, &node, &msg, retry_at, now)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(device = %slot.device_id, error = %e, "cannot record the send outcomes");
     }
 }
 
