@@ -46,6 +46,7 @@ use wagate::domain::broadcasts::campaigns::{
 };
 use wagate::domain::broadcasts::contacts::{ContactListView, spool};
 use wagate::domain::broadcasts::model::{TemplateSpec, Variant};
+use wagate::domain::broadcasts::pacing::PolicyPatch;
 use wagate::values::{ContactListId, ProjectId, TemplateId};
 
 struct Opts {
@@ -178,6 +179,23 @@ async fn start(url: &str, sessions: usize) -> (Server, Caller) {
         .caller_for_project(&ProjectId::from(p.project_id))
         .await
         .expect("caller");
+    // The sessions are new and never talked to anyone: without this the warm-up and the
+    // new-contact cap would hold all but a few dozen recipients a session, and the figures
+    // would be the policy's, not the scheduler's. The gap stays the default.
+    server
+        .gateway
+        .update_send_policy(
+            &caller,
+            PolicyPatch {
+                daily_cap: Some(0),
+                new_contact_cap: Some(0),
+                warmup_days: Some(0),
+                typing: Some(false),
+                ..PolicyPatch::default()
+            },
+        )
+        .await
+        .expect("send policy");
     (server, caller)
 }
 

@@ -80,15 +80,15 @@ impl Slot {
         F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
     {
         let fence = self.fence.clone();
+        // A durable write commits relaxed too, then waits for the shared flush: on SQLite
+        // no session holds the write lock across an fsync, and waits that overlap share one.
         let fenced = move |c: &mut DbConn| {
-            c.transaction(|c| {
+            c.relaxed_transaction(|c| {
                 cluster::check_fence(c, &fence)?;
                 f(c)
             })
         };
-        // A durable write commits relaxed too, then waits for the shared flush: on SQLite
-        // no session holds the write lock across an fsync, and waits that overlap share one.
-        let mut r = db.run_relaxed(fenced).await;
+        let mut r = db.run(fenced).await;
         if !relaxed
             && r.is_ok()
             && let Err(e) = db.make_durable().await

@@ -9,7 +9,8 @@
 //! - `fence`: the self-fence, so a node whose leases may have expired sends WhatsApp nothing.
 //! - `supervisor` runs one session: builds the bot on the session's device store, turns its
 //!   events into state, inbound messages, acks and receipts, and restarts it with backoff.
-//! - `outbound` sends the session's queued messages.
+//! - `outbound` sends the session's queued messages; `statuses` records what WhatsApp reports
+//!   about them (server acks, receipts), several to a transaction.
 //! - `inbound` stores received messages before they are acknowledged to WhatsApp.
 
 mod control;
@@ -22,6 +23,7 @@ mod inbound;
 pub mod lid_cache;
 mod outbound;
 pub use outbound::wa_message_id;
+mod statuses;
 mod supervisor;
 
 use std::sync::Arc;

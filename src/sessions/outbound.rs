@@ -53,6 +53,8 @@ enum Failure {
 
 pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>) {
     let mut state = slot.snapshot.subscribe();
+    // The previous batch's outcomes, committing while the next batch is claimed and sent.
+    let mut recording: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if state.borrow_and_update().state != SessionState::Connected {
             if state.changed().await.is_err() {
@@ -61,10 +63,10 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             continue;
         }
         let (device, node) = (slot.device_id.clone(), inner.node.clone());
-        // The claim records each message's WhatsApp id in its own (durable) commit: the
-        // server ack may arrive before `send` returns, and must find the message by it.
+        // The claim records each message's WhatsApp id in its own commit: the server ack
+        // may arrive before `send` returns, and must find the message by it.
         let batch = match slot
-            .write(&inner.db, move |c| {
+            .write_relaxed(&inner.db, move |c| {
                 let batch = queue::claim(c, &device, &node, BATCH, LEASE_MS, now_ms())?;
                 for m in &batch {
                     queue::set_wa_id(c, &m.claim(&node), &wa_message_id(&m.id))?;
@@ -89,15 +91,35 @@ pub(super) async fn run(inner: Arc<Inner>, slot: Arc<Slot>, client: Arc<Client>)
             }
             continue;
         }
+        // Durable before anything is sent: the claim, and every accept it saw (rows are
+        // visible a moment before their flush, see `storage::durable`). An empty claim (a
+        // wake with nothing due yet) waits for no disk.
+        if let Err(e) = inner.db.make_durable().await {
+            tracing::warn!(device = %slot.device_id, error = %e, "claim not durable");
+            tokio::time::sleep(CLAIM_RETRY).await;
+            continue;
+        }
         // One device, one project: its policy once per batch.
         let Some(policy) = policy_of(&inner, &batch[0].project_id).await else {
             // Left to their claims' lease: sending them unpaced could break the policy.
             tokio::time::sleep(CLAIM_RETRY).await;
             continue;
         };
+        // Sent one after another (each recipient's in order), each without waiting for the
+        // record of the one before: the outcomes are one commit for the batch. A paced
+        // message's outcome is recorded at once instead: the next paced message's gap is
+        // measured from it.
+        let mut outcomes = Vec::with_capacity(batch.len());
         for m in batch {
-            deliver(&inner, &slot, &client, m, &policy).await;
+            if let Some(o) = deliver(&inner, &slot, &client, m, &policy).await {
+                outcomes.push(o);
+            }
         }
+        // One commit of outcomes in flight at a time.
+        if let Some(previous) = recording.take() {
+            let _ = previous.await;
+        }
+        recording = Some(tokio::spawn(record(inner.clone(), slot.clone(), outcomes)));
     }
 }
 
@@ -223,56 +245,95 @@ async fn show_typing(client: &Client, recipient: &str, ms: i64) {
     tokio::time::sleep(Duration::from_millis(ms as u64)).await;
 }
 
-async fn deliver(inner: &Inner, slot: &Slot, client: &Arc<Client>, m: MessageRow, policy: &Policy) {
+/// How one claimed message's send ended.
+struct Outcome {
+    message: MessageRow,
+    result: Result<(), Failure>,
+    at: i64,
+    /// Taken under the send policy: a sent one moves the session's last paced send.
+    paced: bool,
+}
+
+/// Sends one claimed message; `None` when pacing put it back in the queue, or when its
+/// outcome was recorded already (a paced message).
+async fn deliver(
+    inner: &Arc<Inner>,
+    slot: &Arc<Slot>,
+    client: &Arc<Client>,
+    m: MessageRow,
+    policy: &Policy,
+) -> Option<Outcome> {
     let campaign = campaign_of(&m);
-    let is_paced = campaign.is_some() || policy.all_messages;
-    if is_paced && !spaced(inner, slot, &m, policy, campaign.as_deref()).await {
-        return;
+    let paced = campaign.is_some() || policy.all_messages;
+    if paced && !spaced(inner, slot, &m, policy, campaign.as_deref()).await {
+        return None;
     }
-    if policy.all_messages && campaign.is_none() && !paced(inner, slot, &m, policy).await {
-        return;
+    if policy.all_messages && campaign.is_none() && !self::paced(inner, slot, &m, policy).await {
+        return None;
     }
-    if is_paced {
+    if paced {
         show_typing(client, &m.recipient, policy.typing_ms(text_chars(&m))).await;
     }
     let wa_id = wa_message_id(&m.id);
-    let claim = m.claim(&inner.node);
     let result = match tokio::time::timeout(SEND_TIMEOUT, send_one(inner, client, &m, &wa_id)).await
     {
         Ok(r) => r,
         Err(_) => Err(Failure::Transient("send timed out".into())),
     };
-    let now = now_ms();
-    let outcome = match result {
-        // Written: wait for the server ack; without one in time it is resent (same id).
-        // Outcomes commit relaxed (`Db::run_relaxed`): one lost to a crash leaves the
-        // message queued under its claim, and it is sent again under the same id.
-        Ok(()) => {
-            let device = m.device_id.to_string();
-            slot.write_relaxed(&inner.db, move |c| {
-                if is_paced {
-                    pacing_store::sent_paced(c, &device, now)?;
-                    queue::clear_pacing_reason(c, &claim)?;
-                }
-                queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)
-            })
-            .await
-        }
-        Err(Failure::Permanent(code, msg)) => {
-            slot.write_relaxed(&inner.db, move |c| queue::fail(c, &claim, code, &msg, now))
-                .await
-        }
-        Err(Failure::Transient(msg)) => {
-            tracing::info!(device = %slot.device_id, message = %m.id, error = %msg, "send failed; will retry");
-            let retry_at = now + queue::backoff_ms(m.attempts);
-            slot.write_relaxed(&inner.db, move |c| {
-                queue::retry_later(c, &m, &claim.node, &msg, retry_at, now)
-            })
-            .await
-        }
+    let outcome = Outcome {
+        message: m,
+        result,
+        at: now_ms(),
+        paced,
     };
-    if let Err(e) = outcome {
-        tracing::warn!(error = %e, "cannot record the send outcome");
+    if !paced {
+        return Some(outcome);
+    }
+    record(inner.clone(), slot.clone(), vec![outcome]).await;
+    None
+}
+
+/// Records a batch's outcomes in one fenced transaction, each fenced by its claim. It does
+/// not wait for the disk (`Db::run_relaxed`): one lost to a crash leaves the message queued
+/// under its claim, and it is sent again under the same id. A message acked before this
+/// commit is `sent` already and its outcome changes nothing.
+async fn record(inner: Arc<Inner>, slot: Arc<Slot>, outcomes: Vec<Outcome>) {
+    let node = inner.node.clone();
+    for o in &outcomes {
+        if let Err(Failure::Transient(msg)) = &o.result {
+            tracing::info!(device = %slot.device_id, message = %o.message.id, error = %msg, "send failed; will retry");
+        }
+    }
+    let recorded = slot
+        .write_relaxed(&inner.db, move |c| {
+            for o in outcomes {
+                let (m, now) = (o.message, o.at);
+                let claim = m.claim(&node);
+                match o.result {
+                    // Written: wait for the server ack; without one in time it is resent
+                    // (same id).
+                    Ok(()) => {
+                        if o.paced {
+                            pacing_store::sent_paced(c, &m.device_id.to_string(), now)?;
+                            queue::clear_pacing_reason(c, &claim)?;
+                        }
+                        let wa_id = wa_message_id(&m.id);
+                        queue::mark_dispatched(c, &claim, &wa_id, now + ACK_TIMEOUT_MS)?;
+                    }
+                    Err(Failure::Permanent(code, msg)) => {
+                        queue::fail(c, &claim, code, &msg, now)?;
+                    }
+                    Err(Failure::Transient(msg)) => {
+                        let retry_at = now + queue::backoff_ms(m.attempts);
+                        queue::retry_later(c, &m, &node, &msg, retry_at, now)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(device = %slot.device_id, error = %e, "cannot record the send outcomes");
     }
 }
 

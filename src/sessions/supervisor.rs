@@ -8,10 +8,9 @@ use tokio::sync::{Notify, mpsc};
 use whatsapp_rust::TokioRuntime;
 use whatsapp_rust::bot::{Bot, EventDelivery};
 use whatsapp_rust::types::events::Event;
-use whatsapp_rust::wacore::types::presence::ReceiptType;
 
+use super::statuses::{self, Report};
 use super::{Inner, SessionState, SharedHttp, Slot, inbound, outbound};
-use crate::storage::messages::queue;
 use crate::storage::{now_ms, sessions};
 
 /// Events buffered between the client and the supervisor. The client's ordered mailbox
@@ -177,15 +176,24 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
     let handle = bot.spawn();
     let worker = tokio::spawn(outbound::run(inner.clone(), slot.clone(), client.clone()));
 
-    let end = loop {
+    let end = 'run: loop {
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => {
-                    if matches!(*ev, Event::Connected(_) | Event::PairingQrCode(_)) {
-                        turn = None;
-                    }
-                    if let Some(end) = on_event(&inner, &slot, &client, &ev).await {
-                        break end;
+                    for step in gather(ev, &mut events) {
+                        let ev = match step {
+                            Step::Reports(reports) => {
+                                statuses::record(&inner, &slot, reports).await;
+                                continue;
+                            }
+                            Step::Event(ev) => ev,
+                        };
+                        if matches!(*ev, Event::Connected(_) | Event::PairingQrCode(_)) {
+                            turn = None;
+                        }
+                        if let Some(end) = on_event(&inner, &slot, &client, &ev).await {
+                            break 'run end;
+                        }
                     }
                 }
                 None => break End::Restart,
@@ -211,6 +219,37 @@ async fn run_once(inner: Arc<Inner>, slot: Arc<Slot>) -> End {
         tracing::warn!(device = %slot.device_id, "client did not stop in time");
     }
     end
+}
+
+/// What the event loop does next: record acks and receipts together, or apply one event.
+enum Step {
+    Reports(Vec<Report>),
+    Event(Arc<Event>),
+}
+
+/// `first` and the events already waiting behind it (up to [`statuses::BATCH`]), in order,
+/// with runs of acks and receipts grouped so each run is one transaction.
+fn gather(first: Arc<Event>, events: &mut mpsc::Receiver<Arc<Event>>) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(ev) = next.take() {
+        taken += 1;
+        match Report::of(&ev) {
+            Some(r) => {
+                if let Some(Step::Reports(run)) = steps.last_mut() {
+                    run.push(r);
+                } else {
+                    steps.push(Step::Reports(vec![r]));
+                }
+            }
+            None => steps.push(Step::Event(ev)),
+        }
+        if taken < statuses::BATCH {
+            next = events.try_recv().ok();
+        }
+    }
+    steps
 }
 
 /// Applies one event; `Some` ends this run of the client.
@@ -363,34 +402,6 @@ async fn on_event(
                 .write(&inner.db, move |c| crate::storage::cluster::unwant(c, &id))
                 .await;
             return Some(End::Final);
-        }
-        Event::ServerAck(ack) if ack.class.as_deref().is_none_or(|c| c == "message") => {
-            let (id, wa) = (device.clone(), ack.id.clone());
-            if let Err(e) = slot
-                .write_relaxed(&inner.db, move |c| queue::mark_acked(c, &id, &wa, now_ms()))
-                .await
-            {
-                tracing::warn!(device = %device, error = %e, "cannot record server ack");
-            }
-            slot.wake.notify_one();
-        }
-        Event::Receipt(r) if !r.source.is_from_me => {
-            let read = match r.r#type {
-                ReceiptType::Delivered | ReceiptType::Inactive => false,
-                ReceiptType::Read | ReceiptType::Played => true,
-                _ => return None,
-            };
-            let ids: Vec<String> = r.message_ids.iter().map(|m| m.to_string()).collect();
-            let id = device.clone();
-            // Relaxed: a receipt lost to a machine crash leaves the status a step behind.
-            if let Err(e) = slot
-                .write_relaxed(&inner.db, move |c| {
-                    queue::mark_receipt(c, &id, &ids, read, now_ms())
-                })
-                .await
-            {
-                tracing::warn!(device = %device, error = %e, "cannot record receipt");
-            }
         }
         // Messages the durability hook committed are stored already; the others (channel
         // messages and the like, which the hook does not see) are stored here.

@@ -106,6 +106,39 @@ impl DbConn {
         &mut self,
         f: impl FnOnce(&mut DbConn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
+        self.transaction_as(false, f)
+    }
+
+    /// [`Self::transaction`] whose commit does not wait for the disk, for what a replay
+    /// repairs (see [`Db::run_relaxed`]). On PostgreSQL the setting is local to the
+    /// transaction and goes with its `BEGIN`, so it costs no round trip of its own (the
+    /// connection's setting before and after is untouched). Nested in another transaction it
+    /// is a savepoint, and the outer transaction's commit decides.
+    pub fn relaxed_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut DbConn) -> Result<T>,
+    ) -> Result<T> {
+        let nested = db_run!(self, |c| {
+            AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()
+        })?
+        .is_some();
+        // SQLite refuses to change the setting inside a transaction; PostgreSQL's is local.
+        if nested || self.backend() == Backend::Postgres {
+            return self.transaction_as(true, f);
+        }
+        // SQLite: in-process, the pragma costs no round trip.
+        relax_commits(self, true)?;
+        let out = self.transaction_as(true, f);
+        let restored = relax_commits(self, false);
+        let out = out?;
+        restored.map(|()| out)
+    }
+
+    fn transaction_as<T, E: From<diesel::result::Error>>(
+        &mut self,
+        relaxed: bool,
+        f: impl FnOnce(&mut DbConn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         // Nested in a transaction (a fenced write around a storage call): a savepoint.
         let nested = db_run!(self, |c| {
             AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()
@@ -114,6 +147,12 @@ impl DbConn {
         match self {
             DbConn::Sqlite(c) if !nested => {
                 AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?
+            }
+            DbConn::Postgres(c) if !nested && relaxed => {
+                AnsiTransactionManager::begin_transaction_sql(
+                    c,
+                    "BEGIN; SET LOCAL synchronous_commit TO off",
+                )?
             }
             DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction(c)?,
             DbConn::Postgres(c) => AnsiTransactionManager::begin_transaction(c)?,

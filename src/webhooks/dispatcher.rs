@@ -166,6 +166,7 @@ impl Dispatcher {
             .db
             .run(move |c| store::due_lanes(c, now_ms(), limit * 2))
             .await?;
+        let mut wanted = Vec::new();
         for lane in lanes {
             let Ok(total) = self.inner.total.clone().try_acquire_owned() else {
                 break;
@@ -173,22 +174,42 @@ impl Dispatcher {
             let Some(per) = self.webhook_permit(&lane.webhook_id) else {
                 continue;
             };
-            let (l, node) = (lane.clone(), self.inner.node.clone());
-            let leased = self
-                .write(move |c| {
-                    let now = now_ms();
-                    store::lease_lane(c, &l, &node, now, now + LEASE.as_millis() as i64)
+            wanted.push((lane, (total, per)));
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // Every lease in one commit: a lane's first delivery does not wait for the others'.
+        let (l, node) = (
+            wanted
+                .iter()
+                .map(|(lane, _)| lane.clone())
+                .collect::<Vec<_>>(),
+            self.inner.node.clone(),
+        );
+        let leased = self
+            .write(move |c| {
+                let now = now_ms();
+                let until = now + LEASE.as_millis() as i64;
+                // One transaction: a failure leaves none of them leased.
+                c.transaction(|c| {
+                    l.iter()
+                        .map(|lane| store::lease_lane(c, lane, &node, now, until))
+                        .collect::<Result<Vec<bool>>>()
                 })
-                .await?;
-            if leased {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    me.run_lane(&lane).await;
-                    drop((total, per));
-                    me.forget_idle(&lane.webhook_id);
-                    me.inner.lane_done.notify_one();
-                });
+            })
+            .await?;
+        for ((lane, permits), leased) in wanted.into_iter().zip(leased) {
+            if !leased {
+                continue;
             }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.run_lane(&lane).await;
+                drop(permits);
+                me.forget_idle(&lane.webhook_id);
+                me.inner.lane_done.notify_one();
+            });
         }
         Ok(())
     }
@@ -207,9 +228,9 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers the lane's open deliveries in order; while it has a backlog (full batches)
-    /// it keeps the lease and reloads, saving lease round trips, until the lane is drained,
-    /// waits for a retry, or the run's time budget is spent.
+    /// Delivers the lane's open deliveries in order; while it finds more (events recorded
+    /// while it delivered) it keeps the lease and reloads, saving the release and the next
+    /// lease, until the lane is drained, waits for a retry, or the run's time budget is spent.
     async fn deliver_lane(&self, lane: &Lane, blocked_until: &mut i64) -> Result<()> {
         let started = Instant::now();
         loop {
@@ -229,7 +250,6 @@ impl Dispatcher {
             if jobs.is_empty() {
                 return Ok(());
             }
-            let backlog = jobs.len() as i64 == BATCH;
             let secrets = self.secrets(&hook)?;
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             let mut outcomes = Vec::new();
@@ -265,7 +285,7 @@ impl Dispatcher {
                 }
             }
             self.flush(&mut outcomes).await?;
-            if !backlog {
+            if started.elapsed() > RUN_BUDGET {
                 return Ok(());
             }
         }

@@ -19,6 +19,7 @@ on_both_backends!(
     concurrent_claimers_never_share,
     one_recipient_in_order,
     receipt_before_ack_reports_every_step,
+    acks_recorded_together_report_each_message_once,
 );
 
 struct Fixture {
@@ -415,4 +416,57 @@ async fn receipt_before_ack_reports_every_step(t: TestDb) {
     .await;
     assert_eq!(steps(&ids[0]), ["sent", "delivered", "read"]);
     assert_eq!(steps(&ids[1]), ["sent", "delivered"]);
+}
+
+/// A session records the acks waiting in its event loop in one statement: each acked message
+/// becomes `sent` with one event, an ack for no message of ours changes nothing, and a
+/// repeated ack reports nothing twice.
+async fn acks_recorded_together_report_each_message_once(t: TestDb) {
+    use wagate::storage::events;
+    let f = fixture(&t).await;
+    let mut c = f.db.connect().unwrap();
+    let ids = enqueue(&f, &mut c, 3, 5, 3_600_000);
+    let now = now_ms();
+    let claimed = queue::claim(&mut c, &f.device_id, "node-a", 3, LEASE, now).unwrap();
+    assert_eq!(claimed.len(), 3, "three recipients: all due at once");
+    let was: Vec<String> = (1..=3).map(|i| format!("WA-T{i}")).collect();
+    for (m, wa) in claimed.iter().zip(&was) {
+        assert!(queue::mark_dispatched(&mut c, &m.claim("node-a"), wa, now + LEASE).unwrap());
+    }
+    let mut acks = was.clone();
+    acks.push("WA-NOT-OURS".into());
+    let mut acked = queue::mark_acked_all(&mut c, &f.device_id, &acks, now).unwrap();
+    acked.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(acked, want);
+    assert!(
+        queue::mark_acked_all(&mut c, &f.device_id, &was, now)
+            .unwrap()
+            .is_empty(),
+        "a repeated ack changes nothing"
+    );
+    let sent = |id: &str| -> usize {
+        events::after(
+            &mut f.db.connect().unwrap(),
+            &f.project_id,
+            None,
+            events::Cursor::default(),
+            100,
+        )
+        .unwrap()
+        .iter()
+        .map(events::data_json)
+        .filter(|d| d["messageId"] == id && d["status"] == "sent")
+        .count()
+    };
+    crate::support::eventually(20, "the events to be readable", || async {
+        ids.iter().all(|id| sent(id) == 1).then_some(())
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(sent(id), 1, "one sent event for {id}");
+        let m = messages::by_id(&mut c, &f.project_id, id).unwrap().unwrap();
+        assert_eq!(m.status.as_str(), "sent");
+    }
 }

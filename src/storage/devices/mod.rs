@@ -191,14 +191,19 @@ impl DbDeviceStore {
     {
         let dev = self.device_id.clone();
         let fence = self.fence.clone();
-        let fenced = move |c: &mut DbConn| match fence {
-            None => f(c, &dev),
-            Some(fence) => c.transaction(|c| {
-                crate::storage::cluster::check_fence(c, &fence)?;
-                f(c, &dev)
-            }),
+        let r = match fence {
+            None => self.db.run_relaxed(move |c| f(c, &dev)).await,
+            Some(fence) => {
+                self.db
+                    .run(move |c| {
+                        c.relaxed_transaction(|c| {
+                            crate::storage::cluster::check_fence(c, &fence)?;
+                            f(c, &dev)
+                        })
+                    })
+                    .await
+            }
         };
-        let r = self.db.run_relaxed(fenced).await;
         if !relaxed && r.is_ok() {
             self.db.make_durable().await.map_err(store_err)?;
         }

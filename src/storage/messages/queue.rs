@@ -271,11 +271,21 @@ pub fn mark_acked(
     wa_message_id: &str,
     now: i64,
 ) -> Result<Vec<String>> {
+    mark_acked_all(conn, device_id, &[wa_message_id.to_owned()], now)
+}
+
+/// [`mark_acked`] for several acks in one statement.
+pub fn mark_acked_all(
+    conn: &mut DbConn,
+    device_id: &SessionId,
+    wa_message_ids: &[String],
+    now: i64,
+) -> Result<Vec<String>> {
     conn.transaction(|conn| {
         let changed: Vec<String> = db_run!(conn, |c| diesel::update(
             messages::table
                 .filter(messages::device_id.eq(device_id))
-                .filter(messages::wa_message_id.eq(wa_message_id))
+                .filter(messages::wa_message_id.eq_any(wa_message_ids))
                 .filter(messages::status.eq(MessageStatus::Queued)),
         )
         .set((
