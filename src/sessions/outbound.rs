@@ -314,7 +314,7 @@ async fn record(inner: Arc<Inner>, slot: Arc<Slot>, outcomes: Vec<Outcome>) {
                     // (same id).
                     Ok(()) => {
                         if o.paced {
-                            pacing_store::sent_paced(c, &m.device_id.to_string(), now)?;
+                            pacing_store::sent_paced(c, m.device_id.as_ref(), now)?;
                             queue::clear_pacing_reason(c, &claim)?;
                         }
                         let wa_id = wa_message_id(&m.id);
